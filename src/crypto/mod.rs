@@ -1,0 +1,54 @@
+//! The TFHE engine on tfhe's `core_crypto` layer: parameter sets, keys, public-key encryption,
+//! encrypted linear layers and encrypted lookup tables. See docs/CRYPTO.md for the maths.
+
+// pub mod keys;
+// pub mod linear;
+// pub mod lut;
+pub mod params;
+pub mod pke;
+pub mod raw;
+
+use tfhe::core_crypto::fft_impl::fft64::ABox;
+pub use tfhe::core_crypto::commons::math::random::{CompressionSeed, Seed, Seeder};
+use tfhe::core_crypto::prelude::*;
+
+/// An owned GGSW ciphertext in the Fourier domain.
+pub type FourierGgsw = FourierGgswCiphertext<ABox<[c64]>>;
+
+/// The native 2^64 ciphertext modulus every ciphertext here uses.
+pub fn modulus() -> CiphertextModulus<u64> {
+    CiphertextModulus::new_native()
+}
+
+/// Gaussian noise with standard deviation 2^log2_std on the 2^64 scale.
+pub fn gaussian(log2_std: f64) -> Gaussian<f64> {
+    Gaussian::from_dispersion_parameter(StandardDev(2f64.powf(log2_std - 64.0)), 0.0)
+}
+
+/// A seeder drawing from the operating system's CSPRNG (works on every target, unlike
+/// hardware-specific seeders).
+pub struct OsSeeder;
+
+impl Seeder for OsSeeder {
+    fn seed(&mut self) -> Seed {
+        let mut bytes = [0u8; 16];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
+        Seed(u128::from_le_bytes(bytes))
+    }
+
+    fn is_available() -> bool {
+        true
+    }
+}
+
+/// A fresh encryption generator seeded from the OS.
+pub fn encryption_generator() -> EncryptionRandomGenerator<DefaultRandomGenerator> {
+    let mut seeder = OsSeeder;
+    let seed = seeder.seed();
+    EncryptionRandomGenerator::new(seed, &mut seeder)
+}
+
+/// Signed view of a torus element.
+pub fn signed(x: u64) -> i64 {
+    x as i64
+}

@@ -1,0 +1,319 @@
+//! RLWE public-key encryption (Lyubashevsky–Peikert–Regev) of GLWE and GGSW ciphertexts.
+//!
+//! The public key is one RLWE encryption of zero, pk = (a, b = a·s + e). Encrypting a
+//! polynomial M draws a binary polynomial u and Gaussian e₁, e₂ and returns
+//! (u·a + e₁, u·b + e₂ + M), whose phase is u·e + e₂ − e₁·s + M. Hiding u is an RLWE
+//! instance of the same dimension and noise as the key itself, so the public key and its
+//! ciphertexts inherit the key's security level (see [`super::params`]).
+//!
+//! A GGSW row is such an encryption of zero with M·q/B^l added to one component
+//! (mask row: phase −s·M·q/B^l; body row: +M·q/B^l), which is tfhe's GGSW layout.
+//!
+//! Products u·a and u·b must be exact modulo 2^64 (the wide shape's noise is only 2^2), so the
+//! 64-bit operand is split into 22-bit limbs, each multiplied by the binary u in a 53-bit float
+//! FFT (|coefficient| <= 2^22·N <= 2^35: exact after rounding), then recombined.
+
+use super::params::{DecompParams, GlweParams};
+use super::raw::U64s;
+use super::{gaussian, modulus, CompressionSeed, FourierGgsw, OsSeeder, Seeder};
+use crate::error::{Error, Result};
+use rand::{Rng, RngCore, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+use serde::{Deserialize, Serialize};
+use tfhe::core_crypto::fft_impl::fft64::math::polynomial::FourierPolynomial;
+use tfhe::core_crypto::prelude::*;
+
+const LIMB_BITS: u32 = 22;
+const LIMBS: usize = 3;
+
+/// A public encryption key, stored seeded: the mask a is expanded from the seed.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PublicKey {
+    pub glwe: GlweParams,
+    seed: CompressionSeed,
+    body: U64s,
+}
+
+impl PublicKey {
+    /// Encrypt zero under `sk` (backend side, at key generation).
+    pub fn generate(sk: &GlweSecretKeyOwned<u64>, glwe: GlweParams) -> Self {
+        let n = PolynomialSize(glwe.poly_size);
+        let mut seeder = OsSeeder;
+        let mut ct = SeededGlweCiphertext::new(
+            0u64,
+            GlweSize(2),
+            n,
+            CompressionSeed::from(seeder.seed()),
+            modulus(),
+        );
+        let zero = PlaintextList::new(0u64, PlaintextCount(n.0));
+        encrypt_seeded_glwe_ciphertext(sk, &mut ct, &zero, gaussian(glwe.log2_std), &mut seeder);
+        let seed = ct.compression_seed();
+        Self {
+            glwe,
+            seed,
+            body: U64s(ct.into_container()),
+        }
+    }
+
+    pub fn byte_len(&self) -> usize {
+        self.body.byte_len() + 32
+    }
+
+    /// Expand the mask and precompute the limb FFTs the encryptions need.
+    pub fn prepare(&self) -> Result<PreparedPublicKey> {
+        let n = self.glwe.poly_size;
+        if self.body.0.len() != n || !n.is_power_of_two() || n < 256 {
+            return Err(Error::Malformed(format!(
+                "public key body has {} coefficients for polynomial size {n}",
+                self.body.0.len()
+            )));
+        }
+        let seeded = SeededGlweCiphertext::from_container(
+            self.body.0.clone(),
+            GlweSize(2),
+            self.seed.clone(),
+            modulus(),
+        );
+        let ct = seeded.decompress_into_glwe_ciphertext();
+        let poly = PolynomialSize(n);
+        let fft = Fft::new(poly);
+        let mut buffers = ComputationBuffers::new();
+        buffers.resize(
+            fft.as_view()
+                .forward_scratch()
+                .or(fft.as_view().backward_scratch())
+                .unaligned_bytes_required(),
+        );
+        let limbs = |p: &[u64], buffers: &mut ComputationBuffers| -> Vec<FourierPolynomialOwned> {
+            (0..LIMBS)
+                .map(|l| {
+                    let limb: Vec<u64> = p
+                        .iter()
+                        .map(|&c| (c >> (l as u32 * LIMB_BITS)) & ((1 << LIMB_BITS) - 1))
+                        .collect();
+                    let mut f = FourierPolynomial::new(poly);
+                    fft.as_view().forward_as_integer(
+                        f.as_mut_view(),
+                        Polynomial::from_container(limb.as_slice()),
+                        buffers.stack(),
+                    );
+                    f
+                })
+                .collect()
+        };
+        let a = limbs(ct.get_mask().as_polynomial_list().get(0).as_ref(), &mut buffers);
+        let b = limbs(ct.get_body().as_polynomial().as_ref(), &mut buffers);
+        Ok(PreparedPublicKey {
+            glwe: self.glwe,
+            fft,
+            a,
+            b,
+            buffers,
+            rng: ChaCha20Rng::from_entropy(),
+        })
+    }
+}
+
+type FourierPolynomialOwned = FourierPolynomial<tfhe::core_crypto::fft_impl::fft64::ABox<[c64]>>;
+
+/// A public key ready to encrypt: expanded mask and limb FFTs.
+pub struct PreparedPublicKey {
+    pub glwe: GlweParams,
+    fft: Fft,
+    a: Vec<FourierPolynomialOwned>,
+    b: Vec<FourierPolynomialOwned>,
+    buffers: ComputationBuffers,
+    rng: ChaCha20Rng,
+}
+
+impl PreparedPublicKey {
+    pub fn poly_size(&self) -> usize {
+        self.glwe.poly_size
+    }
+
+    /// A fresh RLWE encryption of zero: (u·a + e₁, u·b + e₂).
+    fn encrypt_zero(&mut self, out: &mut [u64]) {
+        let n = self.glwe.poly_size;
+        let poly = PolynomialSize(n);
+        let mut u = vec![0u64; n];
+        let mut word = 0u64;
+        for (i, c) in u.iter_mut().enumerate() {
+            if i % 64 == 0 {
+                word = self.rng.next_u64();
+            }
+            *c = (word >> (i % 64)) & 1;
+        }
+        let mut fu = FourierPolynomial::new(poly);
+        let fft = self.fft.as_view();
+        fft.forward_as_integer(
+            fu.as_mut_view(),
+            Polynomial::from_container(u.as_slice()),
+            self.buffers.stack(),
+        );
+        // Scale so that the backward "torus" conversion yields the integer product itself.
+        let scale = 2f64.powi(-64);
+        let mut prod = FourierPolynomial::new(poly);
+        let mut limb_out = vec![0u64; n];
+        for (component, key) in [(0usize, &self.a), (1, &self.b)] {
+            let target = &mut out[component * n..(component + 1) * n];
+            target.fill(0);
+            for (l, kl) in key.iter().enumerate() {
+                for ((p, x), y) in prod.data.iter_mut().zip(fu.data.iter()).zip(kl.data.iter()) {
+                    *p = (*x * *y) * scale;
+                }
+                fft.backward_as_torus(
+                    Polynomial::from_container(limb_out.as_mut_slice()),
+                    prod.as_view(),
+                    self.buffers.stack(),
+                );
+                let shift = l as u32 * LIMB_BITS;
+                for (t, v) in target.iter_mut().zip(&limb_out) {
+                    *t = t.wrapping_add(v.wrapping_shl(shift));
+                }
+            }
+        }
+        let sigma = 2f64.powf(self.glwe.log2_std);
+        for t in out.iter_mut() {
+            *t = t.wrapping_add(sample_gaussian(&mut self.rng, sigma) as u64);
+        }
+    }
+
+    /// Encrypt a polynomial (coefficients already scaled onto the torus) as a GLWE.
+    pub fn encrypt_glwe(&mut self, message: &[u64]) -> GlweCiphertextOwned<u64> {
+        let n = self.glwe.poly_size;
+        let mut ct = GlweCiphertext::new(0u64, GlweSize(2), PolynomialSize(n), modulus());
+        self.encrypt_zero(ct.as_mut());
+        for (b, m) in ct.as_mut()[n..].iter_mut().zip(message) {
+            *b = b.wrapping_add(*m);
+        }
+        ct
+    }
+
+    /// Encrypt an integer polynomial M as a GGSW in the Fourier domain, ready for external
+    /// products: GGSW(M) ⊡ GLWE(P) = GLWE(M·P).
+    pub fn encrypt_ggsw(
+        &mut self,
+        message: &[u64],
+        decomp: DecompParams,
+    ) -> FourierGgsw {
+        let n = self.glwe.poly_size;
+        let poly = PolynomialSize(n);
+        let mut ggsw = GgswCiphertext::new(
+            0u64,
+            GlweSize(2),
+            poly,
+            DecompositionBaseLog(decomp.base_log),
+            DecompositionLevelCount(decomp.level),
+            modulus(),
+        );
+        for (level_index, mut matrix) in ggsw.iter_mut().enumerate() {
+            // tfhe stores the least significant level first.
+            let shift = 64 - decomp.base_log * (decomp.level - level_index);
+            for (row, mut glwe) in matrix.as_mut_glwe_list().iter_mut().enumerate() {
+                let data = glwe.as_mut();
+                self.encrypt_zero(data);
+                // Add M·q/B^l to component `row`: the mask row's phase becomes −s·M·q/B^l and
+                // the body row's +M·q/B^l, tfhe's layout.
+                for (d, m) in data[row * n..(row + 1) * n].iter_mut().zip(message) {
+                    *d = d.wrapping_add(m.wrapping_shl(shift as u32));
+                }
+            }
+        }
+        let mut fourier = FourierGgswCiphertext::new(
+            GlweSize(2),
+            poly,
+            DecompositionBaseLog(decomp.base_log),
+            DecompositionLevelCount(decomp.level),
+        );
+        convert_standard_ggsw_ciphertext_to_fourier(&ggsw, &mut fourier);
+        fourier
+    }
+}
+
+/// A rounded Gaussian sample (Box–Muller) of standard deviation `sigma`.
+pub fn sample_gaussian(rng: &mut impl Rng, sigma: f64) -> i64 {
+    let u1: f64 = rng.gen::<f64>().max(f64::MIN_POSITIVE);
+    let u2: f64 = rng.gen();
+    let z = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
+    (z * sigma).round() as i64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::params::{ParameterSet, SecurityLevel};
+
+    fn key(n: usize) -> GlweSecretKeyOwned<u64> {
+        let mut gen = SecretRandomGenerator::<DefaultRandomGenerator>::new(OsSeeder.seed());
+        GlweSecretKey::generate_new_binary(GlweDimension(1), PolynomialSize(n), &mut gen)
+    }
+
+    fn phase(sk: &GlweSecretKeyOwned<u64>, ct: &GlweCiphertextOwned<u64>) -> Vec<u64> {
+        let mut out = PlaintextList::new(0u64, PlaintextCount(ct.polynomial_size().0));
+        decrypt_glwe_ciphertext(sk, ct, &mut out);
+        out.into_container()
+    }
+
+    #[test]
+    fn public_key_glwe_decrypts_with_small_noise() {
+        let params = ParameterSet::for_level(SecurityLevel::L128).wide;
+        let sk = key(params.poly_size);
+        let pk = PublicKey::generate(&sk, params);
+        let mut pk = postcard::from_bytes::<PublicKey>(&postcard::to_allocvec(&pk).unwrap())
+            .unwrap()
+            .prepare()
+            .unwrap();
+        let msg: Vec<u64> = (0..params.poly_size as u64).map(|i| (i % 7) << 40).collect();
+        let ct = pk.encrypt_glwe(&msg);
+        let worst = phase(&sk, &ct)
+            .iter()
+            .zip(&msg)
+            .map(|(p, m)| p.wrapping_sub(*m) as i64)
+            .map(i64::unsigned_abs)
+            .max()
+            .unwrap();
+        // Noise ≈ sqrt(N)·σ ≈ 2^8; a wrong product would be ~2^63.
+        assert!(worst < 1 << 14, "noise {worst}");
+    }
+
+    #[test]
+    fn public_key_ggsw_external_product_multiplies() {
+        let params = ParameterSet::for_level(SecurityLevel::L128);
+        let glwe = params.wide;
+        let n = glwe.poly_size;
+        let sk = key(n);
+        let mut pk = PublicKey::generate(&sk, glwe).prepare().unwrap();
+        // M = 3 − 2·X^5, P = Δ·(1 + X)
+        let mut m = vec![0u64; n];
+        m[0] = 3;
+        m[5] = (-2i64) as u64;
+        let delta = 1u64 << 40;
+        let mut p = vec![0u64; n];
+        p[0] = delta;
+        p[1] = delta;
+        let mut gen = crate::crypto::encryption_generator();
+        let mut glwe_p = GlweCiphertext::new(0u64, GlweSize(2), PolynomialSize(n), modulus());
+        encrypt_glwe_ciphertext(
+            &sk,
+            &mut glwe_p,
+            &PlaintextList::from_container(p),
+            gaussian(glwe.log2_std),
+            &mut gen,
+        );
+        let ggsw = pk.encrypt_ggsw(&m, params.features_wide);
+        let mut out = GlweCiphertext::new(0u64, GlweSize(2), PolynomialSize(n), modulus());
+        add_external_product_assign(&mut out, &ggsw, &glwe_p);
+        let ph = phase(&sk, &out);
+        let decoded: Vec<i64> = ph
+            .iter()
+            .map(|&x| ((x as i64) as f64 / delta as f64).round() as i64)
+            .collect();
+        let mut expected = vec![0i64; n];
+        expected[0] = 3;
+        expected[1] = 3;
+        expected[5] = -2;
+        expected[6] = -2;
+        assert_eq!(decoded, expected);
+    }
+}

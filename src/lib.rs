@@ -1,0 +1,10 @@
+//! hedge: homomorphically encrypted deep neural networks at the edge.
+//!
+//! The backend (`hedge`) generates keys, quantises and encrypts a classifier into an edge
+//! bundle that holds only public material; the edge (`hedged`) runs encrypted inference on it;
+//! the backend decrypts the results. See README.md and docs/CRYPTO.md.
+
+pub mod crypto;
+pub mod error;
+
+pub use error::{Error, Result};
