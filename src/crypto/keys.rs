@@ -1,0 +1,285 @@
+//! Keys, split by who may hold them.
+//!
+//! - [`SecretKeys`]: the backend's decryption keys. Never serialised into anything the edge
+//!   receives; the type is not part of [`crate::bundle::EdgeBundle`].
+//! - [`PublicKeys`]: public encryption keys (for features encrypted on the edge side).
+//! - [`EvaluationKeys`]: bootstrapping and key-switching keys (variant `act` only).
+//!
+//! [`EdgeKeys`] is what an edge bundle carries: public + evaluation keys, nothing else.
+
+use super::params::ParameterSet;
+use super::pke::PublicKey;
+use super::raw::U64s;
+use super::{gaussian, modulus, CompressionSeed, OsSeeder, Seeder};
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tfhe::core_crypto::prelude::*;
+
+/// Identifies a key set: the first 16 bytes of SHA-256 over the public material.
+pub type KeyId = [u8; 16];
+
+/// The backend's secret keys.
+pub struct SecretKeys {
+    pub params: ParameterSet,
+    pub key_id: KeyId,
+    pub wide: GlweSecretKeyOwned<u64>,
+    pub pbs: GlweSecretKeyOwned<u64>,
+    pub lwe: LweSecretKeyOwned<u64>,
+}
+
+/// On-disk form of the secret keys: binary coefficients packed as bits.
+#[derive(Serialize, Deserialize)]
+struct SecretKeysFile {
+    magic: [u8; 8],
+    params: ParameterSet,
+    key_id: KeyId,
+    wide: Vec<u8>,
+    pbs: Vec<u8>,
+    lwe: Vec<u8>,
+}
+
+const SECRET_MAGIC: [u8; 8] = *b"HEDGESK1";
+
+fn pack_bits(key: &[u64]) -> Vec<u8> {
+    let mut out = vec![0u8; key.len().div_ceil(8)];
+    for (i, &b) in key.iter().enumerate() {
+        out[i / 8] |= ((b & 1) as u8) << (i % 8);
+    }
+    out
+}
+
+fn unpack_bits(bits: &[u8], len: usize) -> Result<Vec<u64>> {
+    if bits.len() != len.div_ceil(8) {
+        return Err(Error::Malformed(format!(
+            "secret key holds {} bytes, expected {}",
+            bits.len(),
+            len.div_ceil(8)
+        )));
+    }
+    Ok((0..len)
+        .map(|i| ((bits[i / 8] >> (i % 8)) & 1) as u64)
+        .collect())
+}
+
+impl SecretKeys {
+    pub fn to_bytes(&self) -> Vec<u8> {
+        postcard::to_allocvec(&SecretKeysFile {
+            magic: SECRET_MAGIC,
+            params: self.params,
+            key_id: self.key_id,
+            wide: pack_bits(self.wide.as_ref()),
+            pbs: pack_bits(self.pbs.as_ref()),
+            lwe: pack_bits(self.lwe.as_ref()),
+        })
+        .expect("serialising to a Vec cannot fail")
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        let f: SecretKeysFile = postcard::from_bytes(bytes)
+            .map_err(|e| Error::Malformed(format!("secret key file: {e}")))?;
+        if f.magic != SECRET_MAGIC {
+            return Err(Error::Malformed("not a hedge secret key file".into()));
+        }
+        let p = f.params;
+        if p != ParameterSet::for_level(p.security) {
+            return Err(Error::Malformed(
+                "secret key file names an unknown parameter set".into(),
+            ));
+        }
+        Ok(Self {
+            params: p,
+            key_id: f.key_id,
+            wide: GlweSecretKey::from_container(
+                unpack_bits(&f.wide, p.wide.poly_size)?,
+                PolynomialSize(p.wide.poly_size),
+            ),
+            pbs: GlweSecretKey::from_container(
+                unpack_bits(&f.pbs, p.pbs_glwe.poly_size)?,
+                PolynomialSize(p.pbs_glwe.poly_size),
+            ),
+            lwe: LweSecretKey::from_container(unpack_bits(&f.lwe, p.lwe_dim)?),
+        })
+    }
+
+    pub fn key(&self, kind: KeyKind) -> &GlweSecretKeyOwned<u64> {
+        match kind {
+            KeyKind::Wide => &self.wide,
+            KeyKind::Pbs => &self.pbs,
+        }
+    }
+}
+
+/// Which GLWE key (and shape) a ciphertext is under.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KeyKind {
+    Wide,
+    Pbs,
+}
+
+/// Public encryption keys for both GLWE shapes.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PublicKeys {
+    pub params: ParameterSet,
+    pub wide: PublicKey,
+    pub pbs: PublicKey,
+}
+
+impl PublicKeys {
+    pub fn key(&self, kind: KeyKind) -> &PublicKey {
+        match kind {
+            KeyKind::Wide => &self.wide,
+            KeyKind::Pbs => &self.pbs,
+        }
+    }
+}
+
+/// Seeded bootstrapping and key-switching keys (only their bodies and seeds are stored).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EvaluationKeys {
+    bsk_seed: CompressionSeed,
+    bsk: U64s,
+    ksk_seed: CompressionSeed,
+    ksk: U64s,
+}
+
+impl EvaluationKeys {
+    pub fn byte_len(&self) -> usize {
+        self.bsk.byte_len() + self.ksk.byte_len()
+    }
+
+    /// Expand the seeded keys: Fourier bootstrapping key and full key-switching key.
+    pub fn prepare(&self, p: &ParameterSet) -> Result<PreparedEvaluationKeys> {
+        let n = PolynomialSize(p.pbs_glwe.poly_size);
+        let bsk_len = p.lwe_dim * 2 * p.pbs.level * n.0;
+        let ksk_len = n.0 * p.ks.level;
+        if self.bsk.0.len() != bsk_len || self.ksk.0.len() != ksk_len {
+            return Err(Error::Malformed(format!(
+                "evaluation keys have {}/{} words, parameter set {} needs {bsk_len}/{ksk_len}",
+                self.bsk.0.len(),
+                self.ksk.0.len(),
+                p.security
+            )));
+        }
+        let seeded_bsk = SeededLweBootstrapKey::from_container(
+            self.bsk.0.clone(),
+            GlweSize(2),
+            n,
+            DecompositionBaseLog(p.pbs.base_log),
+            DecompositionLevelCount(p.pbs.level),
+            self.bsk_seed.clone(),
+            modulus(),
+        );
+        let bsk = seeded_bsk.decompress_into_lwe_bootstrap_key();
+        let mut fourier = FourierLweBootstrapKey::new(
+            bsk.input_lwe_dimension(),
+            bsk.glwe_size(),
+            bsk.polynomial_size(),
+            bsk.decomposition_base_log(),
+            bsk.decomposition_level_count(),
+        );
+        convert_standard_lwe_bootstrap_key_to_fourier(&bsk, &mut fourier);
+        let seeded_ksk = SeededLweKeyswitchKey::from_container(
+            self.ksk.0.clone(),
+            DecompositionBaseLog(p.ks.base_log),
+            DecompositionLevelCount(p.ks.level),
+            LweSize(p.lwe_dim + 1),
+            self.ksk_seed.clone(),
+            modulus(),
+        );
+        Ok(PreparedEvaluationKeys {
+            bsk: fourier,
+            ksk: seeded_ksk.decompress_into_lwe_keyswitch_key(),
+        })
+    }
+}
+
+/// Evaluation keys expanded for use.
+pub struct PreparedEvaluationKeys {
+    pub bsk: FourierLweBootstrapKeyOwned,
+    pub ksk: LweKeyswitchKeyOwned<u64>,
+}
+
+/// Everything key-related an edge bundle carries. By construction it cannot hold a secret key.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EdgeKeys {
+    pub public: PublicKeys,
+    pub evaluation: Option<EvaluationKeys>,
+}
+
+/// The output of key generation.
+pub struct KeySet {
+    pub secret: SecretKeys,
+    pub public: PublicKeys,
+    pub evaluation: EvaluationKeys,
+}
+
+/// The key id of a set of public keys.
+pub fn key_id(public: &PublicKeys) -> KeyId {
+    let bytes = postcard::to_allocvec(public).expect("serialising to a Vec cannot fail");
+    let digest = Sha256::digest(&bytes);
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&digest[..16]);
+    id
+}
+
+/// Generate every key for one parameter set.
+pub fn generate(params: ParameterSet) -> KeySet {
+    let mut seeder = OsSeeder;
+    let mut secret_gen = SecretRandomGenerator::<DefaultRandomGenerator>::new(seeder.seed());
+    let wide = GlweSecretKey::generate_new_binary(
+        GlweDimension(1),
+        PolynomialSize(params.wide.poly_size),
+        &mut secret_gen,
+    );
+    let pbs = GlweSecretKey::generate_new_binary(
+        GlweDimension(1),
+        PolynomialSize(params.pbs_glwe.poly_size),
+        &mut secret_gen,
+    );
+    let lwe = LweSecretKey::generate_new_binary(LweDimension(params.lwe_dim), &mut secret_gen);
+
+    let public = PublicKeys {
+        params,
+        wide: PublicKey::generate(&wide, params.wide),
+        pbs: PublicKey::generate(&pbs, params.pbs_glwe),
+    };
+
+    let bsk = allocate_and_generate_new_seeded_lwe_bootstrap_key(
+        &lwe,
+        &pbs,
+        DecompositionBaseLog(params.pbs.base_log),
+        DecompositionLevelCount(params.pbs.level),
+        gaussian(params.pbs_glwe.log2_std),
+        modulus(),
+        &mut seeder,
+    );
+    let big_lwe = pbs.clone().into_lwe_secret_key();
+    let ksk = allocate_and_generate_new_seeded_lwe_keyswitch_key(
+        &big_lwe,
+        &lwe,
+        DecompositionBaseLog(params.ks.base_log),
+        DecompositionLevelCount(params.ks.level),
+        gaussian(params.lwe_log2_std),
+        modulus(),
+        &mut seeder,
+    );
+    let evaluation = EvaluationKeys {
+        bsk_seed: bsk.compression_seed(),
+        bsk: U64s(bsk.into_container()),
+        ksk_seed: ksk.compression_seed(),
+        ksk: U64s(ksk.into_container()),
+    };
+    let key_id = key_id(&public);
+    KeySet {
+        secret: SecretKeys {
+            params,
+            key_id,
+            wide,
+            pbs,
+            lwe,
+        },
+        public,
+        evaluation,
+    }
+}

@@ -1,15 +1,16 @@
 //! The TFHE engine on tfhe's `core_crypto` layer: parameter sets, keys, public-key encryption,
 //! encrypted linear layers and encrypted lookup tables. See docs/CRYPTO.md for the maths.
 
-// pub mod keys;
-// pub mod linear;
+pub mod ggsw;
+pub mod keys;
+pub mod linear;
 // pub mod lut;
 pub mod params;
 pub mod pke;
 pub mod raw;
 
-use tfhe::core_crypto::fft_impl::fft64::ABox;
 pub use tfhe::core_crypto::commons::math::random::{CompressionSeed, Seed, Seeder};
+use tfhe::core_crypto::fft_impl::fft64::ABox;
 use tfhe::core_crypto::prelude::*;
 
 /// An owned GGSW ciphertext in the Fourier domain.

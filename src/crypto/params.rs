@@ -148,16 +148,16 @@ impl ParameterSet {
                     level: 4,
                 },
                 features_wide: DecompParams {
-                    base_log: 11,
-                    level: 5,
+                    base_log: 8,
+                    level: 7,
                 },
                 features_pbs: DecompParams {
                     base_log: 15,
                     level: 3,
                 },
                 weights_ggsw: DecompParams {
-                    base_log: 16,
-                    level: 3,
+                    base_log: 11,
+                    level: 5,
                 },
             },
             SecurityLevel::L192 => Self {
@@ -181,16 +181,16 @@ impl ParameterSet {
                     level: 4,
                 },
                 features_wide: DecompParams {
-                    base_log: 11,
-                    level: 5,
+                    base_log: 8,
+                    level: 7,
                 },
                 features_pbs: DecompParams {
                     base_log: 11,
                     level: 5,
                 },
                 weights_ggsw: DecompParams {
-                    base_log: 16,
-                    level: 3,
+                    base_log: 11,
+                    level: 5,
                 },
             },
             SecurityLevel::L256 => Self {
@@ -214,16 +214,16 @@ impl ParameterSet {
                     level: 4,
                 },
                 features_wide: DecompParams {
-                    base_log: 11,
-                    level: 5,
+                    base_log: 8,
+                    level: 7,
                 },
                 features_pbs: DecompParams {
                     base_log: 15,
                     level: 3,
                 },
                 weights_ggsw: DecompParams {
-                    base_log: 16,
-                    level: 3,
+                    base_log: 11,
+                    level: 5,
                 },
             },
         }

@@ -13,18 +13,15 @@
 //! 64-bit operand is split into 22-bit limbs, each multiplied by the binary u in a 53-bit float
 //! FFT (|coefficient| <= 2^22·N <= 2^35: exact after rounding), then recombined.
 
+use super::ggsw::{ExactGgsw, FftEngine, FourierPoly, LIMB_BITS};
 use super::params::{DecompParams, GlweParams};
 use super::raw::U64s;
-use super::{gaussian, modulus, CompressionSeed, FourierGgsw, OsSeeder, Seeder};
+use super::{gaussian, modulus, CompressionSeed, OsSeeder, Seeder};
 use crate::error::{Error, Result};
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use serde::{Deserialize, Serialize};
-use tfhe::core_crypto::fft_impl::fft64::math::polynomial::FourierPolynomial;
 use tfhe::core_crypto::prelude::*;
-
-const LIMB_BITS: u32 = 22;
-const LIMBS: usize = 3;
 
 /// A public encryption key, stored seeded: the mask a is expanded from the seed.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -76,54 +73,25 @@ impl PublicKey {
             modulus(),
         );
         let ct = seeded.decompress_into_glwe_ciphertext();
-        let poly = PolynomialSize(n);
-        let fft = Fft::new(poly);
-        let mut buffers = ComputationBuffers::new();
-        buffers.resize(
-            fft.as_view()
-                .forward_scratch()
-                .or(fft.as_view().backward_scratch())
-                .unaligned_bytes_required(),
-        );
-        let limbs = |p: &[u64], buffers: &mut ComputationBuffers| -> Vec<FourierPolynomialOwned> {
-            (0..LIMBS)
-                .map(|l| {
-                    let limb: Vec<u64> = p
-                        .iter()
-                        .map(|&c| (c >> (l as u32 * LIMB_BITS)) & ((1 << LIMB_BITS) - 1))
-                        .collect();
-                    let mut f = FourierPolynomial::new(poly);
-                    fft.as_view().forward_as_integer(
-                        f.as_mut_view(),
-                        Polynomial::from_container(limb.as_slice()),
-                        buffers.stack(),
-                    );
-                    f
-                })
-                .collect()
-        };
-        let a = limbs(ct.get_mask().as_polynomial_list().get(0).as_ref(), &mut buffers);
-        let b = limbs(ct.get_body().as_polynomial().as_ref(), &mut buffers);
+        let mut engine = FftEngine::new(n);
+        let a = engine.forward_limbs(ct.get_mask().as_polynomial_list().get(0).as_ref());
+        let b = engine.forward_limbs(ct.get_body().as_polynomial().as_ref());
         Ok(PreparedPublicKey {
             glwe: self.glwe,
-            fft,
+            engine,
             a,
             b,
-            buffers,
             rng: ChaCha20Rng::from_entropy(),
         })
     }
 }
 
-type FourierPolynomialOwned = FourierPolynomial<tfhe::core_crypto::fft_impl::fft64::ABox<[c64]>>;
-
 /// A public key ready to encrypt: expanded mask and limb FFTs.
 pub struct PreparedPublicKey {
     pub glwe: GlweParams,
-    fft: Fft,
-    a: Vec<FourierPolynomialOwned>,
-    b: Vec<FourierPolynomialOwned>,
-    buffers: ComputationBuffers,
+    engine: FftEngine,
+    a: Vec<FourierPoly>,
+    b: Vec<FourierPoly>,
     rng: ChaCha20Rng,
 }
 
@@ -135,7 +103,6 @@ impl PreparedPublicKey {
     /// A fresh RLWE encryption of zero: (u·a + e₁, u·b + e₂).
     fn encrypt_zero(&mut self, out: &mut [u64]) {
         let n = self.glwe.poly_size;
-        let poly = PolynomialSize(n);
         let mut u = vec![0u64; n];
         let mut word = 0u64;
         for (i, c) in u.iter_mut().enumerate() {
@@ -144,33 +111,18 @@ impl PreparedPublicKey {
             }
             *c = (word >> (i % 64)) & 1;
         }
-        let mut fu = FourierPolynomial::new(poly);
-        let fft = self.fft.as_view();
-        fft.forward_as_integer(
-            fu.as_mut_view(),
-            Polynomial::from_container(u.as_slice()),
-            self.buffers.stack(),
-        );
-        // Scale so that the backward "torus" conversion yields the integer product itself.
-        let scale = 2f64.powi(-64);
-        let mut prod = FourierPolynomial::new(poly);
-        let mut limb_out = vec![0u64; n];
+        let fu = self.engine.forward_integer(&u);
+        out.fill(0);
         for (component, key) in [(0usize, &self.a), (1, &self.b)] {
-            let target = &mut out[component * n..(component + 1) * n];
-            target.fill(0);
-            for (l, kl) in key.iter().enumerate() {
-                for ((p, x), y) in prod.data.iter_mut().zip(fu.data.iter()).zip(kl.data.iter()) {
-                    *p = (*x * *y) * scale;
-                }
-                fft.backward_as_torus(
-                    Polynomial::from_container(limb_out.as_mut_slice()),
-                    prod.as_view(),
-                    self.buffers.stack(),
+            for (l, limb) in key.iter().enumerate() {
+                let mut prod = self
+                    .engine
+                    .multiply_accumulate(std::iter::once((&fu, limb)));
+                self.engine.add_backward_integer(
+                    &mut out[component * n..(component + 1) * n],
+                    &mut prod,
+                    l as u32 * LIMB_BITS,
                 );
-                let shift = l as u32 * LIMB_BITS;
-                for (t, v) in target.iter_mut().zip(&limb_out) {
-                    *t = t.wrapping_add(v.wrapping_shl(shift));
-                }
             }
         }
         let sigma = 2f64.powf(self.glwe.log2_std);
@@ -190,44 +142,26 @@ impl PreparedPublicKey {
         ct
     }
 
-    /// Encrypt an integer polynomial M as a GGSW in the Fourier domain, ready for external
-    /// products: GGSW(M) ⊡ GLWE(P) = GLWE(M·P).
-    pub fn encrypt_ggsw(
-        &mut self,
-        message: &[u64],
-        decomp: DecompParams,
-    ) -> FourierGgsw {
+    /// Encrypt an integer polynomial M as a GGSW ready for exact external products:
+    /// GGSW(M) ⊡ GLWE(P) = GLWE(M·P).
+    pub fn encrypt_ggsw(&mut self, message: &[u64], decomp: DecompParams) -> Result<ExactGgsw> {
         let n = self.glwe.poly_size;
-        let poly = PolynomialSize(n);
-        let mut ggsw = GgswCiphertext::new(
-            0u64,
-            GlweSize(2),
-            poly,
-            DecompositionBaseLog(decomp.base_log),
-            DecompositionLevelCount(decomp.level),
-            modulus(),
-        );
-        for (level_index, mut matrix) in ggsw.iter_mut().enumerate() {
-            // tfhe stores the least significant level first.
+        let mut rows = vec![0u64; decomp.level * 2 * 2 * n];
+        for (r, row) in rows.chunks_exact_mut(2 * n).enumerate() {
+            // tfhe stores the least significant level first; row r = level_index*2 + component.
+            let (level_index, component) = (r / 2, r % 2);
             let shift = 64 - decomp.base_log * (decomp.level - level_index);
-            for (row, mut glwe) in matrix.as_mut_glwe_list().iter_mut().enumerate() {
-                let data = glwe.as_mut();
-                self.encrypt_zero(data);
-                // Add M·q/B^l to component `row`: the mask row's phase becomes −s·M·q/B^l and
-                // the body row's +M·q/B^l, tfhe's layout.
-                for (d, m) in data[row * n..(row + 1) * n].iter_mut().zip(message) {
-                    *d = d.wrapping_add(m.wrapping_shl(shift as u32));
-                }
+            self.encrypt_zero(row);
+            // Add M·q/B^l to one component: the mask row's phase becomes −s·M·q/B^l and the
+            // body row's +M·q/B^l, tfhe's layout.
+            for (d, m) in row[component * n..(component + 1) * n]
+                .iter_mut()
+                .zip(message)
+            {
+                *d = d.wrapping_add(m.wrapping_shl(shift as u32));
             }
         }
-        let mut fourier = FourierGgswCiphertext::new(
-            GlweSize(2),
-            poly,
-            DecompositionBaseLog(decomp.base_log),
-            DecompositionLevelCount(decomp.level),
-        );
-        convert_standard_ggsw_ciphertext_to_fourier(&ggsw, &mut fourier);
-        fourier
+        ExactGgsw::from_standard(&mut self.engine, &rows, decomp)
     }
 }
 
@@ -264,7 +198,9 @@ mod tests {
             .unwrap()
             .prepare()
             .unwrap();
-        let msg: Vec<u64> = (0..params.poly_size as u64).map(|i| (i % 7) << 40).collect();
+        let msg: Vec<u64> = (0..params.poly_size as u64)
+            .map(|i| (i % 7) << 40)
+            .collect();
         let ct = pk.encrypt_glwe(&msg);
         let worst = phase(&sk, &ct)
             .iter()
@@ -301,9 +237,9 @@ mod tests {
             gaussian(glwe.log2_std),
             &mut gen,
         );
-        let ggsw = pk.encrypt_ggsw(&m, params.features_wide);
+        let ggsw = pk.encrypt_ggsw(&m, params.features_wide).unwrap();
         let mut out = GlweCiphertext::new(0u64, GlweSize(2), PolynomialSize(n), modulus());
-        add_external_product_assign(&mut out, &ggsw, &glwe_p);
+        FftEngine::new(n).add_external_product(out.as_mut(), &ggsw, glwe_p.as_ref());
         let ph = phase(&sk, &out);
         let decoded: Vec<i64> = ph
             .iter()
