@@ -6,5 +6,6 @@
 
 pub mod crypto;
 pub mod error;
+pub mod model;
 
 pub use error::{Error, Result};

@@ -4,7 +4,7 @@
 pub mod ggsw;
 pub mod keys;
 pub mod linear;
-// pub mod lut;
+pub mod lut;
 pub mod params;
 pub mod pke;
 pub mod raw;

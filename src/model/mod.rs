@@ -1,0 +1,77 @@
+//! The classifier being protected: a float model (imported from ONNX or generated from a fixed
+//! seed), its quantisation and the plaintext integer reference.
+
+pub mod onnx;
+pub mod quant;
+pub mod synth;
+
+use crate::crypto::lut::Activation;
+use serde::{Deserialize, Serialize};
+
+/// A dense layer y = W·x + b, W row-major (out × in).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Dense {
+    pub out_dim: usize,
+    pub in_dim: usize,
+    pub w: Vec<f32>,
+    pub b: Vec<f32>,
+}
+
+impl Dense {
+    pub fn forward(&self, x: &[f32]) -> Vec<f32> {
+        (0..self.out_dim)
+            .map(|j| {
+                let row = &self.w[j * self.in_dim..(j + 1) * self.in_dim];
+                row.iter().zip(x).map(|(w, x)| w * x).sum::<f32>() + self.b[j]
+            })
+            .collect()
+    }
+}
+
+/// The classifier head: dense → activation (or none) → dense. Softmax is dropped at inference.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Classifier {
+    pub hidden: Dense,
+    pub activation: Option<Activation>,
+    pub output: Dense,
+}
+
+impl Classifier {
+    pub fn in_dim(&self) -> usize {
+        self.hidden.in_dim
+    }
+
+    pub fn out_dim(&self) -> usize {
+        self.output.out_dim
+    }
+
+    /// Hidden activations (after the activation, if any).
+    pub fn hidden_activations(&self, x: &[f32]) -> Vec<f32> {
+        let h = self.hidden.forward(x);
+        match self.activation {
+            None => h,
+            Some(Activation::Relu) => h.into_iter().map(|v| v.max(0.0)).collect(),
+            Some(Activation::Square) => h.into_iter().map(|v| v * v).collect(),
+        }
+    }
+
+    pub fn forward(&self, x: &[f32]) -> Vec<f32> {
+        self.output.forward(&self.hidden_activations(x))
+    }
+
+    /// float32 size of all weights and biases.
+    pub fn float_bytes(&self) -> usize {
+        4 * (self.hidden.w.len() + self.hidden.b.len() + self.output.w.len() + self.output.b.len())
+    }
+}
+
+/// Index of the largest score (first one on ties).
+pub fn argmax<T: PartialOrd + Copy>(v: &[T]) -> usize {
+    let mut best = 0;
+    for (i, x) in v.iter().enumerate() {
+        if *x > v[best] {
+            best = i;
+        }
+    }
+    best
+}

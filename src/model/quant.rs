@@ -1,0 +1,520 @@
+//! Fixed-point quantisation and the plaintext integer reference.
+//!
+//! Bit widths (symmetric per-tensor scales from max |value|; inputs from a calibration set):
+//!
+//! | variant | features x | W1 | hidden a | W2 | where the hidden layer runs |
+//! |---|---|---|---|---|---|
+//! | last  | 8 | 8 | 8 (requantised, plaintext) | 8 | plaintext on the edge |
+//! | noact | 6 | 6 | y itself (no rescaling)      | 6 | encrypted, no bootstrap |
+//! | act   | 8 | 8 | one bootstrap slot (window of N/out slots) | 8 | encrypted + bootstrap |
+//!
+//! `noact` is narrower because nothing rescales between its two encrypted layers: the score
+//! z = W2·(W1·x + b1) + b2 and the noise of the encrypted-features path (≈ 2^26 · ‖W2 row‖)
+//! must share 64 bits; 6 bits each keep ≥ 6 bits of margin (measured, `hedge bench`).
+//!
+//! The reference computes exactly what the encrypted path computes: the same integers, the
+//! same bias terms and, for `act`, the same rounding of the bootstrap's modulus switch (what
+//! the bootstrap adds on top is its noise, bounded in docs/CRYPTO.md).
+
+use super::{Classifier, Dense};
+use crate::crypto::lut::{Activation, WindowMap};
+use crate::crypto::params::ParameterSet;
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+
+/// The paper's three variants.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+pub enum Variant {
+    /// Only the last dense layer is encrypted.
+    Last,
+    /// Both dense layers encrypted, no activation between them.
+    Noact,
+    /// Both dense layers encrypted, activation by bootstrapping.
+    Act,
+}
+
+impl Variant {
+    pub const ALL: [Variant; 3] = [Variant::Last, Variant::Noact, Variant::Act];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Last => "last",
+            Self::Noact => "noact",
+            Self::Act => "act",
+        }
+    }
+}
+
+/// Bit widths (signed weights use bits−1 magnitude bits).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BitWidths {
+    pub x: u32,
+    pub w1: u32,
+    pub a: u32,
+    pub w2: u32,
+}
+
+impl BitWidths {
+    pub fn for_variant(v: Variant) -> Self {
+        match v {
+            Variant::Last | Variant::Act => Self {
+                x: 8,
+                w1: 8,
+                a: 8,
+                w2: 8,
+            },
+            Variant::Noact => Self {
+                x: 6,
+                w1: 6,
+                a: 0,
+                w2: 6,
+            },
+        }
+    }
+}
+
+/// Input quantisation: x_q = round(x / scale), clamped to the width.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InputQuant {
+    pub dim: usize,
+    pub scale: f32,
+    pub min_q: i64,
+    pub max_q: i64,
+    /// Values beyond ±limit are refused as out of range rather than clamped.
+    pub limit: f32,
+}
+
+impl InputQuant {
+    pub fn quantize(&self, x: &[f32]) -> Result<Vec<i64>> {
+        if x.len() != self.dim {
+            return Err(Error::BadFeatures(format!(
+                "expected {} features, got {}",
+                self.dim,
+                x.len()
+            )));
+        }
+        x.iter()
+            .enumerate()
+            .map(|(i, &v)| {
+                if !v.is_finite() {
+                    return Err(Error::BadFeatures(format!("feature {i} is {v}")));
+                }
+                if v.abs() > self.limit {
+                    return Err(Error::BadFeatures(format!(
+                        "feature {i} = {v} is out of range (|x| <= {})",
+                        self.limit
+                    )));
+                }
+                Ok(((v / self.scale).round() as i64).clamp(self.min_q, self.max_q))
+            })
+            .collect()
+    }
+}
+
+/// How the hidden pre-activation y becomes the second layer's input a.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub enum HiddenMap {
+    /// `last`: plaintext a = clamp(round(act(y)·mult), lo, hi).
+    Requant {
+        activation: Option<Activation>,
+        mult: f64,
+        lo: i64,
+        hi: i64,
+    },
+    /// `noact`: a = y.
+    Identity,
+    /// `act`: phase Δ_h·y + offset; a = act(slot − zero).
+    Window {
+        map: WindowMap,
+        delta_h: u64,
+        activation: Activation,
+    },
+}
+
+impl HiddenMap {
+    /// The second layer's input from y, and whether y left its bootstrap window.
+    pub fn apply(&self, y: i64) -> (i64, bool) {
+        match *self {
+            HiddenMap::Identity => (y, false),
+            HiddenMap::Requant {
+                activation,
+                mult,
+                lo,
+                hi,
+            } => {
+                let v = match activation {
+                    None => y as f64,
+                    Some(Activation::Relu) => y.max(0) as f64,
+                    Some(Activation::Square) => (y as f64) * (y as f64),
+                };
+                (((v * mult).round() as i64).clamp(lo, hi), false)
+            }
+            HiddenMap::Window {
+                map,
+                delta_h,
+                activation,
+            } => {
+                let phase = (y as u64).wrapping_mul(delta_h).wrapping_add(map.offset());
+                let slot = map.slot(phase) as usize;
+                let outside = slot >= map.window;
+                let t = slot.min(map.window - 1) as i64;
+                (activation.apply(t - map.zero_slot as i64), outside)
+            }
+        }
+    }
+}
+
+/// A quantised classifier: integer weights, the hidden map and the output encoding.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct QuantModel {
+    pub variant: Variant,
+    pub bits: BitWidths,
+    pub input: InputQuant,
+    pub hidden_dim: usize,
+    pub out_dim: usize,
+    /// hidden × in, row-major; b1 at scale s_x·s_w1.
+    pub w1: Vec<i64>,
+    pub b1: Vec<i64>,
+    pub hidden_map: HiddenMap,
+    /// out × hidden, row-major; b2 at scale s_a·s_w2.
+    pub w2: Vec<i64>,
+    pub b2: Vec<i64>,
+    /// float score = z · out_scale.
+    pub out_scale: f64,
+    /// Scores are encoded as Δ_out · z in the result.
+    pub delta_out: u64,
+    pub z_bound: i64,
+}
+
+/// What the integer reference computes for one input.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Reference {
+    pub scores: Vec<i64>,
+    pub hidden: Vec<i64>,
+    /// Hidden units whose pre-activation left the bootstrap window (act only).
+    pub out_of_window: usize,
+}
+
+fn symmetric_scale(values: &[f32], bits: u32) -> f32 {
+    let max = values
+        .iter()
+        .fold(0f32, |m, v| m.max(v.abs()))
+        .max(f32::MIN_POSITIVE);
+    max / ((1i64 << (bits - 1)) - 1) as f32
+}
+
+fn quantize_dense(d: &Dense, bits: u32, in_scale: f64) -> (Vec<i64>, Vec<i64>, f64) {
+    let s = symmetric_scale(&d.w, bits) as f64;
+    let w = d.w.iter().map(|v| (*v as f64 / s).round() as i64).collect();
+    let b =
+        d.b.iter()
+            .map(|v| (*v as f64 / (s * in_scale)).round() as i64)
+            .collect();
+    (w, b, s)
+}
+
+fn matvec(w: &[i64], b: &[i64], x: &[i64]) -> Vec<i64> {
+    b.iter()
+        .enumerate()
+        .map(|(j, bj)| {
+            w[j * x.len()..(j + 1) * x.len()]
+                .iter()
+                .zip(x)
+                .map(|(w, x)| w * x)
+                .sum::<i64>()
+                + bj
+        })
+        .collect()
+}
+
+impl QuantModel {
+    /// Quantise `model` for `variant` with a calibration set.
+    pub fn quantize(
+        model: &Classifier,
+        variant: Variant,
+        activation: Option<Activation>,
+        calibration: &[Vec<f32>],
+        params: &ParameterSet,
+    ) -> Result<Self> {
+        if calibration.is_empty() {
+            return Err(Error::Quantisation("empty calibration set".into()));
+        }
+        let activation = activation.or(model.activation);
+        let bits = BitWidths::for_variant(variant);
+        let in_dim = model.in_dim();
+        let (hidden_dim, out_dim) = (model.hidden.out_dim, model.out_dim());
+        if let Some(x) = calibration.iter().find(|x| x.len() != in_dim) {
+            return Err(Error::Quantisation(format!(
+                "calibration vector of {} values for a model of {in_dim} inputs",
+                x.len()
+            )));
+        }
+        // Inputs
+        let all: Vec<f32> = calibration.iter().flatten().copied().collect();
+        if all.iter().any(|v| !v.is_finite()) {
+            return Err(Error::Quantisation(
+                "calibration set holds NaN or infinity".into(),
+            ));
+        }
+        let signed = all.iter().any(|v| *v < 0.0);
+        let max_abs = all
+            .iter()
+            .fold(0f32, |m, v| m.max(v.abs()))
+            .max(f32::MIN_POSITIVE);
+        let (min_q, max_q) = if signed {
+            (-((1 << (bits.x - 1)) - 1), (1 << (bits.x - 1)) - 1)
+        } else {
+            (0, (1 << bits.x) - 1)
+        };
+        let input = InputQuant {
+            dim: in_dim,
+            scale: max_abs / max_q as f32,
+            min_q,
+            max_q,
+            limit: 16.0 * max_abs,
+        };
+        let xq: Vec<Vec<i64>> = calibration
+            .iter()
+            .map(|x| input.quantize(x))
+            .collect::<Result<_>>()?;
+        // First layer
+        let (w1, b1, s_w1) = quantize_dense(&model.hidden, bits.w1, input.scale as f64);
+        let s_h = input.scale as f64 * s_w1;
+        let ys: Vec<Vec<i64>> = xq.iter().map(|x| matvec(&w1, &b1, x)).collect();
+        let (hidden_map, s_a) = match variant {
+            Variant::Noact => {
+                if activation.is_some() && model.activation.is_some() {
+                    log::warn!("variant noact drops the model's activation");
+                }
+                (HiddenMap::Identity, s_h)
+            }
+            Variant::Last => {
+                let act_f = |y: i64| match activation {
+                    None => y as f64,
+                    Some(Activation::Relu) => y.max(0) as f64,
+                    Some(Activation::Square) => (y as f64) * (y as f64),
+                };
+                let max = ys
+                    .iter()
+                    .flatten()
+                    .map(|&y| act_f(y).abs())
+                    .fold(0f64, f64::max)
+                    .max(1.0);
+                let hi = (1i64 << (bits.a - 1)) - 1;
+                let hi = if activation.is_some() { 2 * hi + 1 } else { hi };
+                let lo = if activation.is_some() { 0 } else { -hi };
+                let mult = hi as f64 / max;
+                let s_a = match activation {
+                    Some(Activation::Square) => s_h * s_h / mult,
+                    _ => s_h / mult,
+                };
+                (
+                    HiddenMap::Requant {
+                        activation,
+                        mult,
+                        lo,
+                        hi,
+                    },
+                    s_a,
+                )
+            }
+            Variant::Act => {
+                let activation = activation.ok_or_else(|| {
+                    Error::Quantisation(
+                        "variant act needs an activation (the model has none: pass one)".into(),
+                    )
+                })?;
+                let n = params.pbs_glwe.poly_size;
+                let window = n / out_dim;
+                let guard = (4.0 * params.pbs_input_std_slots()).ceil() as usize;
+                if window < 2 * guard + 16 {
+                    return Err(Error::Quantisation(format!(
+                        "{out_dim} outputs leave windows of {window} slots: too narrow for one bootstrap"
+                    )));
+                }
+                let lo = ys.iter().flatten().copied().min().unwrap_or(0).min(-1) as f64 * 1.1;
+                let hi = ys.iter().flatten().copied().max().unwrap_or(0).max(1) as f64 * 1.1;
+                let slots_per_unit = (window - 2 * guard) as f64 / (hi - lo);
+                let zero_slot = (guard as f64 - lo * slots_per_unit).round() as usize;
+                let two_n = 2.0 * n as f64;
+                let delta_h = (slots_per_unit * 2f64.powi(64) / two_n).round().max(1.0) as u64;
+                let s_eff = delta_h as f64 * two_n / 2f64.powi(64);
+                let map = WindowMap {
+                    poly_size: n,
+                    window,
+                    zero_slot,
+                };
+                let s_a = match activation {
+                    Activation::Relu => s_h / s_eff,
+                    Activation::Square => s_h * s_h / (s_eff * s_eff),
+                };
+                (
+                    HiddenMap::Window {
+                        map,
+                        delta_h,
+                        activation,
+                    },
+                    s_a,
+                )
+            }
+        };
+        // Second layer
+        let (w2, b2, s_w2) = quantize_dense(&model.output, bits.w2, s_a);
+        let mut q = QuantModel {
+            variant,
+            bits,
+            input,
+            hidden_dim,
+            out_dim,
+            w1,
+            b1,
+            hidden_map,
+            w2,
+            b2,
+            out_scale: s_a * s_w2,
+            delta_out: 1,
+            z_bound: 1,
+        };
+        // Output encoding: a guaranteed bound where the hidden input is bounded (last), a
+        // calibrated one with a 4× margin otherwise.
+        q.z_bound = match variant {
+            Variant::Last => {
+                let amax = match hidden_map {
+                    HiddenMap::Requant { lo, hi, .. } => lo.abs().max(hi),
+                    _ => unreachable!(),
+                };
+                (0..out_dim)
+                    .map(|j| {
+                        q.w2[j * hidden_dim..(j + 1) * hidden_dim]
+                            .iter()
+                            .map(|w| w.abs())
+                            .sum::<i64>()
+                            * amax
+                            + q.b2[j].abs()
+                    })
+                    .max()
+                    .unwrap_or(1)
+            }
+            _ => {
+                4 * xq
+                    .iter()
+                    .map(|x| {
+                        q.reference(x)
+                            .scores
+                            .iter()
+                            .map(|z| z.abs())
+                            .max()
+                            .unwrap_or(0)
+                    })
+                    .max()
+                    .unwrap_or(1)
+            }
+        }
+        .max(1);
+        q.delta_out = (1u64 << 62) / q.z_bound as u64;
+        Ok(q)
+    }
+
+    /// The plaintext integer reference for a quantised input.
+    pub fn reference(&self, xq: &[i64]) -> Reference {
+        let y = matvec(&self.w1, &self.b1, xq);
+        let mut out_of_window = 0;
+        let hidden: Vec<i64> = y
+            .iter()
+            .map(|&y| {
+                let (a, outside) = self.hidden_map.apply(y);
+                out_of_window += outside as usize;
+                a
+            })
+            .collect();
+        Reference {
+            scores: matvec(&self.w2, &self.b2, &hidden),
+            hidden,
+            out_of_window,
+        }
+    }
+
+    /// Float scores for integer ones.
+    pub fn dequantize(&self, z: &[i64]) -> Vec<f32> {
+        z.iter()
+            .map(|&v| (v as f64 * self.out_scale) as f32)
+            .collect()
+    }
+
+    /// First layer with the bias as last column (row-major hidden × (in + 1)).
+    pub fn w1_with_bias(&self) -> Vec<i64> {
+        with_bias(&self.w1, &self.b1, self.input.dim)
+    }
+
+    pub fn w2_with_bias(&self) -> Vec<i64> {
+        with_bias(&self.w2, &self.b2, self.hidden_dim)
+    }
+}
+
+fn with_bias(w: &[i64], b: &[i64], in_dim: usize) -> Vec<i64> {
+    let mut out = Vec::with_capacity(w.len() + b.len());
+    for (j, bj) in b.iter().enumerate() {
+        out.extend_from_slice(&w[j * in_dim..(j + 1) * in_dim]);
+        out.push(*bj);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::params::SecurityLevel;
+    use crate::model::{argmax, synth};
+
+    #[test]
+    fn quantised_reference_agrees_with_float_model() {
+        let task = synth::Task::new(3, 96, 10);
+        let model = synth::classifier(3, &task, 64, Some(Activation::Relu));
+        let calib: Vec<Vec<f32>> = task.samples(10, 200).into_iter().map(|s| s.0).collect();
+        let params = ParameterSet::for_level(SecurityLevel::L128);
+        for variant in Variant::ALL {
+            let q = QuantModel::quantize(&model, variant, None, &calib, &params).unwrap();
+            let test = task.samples(11, 300);
+            let float_model = if variant == Variant::Noact {
+                Classifier {
+                    activation: None,
+                    ..model.clone()
+                }
+            } else {
+                model.clone()
+            };
+            let agree = test
+                .iter()
+                .filter(|(x, _)| {
+                    let r = q.reference(&q.input.quantize(x).unwrap());
+                    argmax(&r.scores) == argmax(&float_model.forward(x))
+                })
+                .count();
+            assert!(agree >= 285, "{variant:?}: {agree}/300");
+        }
+    }
+
+    #[test]
+    fn bad_features_are_refused_clearly() {
+        let q = InputQuant {
+            dim: 3,
+            scale: 0.1,
+            min_q: 0,
+            max_q: 255,
+            limit: 100.0,
+        };
+        assert!(matches!(
+            q.quantize(&[1.0, 2.0]),
+            Err(Error::BadFeatures(_))
+        ));
+        assert!(matches!(
+            q.quantize(&[1.0, f32::NAN, 0.0]),
+            Err(Error::BadFeatures(_))
+        ));
+        assert!(matches!(
+            q.quantize(&[1.0, 1e9, 0.0]),
+            Err(Error::BadFeatures(_))
+        ));
+        assert_eq!(q.quantize(&[0.1, 30.0, -1.0]).unwrap(), vec![1, 255, 0]);
+    }
+}
