@@ -5,6 +5,7 @@
 //! the backend decrypts the results. See README.md and docs/CRYPTO.md.
 
 pub mod crypto;
+pub mod engine;
 pub mod error;
 pub mod model;
 

@@ -113,7 +113,8 @@ pub struct EncryptedMatrix {
 }
 
 impl EncryptedMatrix {
-    /// Encrypt `w` (row-major, out × in with the bias as last column) scaled by `delta`.
+    /// Encrypt `w` (row-major, out × in with the bias as last column) scaled by `delta`;
+    /// `bias_offset` is added to every bias entry (a phase shift for the bootstrap window).
     pub fn encrypt(
         sk: &GlweSecretKeyOwned<u64>,
         key: KeyKind,
@@ -121,6 +122,7 @@ impl EncryptedMatrix {
         w: &[i64],
         layout: PackedLayout,
         delta: u64,
+        bias_offset: u64,
     ) -> Self {
         assert_eq!(w.len(), layout.out_dim * layout.in_dim);
         assert_eq!(sk.polynomial_size().0, layout.poly_size);
@@ -135,8 +137,15 @@ impl EncryptedMatrix {
                     let col = g * layout.cols_per_glwe + s;
                     for j in 0..layout.rows_in(b) {
                         let row = b * layout.rows_per_block + j;
-                        plain[base + s * layout.rows_per_block + j] =
-                            (w[row * layout.in_dim + col] as u64).wrapping_mul(delta);
+                        let offset = if col + 1 == layout.in_dim {
+                            bias_offset
+                        } else {
+                            0
+                        };
+                        plain[base + s * layout.rows_per_block + j] = (w[row * layout.in_dim + col]
+                            as u64)
+                            .wrapping_mul(delta)
+                            .wrapping_add(offset);
                     }
                 }
             }
@@ -574,8 +583,15 @@ mod tests {
             x.push(1);
             let layout = PackedLayout::new(p.wide.poly_size, out, inp + 1).unwrap();
             let delta = 1u64 << 40;
-            let m =
-                EncryptedMatrix::encrypt(&ks.secret.wide, KeyKind::Wide, p.wide, &w, layout, delta);
+            let m = EncryptedMatrix::encrypt(
+                &ks.secret.wide,
+                KeyKind::Wide,
+                p.wide,
+                &w,
+                layout,
+                delta,
+                0,
+            );
             let m: EncryptedMatrix =
                 postcard::from_bytes(&postcard::to_allocvec(&m).unwrap()).unwrap();
             let prepared = m.prepare().unwrap();

@@ -268,6 +268,21 @@ impl ParameterSet {
         (ks_var_slots + ms_var_slots).sqrt()
     }
 
+    /// Standard deviation (2^64 scale) of one bootstrap's output noise: bootstrapping-key noise
+    /// through the gadget digits plus the accumulator's decomposition truncation, over n CMUXes.
+    pub fn pbs_output_std(&self) -> f64 {
+        let n = self.lwe_dim as f64;
+        let big_n = self.pbs_glwe.poly_size as f64;
+        let b = 2f64.powi(self.pbs.base_log as i32);
+        let levels = self.pbs.level as f64;
+        let sigma = 2f64.powf(self.pbs_glwe.log2_std);
+        let key_term = n * 2.0 * levels * big_n * (b * b + 2.0) / 12.0 * sigma * sigma;
+        let trunc = 2f64.powi(64 - self.pbs.precision_bits() as i32) / 2.0;
+        // Each CMUX whose key bit is 1 adds the truncation of (1 + N/2) key-weighted terms.
+        let trunc_term = n / 2.0 * (1.0 + big_n / 2.0) * trunc * trunc / 3.0;
+        (key_term + trunc_term).sqrt()
+    }
+
     /// A human-readable account of security and failure probability.
     pub fn noise_report(&self) -> String {
         let mut out = format!("parameter set {}-bit (q = 2^64, k = 1)\n", self.security);
@@ -286,6 +301,10 @@ impl ParameterSet {
         out += &format!(
             "  bootstrap input noise σ = {sigma:.2} slots of {} (2N); P(|err| > t slots) = erfc(t/(σ√2))\n",
             2 * self.pbs_glwe.poly_size
+        );
+        out += &format!(
+            "  bootstrap output noise σ = 2^{:.1} (2^64 scale)\n",
+            self.pbs_output_std().log2()
         );
         for t in [4.0, 6.0, 8.0] {
             out += &format!(

@@ -434,6 +434,37 @@ impl QuantModel {
         }
     }
 
+    /// For `act`: a bound on |decrypted − reference| per score, exceeded with probability
+    /// 2^-28.9 (6σ). A bootstrap input error of e slots moves act(t) by ≤ |e| (ReLU is
+    /// 1-Lipschitz), so score j errs by Σ_i W2[j,i]·e_i, σ = σ_slots·‖W2[j]‖₂, plus the
+    /// bootstrap output noise of `hidden` summed accumulators divided by Δ_out.
+    /// Square is not Lipschitz: its bound uses the window's largest slope.
+    pub fn act_score_bound(&self, params: &ParameterSet) -> Vec<f64> {
+        let HiddenMap::Window {
+            map, activation, ..
+        } = self.hidden_map
+        else {
+            return vec![0.5; self.out_dim];
+        };
+        let slope = match activation {
+            Activation::Relu => 1.0,
+            Activation::Square => 2.0 * map.window as f64,
+        };
+        let sigma_in = params.pbs_input_std_slots() * slope;
+        let out_noise =
+            params.pbs_output_std() * (self.hidden_dim as f64).sqrt() / self.delta_out as f64;
+        (0..self.out_dim)
+            .map(|j| {
+                let norm = self.w2[j * self.hidden_dim..(j + 1) * self.hidden_dim]
+                    .iter()
+                    .map(|w| (w * w) as f64)
+                    .sum::<f64>()
+                    .sqrt();
+                6.0 * (sigma_in * sigma_in * norm * norm + out_noise * out_noise).sqrt()
+            })
+            .collect()
+    }
+
     /// Float scores for integer ones.
     pub fn dequantize(&self, z: &[i64]) -> Vec<f32> {
         z.iter()

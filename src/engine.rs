@@ -1,0 +1,528 @@
+//! Encrypted inference: the encrypted model (built by the backend, run by the edge), the
+//! edge-side engine and the result ciphertext it publishes.
+//!
+//! Single-threaded by design: no rayon pool is ever touched on the inference path, and every
+//! buffer is sized by the model, so memory is bounded.
+
+use crate::crypto::ggsw::{ExactGgsw, FftEngine};
+use crate::crypto::keys::{EdgeKeys, KeyId, KeyKind, PreparedEvaluationKeys, SecretKeys};
+use crate::crypto::linear::{
+    encrypt_features, EncryptedGgswRows, EncryptedMatrix, PackedLayout, PreparedGgswRows,
+    PreparedMatrix,
+};
+use crate::crypto::lut::{EncryptedLuts, PreparedLuts};
+use crate::crypto::params::ParameterSet;
+use crate::crypto::pke::PreparedPublicKey;
+use crate::crypto::raw::U64s;
+use crate::error::{Error, Result};
+use crate::model::quant::{HiddenMap, InputQuant, QuantModel, Variant};
+use serde::{Deserialize, Serialize};
+use tfhe::core_crypto::prelude::*;
+
+/// The plaintext first layer of variant `last` (public, like the feature extractor).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PlainLayer {
+    pub w: Vec<i64>,
+    pub b: Vec<i64>,
+    pub map: HiddenMap,
+}
+
+/// The encrypted part of a model, per variant.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum EncryptedModel {
+    Last {
+        first: PlainLayer,
+        output: EncryptedMatrix,
+    },
+    Noact {
+        first: EncryptedMatrix,
+        second: EncryptedGgswRows,
+    },
+    Act {
+        first: EncryptedMatrix,
+        luts: EncryptedLuts,
+    },
+}
+
+impl EncryptedModel {
+    pub fn variant(&self) -> Variant {
+        match self {
+            Self::Last { .. } => Variant::Last,
+            Self::Noact { .. } => Variant::Noact,
+            Self::Act { .. } => Variant::Act,
+        }
+    }
+
+    /// Bytes of encrypted weights and biases (keys and plaintext parts excluded).
+    pub fn encrypted_bytes(&self) -> usize {
+        match self {
+            Self::Last { output, .. } => output.byte_len(),
+            Self::Noact { first, second } => first.byte_len() + second.byte_len(),
+            Self::Act { first, luts } => first.byte_len() + luts.byte_len(),
+        }
+    }
+
+    /// Encrypt a quantised model under `keys` (backend side).
+    pub fn encrypt(q: &QuantModel, keys: &SecretKeys) -> Result<Self> {
+        let p = keys.params;
+        let (hidden, out) = (q.hidden_dim, q.out_dim);
+        Ok(match q.variant {
+            Variant::Last => {
+                let layout = PackedLayout::new(p.wide.poly_size, out, hidden + 1)?;
+                Self::Last {
+                    first: PlainLayer {
+                        w: q.w1.clone(),
+                        b: q.b1.clone(),
+                        map: q.hidden_map,
+                    },
+                    output: EncryptedMatrix::encrypt(
+                        &keys.wide,
+                        KeyKind::Wide,
+                        p.wide,
+                        &q.w2_with_bias(),
+                        layout,
+                        q.delta_out,
+                        0,
+                    ),
+                }
+            }
+            Variant::Noact => {
+                let layout = PackedLayout::new(p.wide.poly_size, hidden, q.input.dim + 1)?;
+                if layout.blocks() != 1 {
+                    return Err(Error::Unsupported(format!(
+                        "noact needs the hidden width ({hidden}) to fit one polynomial ({})",
+                        p.wide.poly_size
+                    )));
+                }
+                Self::Noact {
+                    first: EncryptedMatrix::encrypt(
+                        &keys.wide,
+                        KeyKind::Wide,
+                        p.wide,
+                        &q.w1_with_bias(),
+                        layout,
+                        q.delta_out,
+                        0,
+                    ),
+                    second: EncryptedGgswRows::encrypt(
+                        &keys.wide,
+                        KeyKind::Wide,
+                        p.wide,
+                        &q.w2,
+                        &q.b2,
+                        out,
+                        hidden,
+                        p.weights_ggsw,
+                        q.delta_out,
+                    )?,
+                }
+            }
+            Variant::Act => {
+                let HiddenMap::Window {
+                    map,
+                    delta_h,
+                    activation,
+                } = q.hidden_map
+                else {
+                    return Err(Error::Quantisation(
+                        "act model without a bootstrap window".into(),
+                    ));
+                };
+                let layout = PackedLayout::new(p.pbs_glwe.poly_size, hidden, q.input.dim + 1)?;
+                Self::Act {
+                    first: EncryptedMatrix::encrypt(
+                        &keys.pbs,
+                        KeyKind::Pbs,
+                        p.pbs_glwe,
+                        &q.w1_with_bias(),
+                        layout,
+                        delta_h,
+                        map.offset(),
+                    ),
+                    luts: EncryptedLuts::encrypt(
+                        &keys.pbs,
+                        p.pbs_glwe,
+                        map,
+                        activation,
+                        &q.w2,
+                        &q.b2,
+                        out,
+                        hidden,
+                        q.delta_out,
+                    ),
+                }
+            }
+        })
+    }
+}
+
+/// Public facts about a protected model that the edge and the decryptor need.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    pub variant: Variant,
+    pub input: InputQuant,
+    pub hidden_dim: usize,
+    pub out_dim: usize,
+    pub delta_out: u64,
+    pub out_scale: f64,
+}
+
+impl ModelInfo {
+    pub fn of(q: &QuantModel) -> Self {
+        Self {
+            variant: q.variant,
+            input: q.input,
+            hidden_dim: q.hidden_dim,
+            out_dim: q.out_dim,
+            delta_out: q.delta_out,
+            out_scale: q.out_scale,
+        }
+    }
+}
+
+/// One piece of an encrypted result.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ResultPart {
+    /// A GLWE; class scores at the listed coefficients.
+    Glwe { data: U64s, slots: Vec<u32> },
+    /// An LWE (dimension N) holding one class score.
+    Lwe { data: U64s },
+}
+
+/// An encrypted inference result: what the edge publishes and the backend decrypts.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ResultCiphertext {
+    pub key_id: KeyId,
+    pub key: KeyKind,
+    pub poly_size: u32,
+    pub delta_out: u64,
+    pub out_scale: f64,
+    pub parts: Vec<ResultPart>,
+}
+
+impl ResultCiphertext {
+    pub fn class_count(&self) -> usize {
+        self.parts
+            .iter()
+            .map(|p| match p {
+                ResultPart::Glwe { slots, .. } => slots.len(),
+                ResultPart::Lwe { .. } => 1,
+            })
+            .sum()
+    }
+
+    /// Serialised size in bytes.
+    pub fn byte_len(&self) -> usize {
+        postcard::to_allocvec(self).map(|v| v.len()).unwrap_or(0)
+    }
+}
+
+/// Decrypted scores.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decrypted {
+    /// The raw phases, one per class (for noise measurement).
+    pub phases: Vec<u64>,
+    /// round(phase / Δ_out): the integer scores.
+    pub scores: Vec<i64>,
+    /// scores · out_scale.
+    pub float_scores: Vec<f32>,
+    pub class: usize,
+    /// log2(Δ/2) − log2(max |phase − Δ·score|): how much more noise exact decoding tolerates.
+    pub noise_margin_bits: f64,
+}
+
+/// Decrypt a result with the backend's secret keys.
+pub fn decrypt(result: &ResultCiphertext, keys: &SecretKeys) -> Result<Decrypted> {
+    if result.key_id != keys.key_id {
+        return Err(Error::KeyMismatch(format!(
+            "result was encrypted for key {} but this secret key is {}",
+            hex(&result.key_id),
+            hex(&keys.key_id)
+        )));
+    }
+    let sk = keys.key(result.key);
+    let n = sk.polynomial_size().0;
+    if result.poly_size as usize != n || result.delta_out == 0 {
+        return Err(Error::Malformed(
+            "result shape does not match the key".into(),
+        ));
+    }
+    let mut phases = Vec::new();
+    for part in &result.parts {
+        match part {
+            ResultPart::Glwe { data, slots } => {
+                if data.0.len() != 2 * n || slots.iter().any(|&s| s as usize >= n) {
+                    return Err(Error::Malformed("result GLWE has the wrong size".into()));
+                }
+                let ct = GlweCiphertext::from_container(
+                    data.0.as_slice(),
+                    PolynomialSize(n),
+                    crate::crypto::modulus(),
+                );
+                let mut out = PlaintextList::new(0u64, PlaintextCount(n));
+                decrypt_glwe_ciphertext(sk, &ct, &mut out);
+                phases.extend(slots.iter().map(|&s| out.as_ref()[s as usize]));
+            }
+            ResultPart::Lwe { data } => {
+                if data.0.len() != n + 1 {
+                    return Err(Error::Malformed("result LWE has the wrong size".into()));
+                }
+                let ct = LweCiphertext::from_container(data.0.as_slice(), crate::crypto::modulus());
+                let lwe_key = LweSecretKey::from_container(sk.as_ref());
+                phases.push(decrypt_lwe_ciphertext(&lwe_key, &ct).0);
+            }
+        }
+    }
+    if phases.is_empty() {
+        return Err(Error::Malformed("result holds no scores".into()));
+    }
+    let delta = result.delta_out;
+    let scores: Vec<i64> = phases.iter().map(|&p| decode(p, delta)).collect();
+    let worst = phases
+        .iter()
+        .zip(&scores)
+        .map(|(&p, &z)| p.wrapping_sub((z as u64).wrapping_mul(delta)) as i64)
+        .map(|e| e.unsigned_abs())
+        .max()
+        .unwrap_or(0);
+    let float_scores: Vec<f32> = scores
+        .iter()
+        .map(|&z| (z as f64 * result.out_scale) as f32)
+        .collect();
+    Ok(Decrypted {
+        class: crate::model::argmax(&scores),
+        noise_margin_bits: (delta as f64 / 2.0).log2() - (worst.max(1) as f64).log2(),
+        phases,
+        scores,
+        float_scores,
+    })
+}
+
+/// Nearest integer z with Δ·z ≈ phase (signed).
+pub fn decode(phase: u64, delta: u64) -> i64 {
+    ((phase as i64) as f64 / delta as f64).round() as i64
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Features encrypted for the edge's encrypted-features mode: GGSWs of the encrypted layer's
+/// input (for `last`, the plaintext first layer's output).
+pub struct EncryptedFeatures {
+    ggsws: Vec<ExactGgsw>,
+}
+
+enum Prepared {
+    Last {
+        first: PlainLayer,
+        output: PreparedMatrix,
+    },
+    Noact {
+        first: PreparedMatrix,
+        second: PreparedGgswRows,
+    },
+    Act {
+        first: PreparedMatrix,
+        luts: PreparedLuts,
+        eval: PreparedEvaluationKeys,
+    },
+}
+
+/// The edge's inference engine: an encrypted model expanded in memory.
+pub struct EdgeEngine {
+    pub info: ModelInfo,
+    pub params: ParameterSet,
+    key_id: KeyId,
+    prepared: Prepared,
+    public_key: PreparedPublicKey,
+    fft: FftEngine,
+}
+
+impl EdgeEngine {
+    pub fn new(
+        info: ModelInfo,
+        params: ParameterSet,
+        key_id: KeyId,
+        keys: &EdgeKeys,
+        model: &EncryptedModel,
+    ) -> Result<Self> {
+        if model.variant() != info.variant {
+            return Err(Error::Malformed(
+                "model and header disagree on the variant".into(),
+            ));
+        }
+        let (prepared, key) = match model {
+            EncryptedModel::Last { first, output } => {
+                check_plain_layer(first, info.hidden_dim, info.input.dim)?;
+                (
+                    Prepared::Last {
+                        first: first.clone(),
+                        output: output.prepare()?,
+                    },
+                    output.key,
+                )
+            }
+            EncryptedModel::Noact { first, second } => (
+                Prepared::Noact {
+                    first: first.prepare()?,
+                    second: second.prepare()?,
+                },
+                first.key,
+            ),
+            EncryptedModel::Act { first, luts } => {
+                let eval = keys
+                    .evaluation
+                    .as_ref()
+                    .ok_or_else(|| Error::Malformed("act bundle without evaluation keys".into()))?
+                    .prepare(&params)?;
+                (
+                    Prepared::Act {
+                        first: first.prepare()?,
+                        luts: luts.prepare()?,
+                        eval,
+                    },
+                    first.key,
+                )
+            }
+        };
+        let public_key = keys.public.key(key).prepare()?;
+        let fft = FftEngine::new(public_key.poly_size());
+        Ok(Self {
+            info,
+            params,
+            key_id,
+            prepared,
+            public_key,
+            fft,
+        })
+    }
+
+    fn encrypted_layer_input(&self, x: &[f32]) -> Result<Vec<i64>> {
+        let xq = self.info.input.quantize(x)?;
+        let mut input = match &self.prepared {
+            Prepared::Last { first, .. } => first_layer_hidden(first, &xq),
+            _ => xq,
+        };
+        input.push(1); // bias column
+        Ok(input)
+    }
+
+    fn first_layout(&self) -> PackedLayout {
+        match &self.prepared {
+            Prepared::Last { output, .. } => output.layout,
+            Prepared::Noact { first, .. } | Prepared::Act { first, .. } => first.layout,
+        }
+    }
+
+    /// Encrypt a feature vector with the public key (the encrypted-features mode).
+    pub fn encrypt_features(&mut self, x: &[f32]) -> Result<EncryptedFeatures> {
+        let input = self.encrypted_layer_input(x)?;
+        let decomp = match &self.prepared {
+            Prepared::Act { .. } => self.params.features_pbs,
+            _ => self.params.features_wide,
+        };
+        let layout = self.first_layout();
+        Ok(EncryptedFeatures {
+            ggsws: encrypt_features(&mut self.public_key, &layout, &input, decomp)?,
+        })
+    }
+
+    /// Inference on plaintext features (only the model is secret).
+    pub fn infer_plain(&mut self, x: &[f32]) -> Result<ResultCiphertext> {
+        let input = self.encrypted_layer_input(x)?;
+        let blocks = match &self.prepared {
+            Prepared::Last { output, .. } => output.mul_plain(&input),
+            Prepared::Noact { first, .. } | Prepared::Act { first, .. } => first.mul_plain(&input),
+        };
+        Ok(self.finish(blocks))
+    }
+
+    /// Inference on encrypted features.
+    pub fn infer_encrypted(&mut self, f: &EncryptedFeatures) -> Result<ResultCiphertext> {
+        let blocks = match &self.prepared {
+            Prepared::Last { output, .. } => output.mul_encrypted(&f.ggsws, &mut self.fft)?,
+            Prepared::Noact { first, .. } | Prepared::Act { first, .. } => {
+                first.mul_encrypted(&f.ggsws, &mut self.fft)?
+            }
+        };
+        Ok(self.finish(blocks))
+    }
+
+    /// From the first encrypted layer's output to the published result.
+    fn finish(&mut self, blocks: Vec<GlweCiphertextOwned<u64>>) -> ResultCiphertext {
+        let out = self.info.out_dim;
+        let (key, poly_size, parts) = match &self.prepared {
+            Prepared::Last { output, .. } => {
+                let rows = output.layout.rows_per_block;
+                let parts = blocks
+                    .into_iter()
+                    .enumerate()
+                    .map(|(b, ct)| ResultPart::Glwe {
+                        slots: (0..output.layout.rows_in(b) as u32).collect(),
+                        data: U64s(ct.into_container()),
+                    })
+                    .collect::<Vec<_>>();
+                let _ = rows;
+                (KeyKind::Wide, self.params.wide.poly_size, parts)
+            }
+            Prepared::Noact { second, .. } => {
+                let lwes = second.apply(&blocks[0], &mut self.fft);
+                let parts = lwes
+                    .into_iter()
+                    .map(|l| ResultPart::Lwe {
+                        data: U64s(l.into_container()),
+                    })
+                    .collect();
+                (KeyKind::Wide, self.params.wide.poly_size, parts)
+            }
+            Prepared::Act { first, luts, eval } => {
+                let sum = luts.evaluate(&blocks, first.layout.rows_per_block, eval);
+                let slots = (0..out as u32)
+                    .map(|j| j * luts.map.window as u32)
+                    .collect();
+                (
+                    KeyKind::Pbs,
+                    self.params.pbs_glwe.poly_size,
+                    vec![ResultPart::Glwe {
+                        data: U64s(sum.into_container()),
+                        slots,
+                    }],
+                )
+            }
+        };
+        ResultCiphertext {
+            key_id: self.key_id,
+            key,
+            poly_size: poly_size as u32,
+            delta_out: self.info.delta_out,
+            out_scale: self.info.out_scale,
+            parts,
+        }
+    }
+}
+
+fn check_plain_layer(l: &PlainLayer, hidden: usize, in_dim: usize) -> Result<()> {
+    if l.w.len() != hidden * in_dim || l.b.len() != hidden {
+        return Err(Error::Malformed(
+            "plaintext first layer has the wrong shape".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The plaintext first layer of `last`: a = map(W1·x + b1).
+pub fn first_layer_hidden(l: &PlainLayer, xq: &[i64]) -> Vec<i64> {
+    l.b.iter()
+        .enumerate()
+        .map(|(j, b)| {
+            let y: i64 = l.w[j * xq.len()..(j + 1) * xq.len()]
+                .iter()
+                .zip(xq)
+                .map(|(w, x)| w * x)
+                .sum::<i64>()
+                + b;
+            l.map.apply(y).0
+        })
+        .collect()
+}

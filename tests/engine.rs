@@ -1,0 +1,77 @@
+//! Encrypted inference against the plaintext integer reference, every variant and feature
+//! mode, on small shapes (the full shape runs in `hedge bench`).
+
+use hedge::crypto::keys;
+use hedge::crypto::lut::Activation;
+use hedge::crypto::params::{ParameterSet, SecurityLevel};
+use hedge::engine::{decrypt, EdgeEngine, EncryptedModel, ModelInfo};
+use hedge::model::quant::{QuantModel, Variant};
+use hedge::model::{argmax, synth};
+
+fn run(variant: Variant, activation: Option<Activation>, inputs: usize) {
+    let params = ParameterSet::for_level(SecurityLevel::L128);
+    let ks = keys::generate(params);
+    let task = synth::Task::new(5, 48, 10);
+    let model = synth::classifier(5, &task, 24, activation);
+    let calib: Vec<Vec<f32>> = task.samples(20, 100).into_iter().map(|s| s.0).collect();
+    let q = QuantModel::quantize(&model, variant, None, &calib, &params).unwrap();
+    let enc = EncryptedModel::encrypt(&q, &ks.secret).unwrap();
+    let edge_keys = keys::EdgeKeys {
+        public: ks.public.clone(),
+        evaluation: Some(ks.evaluation.clone()),
+    };
+    let mut engine = EdgeEngine::new(
+        ModelInfo::of(&q),
+        params,
+        ks.secret.key_id,
+        &edge_keys,
+        &enc,
+    )
+    .unwrap();
+    let bound = q.act_score_bound(&params);
+    for (x, _) in task.samples(21, inputs) {
+        let reference = q.reference(&q.input.quantize(&x).unwrap());
+        let feats = engine.encrypt_features(&x).unwrap();
+        for (mode, result) in [
+            ("plain", engine.infer_plain(&x).unwrap()),
+            ("enc", engine.infer_encrypted(&feats).unwrap()),
+        ] {
+            let d = decrypt(&result, &ks.secret).unwrap();
+            match variant {
+                Variant::Act => {
+                    for (j, (got, want)) in d.scores.iter().zip(&reference.scores).enumerate() {
+                        assert!(
+                            ((got - want) as f64).abs() <= bound[j],
+                            "{mode} class {j}: {got} vs {want}, bound {}",
+                            bound[j]
+                        );
+                    }
+                }
+                _ => {
+                    assert_eq!(d.scores, reference.scores, "{variant:?} {mode}");
+                    assert!(
+                        d.noise_margin_bits > 3.0,
+                        "{variant:?} {mode}: {}",
+                        d.noise_margin_bits
+                    );
+                }
+            }
+            assert_eq!(d.class, argmax(&d.scores));
+        }
+    }
+}
+
+#[test]
+fn last_layer_matches_reference() {
+    run(Variant::Last, Some(Activation::Relu), 4);
+}
+
+#[test]
+fn full_without_activation_matches_reference() {
+    run(Variant::Noact, None, 3);
+}
+
+#[test]
+fn full_with_relu_stays_within_bound() {
+    run(Variant::Act, Some(Activation::Relu), 3);
+}
