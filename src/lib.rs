@@ -4,6 +4,7 @@
 //! bundle that holds only public material; the edge (`hedged`) runs encrypted inference on it;
 //! the backend decrypts the results. See README.md and docs/CRYPTO.md.
 
+pub mod bundle;
 pub mod crypto;
 pub mod engine;
 pub mod error;

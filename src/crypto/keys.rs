@@ -62,6 +62,16 @@ fn unpack_bits(bits: &[u8], len: usize) -> Result<Vec<u64>> {
         .collect())
 }
 
+/// A GLWE secret key as the key file stores it (for leak checks).
+pub fn packed(k: &GlweSecretKeyOwned<u64>) -> Vec<u8> {
+    pack_bits(k.as_ref())
+}
+
+/// An LWE secret key as the key file stores it (for leak checks).
+pub fn packed_lwe(k: &LweSecretKeyOwned<u64>) -> Vec<u8> {
+    pack_bits(k.as_ref())
+}
+
 impl SecretKeys {
     pub fn to_bytes(&self) -> Vec<u8> {
         postcard::to_allocvec(&SecretKeysFile {
