@@ -4,8 +4,11 @@
 //! bundle that holds only public material; the edge (`hedged`) runs encrypted inference on it;
 //! the backend decrypts the results. See README.md and docs/CRYPTO.md.
 
+pub mod backend;
+pub mod bench;
 pub mod bundle;
 pub mod crypto;
+pub mod data;
 pub mod engine;
 pub mod error;
 pub mod model;

@@ -1,1 +1,421 @@
-fn main() {}
+//! `hedge`: the backend and admin CLI.
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use hedge::backend;
+use hedge::bench::{self, BenchOptions, FeatureMode};
+use hedge::bundle::{bundle_id, EdgeBundle};
+use hedge::crypto::lut::Activation;
+use hedge::crypto::params::{ParameterSet, SecurityLevel};
+use hedge::data::{format_sample, read_samples};
+use hedge::engine::{decrypt, hex};
+use hedge::model::quant::Variant;
+use hedge::model::{onnx, synth};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "hedge",
+    version,
+    about = "Homomorphically encrypted DNNs at the edge: backend CLI"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+fn parse_security(s: &str) -> Result<SecurityLevel, String> {
+    s.parse::<u32>()
+        .ok()
+        .and_then(SecurityLevel::from_bits)
+        .ok_or_else(|| format!("security must be 128, 192 or 256, not {s}"))
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ActivationArg {
+    Relu,
+    Square,
+}
+
+impl From<ActivationArg> for Activation {
+    fn from(a: ActivationArg) -> Self {
+        match a {
+            ActivationArg::Relu => Activation::Relu,
+            ActivationArg::Square => Activation::Square,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate keys: secret and signing keys (0600) and the public material for the edge.
+    Keygen {
+        #[arg(long, value_parser = parse_security, default_value = "128")]
+        security: SecurityLevel,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Print a parameter set's security and noise figures.
+    Params {
+        #[arg(long, value_parser = parse_security, default_value = "128")]
+        security: SecurityLevel,
+    },
+    /// Write the fixed-seed classifier as ONNX with calibration and test vectors.
+    Synth {
+        #[arg(long)]
+        out: PathBuf,
+        /// in,hidden,classes
+        #[arg(long, default_value = "2304,512,10")]
+        shape: String,
+        /// Drop the hidden activation (the paper's no-activation model).
+        #[arg(long)]
+        no_activation: bool,
+        #[arg(long, default_value_t = 200)]
+        calibration: usize,
+        #[arg(long, default_value_t = 100)]
+        test: usize,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
+    /// Quantise and encrypt a model into a signed edge bundle.
+    Protect {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        keys: PathBuf,
+        #[arg(long, value_enum)]
+        variant: Variant,
+        /// Feature vectors to calibrate the quantisation (one per line).
+        #[arg(long)]
+        calibration: PathBuf,
+        /// Override the model's activation (variant act): the paper's square, for comparison.
+        #[arg(long, value_enum)]
+        activation: Option<ActivationArg>,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value = "model")]
+        name: String,
+    },
+    /// Verify a bundle and summarise it.
+    Inspect {
+        bundle: PathBuf,
+        /// Key directory holding verifying.key (and public.key to check the key id).
+        #[arg(long)]
+        keys: Option<PathBuf>,
+        #[arg(long)]
+        verifying_key: Option<PathBuf>,
+    },
+    /// Decrypt result files: one JSON line each (class, scores, noise margin).
+    Decrypt {
+        #[arg(long)]
+        keys: PathBuf,
+        #[arg(required = true)]
+        results: Vec<PathBuf>,
+    },
+    /// Run the paper's evaluation grid.
+    Bench {
+        #[arg(long, value_enum, num_args = 1.., value_delimiter = ',')]
+        variant: Vec<Variant>,
+        #[arg(long, value_enum, num_args = 1.., value_delimiter = ',')]
+        features: Vec<FeatureMode>,
+        #[arg(long, value_parser = parse_security, num_args = 1.., value_delimiter = ',')]
+        security: Vec<SecurityLevel>,
+        #[arg(long)]
+        json: bool,
+        /// Also time the same classifier unencrypted.
+        #[arg(long)]
+        plaintext: bool,
+        /// Inputs per cell (last, noact).
+        #[arg(long, default_value_t = 20)]
+        inputs: usize,
+        /// Inputs per act cell.
+        #[arg(long, default_value_t = 2)]
+        act_inputs: usize,
+        /// An ONNX model instead of the fixed-seed one (needs --calibration).
+        #[arg(long, requires = "calibration")]
+        model: Option<PathBuf>,
+        #[arg(long)]
+        calibration: Option<PathBuf>,
+        /// in,hidden,classes of the fixed-seed model.
+        #[arg(long, default_value = "2304,512,10")]
+        shape: String,
+        #[arg(long, default_value = "target/bench")]
+        work_dir: PathBuf,
+    },
+    /// (internal) The edge side of one bench cell.
+    #[command(hide = true)]
+    BenchEdge {
+        #[arg(long)]
+        bundle: PathBuf,
+        #[arg(long)]
+        verifying_key: PathBuf,
+        #[arg(long)]
+        inputs: PathBuf,
+        #[arg(long, value_enum)]
+        features: FeatureMode,
+        #[arg(long)]
+        results: PathBuf,
+    },
+}
+
+fn parse_shape(s: &str) -> Result<(usize, usize, usize)> {
+    let v: Vec<usize> = s
+        .split(',')
+        .map(|t| t.trim().parse::<usize>())
+        .collect::<std::result::Result<_, _>>()
+        .with_context(|| format!("shape {s:?}"))?;
+    match v.as_slice() {
+        [a, b, c] if *a > 0 && *b > 0 && *c > 1 => Ok((*a, *b, *c)),
+        _ => bail!("shape must be in,hidden,classes (positive, at least 2 classes)"),
+    }
+}
+
+fn main() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Keygen { security, out } => {
+            let params = ParameterSet::for_level(security);
+            let t = std::time::Instant::now();
+            let set = backend::keygen(params, &out)
+                .with_context(|| format!("writing keys to {}", out.display()))?;
+            println!(
+                "keys for {}-bit security in {} (key id {}, {:.1} s)",
+                security,
+                out.display(),
+                hex(&set.secret.key_id),
+                t.elapsed().as_secs_f64()
+            );
+            println!(
+                "  backend only: {}, {}",
+                backend::SECRET_KEY,
+                backend::SIGNING_KEY
+            );
+            println!(
+                "  for the edge: {}, {}, {} (trust anchor)",
+                backend::PUBLIC_KEY,
+                backend::EVALUATION_KEY,
+                backend::VERIFYING_KEY
+            );
+        }
+        Command::Params { security } => {
+            print!("{}", ParameterSet::for_level(security).noise_report())
+        }
+        Command::Synth {
+            out,
+            shape,
+            no_activation,
+            calibration,
+            test,
+            seed,
+        } => {
+            let (i, h, c) = parse_shape(&shape)?;
+            std::fs::create_dir_all(&out).with_context(|| out.display().to_string())?;
+            let task = synth::Task::new(seed, i, c);
+            let act = (!no_activation).then_some(Activation::Relu);
+            let model = synth::classifier(seed, &task, h, act);
+            backend::write_atomic(
+                &out.join("model.onnx"),
+                &onnx::to_bytes(&model, false),
+                0o644,
+            )?;
+            for (name, stream, count) in [
+                ("calibration.txt", synth::CALIBRATION_STREAM, calibration),
+                ("test.txt", synth::BENCH_STREAM, test),
+            ] {
+                let text: String = task
+                    .samples(seed + stream, count)
+                    .iter()
+                    .map(|(x, l)| format_sample(Some(*l), x) + "\n")
+                    .collect();
+                backend::write_atomic(&out.join(name), text.as_bytes(), 0o644)?;
+            }
+            println!(
+                "wrote model.onnx ({i}→{h}→{c}), calibration.txt, test.txt to {}",
+                out.display()
+            );
+        }
+        Command::Protect {
+            model,
+            keys,
+            variant,
+            calibration,
+            activation,
+            out,
+            name,
+        } => {
+            let classifier =
+                onnx::load(&model).with_context(|| format!("importing {}", model.display()))?;
+            let calib: Vec<Vec<f32>> = read_samples(&calibration)?
+                .into_iter()
+                .map(|s| s.values)
+                .collect();
+            let secret = backend::load_secret(&keys).context("loading secret key")?;
+            let public = backend::load_public(&keys).context("loading public key")?;
+            let evaluation = backend::load_evaluation(&keys).context("loading evaluation keys")?;
+            let signer = backend::load_signing(&keys).context("loading signing key")?;
+            let t = std::time::Instant::now();
+            let p = backend::protect(
+                &classifier,
+                variant,
+                activation.map(Into::into),
+                &calib,
+                &secret,
+                &public,
+                &evaluation,
+                &signer,
+                &name,
+            )?;
+            backend::write_atomic(&out, &p.bytes, 0o644)
+                .with_context(|| format!("writing {}", out.display()))?;
+            println!(
+                "protected {} ({:?}) into {}: {} bytes, encrypted weights {} bytes, {:.1} s",
+                model.display(),
+                variant,
+                out.display(),
+                p.bytes.len(),
+                p.bundle.model.encrypted_bytes(),
+                t.elapsed().as_secs_f64()
+            );
+        }
+        Command::Inspect {
+            bundle,
+            keys,
+            verifying_key,
+        } => {
+            let trusted = backend::trusted_key(verifying_key.as_deref(), keys.as_deref())?;
+            let (b, bytes) = EdgeBundle::load(&bundle, &trusted)
+                .with_context(|| format!("{} rejected", bundle.display()))?;
+            if let Some(k) = &keys {
+                if let Ok(public) = backend::load_public(k) {
+                    if hedge::crypto::keys::key_id(&public) != b.header.key_id {
+                        bail!(
+                            "{} was encrypted for other keys than {}",
+                            bundle.display(),
+                            k.display()
+                        );
+                    }
+                }
+            }
+            let m = &b.header.model;
+            println!(
+                "bundle      {} (id {})",
+                bundle.display(),
+                bundle_id(&bytes)
+            );
+            println!(
+                "verified    signature ok, checksum ok, format v{}",
+                hedge::bundle::FORMAT_VERSION
+            );
+            println!("name        {}", b.header.name);
+            println!("variant     {}", m.variant.name());
+            println!(
+                "shape       {} → {} → {}",
+                m.input.dim, m.hidden_dim, m.out_dim
+            );
+            println!(
+                "security    {}-bit (key id {})",
+                b.header.params.security,
+                hex(&b.header.key_id)
+            );
+            println!("bundle      {} bytes", bytes.len());
+            println!("weights     {} bytes encrypted", b.model.encrypted_bytes());
+            println!(
+                "keys        public {} bytes, evaluation {} bytes",
+                b.keys.public.wide.byte_len() + b.keys.public.pbs.byte_len(),
+                b.keys
+                    .evaluation
+                    .as_ref()
+                    .map(|e| e.byte_len())
+                    .unwrap_or(0)
+            );
+        }
+        Command::Decrypt { keys, results } => {
+            let secret = backend::load_secret(&keys).context("loading secret key")?;
+            let mut failed = 0;
+            for path in results {
+                let outcome = std::fs::read(&path)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|b| Ok(backend::decode_result(&b)?))
+                    .and_then(|r| Ok(decrypt(&r, &secret)?));
+                match outcome {
+                    Ok(d) => println!(
+                        "{}",
+                        serde_json::json!({
+                            "file": path.display().to_string(),
+                            "class": d.class,
+                            "scores": d.float_scores,
+                            "noise_margin_bits": (d.noise_margin_bits * 10.0).round() / 10.0,
+                        })
+                    ),
+                    Err(e) => {
+                        failed += 1;
+                        eprintln!("error: {}: {e:#}", path.display());
+                    }
+                }
+            }
+            if failed > 0 {
+                bail!("{failed} result(s) could not be decrypted");
+            }
+        }
+        Command::Bench {
+            variant,
+            features,
+            security,
+            json,
+            plaintext,
+            inputs,
+            act_inputs,
+            model,
+            calibration,
+            shape,
+            work_dir,
+        } => {
+            let opts = BenchOptions {
+                variants: if variant.is_empty() {
+                    Variant::ALL.to_vec()
+                } else {
+                    variant
+                },
+                features: if features.is_empty() {
+                    vec![FeatureMode::Plain, FeatureMode::Enc]
+                } else {
+                    features
+                },
+                security: if security.is_empty() {
+                    SecurityLevel::ALL.to_vec()
+                } else {
+                    security
+                },
+                json,
+                plaintext,
+                inputs,
+                act_inputs,
+                model: model.zip(calibration),
+                shape: parse_shape(&shape)?,
+                work_dir,
+            };
+            let cells = bench::run(&opts)?;
+            if cells.iter().any(|c| !c.correct) {
+                bail!("some cells did not meet their correctness criterion");
+            }
+        }
+        Command::BenchEdge {
+            bundle,
+            verifying_key,
+            inputs,
+            features,
+            results,
+        } => {
+            let report = bench::run_edge(&bundle, &verifying_key, &inputs, features, &results)?;
+            println!("{}", serde_json::to_string(&report)?);
+        }
+    }
+    Ok(())
+}

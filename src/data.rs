@@ -1,0 +1,97 @@
+//! Feature-vector files: one vector per line, values separated by commas or whitespace;
+//! blank lines and lines starting with `#` are skipped. An optional `label:` prefix
+//! (`3: 0.1, 0.2, …`) carries the true class.
+
+use crate::error::{Error, Result};
+use std::path::Path;
+
+/// A vector with its optional label.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sample {
+    pub label: Option<usize>,
+    pub values: Vec<f32>,
+}
+
+/// Parse one line; `None` for blank or comment lines.
+pub fn parse_line(line: &str) -> Result<Option<Sample>> {
+    let line = line.trim();
+    if line.is_empty() || line.starts_with('#') {
+        return Ok(None);
+    }
+    let (label, rest) = match line.split_once(':') {
+        Some((l, r)) => (
+            Some(l.trim().parse::<usize>().map_err(|_| {
+                Error::BadFeatures(format!("label {:?} is not a class index", l.trim()))
+            })?),
+            r,
+        ),
+        None => (None, line),
+    };
+    let values = rest
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|t| !t.is_empty())
+        .map(|t| {
+            t.parse::<f32>()
+                .map_err(|_| Error::BadFeatures(format!("{t:?} is not a number")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if values.is_empty() {
+        return Err(Error::BadFeatures("empty vector".into()));
+    }
+    Ok(Some(Sample { label, values }))
+}
+
+/// Read a whole file of vectors; errors name the line.
+pub fn read_samples(path: &Path) -> Result<Vec<Sample>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        match parse_line(line) {
+            Ok(Some(s)) => out.push(s),
+            Ok(None) => {}
+            Err(e) => {
+                return Err(Error::BadFeatures(format!(
+                    "{}:{}: {e}",
+                    path.display(),
+                    i + 1
+                )))
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Format a vector as one line.
+pub fn format_sample(label: Option<usize>, values: &[f32]) -> String {
+    let body = values
+        .iter()
+        .map(|v| format!("{v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    match label {
+        Some(l) => format!("{l}: {body}"),
+        None => body,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_rejects() {
+        assert_eq!(
+            parse_line("2: 1, 2.5 3").unwrap(),
+            Some(Sample {
+                label: Some(2),
+                values: vec![1.0, 2.5, 3.0]
+            })
+        );
+        assert_eq!(parse_line("  # note").unwrap(), None);
+        assert!(parse_line("1,x,3").is_err());
+        assert!(parse_line("a: 1").is_err());
+        assert!(parse_line("3:").is_err());
+        let s = format_sample(Some(1), &[0.5, 2.0]);
+        assert_eq!(parse_line(&s).unwrap().unwrap().values, vec![0.5, 2.0]);
+    }
+}
