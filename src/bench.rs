@@ -123,10 +123,7 @@ pub fn run_edge(
         let t = Instant::now();
         let r = match mode {
             FeatureMode::Plain => engine.infer_plain(&s.values)?,
-            FeatureMode::Enc => {
-                let f = engine.encrypt_features(&s.values)?;
-                engine.infer_encrypted(&f)?
-            }
+            FeatureMode::Enc => engine.infer_encrypting(&s.values)?,
         };
         times.push(t.elapsed().as_secs_f64() * 1e3);
         let bytes = backend::encode_result(&r);
@@ -268,6 +265,13 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<Cell>> {
                 &signer,
                 "bench",
             )?;
+            log::info!(
+                "{} {}-bit: z bound 2^{:.1}, delta_out 2^{:.1}",
+                variant.name(),
+                level.bits(),
+                (protected.quant.z_bound as f64).log2(),
+                (protected.quant.delta_out as f64).log2()
+            );
             let encrypt_model_ms = t.elapsed().as_secs_f64() * 1e3;
             let bundle_path = backend::default_bundle_path(&opts.work_dir, variant);
             backend::write_atomic(&bundle_path, &protected.bytes, 0o644)?;

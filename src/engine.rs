@@ -418,10 +418,7 @@ impl EdgeEngine {
     /// Encrypt a feature vector with the public key (the encrypted-features mode).
     pub fn encrypt_features(&mut self, x: &[f32]) -> Result<EncryptedFeatures> {
         let input = self.encrypted_layer_input(x)?;
-        let decomp = match &self.prepared {
-            Prepared::Act { .. } => self.params.features_pbs,
-            _ => self.params.features_wide,
-        };
+        let decomp = self.features_decomp();
         let layout = self.first_layout();
         Ok(EncryptedFeatures {
             ggsws: encrypt_features(&mut self.public_key, &layout, &input, decomp)?,
@@ -436,6 +433,26 @@ impl EdgeEngine {
             Prepared::Noact { first, .. } | Prepared::Act { first, .. } => first.mul_plain(&input),
         };
         Ok(self.finish(blocks))
+    }
+
+    /// Inference on features encrypted with the public key inside this process, streamed group
+    /// by group (bounded memory); the cost of encrypting is part of the inference.
+    pub fn infer_encrypting(&mut self, x: &[f32]) -> Result<ResultCiphertext> {
+        let input = self.encrypted_layer_input(x)?;
+        let decomp = self.features_decomp();
+        let matrix = match &self.prepared {
+            Prepared::Last { output, .. } => output,
+            Prepared::Noact { first, .. } | Prepared::Act { first, .. } => first,
+        };
+        let blocks = matrix.mul_encrypting(&mut self.public_key, &input, decomp, &mut self.fft)?;
+        Ok(self.finish(blocks))
+    }
+
+    fn features_decomp(&self) -> crate::crypto::params::DecompParams {
+        match &self.prepared {
+            Prepared::Act { .. } => self.params.features_pbs,
+            _ => self.params.features_wide,
+        }
     }
 
     /// Inference on encrypted features.

@@ -77,9 +77,7 @@ fn run(cli: Cli) -> Result<()> {
         let t = std::time::Instant::now();
         let result = match cli.features {
             FeatureMode::Plain => engine.infer_plain(&sample.values),
-            FeatureMode::Enc => engine
-                .encrypt_features(&sample.values)
-                .and_then(|f| engine.infer_encrypted(&f)),
+            FeatureMode::Enc => engine.infer_encrypting(&sample.values),
         };
         match result {
             Ok(r) => {

@@ -318,6 +318,40 @@ impl PreparedMatrix {
     }
 }
 
+impl PreparedMatrix {
+    /// W·x for features encrypted here, one column group at a time: each group's GGSW is
+    /// made with the public key, multiplied in and dropped, so memory stays at one GGSW.
+    pub fn mul_encrypting(
+        &self,
+        pk: &mut PreparedPublicKey,
+        x: &[i64],
+        decomp: DecompParams,
+        engine: &mut FftEngine,
+    ) -> Result<Vec<GlweCiphertextOwned<u64>>> {
+        let l = self.layout;
+        if x.len() != l.in_dim || pk.poly_size() != l.poly_size || engine.poly_size() != l.poly_size
+        {
+            return Err(Error::BadFeatures(format!(
+                "{} features for a layer of {} inputs",
+                x.len(),
+                l.in_dim
+            )));
+        }
+        let n = l.poly_size;
+        let mut acc = vec![vec![0u64; 2 * n]; l.blocks()];
+        for g in 0..l.groups() {
+            let ggsw = pk.encrypt_ggsw(&l.feature_polynomial(g, x), decomp)?;
+            for (b, acc) in acc.iter_mut().enumerate() {
+                engine.add_external_product(acc, &ggsw, self.glwe(b, g).as_ref());
+            }
+        }
+        Ok(acc
+            .into_iter()
+            .map(|a| GlweCiphertext::from_container(a, PolynomialSize(n), modulus()))
+            .collect())
+    }
+}
+
 /// Encrypt features for a packed layer: one public-key GGSW per column group.
 pub fn encrypt_features(
     pk: &mut PreparedPublicKey,

@@ -148,8 +148,8 @@ impl ParameterSet {
                     level: 4,
                 },
                 features_wide: DecompParams {
-                    base_log: 8,
-                    level: 7,
+                    base_log: 6,
+                    level: 10,
                 },
                 features_pbs: DecompParams {
                     base_log: 15,
@@ -181,8 +181,8 @@ impl ParameterSet {
                     level: 4,
                 },
                 features_wide: DecompParams {
-                    base_log: 8,
-                    level: 7,
+                    base_log: 6,
+                    level: 10,
                 },
                 features_pbs: DecompParams {
                     base_log: 11,
@@ -214,8 +214,8 @@ impl ParameterSet {
                     level: 4,
                 },
                 features_wide: DecompParams {
-                    base_log: 8,
-                    level: 7,
+                    base_log: 6,
+                    level: 10,
                 },
                 features_pbs: DecompParams {
                     base_log: 15,

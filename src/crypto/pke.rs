@@ -125,10 +125,7 @@ impl PreparedPublicKey {
                 );
             }
         }
-        let sigma = 2f64.powf(self.glwe.log2_std);
-        for t in out.iter_mut() {
-            *t = t.wrapping_add(sample_gaussian(&mut self.rng, sigma) as u64);
-        }
+        add_noise(out, self.glwe.log2_std, &mut self.rng);
     }
 
     /// Encrypt a polynomial (coefficients already scaled onto the torus) as a GLWE.
@@ -162,6 +159,37 @@ impl PreparedPublicKey {
             }
         }
         ExactGgsw::from_standard(&mut self.engine, &rows, decomp)
+    }
+}
+
+/// Add noise of standard deviation 2^log2_std to every coefficient. For σ <= 16 a centred
+/// binomial with 2σ² coin pairs (variance σ², as in Kyber) is exact and fast; larger σ use a
+/// rounded Gaussian.
+fn add_noise(out: &mut [u64], log2_std: f64, rng: &mut ChaCha20Rng) {
+    let sigma = 2f64.powf(log2_std);
+    let pairs = (2.0 * sigma * sigma).round() as u32;
+    if (sigma * sigma * 2.0 - pairs as f64).abs() < 1e-9 && pairs <= 512 {
+        let words = (pairs as usize).div_ceil(64);
+        for t in out.iter_mut() {
+            let mut v = 0i64;
+            let mut left = pairs;
+            for _ in 0..words {
+                let take = left.min(64);
+                let mask = if take == 64 {
+                    u64::MAX
+                } else {
+                    (1u64 << take) - 1
+                };
+                v += (rng.next_u64() & mask).count_ones() as i64
+                    - (rng.next_u64() & mask).count_ones() as i64;
+                left -= take;
+            }
+            *t = t.wrapping_add(v as u64);
+        }
+    } else {
+        for t in out.iter_mut() {
+            *t = t.wrapping_add(sample_gaussian(rng, sigma) as u64);
+        }
     }
 }
 

@@ -64,10 +64,10 @@ impl BitWidths {
                 w2: 8,
             },
             Variant::Noact => Self {
-                x: 6,
-                w1: 6,
+                x: 5,
+                w1: 5,
                 a: 0,
-                w2: 6,
+                w2: 5,
             },
         }
     }
@@ -376,7 +376,7 @@ impl QuantModel {
             z_bound: 1,
         };
         // Output encoding: a guaranteed bound where the hidden input is bounded (last), a
-        // calibrated one with a 4× margin otherwise.
+        // calibrated one with a 2× margin otherwise.
         q.z_bound = match variant {
             Variant::Last => {
                 let amax = match hidden_map {
@@ -396,7 +396,7 @@ impl QuantModel {
                     .unwrap_or(1)
             }
             _ => {
-                4 * xq
+                2 * xq
                     .iter()
                     .map(|x| {
                         q.reference(x)
