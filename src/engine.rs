@@ -83,6 +83,7 @@ impl EncryptedModel {
                         layout,
                         q.delta_out,
                         0,
+                        0,
                     ),
                 }
             }
@@ -102,6 +103,7 @@ impl EncryptedModel {
                         &q.w1_with_bias(),
                         layout,
                         q.delta_out,
+                        0,
                         0,
                     ),
                     second: EncryptedGgswRows::encrypt(
@@ -138,6 +140,9 @@ impl EncryptedModel {
                         layout,
                         delta_h,
                         map.offset(),
+                        // Noise after this layer is ~2^26 and the bootstrap reads 2^52-wide
+                        // slots: 24 dropped bits add ≲ 2^23·‖x‖ ≈ 2^37.
+                        24,
                     ),
                     luts: EncryptedLuts::encrypt(
                         &keys.pbs,

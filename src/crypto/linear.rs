@@ -25,7 +25,7 @@ use super::ggsw::{ExactGgsw, FftEngine};
 use super::keys::KeyKind;
 use super::params::{DecompParams, GlweParams};
 use super::pke::PreparedPublicKey;
-use super::raw::U64s;
+use super::raw::{Bodies, U64s};
 use super::{gaussian, modulus, CompressionSeed, OsSeeder, Seeder};
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -109,12 +109,14 @@ pub struct EncryptedMatrix {
     pub key: KeyKind,
     pub layout: PackedLayout,
     seed: CompressionSeed,
-    bodies: U64s,
+    bodies: Bodies,
 }
 
 impl EncryptedMatrix {
     /// Encrypt `w` (row-major, out × in with the bias as last column) scaled by `delta`;
-    /// `bias_offset` is added to every bias entry (a phase shift for the bootstrap window).
+    /// `bias_offset` is added to every bias entry (a phase shift for the bootstrap window);
+    /// bodies are stored without their `drop_bits` low bits (see [`Bodies`]).
+    #[allow(clippy::too_many_arguments)]
     pub fn encrypt(
         sk: &GlweSecretKeyOwned<u64>,
         key: KeyKind,
@@ -123,6 +125,7 @@ impl EncryptedMatrix {
         layout: PackedLayout,
         delta: u64,
         bias_offset: u64,
+        drop_bits: u8,
     ) -> Self {
         assert_eq!(w.len(), layout.out_dim * layout.in_dim);
         assert_eq!(sk.polynomial_size().0, layout.poly_size);
@@ -179,7 +182,7 @@ impl EncryptedMatrix {
             key,
             layout,
             seed,
-            bodies: U64s(bodies),
+            bodies: Bodies::pack(&bodies, drop_bits),
         }
     }
 
@@ -193,15 +196,19 @@ impl EncryptedMatrix {
         if !l.poly_size.is_power_of_two()
             || l.rows_per_block != l.out_dim.min(l.poly_size)
             || l.cols_per_glwe != l.poly_size / l.rows_per_block
-            || self.bodies.0.len() != l.stored_len()
+            || self.bodies.len() != l.stored_len()
         {
             return Err(Error::Malformed(format!(
                 "encrypted matrix {}×{}: inconsistent layout or {} stored coefficients",
                 l.out_dim,
                 l.in_dim,
-                self.bodies.0.len()
+                self.bodies.len()
             )));
         }
+        let bodies = self
+            .bodies
+            .unpack()
+            .ok_or_else(|| Error::Malformed("encrypted matrix bodies are inconsistent".into()))?;
         let n = l.poly_size;
         let count = l.blocks() * l.groups();
         let mut full = vec![0u64; count * n];
@@ -210,7 +217,7 @@ impl EncryptedMatrix {
             for g in 0..l.groups() {
                 let used = l.used_len(b, g);
                 let base = (b * l.groups() + g) * n;
-                full[base..base + used].copy_from_slice(&self.bodies.0[at..at + used]);
+                full[base..base + used].copy_from_slice(&bodies[at..at + used]);
                 at += used;
             }
         }
@@ -624,6 +631,7 @@ mod tests {
                 &w,
                 layout,
                 delta,
+                0,
                 0,
             );
             let m: EncryptedMatrix =

@@ -16,7 +16,7 @@
 
 use super::keys::PreparedEvaluationKeys;
 use super::params::GlweParams;
-use super::raw::U64s;
+use super::raw::Bodies;
 use super::{gaussian, modulus, CompressionSeed, OsSeeder, Seeder};
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -70,8 +70,12 @@ pub struct EncryptedLuts {
     pub hidden: usize,
     pub out_dim: usize,
     seed: CompressionSeed,
-    bodies: U64s,
+    bodies: Bodies,
 }
+
+/// Low body bits dropped from stored lookup tables: a rounding error of 2^31 per table is
+/// far below one bootstrap's output noise (2^48.6 at 128 bits).
+const LUT_DROP_BITS: u8 = 32;
 
 impl EncryptedLuts {
     /// `w2` is out × hidden (row-major), `b2` has `out` entries; both integers at the output
@@ -125,7 +129,7 @@ impl EncryptedLuts {
             hidden,
             out_dim,
             seed: list.compression_seed(),
-            bodies: U64s(list.into_container()),
+            bodies: Bodies::pack(&list.into_container(), LUT_DROP_BITS),
         }
     }
 
@@ -139,12 +143,16 @@ impl EncryptedLuts {
             || self.out_dim == 0
             || self.map.window * self.out_dim > n
             || self.map.zero_slot >= self.map.window
-            || self.bodies.0.len() != self.hidden * n
+            || self.bodies.len() != self.hidden * n
         {
             return Err(Error::Malformed("inconsistent lookup tables".into()));
         }
+        let bodies = self
+            .bodies
+            .unpack()
+            .ok_or_else(|| Error::Malformed("inconsistent lookup tables".into()))?;
         let list = SeededGlweCiphertextList::from_container(
-            self.bodies.0.clone(),
+            bodies,
             GlweSize(2),
             PolynomialSize(n),
             self.seed.clone(),
