@@ -1,0 +1,121 @@
+//! Cost of one activation step on this machine: key switch, classic blind rotation and tfhe's
+//! multi-bit blind rotation (grouping 2 and 3, one thread), at the 128-bit set's shapes.
+//! `cargo run --release --example pbs_cost`
+
+use hedge::crypto::params::{ParameterSet, SecurityLevel};
+use hedge::crypto::{gaussian, modulus, OsSeeder, Seeder};
+use std::time::Instant;
+use tfhe::core_crypto::prelude::*;
+
+fn time<F: FnMut()>(label: &str, reps: usize, mut f: F) -> f64 {
+    f();
+    let t = Instant::now();
+    for _ in 0..reps {
+        f();
+    }
+    let ms = t.elapsed().as_secs_f64() * 1e3 / reps as f64;
+    println!("{label:<40} {ms:8.2} ms");
+    ms
+}
+
+fn main() {
+    let p = ParameterSet::for_level(SecurityLevel::L128);
+    let n_big = PolynomialSize(p.pbs_glwe.poly_size);
+    let mut seeder = OsSeeder;
+    let mut sgen = SecretRandomGenerator::<DefaultRandomGenerator>::new(seeder.seed());
+    let mut egen =
+        EncryptionRandomGenerator::<DefaultRandomGenerator>::new(seeder.seed(), &mut seeder);
+    let glwe = GlweSecretKey::generate_new_binary(GlweDimension(1), n_big, &mut sgen);
+    let big = glwe.clone().into_lwe_secret_key();
+    for g in [1usize, 2, 3] {
+        let n = p.lwe_dim / g * g;
+        let lwe = LweSecretKey::generate_new_binary(LweDimension(n), &mut sgen);
+        let ct = allocate_and_encrypt_new_lwe_ciphertext(
+            &lwe,
+            Plaintext(1u64 << 60),
+            gaussian(p.lwe_log2_std),
+            modulus(),
+            &mut egen,
+        );
+        let mut acc = GlweCiphertext::new(0u64, GlweSize(2), n_big, modulus());
+        if g == 1 {
+            let ksk = allocate_and_generate_new_lwe_keyswitch_key(
+                &big,
+                &lwe,
+                DecompositionBaseLog(p.ks.base_log),
+                DecompositionLevelCount(p.ks.level),
+                gaussian(p.lwe_log2_std),
+                modulus(),
+                &mut egen,
+            );
+            let big_ct = allocate_and_encrypt_new_lwe_ciphertext(
+                &big,
+                Plaintext(1u64 << 60),
+                gaussian(p.pbs_glwe.log2_std),
+                modulus(),
+                &mut egen,
+            );
+            let mut out = LweCiphertext::new(0u64, LweSize(n + 1), modulus());
+            time(&format!("key switch {} -> {n}", n_big.0), 20, || {
+                keyswitch_lwe_ciphertext(&ksk, &big_ct, &mut out)
+            });
+            let bsk = allocate_and_generate_new_lwe_bootstrap_key(
+                &lwe,
+                &glwe,
+                DecompositionBaseLog(p.pbs.base_log),
+                DecompositionLevelCount(p.pbs.level),
+                gaussian(p.pbs_glwe.log2_std),
+                modulus(),
+                &mut egen,
+            );
+            let mut f = FourierLweBootstrapKey::new(
+                bsk.input_lwe_dimension(),
+                bsk.glwe_size(),
+                bsk.polynomial_size(),
+                bsk.decomposition_base_log(),
+                bsk.decomposition_level_count(),
+            );
+            convert_standard_lwe_bootstrap_key_to_fourier(&bsk, &mut f);
+            let ms = lwe_ciphertext_modulus_switch(
+                ct.as_view(),
+                n_big.to_blind_rotation_input_modulus_log(),
+            );
+            time(&format!("classic blind rotation n={n}"), 10, || {
+                blind_rotate_assign(&ms, &mut acc, &f)
+            });
+        } else {
+            let bsk = allocate_and_generate_new_lwe_multi_bit_bootstrap_key(
+                &lwe,
+                &glwe,
+                DecompositionBaseLog(p.pbs.base_log),
+                DecompositionLevelCount(p.pbs.level),
+                LweBskGroupingFactor(g),
+                gaussian(p.pbs_glwe.log2_std),
+                modulus(),
+                &mut egen,
+            );
+            let mut f = FourierLweMultiBitBootstrapKey::new(
+                bsk.input_lwe_dimension(),
+                bsk.glwe_size(),
+                bsk.polynomial_size(),
+                bsk.decomposition_base_log(),
+                bsk.decomposition_level_count(),
+                bsk.grouping_factor(),
+            );
+            convert_standard_lwe_multi_bit_bootstrap_key_to_fourier(&bsk, &mut f);
+            time(
+                &format!("multi-bit g={g} blind rotation n={n}, 1 thread"),
+                10,
+                || {
+                    modulus_switch_multi_bit_blind_rotate_assign(
+                        &ct,
+                        &mut acc,
+                        &f,
+                        ThreadCount(1),
+                        true,
+                    )
+                },
+            );
+        }
+    }
+}
