@@ -74,21 +74,57 @@ fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     postcard::to_allocvec(v).expect("serialising to a Vec cannot fail")
 }
 
+/// Everything the backend holds: all keys plus the bundle-signing key.
+pub struct BackendKeys {
+    pub secret: SecretKeys,
+    pub public: PublicKeys,
+    pub evaluation: EvaluationKeys,
+    pub signer: SigningKey,
+}
+
+impl BackendKeys {
+    /// Load a key directory, checking that its parts belong together.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let keys = Self {
+            secret: load_secret(dir)?,
+            public: load_public(dir)?,
+            evaluation: load_evaluation(dir)?,
+            signer: load_signing(dir)?,
+        };
+        if keys::key_id(&keys.public) != keys.secret.key_id {
+            return Err(Error::KeyMismatch(format!(
+                "{}: public.key and secret.key come from different key generations",
+                dir.display()
+            )));
+        }
+        Ok(keys)
+    }
+}
+
 /// Generate and write a key directory.
-pub fn keygen(params: ParameterSet, dir: &Path) -> Result<KeySet> {
+pub fn keygen(params: ParameterSet, dir: &Path) -> Result<BackendKeys> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let set = keys::generate(params);
-    let signing = SigningKey::generate(&mut rand::rngs::OsRng);
-    write_atomic(&dir.join(SECRET_KEY), &set.secret.to_bytes(), 0o600)?;
-    write_atomic(&dir.join(SIGNING_KEY), &signing.to_bytes(), 0o600)?;
-    write_atomic(&dir.join(PUBLIC_KEY), &encode(&set.public), 0o644)?;
-    write_atomic(&dir.join(EVALUATION_KEY), &encode(&set.evaluation), 0o644)?;
+    let KeySet {
+        secret,
+        public,
+        evaluation,
+    } = keys::generate(params);
+    let signer = SigningKey::generate(&mut rand::rngs::OsRng);
+    write_atomic(&dir.join(SECRET_KEY), &secret.to_bytes(), 0o600)?;
+    write_atomic(&dir.join(SIGNING_KEY), &signer.to_bytes(), 0o600)?;
+    write_atomic(&dir.join(PUBLIC_KEY), &encode(&public), 0o644)?;
+    write_atomic(&dir.join(EVALUATION_KEY), &encode(&evaluation), 0o644)?;
     write_atomic(
         &dir.join(VERIFYING_KEY),
-        signing.verifying_key().as_bytes(),
+        signer.verifying_key().as_bytes(),
         0o644,
     )?;
-    Ok(set)
+    Ok(BackendKeys {
+        secret,
+        public,
+        evaluation,
+        signer,
+    })
 }
 
 pub fn load_secret(dir: &Path) -> Result<SecretKeys> {
@@ -140,21 +176,19 @@ pub struct Protected {
 
 /// Quantise, encrypt and sign a classifier for one variant.
 pub fn protect(
+    keys: &BackendKeys,
     model: &Classifier,
     variant: Variant,
     activation: Option<Activation>,
     calibration: &[Vec<f32>],
-    secret: &SecretKeys,
-    public: &PublicKeys,
-    evaluation: &EvaluationKeys,
-    signer: &SigningKey,
     name: &str,
 ) -> Result<Protected> {
-    if keys::key_id(public) != secret.key_id {
-        return Err(Error::KeyMismatch(
-            "public.key and secret.key come from different key generations".into(),
-        ));
-    }
+    let BackendKeys {
+        secret,
+        public,
+        evaluation,
+        signer,
+    } = keys;
     let quant = QuantModel::quantize(model, variant, activation, calibration, &secret.params)?;
     let bundle = EdgeBundle {
         header: BundleHeader {

@@ -238,7 +238,6 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<Cell>> {
             level.bits(),
             t.elapsed().as_secs_f64()
         );
-        let signer = backend::load_signing(&key_dir)?;
         for &variant in &opts.variants {
             let (model, calib) = model_for(variant, opts, &task)?;
             let inputs: Vec<Vec<f32>> = if bench_inputs.is_empty() {
@@ -254,17 +253,7 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<Cell>> {
             .min(inputs.len());
             let inputs = &inputs[..count];
             let t = Instant::now();
-            let protected = backend::protect(
-                &model,
-                variant,
-                None,
-                &calib,
-                &ks.secret,
-                &ks.public,
-                &ks.evaluation,
-                &signer,
-                "bench",
-            )?;
+            let protected = backend::protect(&ks, &model, variant, None, &calib, "bench")?;
             log::info!(
                 "{} {}-bit: z bound 2^{:.1}, delta_out 2^{:.1}",
                 variant.name(),

@@ -9,6 +9,7 @@ pub mod bench;
 pub mod bundle;
 pub mod crypto;
 pub mod data;
+pub mod demo;
 pub mod engine;
 pub mod error;
 pub mod model;

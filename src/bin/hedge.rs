@@ -142,6 +142,25 @@ enum Command {
         #[arg(long, default_value = "target/bench")]
         work_dir: PathBuf,
     },
+    /// Run the whole system on this machine: keys, model, protection, edge, decryption.
+    Demo {
+        #[arg(long, default_value = "target/demo")]
+        dir: PathBuf,
+        #[arg(long, value_parser = parse_security, default_value = "128")]
+        security: SecurityLevel,
+        #[arg(long, value_enum, default_value = "plain")]
+        features: FeatureMode,
+        #[arg(long, value_enum, num_args = 1.., value_delimiter = ',')]
+        variant: Vec<Variant>,
+        /// Vectors per variant (last, noact).
+        #[arg(long, default_value_t = 20)]
+        count: usize,
+        /// Vectors for the act variant (about 12 s each at 128 bits).
+        #[arg(long, default_value_t = 2)]
+        act_count: usize,
+        #[arg(long, default_value = "2304,512,10")]
+        shape: String,
+    },
     /// (internal) The edge side of one bench cell.
     #[command(hide = true)]
     BenchEdge {
@@ -256,20 +275,15 @@ fn run(cli: Cli) -> Result<()> {
                 .into_iter()
                 .map(|s| s.values)
                 .collect();
-            let secret = backend::load_secret(&keys).context("loading secret key")?;
-            let public = backend::load_public(&keys).context("loading public key")?;
-            let evaluation = backend::load_evaluation(&keys).context("loading evaluation keys")?;
-            let signer = backend::load_signing(&keys).context("loading signing key")?;
+            let backend_keys = backend::BackendKeys::load(&keys)
+                .with_context(|| format!("loading keys from {}", keys.display()))?;
             let t = std::time::Instant::now();
             let p = backend::protect(
+                &backend_keys,
                 &classifier,
                 variant,
                 activation.map(Into::into),
                 &calib,
-                &secret,
-                &public,
-                &evaluation,
-                &signer,
                 &name,
             )?;
             backend::write_atomic(&out, &p.bytes, 0o644)
@@ -405,6 +419,31 @@ fn run(cli: Cli) -> Result<()> {
             if cells.iter().any(|c| !c.correct) {
                 bail!("some cells did not meet their correctness criterion");
             }
+        }
+        Command::Demo {
+            dir,
+            security,
+            features,
+            variant,
+            count,
+            act_count,
+            shape,
+        } => {
+            let opts = hedge::demo::DemoOptions {
+                dir,
+                security,
+                features,
+                variants: if variant.is_empty() {
+                    Variant::ALL.to_vec()
+                } else {
+                    variant
+                },
+                count,
+                act_count,
+                shape: parse_shape(&shape)?,
+            };
+            hedge::demo::run(&opts)?;
+            println!("demo finished: every result decrypted and checked");
         }
         Command::BenchEdge {
             bundle,

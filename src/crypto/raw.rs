@@ -26,7 +26,7 @@ impl<'de> Deserialize<'de> for U64s {
                 f.write_str("a byte string whose length is a multiple of 8")
             }
             fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<U64s, E> {
-                if v.len() % 8 != 0 {
+                if !v.len().is_multiple_of(8) {
                     return Err(E::custom("u64 array length is not a multiple of 8"));
                 }
                 Ok(U64s(
@@ -90,7 +90,7 @@ impl<'de> Deserialize<'de> for U8s {
 impl Bodies {
     /// `drop_bits` must be a multiple of 8 below 64.
     pub fn pack(values: &[u64], drop_bits: u8) -> Self {
-        assert!(drop_bits % 8 == 0 && drop_bits < 64);
+        assert!(drop_bits.is_multiple_of(8) && drop_bits < 64);
         let width = (64 - drop_bits as usize) / 8;
         let mut data = Vec::with_capacity(values.len() * width);
         for &v in values {
@@ -119,7 +119,8 @@ impl Bodies {
     }
 
     fn width(&self) -> Option<usize> {
-        (self.drop_bits % 8 == 0 && self.drop_bits < 64).then(|| (64 - self.drop_bits as usize) / 8)
+        (self.drop_bits.is_multiple_of(8) && self.drop_bits < 64)
+            .then(|| (64 - self.drop_bits as usize) / 8)
     }
 
     pub fn byte_len(&self) -> usize {
@@ -129,7 +130,7 @@ impl Bodies {
     /// The values back, low bits zero; `None` if the encoding is inconsistent.
     pub fn unpack(&self) -> Option<Vec<u64>> {
         let w = self.width()?;
-        if self.data.0.len() % w != 0 {
+        if !self.data.0.len().is_multiple_of(w) {
             return None;
         }
         Some(

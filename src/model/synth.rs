@@ -145,8 +145,11 @@ pub fn classifier(
             }
             rr = rr_new;
         }
-        for i in 0..hidden {
-            model.output.w[c * hidden + i] = w[i] as f32;
+        for (o, v) in model.output.w[c * hidden..(c + 1) * hidden]
+            .iter_mut()
+            .zip(&w)
+        {
+            *o = *v as f32;
         }
         model.output.b[c] = w[hidden] as f32;
     }

@@ -1,0 +1,326 @@
+//! The binaries end to end on small shapes: keygen, synth, protect, inspect, hedged, decrypt,
+//! and every refusal a user can run into.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn hedge(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_hedge"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run hedge")
+}
+
+fn hedged(args: &[&str], stdin: &str) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hedged"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run hedged");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "failed: {}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn refused(o: &Output, needle: &str) {
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "unexpectedly succeeded");
+    assert!(err.contains(needle), "expected {needle:?} in: {err}");
+    assert!(!err.contains("panicked"), "panicked: {err}");
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    keys: PathBuf,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let keys = root.join("keys");
+    ok(&hedge(&["keygen", "--security", "128", "--out", s(&keys)]));
+    ok(&hedge(&[
+        "synth",
+        "--out",
+        s(&root),
+        "--shape",
+        "48,16,10",
+        "--test",
+        "12",
+        "--calibration",
+        "60",
+    ]));
+    Fixture {
+        _dir: dir,
+        root,
+        keys,
+    }
+}
+
+fn protect(f: &Fixture, variant: &str) -> PathBuf {
+    let bundle = f.root.join(format!("{variant}.bundle"));
+    ok(&hedge(&[
+        "protect",
+        "--model",
+        s(&f.root.join("model.onnx")),
+        "--keys",
+        s(&f.keys),
+        "--variant",
+        variant,
+        "--calibration",
+        s(&f.root.join("calibration.txt")),
+        "--out",
+        s(&bundle),
+    ]));
+    bundle
+}
+
+#[test]
+fn keygen_keeps_secrets_private() {
+    let f = fixture();
+    for (name, mode) in [
+        ("secret.key", 0o600),
+        ("signing.key", 0o600),
+        ("public.key", 0o644),
+    ] {
+        let m = std::fs::metadata(f.keys.join(name))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(m, mode, "{name}");
+    }
+}
+
+#[test]
+fn protect_run_decrypt_every_variant_and_mode() {
+    let f = fixture();
+    let test = std::fs::read_to_string(f.root.join("test.txt")).unwrap();
+    let model = hedge::model::onnx::load(&f.root.join("model.onnx")).unwrap();
+    for variant in ["last", "noact", "act"] {
+        let bundle = protect(&f, variant);
+        let summary = ok(&hedge(&["inspect", s(&bundle), "--keys", s(&f.keys)]));
+        assert!(
+            summary.contains(&format!("variant     {variant}")),
+            "{summary}"
+        );
+        let lines = if variant == "act" { 2 } else { 6 };
+        let input: String = test.lines().take(lines).map(|l| format!("{l}\n")).collect();
+        for mode in ["plain", "enc"] {
+            let out = f.root.join(format!("out-{variant}-{mode}"));
+            ok(&hedged(
+                &[
+                    "--bundle",
+                    s(&bundle),
+                    "--verifying-key",
+                    s(&f.keys.join("verifying.key")),
+                    "--features",
+                    mode,
+                    "--out-dir",
+                    s(&out),
+                ],
+                &input,
+            ));
+            let mut files: Vec<String> = std::fs::read_dir(&out)
+                .unwrap()
+                .map(|e| e.unwrap().path().to_str().unwrap().to_string())
+                .collect();
+            files.sort();
+            assert_eq!(files.len(), lines);
+            let mut args = vec!["decrypt", "--keys", s(&f.keys)];
+            args.extend(files.iter().map(String::as_str));
+            let decrypted = ok(&hedge(&args));
+            // Encryption must preserve the plaintext model's decision.
+            let agree = decrypted
+                .lines()
+                .zip(test.lines())
+                .filter(|(d, t)| {
+                    let v: serde_json::Value = serde_json::from_str(d).unwrap();
+                    let x = hedge::data::parse_line(t).unwrap().unwrap().values;
+                    let float_model = if variant == "noact" {
+                        hedge::model::Classifier {
+                            activation: None,
+                            ..model.clone()
+                        }
+                    } else {
+                        model.clone()
+                    };
+                    v["class"].as_u64()
+                        == Some(hedge::model::argmax(&float_model.forward(&x)) as u64)
+                })
+                .count();
+            assert_eq!(
+                agree, lines,
+                "{variant}/{mode}: {agree}/{lines} agree with the float model"
+            );
+        }
+    }
+}
+
+#[test]
+fn bad_bundles_are_refused_with_the_reason() {
+    let f = fixture();
+    let bundle = protect(&f, "last");
+    let bytes = std::fs::read(&bundle).unwrap();
+    let bad = f.root.join("bad.bundle");
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (bytes[..bytes.len() / 2].to_vec(), "truncated"),
+        (
+            {
+                let mut b = bytes.clone();
+                b[100] ^= 0x40;
+                b
+            },
+            "checksum",
+        ),
+        (
+            {
+                let mut b = bytes.clone();
+                b[8] = 7;
+                b
+            },
+            "version",
+        ),
+        (b"garbage".to_vec(), "truncated"),
+    ];
+    for (content, reason) in cases {
+        std::fs::write(&bad, content).unwrap();
+        refused(&hedge(&["inspect", s(&bad), "--keys", s(&f.keys)]), reason);
+        refused(
+            &hedged(
+                &[
+                    "--bundle",
+                    s(&bad),
+                    "--verifying-key",
+                    s(&f.keys.join("verifying.key")),
+                    "--out-dir",
+                    s(&f.root.join("o")),
+                ],
+                "",
+            ),
+            reason,
+        );
+    }
+    // Signed by another backend.
+    let other = f.root.join("other-keys");
+    ok(&hedge(&["keygen", "--out", s(&other)]));
+    refused(
+        &hedge(&["inspect", s(&bundle), "--keys", s(&other)]),
+        "signed by key",
+    );
+    // Results decrypted with the wrong secret key.
+    let out = f.root.join("out");
+    ok(&hedged(
+        &[
+            "--bundle",
+            s(&bundle),
+            "--verifying-key",
+            s(&f.keys.join("verifying.key")),
+            "--out-dir",
+            s(&out),
+        ],
+        std::fs::read_to_string(f.root.join("test.txt"))
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    ));
+    let result = out.join("result-000001.bin");
+    refused(
+        &hedge(&["decrypt", "--keys", s(&other), s(&result)]),
+        "key mismatch",
+    );
+    // A corrupted result file.
+    std::fs::write(f.root.join("junk.bin"), b"\x01garbage").unwrap();
+    refused(
+        &hedge(&["decrypt", "--keys", s(&f.keys), s(&f.root.join("junk.bin"))]),
+        "result payload",
+    );
+    // A model that is not ONNX.
+    std::fs::write(f.root.join("junk.onnx"), b"nope").unwrap();
+    refused(
+        &hedge(&[
+            "protect",
+            "--model",
+            s(&f.root.join("junk.onnx")),
+            "--keys",
+            s(&f.keys),
+            "--variant",
+            "last",
+            "--calibration",
+            s(&f.root.join("calibration.txt")),
+            "--out",
+            s(&f.root.join("x.bundle")),
+        ]),
+        "not an ONNX model",
+    );
+}
+
+#[test]
+fn bad_vectors_are_rejected_and_the_rest_processed() {
+    let f = fixture();
+    let bundle = protect(&f, "last");
+    let test = std::fs::read_to_string(f.root.join("test.txt")).unwrap();
+    let good = test.lines().next().unwrap();
+    let values: Vec<&str> = good.split(':').nth(1).unwrap().split(',').collect();
+    let short = values[..10].join(",");
+    let nan = {
+        let mut v = values.clone();
+        v[3] = "NaN";
+        v.join(",")
+    };
+    let huge = {
+        let mut v = values.clone();
+        v[0] = "1e30";
+        v.join(",")
+    };
+    let input = format!("{good}\n{short}\nhello world\n{nan}\n{huge}\n{good}\n");
+    let out = f.root.join("out");
+    let o = hedged(
+        &[
+            "--bundle",
+            s(&bundle),
+            "--verifying-key",
+            s(&f.keys.join("verifying.key")),
+            "--out-dir",
+            s(&out),
+        ],
+        &input,
+    );
+    ok(&o);
+    let err = String::from_utf8_lossy(&o.stderr);
+    for reason in [
+        "expected 48 features",
+        "not a number",
+        "NaN",
+        "out of range",
+    ] {
+        assert!(err.contains(reason), "{reason} missing from {err}");
+    }
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 2);
+}
