@@ -73,7 +73,7 @@ impl EncryptedModel {
                     first: PlainLayer {
                         w: q.w1.clone(),
                         b: q.b1.clone(),
-                        map: q.hidden_map,
+                        map: q.hidden_map.clone(),
                     },
                     output: EncryptedMatrix::encrypt(
                         &keys.wide,
@@ -81,8 +81,8 @@ impl EncryptedModel {
                         p.wide,
                         &q.w2_with_bias(),
                         layout,
-                        q.delta_out,
-                        0,
+                        &vec![q.delta_out; layout.out_dim],
+                        &vec![0; layout.out_dim],
                         0,
                     ),
                 }
@@ -102,8 +102,8 @@ impl EncryptedModel {
                         p.wide,
                         &q.w1_with_bias(),
                         layout,
-                        q.delta_out,
-                        0,
+                        &vec![q.delta_out; layout.out_dim],
+                        &vec![0; layout.out_dim],
                         0,
                     ),
                     second: EncryptedGgswRows::encrypt(
@@ -122,9 +122,9 @@ impl EncryptedModel {
             Variant::Act => {
                 let HiddenMap::Window {
                     map,
-                    delta_h,
+                    units,
                     activation,
-                } = q.hidden_map
+                } = &q.hidden_map
                 else {
                     return Err(Error::Quantisation(
                         "act model without a bootstrap window".into(),
@@ -138,8 +138,11 @@ impl EncryptedModel {
                         p.pbs_glwe,
                         &q.w1_with_bias(),
                         layout,
-                        delta_h,
-                        map.offset(),
+                        &units.iter().map(|u| u.delta_h).collect::<Vec<_>>(),
+                        &units
+                            .iter()
+                            .map(|u| map.offset(u.zero_slot))
+                            .collect::<Vec<_>>(),
                         // Noise after this layer is ~2^26 and the bootstrap reads 2^52-wide
                         // slots: 24 dropped bits add ≲ 2^23·‖x‖ ≈ 2^37.
                         24,
@@ -147,8 +150,9 @@ impl EncryptedModel {
                     luts: EncryptedLuts::encrypt(
                         &keys.pbs,
                         p.pbs_glwe,
-                        map,
-                        activation,
+                        *map,
+                        &units.iter().map(|u| u.zero_slot).collect::<Vec<_>>(),
+                        *activation,
                         &q.w2,
                         &q.b2,
                         out,
@@ -544,7 +548,7 @@ pub fn first_layer_hidden(l: &PlainLayer, xq: &[i64]) -> Vec<i64> {
                 .map(|(w, x)| w * x)
                 .sum::<i64>()
                 + b;
-            l.map.apply(y).0
+            l.map.apply(j, y).0
         })
         .collect()
 }

@@ -113,9 +113,9 @@ pub struct EncryptedMatrix {
 }
 
 impl EncryptedMatrix {
-    /// Encrypt `w` (row-major, out × in with the bias as last column) scaled by `delta`;
-    /// `bias_offset` is added to every bias entry (a phase shift for the bootstrap window);
-    /// bodies are stored without their `drop_bits` low bits (see [`Bodies`]).
+    /// Encrypt `w` (row-major, out × in with the bias as last column), row j scaled by
+    /// `row_scale[j]` and its bias shifted by `row_offset[j]` (a phase shift for the bootstrap
+    /// window); bodies are stored without their `drop_bits` low bits (see [`Bodies`]).
     #[allow(clippy::too_many_arguments)]
     pub fn encrypt(
         sk: &GlweSecretKeyOwned<u64>,
@@ -123,11 +123,13 @@ impl EncryptedMatrix {
         glwe: GlweParams,
         w: &[i64],
         layout: PackedLayout,
-        delta: u64,
-        bias_offset: u64,
+        row_scale: &[u64],
+        row_offset: &[u64],
         drop_bits: u8,
     ) -> Self {
         assert_eq!(w.len(), layout.out_dim * layout.in_dim);
+        assert_eq!(row_scale.len(), layout.out_dim);
+        assert_eq!(row_offset.len(), layout.out_dim);
         assert_eq!(sk.polynomial_size().0, layout.poly_size);
         let n = layout.poly_size;
         let count = layout.blocks() * layout.groups();
@@ -141,13 +143,13 @@ impl EncryptedMatrix {
                     for j in 0..layout.rows_in(b) {
                         let row = b * layout.rows_per_block + j;
                         let offset = if col + 1 == layout.in_dim {
-                            bias_offset
+                            row_offset[row]
                         } else {
                             0
                         };
                         plain[base + s * layout.rows_per_block + j] = (w[row * layout.in_dim + col]
                             as u64)
-                            .wrapping_mul(delta)
+                            .wrapping_mul(row_scale[row])
                             .wrapping_add(offset);
                     }
                 }
@@ -630,8 +632,8 @@ mod tests {
                 p.wide,
                 &w,
                 layout,
-                delta,
-                0,
+                &vec![delta; out],
+                &vec![0; out],
                 0,
             );
             let m: EncryptedMatrix =

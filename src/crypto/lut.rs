@@ -39,26 +39,35 @@ impl Activation {
     }
 }
 
-/// Where pre-activations land in a window: slot = round(phase · 2N / q), value = slot − zero.
+/// The windows' geometry: slot = round(phase · 2N / q), R = `window` slots per class.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WindowMap {
     pub poly_size: usize,
     pub window: usize,
-    pub zero_slot: usize,
+}
+
+/// Where one hidden unit's pre-activation y lands: phase Δ_h·y + offset(zero_slot), so y = 0
+/// sits on `zero_slot` and the unit's calibrated range fills the window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnitWindow {
+    pub delta_h: u64,
+    pub zero_slot: u32,
 }
 
 impl WindowMap {
+    fn log2_2n(&self) -> u32 {
+        (2 * self.poly_size).trailing_zeros()
+    }
+
     /// Noise-free slot of a phase (what the bootstrap computes, less its noise).
     pub fn slot(&self, phase: u64) -> u64 {
-        let log2_2n = (2 * self.poly_size).trailing_zeros();
-        let shift = 64 - log2_2n;
+        let shift = 64 - self.log2_2n();
         (phase.wrapping_add(1 << (shift - 1)) >> shift) % (2 * self.poly_size as u64)
     }
 
     /// The phase offset that puts y = 0 on `zero_slot`.
-    pub fn offset(&self) -> u64 {
-        let log2_2n = (2 * self.poly_size).trailing_zeros();
-        (self.zero_slot as u64) << (64 - log2_2n)
+    pub fn offset(&self, zero_slot: u32) -> u64 {
+        (zero_slot as u64) << (64 - self.log2_2n())
     }
 }
 
@@ -66,6 +75,7 @@ impl WindowMap {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct EncryptedLuts {
     pub map: WindowMap,
+    pub zero_slots: Vec<u32>,
     pub activation: Activation,
     pub hidden: usize,
     pub out_dim: usize,
@@ -85,6 +95,7 @@ impl EncryptedLuts {
         sk: &GlweSecretKeyOwned<u64>,
         glwe: GlweParams,
         map: WindowMap,
+        zero_slots: &[u32],
         activation: Activation,
         w2: &[i64],
         b2: &[i64],
@@ -95,13 +106,14 @@ impl EncryptedLuts {
         let n = glwe.poly_size;
         assert_eq!(w2.len(), out_dim * hidden);
         assert!(map.window * out_dim <= n);
+        assert_eq!(zero_slots.len(), hidden);
         let mut plain = vec![0u64; hidden * n];
         for i in 0..hidden {
             let lut = &mut plain[i * n..(i + 1) * n];
             for j in 0..out_dim {
                 let bias = if i == 0 { b2[j] } else { 0 };
                 for t in 0..map.window {
-                    let a = activation.apply(t as i64 - map.zero_slot as i64);
+                    let a = activation.apply(t as i64 - zero_slots[i] as i64);
                     let v = w2[j * hidden + i] * a + bias;
                     lut[j * map.window + t] = (v as u64).wrapping_mul(delta_out);
                 }
@@ -125,6 +137,7 @@ impl EncryptedLuts {
         );
         Self {
             map,
+            zero_slots: zero_slots.to_vec(),
             activation,
             hidden,
             out_dim,
@@ -142,7 +155,11 @@ impl EncryptedLuts {
         if !n.is_power_of_two()
             || self.out_dim == 0
             || self.map.window * self.out_dim > n
-            || self.map.zero_slot >= self.map.window
+            || self.zero_slots.len() != self.hidden
+            || self
+                .zero_slots
+                .iter()
+                .any(|&z| z as usize >= self.map.window)
             || self.bodies.len() != self.hidden * n
         {
             return Err(Error::Malformed("inconsistent lookup tables".into()));

@@ -17,7 +17,7 @@
 //! the bootstrap adds on top is its noise, bounded in docs/CRYPTO.md).
 
 use super::{Classifier, Dense};
-use crate::crypto::lut::{Activation, WindowMap};
+use crate::crypto::lut::{Activation, UnitWindow, WindowMap};
 use crate::crypto::params::ParameterSet;
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -112,7 +112,7 @@ impl InputQuant {
 }
 
 /// How the hidden pre-activation y becomes the second layer's input a.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum HiddenMap {
     /// `last`: plaintext a = clamp(round(act(y)·mult), lo, hi).
     Requant {
@@ -123,20 +123,21 @@ pub enum HiddenMap {
     },
     /// `noact`: a = y.
     Identity,
-    /// `act`: phase Δ_h·y + offset; a = act(slot − zero).
+    /// `act`: unit i's phase is Δ_h,i·y + offset(zero_i); a = act(slot − zero_i).
     Window {
         map: WindowMap,
-        delta_h: u64,
+        units: Vec<UnitWindow>,
         activation: Activation,
     },
 }
 
 impl HiddenMap {
-    /// The second layer's input from y, and whether y left its bootstrap window.
-    pub fn apply(&self, y: i64) -> (i64, bool) {
-        match *self {
+    /// Hidden unit i's second-layer input from its pre-activation y, and whether y left its
+    /// bootstrap window.
+    pub fn apply(&self, i: usize, y: i64) -> (i64, bool) {
+        match self {
             HiddenMap::Identity => (y, false),
-            HiddenMap::Requant {
+            &HiddenMap::Requant {
                 activation,
                 mult,
                 lo,
@@ -151,14 +152,17 @@ impl HiddenMap {
             }
             HiddenMap::Window {
                 map,
-                delta_h,
+                units,
                 activation,
             } => {
-                let phase = (y as u64).wrapping_mul(delta_h).wrapping_add(map.offset());
+                let u = units[i];
+                let phase = (y as u64)
+                    .wrapping_mul(u.delta_h)
+                    .wrapping_add(map.offset(u.zero_slot));
                 let slot = map.slot(phase) as usize;
                 let outside = slot >= map.window;
                 let t = slot.min(map.window - 1) as i64;
-                (activation.apply(t - map.zero_slot as i64), outside)
+                (activation.apply(t - u.zero_slot as i64), outside)
             }
         }
     }
@@ -281,6 +285,8 @@ impl QuantModel {
         let (w1, b1, s_w1) = quantize_dense(&model.hidden, bits.w1, input.scale as f64);
         let s_h = input.scale as f64 * s_w1;
         let ys: Vec<Vec<i64>> = xq.iter().map(|x| matvec(&w1, &b1, x)).collect();
+        // Per-unit scales of the hidden activations, when they differ by unit (act).
+        let mut hidden_scales: Option<Vec<f64>> = None;
         let (hidden_map, s_a) = match variant {
             Variant::Noact => {
                 if activation.is_some() && model.activation.is_some() {
@@ -332,34 +338,55 @@ impl QuantModel {
                         "{out_dim} outputs leave windows of {window} slots: too narrow for one bootstrap"
                     )));
                 }
-                let lo = ys.iter().flatten().copied().min().unwrap_or(0).min(-1) as f64 * 1.1;
-                let hi = ys.iter().flatten().copied().max().unwrap_or(0).max(1) as f64 * 1.1;
-                let slots_per_unit = (window - 2 * guard) as f64 / (hi - lo);
-                let zero_slot = (guard as f64 - lo * slots_per_unit).round() as usize;
                 let two_n = 2.0 * n as f64;
-                let delta_h = (slots_per_unit * 2f64.powi(64) / two_n).round().max(1.0) as u64;
-                let s_eff = delta_h as f64 * two_n / 2f64.powi(64);
                 let map = WindowMap {
                     poly_size: n,
                     window,
-                    zero_slot,
                 };
-                let s_a = match activation {
-                    Activation::Relu => s_h / s_eff,
-                    Activation::Square => s_h * s_h / (s_eff * s_eff),
-                };
+                // Per unit: its calibrated range (×1.1, always containing 0) fills the window
+                // between the guards.
+                let mut units = Vec::with_capacity(hidden_dim);
+                let mut unit_scale = Vec::with_capacity(hidden_dim);
+                for i in 0..hidden_dim {
+                    let lo = ys.iter().map(|y| y[i]).min().unwrap_or(0).min(-1) as f64 * 1.1;
+                    let hi = ys.iter().map(|y| y[i]).max().unwrap_or(0).max(1) as f64 * 1.1;
+                    let slots_per_unit = (window - 2 * guard) as f64 / (hi - lo);
+                    let zero_slot = (guard as f64 - lo * slots_per_unit).round() as u32;
+                    let delta_h = (slots_per_unit * 2f64.powi(64) / two_n).round().max(1.0) as u64;
+                    let s_eff = delta_h as f64 * two_n / 2f64.powi(64);
+                    units.push(UnitWindow { delta_h, zero_slot });
+                    // The real value one step of a stands for.
+                    unit_scale.push(match activation {
+                        Activation::Relu => s_h / s_eff,
+                        Activation::Square => s_h * s_h / (s_eff * s_eff),
+                    });
+                }
+                hidden_scales = Some(unit_scale);
                 (
                     HiddenMap::Window {
                         map,
-                        delta_h,
+                        units,
                         activation,
                     },
-                    s_a,
+                    1.0,
                 )
             }
         };
-        // Second layer
-        let (w2, b2, s_w2) = quantize_dense(&model.output, bits.w2, s_a);
+        // Second layer: per-unit scales fold into the weights (W2[j,i]·s_i), one tensor scale.
+        let output = match &hidden_scales {
+            Some(scales) => Dense {
+                w: model
+                    .output
+                    .w
+                    .iter()
+                    .enumerate()
+                    .map(|(k, w)| (*w as f64 * scales[k % hidden_dim]) as f32)
+                    .collect(),
+                ..model.output.clone()
+            },
+            None => model.output.clone(),
+        };
+        let (w2, b2, s_w2) = quantize_dense(&output, bits.w2, s_a);
         let mut q = QuantModel {
             variant,
             bits,
@@ -379,7 +406,7 @@ impl QuantModel {
         // calibrated one with a 2× margin otherwise.
         q.z_bound = match variant {
             Variant::Last => {
-                let amax = match hidden_map {
+                let amax = match q.hidden_map {
                     HiddenMap::Requant { lo, hi, .. } => lo.abs().max(hi),
                     _ => unreachable!(),
                 };
@@ -421,8 +448,9 @@ impl QuantModel {
         let mut out_of_window = 0;
         let hidden: Vec<i64> = y
             .iter()
-            .map(|&y| {
-                let (a, outside) = self.hidden_map.apply(y);
+            .enumerate()
+            .map(|(i, &y)| {
+                let (a, outside) = self.hidden_map.apply(i, y);
                 out_of_window += outside as usize;
                 a
             })
