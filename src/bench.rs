@@ -21,6 +21,7 @@ use std::time::Instant;
 
 /// Feature mode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
 pub enum FeatureMode {
     Plain,
     Enc,

@@ -10,6 +10,7 @@ pub mod bundle;
 pub mod crypto;
 pub mod data;
 pub mod demo;
+pub mod edge;
 pub mod engine;
 pub mod error;
 pub mod model;

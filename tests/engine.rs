@@ -75,3 +75,8 @@ fn full_without_activation_matches_reference() {
 fn full_with_relu_stays_within_bound() {
     run(Variant::Act, Some(Activation::Relu), 3);
 }
+
+#[test]
+fn full_with_square_stays_within_bound() {
+    run(Variant::Act, Some(Activation::Square), 2);
+}

@@ -390,10 +390,15 @@ pub struct EncryptedGgswRows {
     pub in_dim: usize,
     pub decomp: DecompParams,
     seed: CompressionSeed,
-    rows: U64s,
+    rows: Bodies,
     bias_seed: CompressionSeed,
     bias: U64s,
 }
+
+/// Low bits dropped from stored GGSW rows: each row's phase errs by ≤ 2^7, times the digits
+/// (≤ 2^10) over 2ℓN terms ≈ 2^24 — far below the second layer's noise with encrypted
+/// features (≈ 2^33) and 14 bits under Δ with plaintext ones.
+const GGSW_ROW_DROP_BITS: u8 = 8;
 
 impl EncryptedGgswRows {
     /// Encrypt W (out × in, row-major, unscaled integers) and the bias (scaled by `delta`).
@@ -484,7 +489,7 @@ impl EncryptedGgswRows {
             in_dim,
             decomp,
             seed,
-            rows: U64s(list.into_container()),
+            rows: Bodies::pack(&list.into_container(), GGSW_ROW_DROP_BITS),
             bias_seed: bias_list.compression_seed(),
             bias: U64s(bias_list.into_container()),
         })
@@ -492,6 +497,10 @@ impl EncryptedGgswRows {
 
     pub fn byte_len(&self) -> usize {
         self.rows.byte_len() + self.bias.byte_len()
+    }
+
+    fn row_words(&self) -> Option<Vec<u64>> {
+        self.rows.unpack()
     }
 
     pub fn prepare(&self) -> Result<PreparedGgswRows> {
@@ -502,13 +511,16 @@ impl EncryptedGgswRows {
             || self.in_dim > n
             || levels == 0
             || self.decomp.precision_bits() > 64
-            || self.rows.0.len() != self.out_dim * levels * 2 * n
+            || self.rows.len() != self.out_dim * levels * 2 * n
             || self.bias.0.len() != self.out_dim
         {
             return Err(Error::Malformed("inconsistent GGSW rows".into()));
         }
+        let rows = self
+            .row_words()
+            .ok_or_else(|| Error::Malformed("inconsistent GGSW rows".into()))?;
         let glwes = SeededGlweCiphertextList::from_container(
-            self.rows.0.clone(),
+            rows,
             GlweSize(2),
             PolynomialSize(n),
             self.seed.clone(),

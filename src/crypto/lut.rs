@@ -83,9 +83,9 @@ pub struct EncryptedLuts {
     bodies: Bodies,
 }
 
-/// Low body bits dropped from stored lookup tables: a rounding error of 2^31 per table is
-/// far below one bootstrap's output noise (2^48.6 at 128 bits).
-const LUT_DROP_BITS: u8 = 32;
+/// Low body bits dropped from stored lookup tables: a rounding error of 2^39 per table is
+/// far below one bootstrap's output noise (2^48.6 at 128 bits, 2^49.4 at 192, 2^49.7 at 256).
+const LUT_DROP_BITS: u8 = 40;
 
 impl EncryptedLuts {
     /// `w2` is out × hidden (row-major), `b2` has `out` entries; both integers at the output

@@ -1,0 +1,3 @@
+//! The edge daemon's parts (`hedged`).
+
+pub mod config;
