@@ -1,17 +1,19 @@
-//! `hedge demo`: the whole pipeline on one machine with no set-up — keys, the fixed-seed model
-//! exported to ONNX and imported back, protection into signed bundles, the edge engine on a
-//! replayed test set, decryption and a summary per variant.
+//! `hedge demo`: the whole system on one machine with no set-up — keys, the fixed-seed model
+//! exported to ONNX and imported back, signed bundles, an MQTT broker (embedded rumqttd unless
+//! `--broker` names one), `hedged` on a replayed test set publishing encrypted results, the
+//! decryption agent subscribed to them, and a summary per variant.
 
 use crate::backend;
 use crate::bench::FeatureMode;
-use crate::bundle::{bundle_id, EdgeBundle};
 use crate::crypto::params::{ParameterSet, SecurityLevel};
-use crate::engine::decrypt;
+use crate::data::format_sample;
+use crate::decryptor::{self, SubscribeOptions};
+use crate::edge::publish::MqttConfig;
 use crate::error::{Error, Result};
 use crate::model::quant::Variant;
 use crate::model::{argmax, onnx, synth, Classifier};
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 pub struct DemoOptions {
     pub dir: PathBuf,
@@ -21,6 +23,8 @@ pub struct DemoOptions {
     pub count: usize,
     pub act_count: usize,
     pub shape: (usize, usize, usize),
+    /// An external broker (HOST:PORT) instead of the embedded one.
+    pub broker: Option<String>,
 }
 
 /// Summary of one variant's run.
@@ -29,8 +33,7 @@ pub struct DemoSummary {
     pub results: usize,
     pub classes: Vec<usize>,
     pub agree_float: usize,
-    pub agree_label: usize,
-    pub mean_ms: f64,
+    pub mean_infer_ms: f64,
 }
 
 pub fn run(opts: &DemoOptions) -> Result<Vec<DemoSummary>> {
@@ -43,9 +46,32 @@ pub fn run(opts: &DemoOptions) -> Result<Vec<DemoSummary>> {
         keys.display(),
         t.elapsed().as_secs_f64()
     );
+    let (host, port) = match &opts.broker {
+        Some(b) => {
+            let (h, p) = b
+                .rsplit_once(':')
+                .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
+                .ok_or_else(|| Error::Malformed(format!("--broker {b}: expected HOST:PORT")))?;
+            println!("2. broker: {h}:{p} (external)");
+            (h, p)
+        }
+        None => {
+            let p = crate::broker::start_embedded(0)?;
+            println!("2. broker: embedded rumqttd on 127.0.0.1:{p}");
+            ("127.0.0.1".to_string(), p)
+        }
+    };
+    let hedged = std::env::current_exe()
+        .map_err(|e| Error::io("current executable", e))?
+        .with_file_name("hedged");
+    if !hedged.exists() {
+        return Err(Error::Malformed(format!(
+            "{} not found: build both binaries (cargo build --release)",
+            hedged.display()
+        )));
+    }
     let (i, h, c) = opts.shape;
     let task = synth::Task::new(42, i, c);
-    let trusted = backend::load_verifying(&keys.join(backend::VERIFYING_KEY))?;
     let test = task.samples(42 + synth::BENCH_STREAM, opts.count.max(opts.act_count));
     let calib: Vec<Vec<f32>> = task
         .samples(42 + synth::CALIBRATION_STREAM, 200)
@@ -54,8 +80,9 @@ pub fn run(opts: &DemoOptions) -> Result<Vec<DemoSummary>> {
         .collect();
     let mut out = Vec::new();
     for &variant in &opts.variants {
+        let name = variant.name();
         let act = (variant != Variant::Noact).then_some(crate::crypto::lut::Activation::Relu);
-        let model_path = opts.dir.join(format!("model-{}.onnx", variant.name()));
+        let model_path = opts.dir.join(format!("model-{name}.onnx"));
         backend::write_atomic(
             &model_path,
             &onnx::to_bytes(&synth::classifier(42, &task, h, act), false),
@@ -67,66 +94,111 @@ pub fn run(opts: &DemoOptions) -> Result<Vec<DemoSummary>> {
         let bundle_path = backend::default_bundle_path(&opts.dir, variant);
         backend::write_atomic(&bundle_path, &p.bytes, 0o644)?;
         println!(
-            "2. {}: {i}→{h}→{c} model protected into {} ({:.1} MB, {:.1} s)",
-            variant.name(),
+            "3. {name}: {i}→{h}→{c} model protected into {} ({:.1} MB, {:.1} s)",
             bundle_path.display(),
             p.bytes.len() as f64 / 1e6,
             t.elapsed().as_secs_f64()
         );
-        // The edge: verify and load the bundle, infer on the replayed test set.
-        let (bundle, bytes) = EdgeBundle::load(&bundle_path, &trusted)?;
-        let mut engine = bundle.engine()?;
         let count = if variant == Variant::Act {
             opts.act_count
         } else {
             opts.count
         };
+        let inputs: Vec<&Vec<f32>> = test.iter().take(count).map(|(x, _)| x).collect();
+        let input_path = opts.dir.join(format!("vectors-{name}.txt"));
+        let text: String = inputs
+            .iter()
+            .map(|x| format_sample(None, x) + "\n")
+            .collect();
+        backend::write_atomic(&input_path, text.as_bytes(), 0o644)?;
+        let spool = opts.dir.join(format!("spool-{name}"));
+        let _ = std::fs::remove_dir_all(&spool);
+        let device = format!("demo-{name}");
+        // The decryption agent on the backend side, subscribed before the edge starts.
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let sub = SubscribeOptions {
+            mqtt: MqttConfig {
+                host: host.clone(),
+                port,
+                topic: String::new(),
+                client_id: None,
+                username: None,
+                password: None,
+                keep_alive_s: 30,
+            },
+            client_id: format!("demo-decryptor-{name}-{}", std::process::id()),
+            filter: format!("hedge/{device}/results"),
+            count: Some(count),
+            idle_timeout: Some(Duration::from_secs(300)),
+            persistent: false,
+            ready: Some(ready_tx),
+        };
+        let secret = &set.secret;
+        let (stats, lines, status) = std::thread::scope(|scope| -> Result<_> {
+            let agent = scope.spawn(move || {
+                let mut lines = Vec::new();
+                decryptor::run(secret, &sub, &mut lines).map(|s| (s, lines))
+            });
+            ready_rx
+                .recv_timeout(Duration::from_secs(30))
+                .map_err(|_| Error::Malformed("the decryptor could not subscribe".into()))?;
+            // The edge daemon, as a separate process, replaying the vectors.
+            let mut child = std::process::Command::new(&hedged)
+                .args(["--bundle", &bundle_path.to_string_lossy()])
+                .args([
+                    "--verifying-key",
+                    &keys.join(backend::VERIFYING_KEY).to_string_lossy(),
+                ])
+                .args(["--input", &input_path.to_string_lossy()])
+                .args(["--features", opts.features.name()])
+                .args(["--broker", &format!("{host}:{port}")])
+                .args(["--spool-dir", &spool.to_string_lossy()])
+                .args(["--device-id", &device])
+                .args(["--log-level", "warn"])
+                .spawn()
+                .map_err(|e| Error::io(&hedged, e))?;
+            println!(
+                "4. {name}: hedged (pid {}) replays {count} vectors with {} features",
+                child.id(),
+                opts.features.name()
+            );
+            let status = child.wait().map_err(|e| Error::io(&hedged, e))?;
+            let (stats, lines) = agent
+                .join()
+                .map_err(|_| Error::Malformed("decryptor thread panicked".into()))??;
+            Ok((stats, lines, status))
+        })?;
+        if !status.success() {
+            return Err(Error::Malformed(format!("hedged exited with {status}")));
+        }
         let mut summary = DemoSummary {
             variant,
-            results: 0,
+            results: stats.results,
             classes: vec![0; c],
             agree_float: 0,
-            agree_label: 0,
-            mean_ms: 0.0,
+            mean_infer_ms: 0.0,
         };
-        for (x, label) in test.iter().take(count) {
-            let t = Instant::now();
-            let r = match opts.features {
-                FeatureMode::Plain => engine.infer_plain(x)?,
-                FeatureMode::Enc => engine.infer_encrypting(x)?,
+        for line in String::from_utf8_lossy(&lines).lines() {
+            let v: serde_json::Value =
+                serde_json::from_str(line).map_err(|e| Error::Malformed(e.to_string()))?;
+            let (Some(seq), Some(class)) = (v["seq"].as_u64(), v["class"].as_u64()) else {
+                continue;
             };
-            summary.mean_ms += t.elapsed().as_secs_f64() * 1e3;
-            // The backend: decrypt.
-            let payload = backend::encode_result(&r);
-            let d = decrypt(&backend::decode_result(&payload)?, &set.secret)?;
-            summary.results += 1;
-            summary.classes[d.class] += 1;
-            summary.agree_float += (d.class == argmax(&model.forward(x))) as usize;
-            summary.agree_label += (d.class == *label) as usize;
+            summary.classes[class as usize % c] += 1;
+            summary.mean_infer_ms += v["infer_ms"].as_f64().unwrap_or(0.0);
+            if let Some(x) = inputs.get(seq as usize - 1) {
+                summary.agree_float += (class as usize == argmax(&model.forward(x))) as usize;
+            }
         }
-        summary.mean_ms /= summary.results.max(1) as f64;
+        summary.mean_infer_ms /= summary.results.max(1) as f64;
         println!(
-            "3. {}: edge ran bundle {} on {} vectors ({} features), {:.1} ms per inference",
-            variant.name(),
-            bundle_id(&bytes),
-            summary.results,
-            opts.features.name(),
-            summary.mean_ms
+            "5. {name}: decrypted {} results over MQTT ({} duplicates dropped, {} rejected); class counts {:?}; \
+             agree with the plaintext model {}/{}; {:.1} ms per encrypted inference on the edge",
+            stats.results, stats.duplicates, stats.rejected, summary.classes, summary.agree_float, summary.results, summary.mean_infer_ms
         );
-        println!(
-            "4. {}: decrypted {} results; class counts {:?}; agree with the plaintext model {}/{}, with the true label {}/{}",
-            variant.name(),
-            summary.results,
-            summary.classes,
-            summary.agree_float,
-            summary.results,
-            summary.agree_label,
-            summary.results
-        );
-        if summary.agree_float * 100 < summary.results * 90 {
+        if summary.results != count || summary.agree_float * 100 < summary.results * 90 {
             return Err(Error::Malformed(format!(
-                "{}: encrypted results disagree with the plaintext model",
-                variant.name()
+                "{name}: results missing or disagreeing with the plaintext model"
             )));
         }
         out.push(summary);

@@ -6,9 +6,11 @@
 
 pub mod backend;
 pub mod bench;
+pub mod broker;
 pub mod bundle;
 pub mod crypto;
 pub mod data;
+pub mod decryptor;
 pub mod demo;
 pub mod edge;
 pub mod engine;

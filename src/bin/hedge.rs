@@ -105,11 +105,32 @@ enum Command {
         #[arg(long)]
         verifying_key: Option<PathBuf>,
     },
-    /// Decrypt result files: one JSON line each (class, scores, noise margin).
+    /// Decrypt result files, or subscribe to results over MQTT: one JSON line each.
     Decrypt {
         #[arg(long)]
         keys: PathBuf,
-        #[arg(required = true)]
+        /// Subscribe to BROKER (HOST:PORT) instead of reading files. With --client-id the
+        /// session is persistent: the broker queues results while the decryptor is away.
+        #[arg(long, value_name = "BROKER")]
+        subscribe: Option<String>,
+        /// Topic filter; a shared subscription ($share/GROUP/…) splits the load.
+        #[arg(long, default_value = "hedge/+/results")]
+        topic: String,
+        #[arg(long)]
+        client_id: Option<String>,
+        #[arg(long)]
+        username: Option<String>,
+        #[arg(long)]
+        password: Option<String>,
+        /// Stop after this many distinct results.
+        #[arg(long)]
+        count: Option<usize>,
+        /// Stop after this many seconds without a message.
+        #[arg(long)]
+        idle_timeout: Option<u64>,
+        /// Write JSON lines here instead of stdout.
+        #[arg(long)]
+        output: Option<PathBuf>,
         results: Vec<PathBuf>,
     },
     /// Run the paper's evaluation grid.
@@ -160,6 +181,9 @@ enum Command {
         act_count: usize,
         #[arg(long, default_value = "2304,512,10")]
         shape: String,
+        /// Use this MQTT broker (HOST:PORT) instead of the embedded one.
+        #[arg(long)]
+        broker: Option<String>,
     },
     /// (internal) The edge side of one bench cell.
     #[command(hide = true)]
@@ -190,7 +214,7 @@ fn parse_shape(s: &str) -> Result<(usize, usize, usize)> {
 }
 
 fn main() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info,rumqttd=off,tracing=off,hedge::decryptor=warn")).init();
     if let Err(e) = run(Cli::parse()) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
@@ -350,7 +374,63 @@ fn run(cli: Cli) -> Result<()> {
                     .unwrap_or(0)
             );
         }
-        Command::Decrypt { keys, results } => {
+        Command::Decrypt {
+            keys,
+            subscribe: Some(broker),
+            topic,
+            client_id,
+            username,
+            password,
+            count,
+            idle_timeout,
+            output,
+            ..
+        } => {
+            let secret = backend::load_secret(&keys).context("loading secret key")?;
+            let (host, port) = broker
+                .rsplit_once(':')
+                .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
+                .context("--subscribe takes HOST:PORT")?;
+            let opts = hedge::decryptor::SubscribeOptions {
+                mqtt: hedge::edge::publish::MqttConfig {
+                    host,
+                    port,
+                    topic: String::new(),
+                    client_id: None,
+                    username,
+                    password,
+                    keep_alive_s: 30,
+                },
+                persistent: client_id.is_some(),
+                client_id: client_id
+                    .unwrap_or_else(|| format!("hedge-decrypt-{}", std::process::id())),
+                filter: topic,
+                count,
+                idle_timeout: idle_timeout.map(std::time::Duration::from_secs),
+                ready: None,
+            };
+            let stats = match output {
+                Some(path) => {
+                    let mut f = std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(&path)
+                        .with_context(|| path.display().to_string())?;
+                    hedge::decryptor::run(&secret, &opts, &mut f)?
+                }
+                None => hedge::decryptor::run(&secret, &opts, &mut std::io::stdout().lock())?,
+            };
+            log::info!(
+                "{} results, {} duplicates dropped, {} rejected",
+                stats.results,
+                stats.duplicates,
+                stats.rejected
+            );
+        }
+        Command::Decrypt { keys, results, .. } => {
+            if results.is_empty() {
+                bail!("name result files, or --subscribe HOST:PORT");
+            }
             let secret = backend::load_secret(&keys).context("loading secret key")?;
             let mut failed = 0;
             for path in results {
@@ -428,6 +508,7 @@ fn run(cli: Cli) -> Result<()> {
             count,
             act_count,
             shape,
+            broker,
         } => {
             let opts = hedge::demo::DemoOptions {
                 dir,
@@ -441,6 +522,7 @@ fn run(cli: Cli) -> Result<()> {
                 count,
                 act_count,
                 shape: parse_shape(&shape)?,
+                broker,
             };
             hedge::demo::run(&opts)?;
             println!("demo finished: every result decrypted and checked");

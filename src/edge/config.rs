@@ -1,5 +1,7 @@
 //! hedged's configuration: a TOML file (see config/hedged.toml), overridden by CLI flags.
 
+use super::publish::MqttConfig;
+use super::queue::QueuePolicy;
 use crate::bench::FeatureMode;
 use crate::error::{Error, Result};
 use serde::Deserialize;
@@ -17,10 +19,21 @@ pub struct Config {
     pub input: Option<String>,
     /// "plain" or "enc" (features encrypted with the bundle's public key before inference).
     pub features: Option<FeatureMode>,
-    /// Where result files go.
+    /// Where result files go when no broker is configured.
     pub out_dir: Option<PathBuf>,
     /// Log filter (as RUST_LOG); RUST_LOG itself wins when set.
     pub log_level: Option<String>,
+    /// This board's name in topics and results.
+    pub device_id: Option<String>,
+    /// Store-and-forward directory (systemd: StateDirectory).
+    pub spool_dir: Option<PathBuf>,
+    pub spool_max_files: Option<usize>,
+    pub spool_max_bytes: Option<u64>,
+    /// Vectors waiting for the scheduler, and what happens when that is full.
+    pub queue_capacity: Option<usize>,
+    pub queue_policy: Option<QueuePolicy>,
+    /// Publish results to this broker (else write files to out_dir).
+    pub mqtt: Option<MqttConfig>,
 }
 
 impl Config {
@@ -38,6 +51,13 @@ impl Config {
             features: self.features.or(other.features),
             out_dir: self.out_dir.or(other.out_dir),
             log_level: self.log_level.or(other.log_level),
+            device_id: self.device_id.or(other.device_id),
+            spool_dir: self.spool_dir.or(other.spool_dir),
+            spool_max_files: self.spool_max_files.or(other.spool_max_files),
+            spool_max_bytes: self.spool_max_bytes.or(other.spool_max_bytes),
+            queue_capacity: self.queue_capacity.or(other.queue_capacity),
+            queue_policy: self.queue_policy.or(other.queue_policy),
+            mqtt: self.mqtt.or(other.mqtt),
         }
     }
 

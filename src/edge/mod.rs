@@ -1,3 +1,8 @@
-//! The edge daemon's parts (`hedged`).
+//! The edge daemon's parts (`hedged`): configuration, the acquisition queue, the spool and
+//! the MQTT publisher.
 
 pub mod config;
+pub mod message;
+pub mod publish;
+pub mod queue;
+pub mod spool;

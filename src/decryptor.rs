@@ -1,0 +1,133 @@
+//! The decryption agent (`hedge decrypt --subscribe`): subscribes to result messages,
+//! decrypts them with the backend's secret key, drops duplicates by (device, sequence) and
+//! writes one JSON line per result.
+//!
+//! Works with shared subscriptions (`$share/<group>/hedge/+/results`) so several decryptors can
+//! split the load. Subscriptions are renewed on every ConnAck (a clean session forgets them).
+//! Acknowledgements are manual and sent only after the line is written, so a decryptor crash
+//! re-delivers rather than loses. A malformed, oversized or wrong-key payload is logged with
+//! its reason, acknowledged (so it is not redelivered forever) and skipped.
+
+use crate::crypto::keys::SecretKeys;
+use crate::edge::message::ResultMessage;
+use crate::edge::publish::MqttConfig;
+use crate::engine::decrypt;
+use crate::error::Result;
+use rumqttc::{AsyncClient, Event, Packet, QoS};
+use std::collections::HashSet;
+use std::io::Write;
+use std::time::Duration;
+
+pub struct SubscribeOptions {
+    pub mqtt: MqttConfig,
+    pub client_id: String,
+    /// Topic filter, e.g. `hedge/+/results` or `$share/decryptors/hedge/+/results`.
+    pub filter: String,
+    /// Stop after this many distinct results.
+    pub count: Option<usize>,
+    /// Stop after this long without a message.
+    pub idle_timeout: Option<Duration>,
+    /// A persistent session (clean_session = false): the broker keeps the subscription and
+    /// queues results while this decryptor is away. Needs a stable client id.
+    pub persistent: bool,
+    /// Told once the subscription is acknowledged.
+    pub ready: Option<std::sync::mpsc::Sender<()>>,
+}
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub results: usize,
+    pub duplicates: usize,
+    pub rejected: usize,
+}
+
+/// Run until `count` results, the idle timeout, or forever.
+pub fn run(keys: &SecretKeys, opts: &SubscribeOptions, out: &mut dyn Write) -> Result<Stats> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| crate::error::Error::io("tokio runtime", e))?;
+    rt.block_on(subscribe(keys, opts, out))
+}
+
+async fn subscribe(
+    keys: &SecretKeys,
+    opts: &SubscribeOptions,
+    out: &mut dyn Write,
+) -> Result<Stats> {
+    let mut mqtt_options = opts.mqtt.options(&opts.client_id);
+    mqtt_options.set_manual_acks(true);
+    mqtt_options.set_clean_session(!opts.persistent);
+    let (client, mut eventloop) = AsyncClient::new(mqtt_options, 64);
+    let mut seen: HashSet<(String, u64)> = HashSet::new();
+    let mut stats = Stats::default();
+    let mut backoff = Duration::from_secs(1);
+    let mut last_message = std::time::Instant::now();
+    loop {
+        if opts.count.is_some_and(|c| stats.results >= c) {
+            let _ = client.disconnect().await;
+            return Ok(stats);
+        }
+        if opts
+            .idle_timeout
+            .is_some_and(|t| last_message.elapsed() > t)
+        {
+            return Ok(stats);
+        }
+        let event = tokio::select! {
+            e = eventloop.poll() => e,
+            _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
+        };
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                backoff = Duration::from_secs(1);
+                log::info!("connected; subscribing to {}", opts.filter);
+                let _ = client.try_subscribe(&opts.filter, QoS::AtLeastOnce);
+            }
+            Ok(Event::Incoming(Packet::SubAck(_))) => {
+                if let Some(ready) = &opts.ready {
+                    let _ = ready.send(());
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                last_message = std::time::Instant::now();
+                match ResultMessage::decode(&p.payload)
+                    .and_then(|m| decrypt(&m.result, keys).map(|d| (m, d)))
+                {
+                    Ok((m, d)) => {
+                        if seen.insert((m.device_id.clone(), m.seq)) {
+                            let line = serde_json::json!({
+                                "device": m.device_id,
+                                "seq": m.seq,
+                                "timestamp_ms": m.timestamp_ms,
+                                "infer_ms": m.infer_us as f64 / 1e3,
+                                "bundle": m.bundle_id,
+                                "class": d.class,
+                                "scores": d.float_scores,
+                                "noise_margin_bits": (d.noise_margin_bits * 10.0).round() / 10.0,
+                            });
+                            writeln!(out, "{line}")
+                                .and_then(|_| out.flush())
+                                .map_err(|e| crate::error::Error::io("output", e))?;
+                            stats.results += 1;
+                        } else {
+                            stats.duplicates += 1;
+                            log::debug!("duplicate {}#{} dropped", m.device_id, m.seq);
+                        }
+                    }
+                    Err(e) => {
+                        stats.rejected += 1;
+                        log::warn!("rejected a message on {}: {e}", p.topic);
+                    }
+                }
+                let _ = client.try_ack(&p);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                log::warn!("broker connection: {e}; retrying in {backoff:?}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}

@@ -1,0 +1,239 @@
+//! Publishing spooled results over MQTT (rumqttc on a single-threaded tokio runtime, in its
+//! own thread).
+//!
+//! QoS 1. Up to `WINDOW` results are in flight; rumqttc numbers each publish when it writes it
+//! (`Outgoing::Publish(pkid)`, in request order), and the matching `PubAck` removes the file
+//! from the spool. On any connection error the client is rebuilt after a backoff (1 s doubling
+//! to 30 s) and everything still in the spool is sent again: at least once, de-duplicated by
+//! the decryptor. The event loop is polled continuously, as rumqttc requires.
+
+use super::message::MAX_PAYLOAD;
+use super::spool::Spool;
+use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
+use serde::Deserialize;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+const WINDOW: usize = 16;
+
+/// Broker connection settings (the `[mqtt]` table of the config).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    pub host: String,
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// `{device}` is replaced by the device id.
+    #[serde(default = "default_topic")]
+    pub topic: String,
+    pub client_id: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    #[serde(default = "default_keep_alive")]
+    pub keep_alive_s: u64,
+}
+
+fn default_port() -> u16 {
+    1883
+}
+
+fn default_topic() -> String {
+    "hedge/{device}/results".into()
+}
+
+fn default_keep_alive() -> u64 {
+    30
+}
+
+impl MqttConfig {
+    pub fn topic_for(&self, device: &str) -> String {
+        self.topic.replace("{device}", device)
+    }
+
+    pub fn options(&self, client_id: &str) -> MqttOptions {
+        let mut o = MqttOptions::new(client_id, &self.host, self.port);
+        o.set_keep_alive(Duration::from_secs(self.keep_alive_s.max(5)));
+        // rumqttc's default 10 KB limit is far below a result ciphertext.
+        o.set_max_packet_size(MAX_PAYLOAD + 1024, MAX_PAYLOAD + 1024);
+        if let (Some(u), Some(p)) = (&self.username, &self.password) {
+            o.set_credentials(u, p);
+        }
+        o
+    }
+}
+
+/// Handle on the publishing thread.
+pub struct Publisher {
+    wake: tokio::sync::mpsc::UnboundedSender<()>,
+    flags: Arc<Flags>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct Flags {
+    /// Finish once the spool is empty (keep reconnecting until then).
+    drain: AtomicBool,
+    /// Finish now; whatever is left stays spooled.
+    abort: AtomicBool,
+    connected: AtomicBool,
+}
+
+impl Publisher {
+    pub fn start(
+        config: MqttConfig,
+        client_id: String,
+        topic: String,
+        spool: Arc<Spool>,
+    ) -> std::io::Result<Self> {
+        let (wake, rx) = tokio::sync::mpsc::unbounded_channel();
+        let flags = Arc::new(Flags::default());
+        let f = flags.clone();
+        let thread = std::thread::Builder::new()
+            .name("publish".into())
+            .spawn(move || {
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt.block_on(run(config, client_id, topic, spool, rx, f)),
+                    Err(e) => log::error!("publisher cannot start its runtime: {e}"),
+                }
+            })?;
+        Ok(Self {
+            wake,
+            flags,
+            thread: Some(thread),
+        })
+    }
+
+    /// Tell the publisher a new result is in the spool.
+    pub fn notify(&self) {
+        let _ = self.wake.send(());
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.flags.connected.load(Ordering::Relaxed)
+    }
+
+    /// Publish what is spooled, then stop. Gives up after `timeout`, or 10 s after `abort()`
+    /// turns true (a signal); what is left stays spooled for the next start.
+    pub fn shutdown_when(mut self, timeout: Duration, abort: impl Fn() -> bool) {
+        let start = std::time::Instant::now();
+        let mut aborted_at: Option<std::time::Instant> = None;
+        self.flags.drain.store(true, Ordering::Relaxed);
+        self.notify();
+        if let Some(t) = self.thread.take() {
+            while !t.is_finished() {
+                if abort() {
+                    aborted_at.get_or_insert_with(std::time::Instant::now);
+                }
+                if start.elapsed() > timeout
+                    || aborted_at.is_some_and(|a| a.elapsed() > Duration::from_secs(10))
+                {
+                    self.flags.abort.store(true, Ordering::Relaxed);
+                    self.notify();
+                    let until = std::time::Instant::now() + Duration::from_secs(2);
+                    while !t.is_finished() && std::time::Instant::now() < until {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+async fn run(
+    config: MqttConfig,
+    client_id: String,
+    topic: String,
+    spool: Arc<Spool>,
+    mut wake: tokio::sync::mpsc::UnboundedReceiver<()>,
+    flags: Arc<Flags>,
+) {
+    let connected = &flags.connected;
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let (client, mut eventloop) = AsyncClient::new(config.options(&client_id), WINDOW * 2);
+        // (seq, pkid once rumqttc assigned it), oldest first
+        let mut inflight: VecDeque<(u64, Option<u16>)> = VecDeque::new();
+        let mut last_sent: Option<u64> = None;
+        let mut up = false;
+        loop {
+            let drained =
+                flags.drain.load(Ordering::Relaxed) && spool.is_empty() && inflight.is_empty();
+            if drained || flags.abort.load(Ordering::Relaxed) {
+                if up {
+                    let _ = client.disconnect().await;
+                    // Let the DISCONNECT go out.
+                    let _ =
+                        tokio::time::timeout(Duration::from_millis(200), eventloop.poll()).await;
+                }
+                return;
+            }
+            if up {
+                for seq in spool.pending_after(last_sent, WINDOW.saturating_sub(inflight.len())) {
+                    match spool.read(seq) {
+                        Ok(payload) => {
+                            if client
+                                .try_publish(&topic, QoS::AtLeastOnce, false, payload)
+                                .is_err()
+                            {
+                                break;
+                            }
+                            inflight.push_back((seq, None));
+                        }
+                        Err(e) => log::error!("spool: cannot read #{seq}: {e}"),
+                    }
+                    last_sent = Some(seq);
+                }
+            }
+            tokio::select! {
+                event = eventloop.poll() => match event {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        log::info!("connected to {}:{}", config.host, config.port);
+                        up = true;
+                        connected.store(true, Ordering::Relaxed);
+                        backoff = Duration::from_secs(1);
+                    }
+                    Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
+                        if let Some(e) = inflight.iter_mut().find(|e| e.1.is_none()) {
+                            e.1 = Some(pkid);
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                        if let Some(i) = inflight.iter().position(|e| e.1 == Some(ack.pkid)) {
+                            let (seq, _) = inflight.remove(i).expect("index in range");
+                            spool.remove(seq);
+                            log::debug!("#{seq} acknowledged");
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        connected.store(false, Ordering::Relaxed);
+                        if flags.abort.load(Ordering::Relaxed) {
+                            log::warn!("broker unreachable while stopping ({e}); {} result(s) stay spooled", spool.len());
+                            return;
+                        }
+                        log::warn!("broker connection: {e}; retrying in {:?} ({} spooled)", backoff, spool.len());
+                        // Interruptible, so a stop request is not held up by the backoff.
+                        tokio::select! {
+                            _ = tokio::time::sleep(backoff) => {}
+                            _ = wake.recv() => {}
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                        break;
+                    }
+                },
+                _ = wake.recv() => {}
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+        }
+    }
+}
