@@ -214,7 +214,11 @@ fn parse_shape(s: &str) -> Result<(usize, usize, usize)> {
 }
 
 fn main() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info,rumqttd=off,tracing=off,hedge::decryptor=warn")).init();
+    env_logger::Builder::from_env(
+        env_logger::Env::default()
+            .default_filter_or("info,rumqttd=off,tracing=off,hedge::decryptor=warn"),
+    )
+    .init();
     if let Err(e) = run(Cli::parse()) {
         eprintln!("error: {e:#}");
         std::process::exit(1);

@@ -26,7 +26,7 @@ use super::keys::KeyKind;
 use super::params::{DecompParams, GlweParams};
 use super::pke::PreparedPublicKey;
 use super::raw::{Bodies, U64s};
-use super::{gaussian, modulus, CompressionSeed, OsSeeder, Seeder};
+use super::{encrypt_seeded_glwes, gaussian, modulus, CompressionSeed, OsSeeder, Seeder};
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use tfhe::core_crypto::prelude::*;
@@ -155,24 +155,7 @@ impl EncryptedMatrix {
                 }
             }
         }
-        let mut seeder = OsSeeder;
-        let mut list = SeededGlweCiphertextList::new(
-            0u64,
-            GlweSize(2),
-            PolynomialSize(n),
-            GlweCiphertextCount(count),
-            CompressionSeed::from(seeder.seed()),
-            modulus(),
-        );
-        encrypt_seeded_glwe_ciphertext_list(
-            sk,
-            &mut list,
-            &PlaintextList::from_container(plain),
-            gaussian(glwe.log2_std),
-            &mut seeder,
-        );
-        let seed = list.compression_seed();
-        let full = list.into_container();
+        let (seed, full) = encrypt_seeded_glwes(sk, glwe, plain);
         let mut bodies = Vec::with_capacity(layout.stored_len());
         for b in 0..layout.blocks() {
             for g in 0..layout.groups() {
@@ -446,23 +429,8 @@ impl EncryptedGgswRows {
                 plain.extend(m.iter().map(|v| v.wrapping_mul(f)));
             }
         }
+        let (seed, rows) = encrypt_seeded_glwes(sk, glwe, plain);
         let mut seeder = OsSeeder;
-        let mut list = SeededGlweCiphertextList::new(
-            0u64,
-            GlweSize(2),
-            PolynomialSize(n),
-            GlweCiphertextCount(out_dim * levels * 2),
-            CompressionSeed::from(seeder.seed()),
-            modulus(),
-        );
-        encrypt_seeded_glwe_ciphertext_list(
-            sk,
-            &mut list,
-            &PlaintextList::from_container(plain),
-            gaussian(glwe.log2_std),
-            &mut seeder,
-        );
-        let seed = list.compression_seed();
         let lwe_key = sk.clone().into_lwe_secret_key();
         let mut bias_list = SeededLweCiphertextList::new(
             0u64,
@@ -489,7 +457,7 @@ impl EncryptedGgswRows {
             in_dim,
             decomp,
             seed,
-            rows: Bodies::pack(&list.into_container(), GGSW_ROW_DROP_BITS),
+            rows: Bodies::pack(&rows, GGSW_ROW_DROP_BITS),
             bias_seed: bias_list.compression_seed(),
             bias: U64s(bias_list.into_container()),
         })

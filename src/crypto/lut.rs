@@ -17,7 +17,7 @@
 use super::keys::PreparedEvaluationKeys;
 use super::params::GlweParams;
 use super::raw::Bodies;
-use super::{gaussian, modulus, CompressionSeed, OsSeeder, Seeder};
+use super::{encrypt_seeded_glwes, modulus, CompressionSeed};
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use tfhe::core_crypto::prelude::*;
@@ -119,30 +119,15 @@ impl EncryptedLuts {
                 }
             }
         }
-        let mut seeder = OsSeeder;
-        let mut list = SeededGlweCiphertextList::new(
-            0u64,
-            GlweSize(2),
-            PolynomialSize(n),
-            GlweCiphertextCount(hidden),
-            CompressionSeed::from(seeder.seed()),
-            modulus(),
-        );
-        encrypt_seeded_glwe_ciphertext_list(
-            sk,
-            &mut list,
-            &PlaintextList::from_container(plain),
-            gaussian(glwe.log2_std),
-            &mut seeder,
-        );
+        let (seed, bodies) = encrypt_seeded_glwes(sk, glwe, plain);
         Self {
             map,
             zero_slots: zero_slots.to_vec(),
             activation,
             hidden,
             out_dim,
-            seed: list.compression_seed(),
-            bodies: Bodies::pack(&list.into_container(), LUT_DROP_BITS),
+            seed,
+            bodies: Bodies::pack(&bodies, LUT_DROP_BITS),
         }
     }
 

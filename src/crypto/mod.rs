@@ -49,6 +49,34 @@ pub fn encryption_generator() -> EncryptionRandomGenerator<DefaultRandomGenerato
     EncryptionRandomGenerator::new(seed, &mut seeder)
 }
 
+/// Encrypt `plain` (a whole number of polynomials of `glwe.poly_size` coefficients) as a
+/// seeded GLWE list under `sk`: returns the compression seed and the bodies.
+pub fn encrypt_seeded_glwes(
+    sk: &GlweSecretKeyOwned<u64>,
+    glwe: params::GlweParams,
+    plain: Vec<u64>,
+) -> (CompressionSeed, Vec<u64>) {
+    let n = glwe.poly_size;
+    assert_eq!(plain.len() % n, 0);
+    let mut seeder = OsSeeder;
+    let mut list = SeededGlweCiphertextList::new(
+        0u64,
+        GlweSize(2),
+        PolynomialSize(n),
+        GlweCiphertextCount(plain.len() / n),
+        CompressionSeed::from(seeder.seed()),
+        modulus(),
+    );
+    encrypt_seeded_glwe_ciphertext_list(
+        sk,
+        &mut list,
+        &PlaintextList::from_container(plain),
+        gaussian(glwe.log2_std),
+        &mut seeder,
+    );
+    (list.compression_seed(), list.into_container())
+}
+
 /// Signed view of a torus element.
 pub fn signed(x: u64) -> i64 {
     x as i64
