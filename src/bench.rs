@@ -12,7 +12,7 @@ use crate::crypto::params::{ParameterSet, SecurityLevel};
 use crate::data::{format_sample, read_samples};
 use crate::engine::decrypt;
 use crate::error::{Error, Result};
-use crate::model::quant::Variant;
+use crate::model::quant::{float_reference, Variant};
 use crate::model::{argmax, synth, Classifier};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
@@ -272,14 +272,7 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<Cell>> {
                 .collect();
             backend::write_atomic(&inputs_path, text.as_bytes(), 0o644)?;
             let q = &protected.quant;
-            let float_model = if variant == Variant::Noact {
-                Classifier {
-                    activation: None,
-                    ..model.clone()
-                }
-            } else {
-                model.clone()
-            };
+            let float_model = float_reference(&model, variant);
             let float_model_bytes = match variant {
                 Variant::Last => 4 * (model.output.w.len() + model.output.b.len()),
                 _ => model.float_bytes(),

@@ -119,20 +119,46 @@ fn keygen_keeps_secrets_private() {
 
 #[test]
 fn protect_run_decrypt_every_variant_and_mode() {
+    use hedge::model::quant::{QuantModel, Variant};
     let f = fixture();
-    let test = std::fs::read_to_string(f.root.join("test.txt")).unwrap();
+    let test: Vec<Vec<f32>> = hedge::data::read_samples(&f.root.join("test.txt"))
+        .unwrap()
+        .into_iter()
+        .map(|s| s.values)
+        .collect();
     let model = hedge::model::onnx::load(&f.root.join("model.onnx")).unwrap();
-    for variant in ["last", "noact", "act"] {
-        let bundle = protect(&f, variant);
+    let calibration: Vec<Vec<f32>> = hedge::data::read_samples(&f.root.join("calibration.txt"))
+        .unwrap()
+        .into_iter()
+        .map(|s| s.values)
+        .collect();
+    let params =
+        hedge::crypto::params::ParameterSet::for_level(hedge::crypto::params::SecurityLevel::L128);
+    for (name, variant) in [
+        ("last", Variant::Last),
+        ("noact", Variant::Noact),
+        ("act", Variant::Act),
+    ] {
+        let bundle = protect(&f, name);
         let summary = ok(&hedge(&["inspect", s(&bundle), "--keys", s(&f.keys)]));
         assert!(
-            summary.contains(&format!("variant     {variant}")),
+            summary.contains(&format!("variant     {name}")),
             "{summary}"
         );
-        let lines = if variant == "act" { 2 } else { 6 };
-        let input: String = test.lines().take(lines).map(|l| format!("{l}\n")).collect();
+        // The integer reference: the same deterministic quantisation `hedge protect` did.
+        let q = QuantModel::quantize(&model, variant, None, &calibration, &params).unwrap();
+        let reference = |x: &[f32]| q.reference(&q.input.quantize(x).unwrap()).scores;
+        let bound = q.act_score_bound(&params);
+        let inputs: Vec<&Vec<f32>> = test
+            .iter()
+            .take(if variant == Variant::Act { 2 } else { 6 })
+            .collect();
+        let input: String = inputs
+            .iter()
+            .map(|x| hedge::data::format_sample(None, x) + "\n")
+            .collect();
         for mode in ["plain", "enc"] {
-            let out = f.root.join(format!("out-{variant}-{mode}"));
+            let out = f.root.join(format!("out-{name}-{mode}"));
             ok(&hedged(
                 &[
                     "--bundle",
@@ -151,33 +177,27 @@ fn protect_run_decrypt_every_variant_and_mode() {
                 .map(|e| e.unwrap().path().to_str().unwrap().to_string())
                 .collect();
             files.sort();
-            assert_eq!(files.len(), lines);
+            assert_eq!(files.len(), inputs.len());
             let mut args = vec!["decrypt", "--keys", s(&f.keys)];
             args.extend(files.iter().map(String::as_str));
             let decrypted = ok(&hedge(&args));
-            // Encryption must preserve the plaintext model's decision.
-            let agree = decrypted
-                .lines()
-                .zip(test.lines())
-                .filter(|(d, t)| {
-                    let v: serde_json::Value = serde_json::from_str(d).unwrap();
-                    let x = hedge::data::parse_line(t).unwrap().unwrap().values;
-                    let float_model = if variant == "noact" {
-                        hedge::model::Classifier {
-                            activation: None,
-                            ..model.clone()
-                        }
-                    } else {
-                        model.clone()
-                    };
-                    v["class"].as_u64()
-                        == Some(hedge::model::argmax(&float_model.forward(&x)) as u64)
-                })
-                .count();
-            assert_eq!(
-                agree, lines,
-                "{variant}/{mode}: {agree}/{lines} agree with the float model"
-            );
+            for (d, x) in decrypted.lines().zip(&inputs) {
+                let v: serde_json::Value = serde_json::from_str(d).unwrap();
+                let z = reference(x);
+                if variant == Variant::Act {
+                    // Exact up to the stated bound (6σ per score).
+                    for (j, got) in v["scores"].as_array().unwrap().iter().enumerate() {
+                        let got = got.as_f64().unwrap() / q.out_scale;
+                        assert!(
+                            (got - z[j] as f64).abs() <= bound[j] + 1.0,
+                            "{name}/{mode} score {j}"
+                        );
+                    }
+                } else {
+                    let want = hedge::model::argmax(&z) as u64;
+                    assert_eq!(v["class"].as_u64(), Some(want), "{name}/{mode}");
+                }
+            }
         }
     }
 }

@@ -45,6 +45,17 @@ impl Variant {
     }
 }
 
+/// The float classifier a variant computes an approximation of: `noact` drops the activation.
+pub fn float_reference(model: &Classifier, variant: Variant) -> Classifier {
+    match variant {
+        Variant::Noact => Classifier {
+            activation: None,
+            ..model.clone()
+        },
+        _ => model.clone(),
+    }
+}
+
 /// Bit widths (signed weights use bits−1 magnitude bits).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BitWidths {
@@ -534,14 +545,7 @@ mod tests {
         for variant in Variant::ALL {
             let q = QuantModel::quantize(&model, variant, None, &calib, &params).unwrap();
             let test = task.samples(11, 300);
-            let float_model = if variant == Variant::Noact {
-                Classifier {
-                    activation: None,
-                    ..model.clone()
-                }
-            } else {
-                model.clone()
-            };
+            let float_model = float_reference(&model, variant);
             let agree = test
                 .iter()
                 .filter(|(x, _)| {
