@@ -480,7 +480,6 @@ impl EdgeEngine {
         let out = self.info.out_dim;
         let (key, poly_size, parts) = match &self.prepared {
             Prepared::Last { output, .. } => {
-                let rows = output.layout.rows_per_block;
                 let parts = blocks
                     .into_iter()
                     .enumerate()
@@ -489,7 +488,6 @@ impl EdgeEngine {
                         data: U64s(ct.into_container()),
                     })
                     .collect::<Vec<_>>();
-                let _ = rows;
                 (KeyKind::Wide, self.params.wide.poly_size, parts)
             }
             Prepared::Noact { second, .. } => {

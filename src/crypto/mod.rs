@@ -10,11 +10,7 @@ pub mod pke;
 pub mod raw;
 
 pub use tfhe::core_crypto::commons::math::random::{CompressionSeed, Seed, Seeder};
-use tfhe::core_crypto::fft_impl::fft64::ABox;
 use tfhe::core_crypto::prelude::*;
-
-/// An owned GGSW ciphertext in the Fourier domain.
-pub type FourierGgsw = FourierGgswCiphertext<ABox<[c64]>>;
 
 /// The native 2^64 ciphertext modulus every ciphertext here uses.
 pub fn modulus() -> CiphertextModulus<u64> {
@@ -75,9 +71,4 @@ pub fn encrypt_seeded_glwes(
         &mut seeder,
     );
     (list.compression_seed(), list.into_container())
-}
-
-/// Signed view of a torus element.
-pub fn signed(x: u64) -> i64 {
-    x as i64
 }

@@ -77,7 +77,6 @@ struct Flags {
     drain: AtomicBool,
     /// Finish now; whatever is left stays spooled.
     abort: AtomicBool,
-    connected: AtomicBool,
 }
 
 impl Publisher {
@@ -111,10 +110,6 @@ impl Publisher {
     /// Tell the publisher a new result is in the spool.
     pub fn notify(&self) {
         let _ = self.wake.send(());
-    }
-
-    pub fn is_connected(&self) -> bool {
-        self.flags.connected.load(Ordering::Relaxed)
     }
 
     /// Publish what is spooled, then stop. Gives up after `timeout`, or 10 s after `abort()`
@@ -157,7 +152,6 @@ async fn run(
     mut wake: tokio::sync::mpsc::UnboundedReceiver<()>,
     flags: Arc<Flags>,
 ) {
-    let connected = &flags.connected;
     let mut backoff = Duration::from_secs(1);
     loop {
         let (client, mut eventloop) = AsyncClient::new(config.options(&client_id), WINDOW * 2);
@@ -199,7 +193,6 @@ async fn run(
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
                         log::info!("connected to {}:{}", config.host, config.port);
                         up = true;
-                        connected.store(true, Ordering::Relaxed);
                         backoff = Duration::from_secs(1);
                     }
                     Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
@@ -216,7 +209,6 @@ async fn run(
                     }
                     Ok(_) => {}
                     Err(e) => {
-                        connected.store(false, Ordering::Relaxed);
                         if flags.abort.load(Ordering::Relaxed) {
                             log::warn!("broker unreachable while stopping ({e}); {} result(s) stay spooled", spool.len());
                             return;
