@@ -10,7 +10,7 @@
 
 use crate::crypto::keys::SecretKeys;
 use crate::edge::message::ResultMessage;
-use crate::edge::publish::MqttConfig;
+use crate::edge::mqtt::MqttConfig;
 use crate::engine::decrypt;
 use crate::error::Result;
 use rumqttc::{AsyncClient, Event, Packet, QoS};
@@ -55,7 +55,7 @@ async fn subscribe(
     opts: &SubscribeOptions,
     out: &mut dyn Write,
 ) -> Result<Stats> {
-    let mut mqtt_options = opts.mqtt.options(&opts.client_id);
+    let mut mqtt_options = opts.mqtt.options(&opts.client_id)?;
     mqtt_options.set_manual_acks(true);
     mqtt_options.set_clean_session(!opts.persistent);
     let (client, mut eventloop) = AsyncClient::new(mqtt_options, 64);

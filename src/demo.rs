@@ -8,7 +8,7 @@ use crate::bench::FeatureMode;
 use crate::crypto::params::{ParameterSet, SecurityLevel};
 use crate::data::format_sample;
 use crate::decryptor::{self, SubscribeOptions};
-use crate::edge::publish::MqttConfig;
+use crate::edge::mqtt::MqttConfig;
 use crate::error::{Error, Result};
 use crate::model::quant::Variant;
 use crate::model::{argmax, onnx, synth, Classifier};
@@ -117,15 +117,7 @@ pub fn run(opts: &DemoOptions) -> Result<Vec<DemoSummary>> {
         // The decryption agent on the backend side, subscribed before the edge starts.
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let sub = SubscribeOptions {
-            mqtt: MqttConfig {
-                host: host.clone(),
-                port,
-                topic: String::new(),
-                client_id: None,
-                username: None,
-                password: None,
-                keep_alive_s: 30,
-            },
+            mqtt: MqttConfig::new(host.clone(), port),
             client_id: format!("demo-decryptor-{name}-{}", std::process::id()),
             filter: format!("hedge/{device}/results"),
             count: Some(count),

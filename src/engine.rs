@@ -316,10 +316,21 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Features encrypted for the edge's encrypted-features mode: GGSWs of the encrypted layer's
-/// input (for `last`, the plaintext first layer's output).
+/// Features encrypted with the public key for the encrypted-features mode, as they travel
+/// from a data source to the edge: one standard-domain GGSW per column group of the encrypted
+/// layer's input (for `last`, the plaintext first layer's output), and the id of the key they
+/// were encrypted under.
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct EncryptedFeatures {
-    ggsws: Vec<ExactGgsw>,
+    pub key_id: KeyId,
+    pub decomp: crate::crypto::params::DecompParams,
+    groups: Vec<U64s>,
+}
+
+impl EncryptedFeatures {
+    pub fn byte_len(&self) -> usize {
+        self.groups.iter().map(U64s::byte_len).sum()
+    }
 }
 
 enum Prepared {
@@ -430,7 +441,9 @@ impl EdgeEngine {
         let decomp = self.features_decomp();
         let layout = self.first_layout();
         Ok(EncryptedFeatures {
-            ggsws: encrypt_features(&mut self.public_key, &layout, &input, decomp)?,
+            key_id: self.key_id,
+            decomp,
+            groups: encrypt_features(&mut self.public_key, &layout, &input, decomp)?,
         })
     }
 
@@ -464,12 +477,31 @@ impl EdgeEngine {
         }
     }
 
-    /// Inference on encrypted features.
+    /// Inference on encrypted features (from [`Self::encrypt_features`], here or at a data
+    /// source holding the same bundle).
     pub fn infer_encrypted(&mut self, f: &EncryptedFeatures) -> Result<ResultCiphertext> {
+        if f.key_id != self.key_id {
+            return Err(Error::KeyMismatch(format!(
+                "features encrypted under key {}, this bundle's key is {}",
+                hex(&f.key_id),
+                hex(&self.key_id)
+            )));
+        }
+        if f.decomp != self.features_decomp() {
+            return Err(Error::BadFeatures(
+                "encrypted features use another decomposition than this bundle".into(),
+            ));
+        }
+        let ggsws = f
+            .groups
+            .iter()
+            .map(|rows| ExactGgsw::from_standard(&mut self.fft, &rows.0, f.decomp))
+            .collect::<Result<Vec<_>>>()
+            .map_err(|e| Error::BadFeatures(format!("encrypted features: {e}")))?;
         let blocks = match &self.prepared {
-            Prepared::Last { output, .. } => output.mul_encrypted(&f.ggsws, &mut self.fft)?,
+            Prepared::Last { output, .. } => output.mul_encrypted(&ggsws, &mut self.fft)?,
             Prepared::Noact { first, .. } | Prepared::Act { first, .. } => {
-                first.mul_encrypted(&f.ggsws, &mut self.fft)?
+                first.mul_encrypted(&ggsws, &mut self.fft)?
             }
         };
         Ok(self.finish(blocks))

@@ -1,316 +1,10 @@
 //! hedged and the decryption agent over a real MQTT broker (mosquitto, started by each test on
-//! a free port): end to end, broker outage, SIGKILL, SIGTERM, garbage payloads.
+//! a free port): end to end, broker outage, SIGKILL, SIGTERM, garbage payloads, TLS with
+//! passwords, shared subscriptions.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod common;
+use common::*;
 use std::time::{Duration, Instant};
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Mosquitto {
-    child: Option<Child>,
-    conf: PathBuf,
-    port: u16,
-}
-
-impl Mosquitto {
-    fn start(dir: &Path) -> Self {
-        let port = free_port();
-        let conf = dir.join("mosquitto.conf");
-        let db = dir.join("mosquitto-db");
-        std::fs::create_dir_all(&db).unwrap();
-        std::fs::write(
-            &conf,
-            format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nlog_dest file {}/mosquitto.log\n{}",
-                db.display(),
-                db.display(),
-                // As root, mosquitto drops to its own user and could not write our temp dir.
-                if std::env::var("USER").as_deref() == Ok("root") || unsafe_is_root() { "user root\n" } else { "" }
-            ),
-        )
-        .unwrap();
-        let mut m = Self {
-            child: None,
-            conf,
-            port,
-        };
-        m.restart();
-        m
-    }
-
-    fn restart(&mut self) {
-        let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
-            .into_iter()
-            .find(|p| Path::new(p).exists())
-            .expect("mosquitto is not installed (apt-get install mosquitto; .ci/run does)");
-        self.child = Some(
-            Command::new(bin)
-                .args(["-c", s(&self.conf)])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-        );
-        let t = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                t.elapsed() < Duration::from_secs(10),
-                "mosquitto did not start"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Graceful stop (SIGTERM), so the broker saves its sessions.
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            terminate(&c);
-            c.wait().unwrap();
-        }
-    }
-
-    fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn unsafe_is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
-}
-
-fn terminate(c: &Child) {
-    unsafe_kill(c.id(), 15);
-}
-
-fn unsafe_kill(pid: u32, sig: i32) {
-    Command::new("kill")
-        .args([format!("-{sig}"), pid.to_string()])
-        .status()
-        .unwrap();
-}
-
-fn hedge(args: &[&str]) -> std::process::Output {
-    let o = Command::new(env!("CARGO_BIN_EXE_hedge"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "hedge {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    o
-}
-
-struct Setup {
-    variant: String,
-    _dir: tempfile::TempDir,
-    root: PathBuf,
-    keys: PathBuf,
-    bundle: PathBuf,
-    vectors: Vec<String>,
-}
-
-fn setup(variant: &str) -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().to_path_buf();
-    let keys = root.join("keys");
-    hedge(&["keygen", "--out", s(&keys)]);
-    hedge(&[
-        "synth",
-        "--out",
-        s(&root),
-        "--shape",
-        "48,16,10",
-        "--test",
-        "40",
-        "--calibration",
-        "60",
-    ]);
-    let bundle = root.join("b.bundle");
-    hedge(&[
-        "protect",
-        "--model",
-        s(&root.join("model.onnx")),
-        "--keys",
-        s(&keys),
-        "--variant",
-        variant,
-        "--calibration",
-        s(&root.join("calibration.txt")),
-        "--out",
-        s(&bundle),
-    ]);
-    let vectors = std::fs::read_to_string(root.join("test.txt"))
-        .unwrap()
-        .lines()
-        .map(String::from)
-        .collect();
-    Setup {
-        variant: variant.into(),
-        _dir: dir,
-        root,
-        keys,
-        bundle,
-        vectors,
-    }
-}
-
-fn hedged(st: &Setup, broker: &str, input: &str, spool: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_hedged"))
-        .args([
-            "--bundle",
-            s(&st.bundle),
-            "--verifying-key",
-            s(&st.keys.join("verifying.key")),
-        ])
-        .args([
-            "--input",
-            input,
-            "--broker",
-            broker,
-            "--spool-dir",
-            s(spool),
-            "--device-id",
-            "board",
-        ])
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
-fn decryptor(st: &Setup, broker: &str, count: usize, out: &Path) -> Child {
-    let c = Command::new(env!("CARGO_BIN_EXE_hedge"))
-        .args([
-            "decrypt",
-            "--keys",
-            s(&st.keys),
-            "--subscribe",
-            broker,
-            "--client-id",
-            "decryptor-1",
-        ])
-        .args([
-            "--count",
-            &count.to_string(),
-            "--idle-timeout",
-            "90",
-            "--output",
-            s(out),
-        ])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Let it connect and subscribe (its session then persists across broker restarts).
-    std::thread::sleep(Duration::from_millis(800));
-    c
-}
-
-fn wait_ok(c: Child, what: &str) -> String {
-    let o = c.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert!(o.status.success(), "{what} failed: {err}");
-    err
-}
-
-/// The decrypted lines: (seq, class), checked against the plaintext integer reference (the
-/// same deterministic quantisation `hedge protect` did).
-fn check_results(st: &Setup, out: &Path, expected: usize) {
-    use hedge::model::quant::{QuantModel, Variant};
-    let model = hedge::model::onnx::load(&st.root.join("model.onnx")).unwrap();
-    let calibration: Vec<Vec<f32>> = hedge::data::read_samples(&st.root.join("calibration.txt"))
-        .unwrap()
-        .into_iter()
-        .map(|s| s.values)
-        .collect();
-    let variant = if st.variant == "noact" {
-        Variant::Noact
-    } else {
-        Variant::Last
-    };
-    let params =
-        hedge::crypto::params::ParameterSet::for_level(hedge::crypto::params::SecurityLevel::L128);
-    let q = QuantModel::quantize(&model, variant, None, &calibration, &params).unwrap();
-    let text = std::fs::read_to_string(out).unwrap();
-    let mut seqs: Vec<u64> = Vec::new();
-    for line in text.lines() {
-        let v: serde_json::Value = serde_json::from_str(line).unwrap();
-        let seq = v["seq"].as_u64().unwrap();
-        let x = hedge::data::parse_line(&st.vectors[seq as usize - 1])
-            .unwrap()
-            .unwrap()
-            .values;
-        let reference = q.reference(&q.input.quantize(&x).unwrap());
-        assert_eq!(
-            v["class"].as_u64(),
-            Some(hedge::model::argmax(&reference.scores) as u64),
-            "seq {seq}"
-        );
-        assert_eq!(v["device"], "board");
-        seqs.push(seq);
-    }
-    seqs.sort();
-    assert_eq!(
-        seqs,
-        (1..=expected as u64).collect::<Vec<_>>(),
-        "every result exactly once"
-    );
-}
-
-fn feed(child: &mut Child, lines: &[String]) {
-    let stdin = child.stdin.as_mut().unwrap();
-    for l in lines {
-        writeln!(stdin, "{l}").unwrap();
-    }
-    stdin.flush().unwrap();
-}
-
-fn wait_lines(path: &Path, n: usize) {
-    let t = Instant::now();
-    while std::fs::read_to_string(path)
-        .map(|s| s.lines().count())
-        .unwrap_or(0)
-        < n
-    {
-        assert!(
-            t.elapsed() < Duration::from_secs(60),
-            "results did not arrive"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 #[test]
 fn vectors_in_decrypted_classes_out() {
@@ -325,16 +19,7 @@ fn vectors_in_decrypted_classes_out() {
     wait_ok(dec, "decryptor");
     check_results(&st, &out, 20);
     assert_eq!(
-        std::fs::read_dir(st.root.join("spool"))
-            .unwrap()
-            .filter(|e| {
-                e.as_ref()
-                    .unwrap()
-                    .file_name()
-                    .to_string_lossy()
-                    .ends_with(".msg")
-            })
-            .count(),
+        spooled(&st.root.join("spool")),
         0,
         "spool emptied after acknowledgements"
     );
@@ -372,25 +57,8 @@ fn sigkill_then_restart_replays_the_spool() {
     let spool = st.root.join("spool");
     let mut h = hedged(&st, &down, "-", &spool);
     feed(&mut h, &st.vectors[..12]);
-    let t = Instant::now();
-    while std::fs::read_dir(&spool)
-        .map(|d| {
-            d.filter(|e| {
-                e.as_ref()
-                    .unwrap()
-                    .file_name()
-                    .to_string_lossy()
-                    .ends_with(".msg")
-            })
-            .count()
-        })
-        .unwrap_or(0)
-        < 12
-    {
-        assert!(t.elapsed() < Duration::from_secs(60), "results not spooled");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    unsafe_kill(h.id(), 9);
+    wait_for(|| spooled(&spool) >= 12, "12 results spooled");
+    signal(h.id(), 9);
     h.wait().unwrap();
     let broker = Mosquitto::start(&st.root);
     let out = st.root.join("out.jsonl");
@@ -476,4 +144,160 @@ fn garbage_payloads_and_frames_are_rejected_and_survived() {
     let dlog = wait_ok(dec, "decryptor");
     assert!(dlog.contains("rejected a message"), "{dlog}");
     check_results(&st, &out, 3);
+}
+
+/// A CA, and a server certificate for 127.0.0.1 signed by it (PEM files in `dir`).
+fn certificates(dir: &std::path::Path) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca.self_signed(&ca_key).unwrap();
+    let server_key = KeyPair::generate().unwrap();
+    let server = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+        .unwrap()
+        .signed_by(&server_key, &ca, &ca_key)
+        .unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(dir.join("server.pem"), server.pem()).unwrap();
+    std::fs::write(dir.join("server.key"), server_key.serialize_pem()).unwrap();
+    // An unrelated CA, which must not be trusted.
+    let other_key = KeyPair::generate().unwrap();
+    let mut other = CertificateParams::new(Vec::<String>::new()).unwrap();
+    other.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    std::fs::write(
+        dir.join("other-ca.pem"),
+        other.self_signed(&other_key).unwrap().pem(),
+    )
+    .unwrap();
+}
+
+#[test]
+fn tls_and_password_authentication() {
+    let st = setup("last");
+    certificates(&st.root);
+    let passwd = st.root.join("passwd");
+    std::fs::write(&passwd, "").unwrap();
+    let status = std::process::Command::new("mosquitto_passwd")
+        .args(["-b", s(&passwd), "board", "right-password"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::fs::write(st.root.join("good.pw"), "right-password\n").unwrap();
+    std::fs::write(st.root.join("bad.pw"), "wrong-password\n").unwrap();
+    let broker = Mosquitto::start_with(
+        &st.root,
+        &format!(
+            "allow_anonymous false\npassword_file {}\ncafile {}\ncertfile {}\nkeyfile {}\n",
+            s(&passwd),
+            s(&st.root.join("ca.pem")),
+            s(&st.root.join("server.pem")),
+            s(&st.root.join("server.key"))
+        ),
+    );
+    let spool = st.root.join("spool");
+    let tls = |pw: &str, ca: &str| {
+        vec![
+            "--username".to_string(),
+            "board".into(),
+            "--password-file".into(),
+            s(&st.root.join(pw)).to_string(),
+            "--ca-file".into(),
+            s(&st.root.join(ca)).to_string(),
+        ]
+    };
+
+    // A wrong password and an untrusted CA: refused, and the results stay spooled.
+    for (round, (pw, ca)) in [("bad.pw", "ca.pem"), ("good.pw", "other-ca.pem")]
+        .into_iter()
+        .enumerate()
+    {
+        let mut h = hedged_command(&st, &broker.addr(), "-", &spool)
+            .args(tls(pw, ca))
+            .spawn()
+            .unwrap();
+        feed(&mut h, &st.vectors[round..round + 1]);
+        wait_for(|| spooled(&spool) > round, "result spooled");
+        std::thread::sleep(Duration::from_secs(1));
+        terminate(&h);
+        let log = wait_ok(h, "hedged with bad credentials");
+        eprintln!("{log}");
+        assert!(log.contains("broker connection"), "{log}");
+        assert!(
+            log.contains(&format!("{} left in the spool", round + 1)),
+            "{log}"
+        );
+    }
+
+    // The right ones: the spool is delivered, then 3 more, over TLS.
+    let out = st.root.join("out.jsonl");
+    let mut dec_args = vec![
+        "--client-id".to_string(),
+        "decryptor-tls".into(),
+        "--count".into(),
+        "5".into(),
+        "--idle-timeout".into(),
+        "90".into(),
+    ];
+    dec_args.extend(tls("good.pw", "ca.pem"));
+    let dec_args: Vec<&str> = dec_args.iter().map(String::as_str).collect();
+    let dec = decryptor_with(&st, &broker.addr(), &dec_args, &out);
+    let mut h = hedged_command(&st, &broker.addr(), "-", &spool)
+        .args(tls("good.pw", "ca.pem"))
+        .spawn()
+        .unwrap();
+    feed(&mut h, &st.vectors[2..5]);
+    drop(h.stdin.take());
+    let log = wait_ok(h, "hedged over TLS");
+    assert!(
+        log.contains("2 spooled result(s) from a previous run"),
+        "{log}"
+    );
+    wait_ok(dec, "decryptor over TLS");
+    check_results(&st, &out, 5);
+    assert_eq!(spooled(&spool), 0);
+}
+
+#[test]
+fn shared_subscription_splits_results_between_decryptors() {
+    let st = setup("last");
+    let broker = Mosquitto::start(&st.root);
+    let outs = [st.root.join("a.jsonl"), st.root.join("b.jsonl")];
+    let decs: Vec<_> = outs
+        .iter()
+        .enumerate()
+        .map(|(i, out)| {
+            decryptor_with(
+                &st,
+                &broker.addr(),
+                &[
+                    "--topic",
+                    "$share/decryptors/hedge/+/results",
+                    "--client-id",
+                    &format!("shared-{i}"),
+                    "--idle-timeout",
+                    "4",
+                ],
+                out,
+            )
+        })
+        .collect();
+    let input = st.root.join("in.txt");
+    std::fs::write(&input, st.vectors[..12].join("\n")).unwrap();
+    wait_ok(
+        hedged(&st, &broker.addr(), s(&input), &st.root.join("spool")),
+        "hedged",
+    );
+    for d in decs {
+        wait_ok(d, "shared decryptor");
+    }
+    let (a, b) = (results(&outs[0]), results(&outs[1]));
+    assert!(
+        !a.is_empty() && !b.is_empty(),
+        "both decryptors got a share: {} and {}",
+        a.len(),
+        b.len()
+    );
+    let all: Vec<_> = a.into_iter().chain(b).collect();
+    check_result_lines(&st, &all, 12);
 }

@@ -8,6 +8,7 @@ use hedge::bundle::{bundle_id, EdgeBundle};
 use hedge::crypto::lut::Activation;
 use hedge::crypto::params::{ParameterSet, SecurityLevel};
 use hedge::data::{format_sample, read_samples};
+use hedge::edge::mqtt::MqttConfig;
 use hedge::engine::{decrypt, hex};
 use hedge::model::quant::Variant;
 use hedge::model::{onnx, synth};
@@ -105,6 +106,24 @@ enum Command {
         #[arg(long)]
         verifying_key: Option<PathBuf>,
     },
+    /// Encrypt feature vectors with a bundle's public key, for hedged's encrypted-features
+    /// mode: writes frames (see `hedge::edge::frame`) for hedged's socket or a frames: input.
+    EncryptFeatures {
+        /// The edge bundle the features are for (its public key, input scaling and, for the
+        /// `last` variant, the plaintext first layer).
+        #[arg(long)]
+        bundle: PathBuf,
+        #[arg(long)]
+        keys: Option<PathBuf>,
+        #[arg(long)]
+        verifying_key: Option<PathBuf>,
+        /// Vectors, one per line ("-": stdin).
+        #[arg(long, default_value = "-")]
+        input: String,
+        /// Frames go here ("-": stdout).
+        #[arg(long, default_value = "-")]
+        out: String,
+    },
     /// Decrypt result files, or subscribe to results over MQTT: one JSON line each.
     Decrypt {
         #[arg(long)]
@@ -118,10 +137,8 @@ enum Command {
         topic: String,
         #[arg(long)]
         client_id: Option<String>,
-        #[arg(long)]
-        username: Option<String>,
-        #[arg(long)]
-        password: Option<String>,
+        #[command(flatten)]
+        mqtt: hedge::edge::mqtt::MqttArgs,
         /// Stop after this many distinct results.
         #[arg(long)]
         count: Option<usize>,
@@ -326,6 +343,55 @@ fn run(cli: Cli) -> Result<()> {
                 t.elapsed().as_secs_f64()
             );
         }
+        Command::EncryptFeatures {
+            bundle,
+            keys,
+            verifying_key,
+            input,
+            out,
+        } => {
+            use hedge::edge::frame::{encode, Input};
+            use std::io::{BufRead, Write};
+            let trusted = backend::trusted_key(verifying_key.as_deref(), keys.as_deref())?;
+            let (b, _) = EdgeBundle::load(&bundle, &trusted)
+                .with_context(|| format!("{} rejected", bundle.display()))?;
+            let mut engine = b.engine()?;
+            let reader: Box<dyn BufRead> = if input == "-" {
+                Box::new(std::io::stdin().lock())
+            } else {
+                Box::new(std::io::BufReader::new(
+                    std::fs::File::open(&input).with_context(|| input.clone())?,
+                ))
+            };
+            let mut writer: Box<dyn Write> = if out == "-" {
+                Box::new(std::io::stdout().lock())
+            } else {
+                Box::new(std::io::BufWriter::new(
+                    std::fs::File::create(&out).with_context(|| out.clone())?,
+                ))
+            };
+            let (mut count, mut bytes) = (0usize, 0usize);
+            for (i, line) in reader.lines().enumerate() {
+                let line = line.with_context(|| format!("{input}: line {}", i + 1))?;
+                let Some(sample) = hedge::data::parse_line(&line)
+                    .with_context(|| format!("{input}: line {}", i + 1))?
+                else {
+                    continue;
+                };
+                let features = engine
+                    .encrypt_features(&sample.values)
+                    .with_context(|| format!("{input}: line {}", i + 1))?;
+                let frame = encode(&Input::Encrypted(Box::new(features)));
+                writer.write_all(&frame).context("writing frames")?;
+                count += 1;
+                bytes += frame.len();
+            }
+            writer.flush().context("writing frames")?;
+            log::info!(
+                "{count} vector(s) encrypted, {} bytes per frame",
+                bytes.checked_div(count).unwrap_or(0)
+            );
+        }
         Command::Inspect {
             bundle,
             keys,
@@ -383,28 +449,18 @@ fn run(cli: Cli) -> Result<()> {
             subscribe: Some(broker),
             topic,
             client_id,
-            username,
-            password,
+            mqtt,
             count,
             idle_timeout,
             output,
             ..
         } => {
             let secret = backend::load_secret(&keys).context("loading secret key")?;
-            let (host, port) = broker
-                .rsplit_once(':')
-                .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
-                .context("--subscribe takes HOST:PORT")?;
+            let (host, port) = MqttConfig::parse_addr(&broker).context("--subscribe")?;
+            let mut config = MqttConfig::new(host, port);
+            mqtt.apply(&mut config)?;
             let opts = hedge::decryptor::SubscribeOptions {
-                mqtt: hedge::edge::publish::MqttConfig {
-                    host,
-                    port,
-                    topic: String::new(),
-                    client_id: None,
-                    username,
-                    password,
-                    keep_alive_s: 30,
-                },
+                mqtt: config,
                 persistent: client_id.is_some(),
                 client_id: client_id
                     .unwrap_or_else(|| format!("hedge-decrypt-{}", std::process::id())),

@@ -344,13 +344,14 @@ impl PreparedMatrix {
     }
 }
 
-/// Encrypt features for a packed layer: one public-key GGSW per column group.
+/// Encrypt features for a packed layer: one public-key GGSW per column group, in the standard
+/// domain (prepare with [`ExactGgsw::from_standard`]).
 pub fn encrypt_features(
     pk: &mut PreparedPublicKey,
     layout: &PackedLayout,
     x: &[i64],
     decomp: DecompParams,
-) -> Result<Vec<ExactGgsw>> {
+) -> Result<Vec<U64s>> {
     if pk.poly_size() != layout.poly_size || x.len() != layout.in_dim {
         return Err(Error::BadFeatures(format!(
             "{} features for a layer of {} inputs",
@@ -359,7 +360,12 @@ pub fn encrypt_features(
         )));
     }
     (0..layout.groups())
-        .map(|g| pk.encrypt_ggsw(&layout.feature_polynomial(g, x), decomp))
+        .map(|g| {
+            Ok(U64s(pk.encrypt_ggsw_rows(
+                &layout.feature_polynomial(g, x),
+                decomp,
+            )))
+        })
         .collect()
 }
 
@@ -628,8 +634,13 @@ mod tests {
                 .collect();
             assert_eq!(got, expected, "plain {out}x{inp}");
             let mut pk = ks.public.wide.prepare().unwrap();
-            let f = encrypt_features(&mut pk, &layout, &x, p.features_wide).unwrap();
             let mut engine = FftEngine::new(layout.poly_size);
+            let f: Vec<ExactGgsw> = encrypt_features(&mut pk, &layout, &x, p.features_wide)
+                .unwrap()
+                .iter()
+                .map(|rows| ExactGgsw::from_standard(&mut engine, &rows.0, p.features_wide))
+                .collect::<Result<_>>()
+                .unwrap();
             let got: Vec<i64> = prepared
                 .mul_encrypted(&f, &mut engine)
                 .unwrap()

@@ -148,6 +148,13 @@ impl PreparedPublicKey {
     /// Encrypt an integer polynomial M as a GGSW ready for exact external products:
     /// GGSW(M) ⊡ GLWE(P) = GLWE(M·P).
     pub fn encrypt_ggsw(&mut self, message: &[u64], decomp: DecompParams) -> Result<ExactGgsw> {
+        let rows = self.encrypt_ggsw_rows(message, decomp);
+        ExactGgsw::from_standard(&mut self.engine, &rows, decomp)
+    }
+
+    /// The same GGSW in the standard domain (rows of mask+body GLWEs, tfhe order): the form
+    /// that travels from a data source to the edge.
+    pub fn encrypt_ggsw_rows(&mut self, message: &[u64], decomp: DecompParams) -> Vec<u64> {
         let n = self.glwe.poly_size;
         let mut rows = vec![0u64; decomp.level * 2 * 2 * n];
         for (r, row) in rows.chunks_exact_mut(2 * n).enumerate() {
@@ -164,7 +171,7 @@ impl PreparedPublicKey {
                 *d = d.wrapping_add(m.wrapping_shl(shift as u32));
             }
         }
-        ExactGgsw::from_standard(&mut self.engine, &rows, decomp)
+        rows
     }
 }
 

@@ -7,62 +7,15 @@
 //! to 30 s) and everything still in the spool is sent again: at least once, de-duplicated by
 //! the decryptor. The event loop is polled continuously, as rumqttc requires.
 
-use super::message::MAX_PAYLOAD;
+use super::mqtt::MqttConfig;
 use super::spool::Spool;
 use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
-use serde::Deserialize;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 const WINDOW: usize = 16;
-
-/// Broker connection settings (the `[mqtt]` table of the config).
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct MqttConfig {
-    pub host: String,
-    #[serde(default = "default_port")]
-    pub port: u16,
-    /// `{device}` is replaced by the device id.
-    #[serde(default = "default_topic")]
-    pub topic: String,
-    pub client_id: Option<String>,
-    pub username: Option<String>,
-    pub password: Option<String>,
-    #[serde(default = "default_keep_alive")]
-    pub keep_alive_s: u64,
-}
-
-fn default_port() -> u16 {
-    1883
-}
-
-fn default_topic() -> String {
-    "hedge/{device}/results".into()
-}
-
-fn default_keep_alive() -> u64 {
-    30
-}
-
-impl MqttConfig {
-    pub fn topic_for(&self, device: &str) -> String {
-        self.topic.replace("{device}", device)
-    }
-
-    pub fn options(&self, client_id: &str) -> MqttOptions {
-        let mut o = MqttOptions::new(client_id, &self.host, self.port);
-        o.set_keep_alive(Duration::from_secs(self.keep_alive_s.max(5)));
-        // rumqttc's default 10 KB limit is far below a result ciphertext.
-        o.set_max_packet_size(MAX_PAYLOAD + 1024, MAX_PAYLOAD + 1024);
-        if let (Some(u), Some(p)) = (&self.username, &self.password) {
-            o.set_credentials(u, p);
-        }
-        o
-    }
-}
 
 /// Handle on the publishing thread.
 pub struct Publisher {
@@ -81,11 +34,12 @@ struct Flags {
 
 impl Publisher {
     pub fn start(
-        config: MqttConfig,
-        client_id: String,
+        config: &MqttConfig,
+        client_id: &str,
         topic: String,
         spool: Arc<Spool>,
-    ) -> std::io::Result<Self> {
+    ) -> crate::error::Result<Self> {
+        let options = config.options(client_id)?;
         let (wake, rx) = tokio::sync::mpsc::unbounded_channel();
         let flags = Arc::new(Flags::default());
         let f = flags.clone();
@@ -96,10 +50,11 @@ impl Publisher {
                     .enable_all()
                     .build()
                 {
-                    Ok(rt) => rt.block_on(run(config, client_id, topic, spool, rx, f)),
+                    Ok(rt) => rt.block_on(run(options, topic, spool, rx, f)),
                     Err(e) => log::error!("publisher cannot start its runtime: {e}"),
                 }
-            })?;
+            })
+            .map_err(|e| crate::error::Error::io("publisher thread", e))?;
         Ok(Self {
             wake,
             flags,
@@ -145,8 +100,7 @@ impl Publisher {
 }
 
 async fn run(
-    config: MqttConfig,
-    client_id: String,
+    options: MqttOptions,
     topic: String,
     spool: Arc<Spool>,
     mut wake: tokio::sync::mpsc::UnboundedReceiver<()>,
@@ -154,7 +108,7 @@ async fn run(
 ) {
     let mut backoff = Duration::from_secs(1);
     loop {
-        let (client, mut eventloop) = AsyncClient::new(config.options(&client_id), WINDOW * 2);
+        let (client, mut eventloop) = AsyncClient::new(options.clone(), WINDOW * 2);
         // (seq, pkid once rumqttc assigned it), oldest first
         let mut inflight: VecDeque<(u64, Option<u16>)> = VecDeque::new();
         let mut last_sent: Option<u64> = None;
@@ -191,7 +145,7 @@ async fn run(
             tokio::select! {
                 event = eventloop.poll() => match event {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        log::info!("connected to {}:{}", config.host, config.port);
+                        log::info!("connected to {}:{}", options.broker_address().0, options.broker_address().1);
                         up = true;
                         backoff = Duration::from_secs(1);
                     }

@@ -1,0 +1,251 @@
+//! Broker connection settings shared by hedged's publisher and the decryption agent: the
+//! `[mqtt]` table of the config, with optional username/password and TLS (rustls with ring;
+//! a CA file as trust anchor, optionally a client certificate for mutual TLS).
+
+use super::message::MAX_PAYLOAD;
+use crate::error::{Error, Result};
+use rumqttc::{MqttOptions, TlsConfiguration, Transport};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    pub host: String,
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// `{device}` is replaced by the device id.
+    #[serde(default = "default_topic")]
+    pub topic: String,
+    pub client_id: Option<String>,
+    pub username: Option<String>,
+    /// The password itself, or (better, e.g. with systemd credentials) a file holding it.
+    pub password: Option<String>,
+    pub password_file: Option<PathBuf>,
+    #[serde(default = "default_keep_alive")]
+    pub keep_alive_s: u64,
+    /// Connect over TLS.
+    pub tls: Option<TlsConfig>,
+}
+
+/// `[mqtt.tls]`: PEM files.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The CA certificate(s) the broker's certificate must chain to.
+    pub ca_file: PathBuf,
+    /// A client certificate and its key, for brokers that require mutual TLS.
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+}
+
+fn default_port() -> u16 {
+    1883
+}
+
+fn default_topic() -> String {
+    "hedge/{device}/results".into()
+}
+
+fn default_keep_alive() -> u64 {
+    30
+}
+
+impl MqttConfig {
+    /// Plain TCP, no credentials, the default topic.
+    pub fn new(host: impl Into<String>, port: u16) -> Self {
+        Self {
+            host: host.into(),
+            port,
+            topic: default_topic(),
+            client_id: None,
+            username: None,
+            password: None,
+            password_file: None,
+            keep_alive_s: default_keep_alive(),
+            tls: None,
+        }
+    }
+
+    /// `HOST:PORT`.
+    pub fn parse_addr(addr: &str) -> Result<(String, u16)> {
+        addr.rsplit_once(':')
+            .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
+            .filter(|(h, _)| !h.is_empty())
+            .ok_or_else(|| Error::Malformed(format!("broker address {addr:?} is not HOST:PORT")))
+    }
+
+    pub fn topic_for(&self, device: &str) -> String {
+        self.topic.replace("{device}", device)
+    }
+
+    /// rumqttc options; reads the password and TLS files, so a missing or bad file is an error
+    /// at start-up rather than a silent connection failure later.
+    pub fn options(&self, client_id: &str) -> Result<MqttOptions> {
+        let mut o = MqttOptions::new(client_id, &self.host, self.port);
+        o.set_keep_alive(Duration::from_secs(self.keep_alive_s.max(5)));
+        // rumqttc's default 10 KB limit is far below a result ciphertext.
+        o.set_max_packet_size(MAX_PAYLOAD + 1024, MAX_PAYLOAD + 1024);
+        let password = match (&self.password, &self.password_file) {
+            (Some(_), Some(_)) => {
+                return Err(Error::Malformed(
+                    "mqtt: set password or password_file, not both".into(),
+                ))
+            }
+            (Some(p), None) => Some(p.clone()),
+            (None, Some(f)) => Some(
+                std::fs::read_to_string(f)
+                    .map_err(|e| Error::io(f, e))?
+                    .trim_end_matches(['\r', '\n'])
+                    .to_string(),
+            ),
+            (None, None) => None,
+        };
+        match (&self.username, password) {
+            (Some(u), p) => {
+                o.set_credentials(u, p.unwrap_or_default());
+            }
+            (None, Some(_)) => {
+                return Err(Error::Malformed("mqtt: a password needs a username".into()))
+            }
+            (None, None) => {}
+        }
+        if let Some(tls) = &self.tls {
+            o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+                Arc::new(tls.client_config()?),
+            )));
+        }
+        Ok(o)
+    }
+}
+
+impl TlsConfig {
+    fn client_config(&self) -> Result<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in read_certs(&self.ca_file)? {
+            roots
+                .add(cert)
+                .map_err(|e| Error::Malformed(format!("{}: {e}", self.ca_file.display())))?;
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Malformed(format!("TLS: {e}")))?
+        .with_root_certificates(roots);
+        match (&self.client_cert, &self.client_key) {
+            (None, None) => Ok(builder.with_no_client_auth()),
+            (Some(cert), Some(key)) => {
+                let key = PrivateKeyDer::from_pem_file(key)
+                    .map_err(|e| Error::Malformed(format!("{}: {e}", key.display())))?;
+                builder
+                    .with_client_auth_cert(read_certs(cert)?, key)
+                    .map_err(|e| Error::Malformed(format!("{}: {e}", cert.display())))
+            }
+            _ => Err(Error::Malformed(
+                "mqtt.tls: client_cert and client_key go together".into(),
+            )),
+        }
+    }
+}
+
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|it| it.collect::<std::result::Result<Vec<_>, _>>())
+        .map_err(|e| Error::Malformed(format!("{}: {e}", path.display())))?;
+    if certs.is_empty() {
+        return Err(Error::Malformed(format!(
+            "{}: no PEM certificate",
+            path.display()
+        )));
+    }
+    Ok(certs)
+}
+
+/// Credential and TLS flags, shared by `hedge decrypt --subscribe` and `hedged`.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct MqttArgs {
+    #[arg(long)]
+    pub username: Option<String>,
+    /// Visible in the process list: prefer --password-file.
+    #[arg(long)]
+    pub password: Option<String>,
+    #[arg(long)]
+    pub password_file: Option<PathBuf>,
+    /// Connect over TLS, trusting this CA (PEM).
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate and key (PEM) for mutual TLS.
+    #[arg(long, requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+    #[arg(long, requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
+}
+
+impl MqttArgs {
+    /// Override `config` with the flags that were given.
+    pub fn apply(&self, config: &mut MqttConfig) -> Result<()> {
+        if self.username.is_some() {
+            config.username = self.username.clone();
+        }
+        if self.password.is_some() || self.password_file.is_some() {
+            config.password = self.password.clone();
+            config.password_file = self.password_file.clone();
+        }
+        match (&self.ca_file, &mut config.tls) {
+            (Some(ca), Some(tls)) => tls.ca_file = ca.clone(),
+            (Some(ca), None) => {
+                config.tls = Some(TlsConfig {
+                    ca_file: ca.clone(),
+                    client_cert: None,
+                    client_key: None,
+                })
+            }
+            _ => {}
+        }
+        if let (Some(cert), Some(key)) = (&self.client_cert, &self.client_key) {
+            let tls = config.tls.as_mut().ok_or_else(|| {
+                Error::Malformed("--client-cert needs TLS (--ca-file or [mqtt.tls])".into())
+            })?;
+            tls.client_cert = Some(cert.clone());
+            tls.client_key = Some(key.clone());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_and_tls_files_are_checked_up_front() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = MqttConfig::new("localhost", 8883);
+        c.password = Some("x".into());
+        assert!(c.options("id").is_err(), "password without username");
+        c.username = Some("u".into());
+        c.password_file = Some(dir.path().join("missing"));
+        assert!(c.options("id").is_err(), "both password and file");
+        c.password = None;
+        assert!(c.options("id").is_err(), "missing password file");
+        std::fs::write(dir.path().join("pw"), "s3cret\n").unwrap();
+        c.password_file = Some(dir.path().join("pw"));
+        assert!(c.options("id").is_ok());
+        let not_pem = dir.path().join("ca.pem");
+        std::fs::write(&not_pem, "not a certificate").unwrap();
+        c.tls = Some(TlsConfig {
+            ca_file: not_pem,
+            client_cert: None,
+            client_key: None,
+        });
+        assert!(c.options("id").is_err(), "CA file without a certificate");
+        assert_eq!(MqttConfig::parse_addr("h:1").unwrap(), ("h".into(), 1));
+        assert!(MqttConfig::parse_addr(":1").is_err());
+        assert!(MqttConfig::parse_addr("h").is_err());
+    }
+}

@@ -1,0 +1,403 @@
+//! The data-stream acquisition side of hedged: sources of feature vectors, each read on its
+//! own thread and handed to the scheduler through the bounded queue.
+//!
+//! Source specs (config `input`, flag `--input`):
+//! - `-`: stdin, one vector per line (see [`crate::data`]);
+//! - `PATH`: a file of such lines, replayed once;
+//! - `frames:PATH`: a file of frames ([`super::frame`]), e.g. from `hedge encrypt-features`;
+//! - `unix:PATH`: a Unix stream socket hedged listens on; every connection sends frames.
+//!   Connections are served concurrently (up to [`MAX_CONNECTIONS`]); the socket never ends
+//!   the input. Access is governed by the socket directory's permissions.
+//!
+//! Bad input (unparsable lines, bad frames) is rejected and counted; the first rejection of
+//! each kind is logged. Nothing a source reads stops the daemon.
+
+use super::frame::{self, FrameError, Input};
+use super::queue::BoundedQueue;
+use crate::data::parse_line;
+use crate::error::{Error, Result};
+use std::collections::HashSet;
+use std::io::{BufRead, Read};
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Socket connections served at once; more are refused (and logged).
+pub const MAX_CONNECTIONS: usize = 16;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    Stdin,
+    Lines(PathBuf),
+    Frames(PathBuf),
+    Socket(PathBuf),
+}
+
+impl Source {
+    pub fn parse(spec: &str) -> Self {
+        if spec == "-" {
+            Source::Stdin
+        } else if let Some(p) = spec.strip_prefix("unix:") {
+            Source::Socket(p.into())
+        } else if let Some(p) = spec.strip_prefix("frames:") {
+            Source::Frames(p.into())
+        } else {
+            Source::Lines(spec.into())
+        }
+    }
+}
+
+/// Rejected inputs: counted, the first of each kind logged.
+#[derive(Default)]
+pub struct Rejects {
+    count: AtomicU64,
+    logged: Mutex<HashSet<String>>,
+}
+
+impl Rejects {
+    pub fn reject(&self, kind: &str, what: impl std::fmt::Display) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        let first = self
+            .logged
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(kind.to_string());
+        if first {
+            log::warn!("rejected {what} (further rejections of this kind are only counted)");
+        }
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+}
+
+/// A running source; dropping it removes the socket file of a socket source.
+pub struct Acquisition {
+    socket: Option<PathBuf>,
+}
+
+impl Drop for Acquisition {
+    fn drop(&mut self) {
+        if let Some(path) = &self.socket {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Open `source` (errors here are start-up errors) and start reading it on its own thread.
+/// File and stdin sources close the queue at their end; a socket source never does.
+pub fn start(
+    source: &Source,
+    queue: Arc<BoundedQueue<Input>>,
+    rejects: Arc<Rejects>,
+    max_frame: usize,
+) -> Result<Acquisition> {
+    let spawn = |f: Box<dyn FnOnce() + Send>| {
+        std::thread::Builder::new()
+            .name("acquire".into())
+            .spawn(f)
+            .map(|_| ())
+            .map_err(|e| Error::io("acquisition thread", e))
+    };
+    match source {
+        Source::Stdin => {
+            spawn(Box::new(move || {
+                read_lines(std::io::stdin().lock(), &queue, &rejects, max_frame);
+                queue.close();
+            }))?;
+            Ok(Acquisition { socket: None })
+        }
+        Source::Lines(path) => {
+            let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+            spawn(Box::new(move || {
+                read_lines(std::io::BufReader::new(file), &queue, &rejects, max_frame);
+                queue.close();
+            }))?;
+            Ok(Acquisition { socket: None })
+        }
+        Source::Frames(path) => {
+            let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+            let name = path.display().to_string();
+            spawn(Box::new(move || {
+                read_frames(
+                    std::io::BufReader::new(file),
+                    &name,
+                    &queue,
+                    &rejects,
+                    max_frame,
+                );
+                queue.close();
+            }))?;
+            Ok(Acquisition { socket: None })
+        }
+        Source::Socket(path) => {
+            let listener = bind(path)?;
+            log::info!("listening for frames on {}", path.display());
+            spawn(Box::new(move || serve(listener, queue, rejects, max_frame)))?;
+            Ok(Acquisition {
+                socket: Some(path.clone()),
+            })
+        }
+    }
+}
+
+/// Bind the socket, replacing a stale socket file but nothing else.
+fn bind(path: &Path) -> Result<UnixListener> {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(Error::Malformed(format!(
+                "{} exists and is not a socket",
+                path.display()
+            )));
+        }
+        if UnixStream::connect(path).is_ok() {
+            return Err(Error::Malformed(format!(
+                "{} is in use by another process",
+                path.display()
+            )));
+        }
+        std::fs::remove_file(path).map_err(|e| Error::io(path, e))?;
+    }
+    UnixListener::bind(path).map_err(|e| Error::io(path, e))
+}
+
+fn serve(
+    listener: UnixListener,
+    queue: Arc<BoundedQueue<Input>>,
+    rejects: Arc<Rejects>,
+    max_frame: usize,
+) {
+    let open = Arc::new(AtomicUsize::new(0));
+    let mut next_id = 0u64;
+    for stream in listener.incoming() {
+        let stream = match stream {
+            Ok(s) => s,
+            Err(e) => {
+                log::warn!("socket accept: {e}");
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                continue;
+            }
+        };
+        if open.load(Ordering::Relaxed) >= MAX_CONNECTIONS {
+            rejects.reject(
+                "connection limit",
+                format_args!("a connection: {MAX_CONNECTIONS} are open already"),
+            );
+            continue;
+        }
+        next_id += 1;
+        let name = format!("socket connection {next_id}");
+        let (queue, rejects, open) = (queue.clone(), rejects.clone(), open.clone());
+        open.fetch_add(1, Ordering::Relaxed);
+        let spawned = std::thread::Builder::new()
+            .name(format!("conn-{next_id}"))
+            .spawn(move || {
+                log::debug!("{name} opened");
+                let n = read_frames(
+                    std::io::BufReader::new(stream),
+                    &name,
+                    &queue,
+                    &rejects,
+                    max_frame,
+                );
+                log::debug!("{name} closed after {n} frame(s)");
+                open.fetch_sub(1, Ordering::Relaxed);
+            });
+        if let Err(e) = spawned {
+            log::warn!("cannot serve a connection: {e}");
+        }
+    }
+}
+
+/// Queue every good frame; returns how many frames were read.
+fn read_frames(
+    mut r: impl Read,
+    name: &str,
+    queue: &BoundedQueue<Input>,
+    rejects: &Rejects,
+    max_frame: usize,
+) -> u64 {
+    let mut n = 0;
+    loop {
+        match frame::read_frame(&mut r, max_frame)
+            .and_then(|p| p.map(|p| frame::decode(&p)).transpose())
+        {
+            Ok(None) => return n,
+            Ok(Some(input)) => {
+                n += 1;
+                if !queue.push(input) {
+                    return n;
+                }
+            }
+            Err(e) => {
+                n += 1;
+                let fatal = !e.recoverable();
+                if !matches!(e, FrameError::Io(_)) {
+                    rejects.reject(e.kind(), format_args!("a frame from {name}: {e}"));
+                }
+                if fatal {
+                    if let FrameError::Io(e) = &e {
+                        log::warn!("{name}: {e}");
+                    } else {
+                        log::warn!("{name}: closing the stream after an unskippable frame");
+                    }
+                    return n;
+                }
+            }
+        }
+    }
+}
+
+/// Queue every good line; overlong lines and invalid UTF-8 are rejected like bad numbers.
+fn read_lines(
+    mut r: impl BufRead,
+    queue: &BoundedQueue<Input>,
+    rejects: &Rejects,
+    max_line: usize,
+) {
+    let mut buf = Vec::new();
+    for number in 1.. {
+        buf.clear();
+        let read = (&mut r)
+            .take(max_line as u64 + 1)
+            .read_until(b'\n', &mut buf);
+        match read {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) => {
+                log::warn!("input: {e}");
+                return;
+            }
+        }
+        if buf.len() > max_line && buf.last() != Some(&b'\n') {
+            rejects.reject(
+                "oversized",
+                format_args!("line {number}: longer than {max_line} bytes"),
+            );
+            // Skip the rest of the line.
+            loop {
+                buf.clear();
+                match (&mut r).take(1 << 16).read_until(b'\n', &mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) if buf.last() == Some(&b'\n') => break,
+                    Ok(_) => {}
+                }
+            }
+            continue;
+        }
+        let Ok(line) = std::str::from_utf8(&buf) else {
+            rejects.reject("utf-8", format_args!("line {number}: not UTF-8 text"));
+            continue;
+        };
+        match parse_line(line) {
+            Ok(Some(sample)) => {
+                if !queue.push(Input::Plain(sample.values)) {
+                    return;
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                let kind = e.to_string();
+                let kind = kind.split(':').take(2).collect::<Vec<_>>().join(":");
+                rejects.reject(&kind, format_args!("line {number}: {e}"));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::edge::queue::{Pop, QueuePolicy};
+    use std::io::Write;
+    use std::time::Duration;
+
+    fn drain(queue: &BoundedQueue<Input>) -> Vec<Vec<f32>> {
+        let mut out = Vec::new();
+        loop {
+            match queue.pop(Duration::from_secs(5)) {
+                Pop::Item(Input::Plain(v)) => out.push(v),
+                Pop::Item(Input::Encrypted(_)) => panic!("unexpected ciphertext"),
+                Pop::Empty => panic!("source stalled"),
+                Pop::Closed => return out,
+            }
+        }
+    }
+
+    #[test]
+    fn lines_with_garbage_keep_going() {
+        let queue = BoundedQueue::new(16, QueuePolicy::Block);
+        let rejects = Rejects::default();
+        let text = b"1,2\n\xff\xfe\nx,y\n# comment\n".to_vec();
+        let mut text = text;
+        text.extend(vec![b'9'; 100]);
+        text.extend(b"\n3,4\n5");
+        read_lines(&text[..], &queue, &rejects, 64);
+        queue.close();
+        assert_eq!(
+            drain(&queue),
+            vec![vec![1.0, 2.0], vec![3.0, 4.0], vec![5.0]]
+        );
+        assert_eq!(rejects.count(), 3);
+    }
+
+    #[test]
+    fn socket_serves_frames_and_survives_bad_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("in.sock");
+        std::fs::write(dir.path().join("file"), "x").unwrap();
+        let queue = Arc::new(BoundedQueue::new(16, QueuePolicy::Block));
+        let rejects = Arc::new(Rejects::default());
+        assert!(start(
+            &Source::Socket(dir.path().join("file")),
+            queue.clone(),
+            rejects.clone(),
+            64
+        )
+        .is_err());
+        let acq = start(
+            &Source::Socket(path.clone()),
+            queue.clone(),
+            rejects.clone(),
+            64,
+        )
+        .unwrap();
+        assert!(
+            start(
+                &Source::Socket(path.clone()),
+                queue.clone(),
+                rejects.clone(),
+                64
+            )
+            .is_err(),
+            "socket in use"
+        );
+        // An oversized frame ends its connection; the next connection is served.
+        let mut c = UnixStream::connect(&path).unwrap();
+        c.write_all(&frame::encode(&Input::Plain(vec![1.0])))
+            .unwrap();
+        c.write_all(&[0, 0, 0, 1, 7]).unwrap();
+        c.write_all(&frame::encode(&Input::Plain(vec![0.0; 100])))
+            .unwrap();
+        drop(c);
+        let mut c = UnixStream::connect(&path).unwrap();
+        c.write_all(&frame::encode(&Input::Plain(vec![2.0])))
+            .unwrap();
+        drop(c);
+        let mut got = Vec::new();
+        while got.len() < 2 {
+            match queue.pop(Duration::from_secs(5)) {
+                Pop::Item(Input::Plain(v)) => got.push(v),
+                other => panic!("{other:?}"),
+            }
+        }
+        got.sort_by(|a, b| a[0].total_cmp(&b[0]));
+        assert_eq!(got, vec![vec![1.0], vec![2.0]]);
+        assert_eq!(rejects.count(), 2);
+        drop(acq);
+        assert!(!path.exists(), "socket removed");
+    }
+}

@@ -1,0 +1,391 @@
+//! Helpers shared by the integration tests: a real mosquitto on a free port, the CLIs, small
+//! fixed-seed models protected with fresh keys, and checks against the integer reference.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub struct Mosquitto {
+    child: Option<Child>,
+    conf: PathBuf,
+    pub port: u16,
+}
+
+impl Mosquitto {
+    /// Anonymous, plain TCP.
+    pub fn start(dir: &Path) -> Self {
+        Self::start_with(dir, "allow_anonymous true\n")
+    }
+
+    /// `listener_config` follows the listener line (TLS files, password_file, …).
+    pub fn start_with(dir: &Path, listener_config: &str) -> Self {
+        let port = free_port();
+        let conf = dir.join("mosquitto.conf");
+        let db = dir.join("mosquitto-db");
+        std::fs::create_dir_all(&db).unwrap();
+        std::fs::write(
+            &conf,
+            format!(
+                "per_listener_settings true\nlistener {port} 127.0.0.1\n{listener_config}persistence true\npersistence_location {}/\nlog_dest file {}/mosquitto.log\n{}",
+                db.display(),
+                db.display(),
+                // As root, mosquitto drops to its own user and could not write our temp dir.
+                if is_root() { "user root\n" } else { "" }
+            ),
+        )
+        .unwrap();
+        let mut m = Self {
+            child: None,
+            conf,
+            port,
+        };
+        m.restart();
+        m
+    }
+
+    pub fn restart(&mut self) {
+        let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("mosquitto is not installed (apt-get install mosquitto; .ci/run does)");
+        self.child = Some(
+            Command::new(bin)
+                .args(["-c", s(&self.conf)])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let t = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "mosquitto did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Graceful stop (SIGTERM), so the broker saves its sessions.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            terminate(&c);
+            c.wait().unwrap();
+        }
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+pub fn terminate(c: &Child) {
+    signal(c.id(), 15);
+}
+
+pub fn signal(pid: u32, sig: i32) {
+    Command::new("kill")
+        .args([format!("-{sig}"), pid.to_string()])
+        .status()
+        .unwrap();
+}
+
+pub fn hedge(args: &[&str]) -> std::process::Output {
+    let o = Command::new(env!("CARGO_BIN_EXE_hedge"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "hedge {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o
+}
+
+/// Keys, one protected model (48→16→10) and its test vectors in a temp dir.
+pub struct Setup {
+    pub variant: String,
+    _dir: tempfile::TempDir,
+    pub root: PathBuf,
+    pub keys: PathBuf,
+    pub bundle: PathBuf,
+    pub vectors: Vec<String>,
+}
+
+pub fn setup(variant: &str) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let keys = root.join("keys");
+    hedge(&["keygen", "--out", s(&keys)]);
+    let bundle = model(&root, &keys, "", 1, variant);
+    let vectors = std::fs::read_to_string(root.join("test.txt"))
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    Setup {
+        variant: variant.into(),
+        _dir: dir,
+        root,
+        keys,
+        bundle,
+        vectors,
+    }
+}
+
+/// Synthesise model `{name}model.onnx` (with `{name}calibration.txt`, `{name}test.txt`) from
+/// `seed` under `root` and protect it as `{name}b.bundle`.
+pub fn model(root: &Path, keys: &Path, name: &str, seed: u64, variant: &str) -> PathBuf {
+    let dir = root.join(format!("{name}synth"));
+    hedge(&[
+        "synth",
+        "--out",
+        s(&dir),
+        "--seed",
+        &seed.to_string(),
+        "--shape",
+        "48,16,10",
+        "--test",
+        "40",
+        "--calibration",
+        "60",
+    ]);
+    for f in ["model.onnx", "calibration.txt", "test.txt"] {
+        std::fs::rename(dir.join(f), root.join(format!("{name}{f}"))).unwrap();
+    }
+    let bundle = root.join(format!("{name}b.bundle"));
+    hedge(&[
+        "protect",
+        "--model",
+        s(&root.join(format!("{name}model.onnx"))),
+        "--keys",
+        s(keys),
+        "--variant",
+        variant,
+        "--calibration",
+        s(&root.join(format!("{name}calibration.txt"))),
+        "--out",
+        s(&bundle),
+    ]);
+    bundle
+}
+
+/// The class the deterministic integer reference gives `vector` under model `{name}`.
+pub fn reference_class(root: &Path, name: &str, variant: &str, vector: &str) -> u64 {
+    use hedge::model::quant::{QuantModel, Variant};
+    let model = hedge::model::onnx::load(&root.join(format!("{name}model.onnx"))).unwrap();
+    let calibration: Vec<Vec<f32>> =
+        hedge::data::read_samples(&root.join(format!("{name}calibration.txt")))
+            .unwrap()
+            .into_iter()
+            .map(|s| s.values)
+            .collect();
+    let variant = match variant {
+        "noact" => Variant::Noact,
+        "last" => Variant::Last,
+        other => panic!("no exact reference for {other}"),
+    };
+    let params =
+        hedge::crypto::params::ParameterSet::for_level(hedge::crypto::params::SecurityLevel::L128);
+    let q = QuantModel::quantize(&model, variant, None, &calibration, &params).unwrap();
+    let x = hedge::data::parse_line(vector).unwrap().unwrap().values;
+    hedge::model::argmax(&q.reference(&q.input.quantize(&x).unwrap()).scores) as u64
+}
+
+pub fn hedged_command(st: &Setup, broker: &str, input: &str, spool: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_hedged"));
+    c.args([
+        "--bundle",
+        s(&st.bundle),
+        "--verifying-key",
+        s(&st.keys.join("verifying.key")),
+    ])
+    .args([
+        "--input",
+        input,
+        "--broker",
+        broker,
+        "--spool-dir",
+        s(spool),
+        "--device-id",
+        "board",
+    ])
+    .env("RUST_LOG", "info")
+    .stdin(Stdio::piped())
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    c
+}
+
+pub fn hedged(st: &Setup, broker: &str, input: &str, spool: &Path) -> Child {
+    hedged_command(st, broker, input, spool).spawn().unwrap()
+}
+
+/// `hedge decrypt --subscribe` with `extra` flags, writing to `out`; returns once it had time
+/// to subscribe.
+pub fn decryptor_with(st: &Setup, broker: &str, extra: &[&str], out: &Path) -> Child {
+    let c = Command::new(env!("CARGO_BIN_EXE_hedge"))
+        .args([
+            "decrypt",
+            "--keys",
+            s(&st.keys),
+            "--subscribe",
+            broker,
+            "--output",
+            s(out),
+        ])
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Let it connect and subscribe (its session then persists across broker restarts).
+    std::thread::sleep(Duration::from_millis(800));
+    c
+}
+
+pub fn decryptor(st: &Setup, broker: &str, count: usize, out: &Path) -> Child {
+    decryptor_with(
+        st,
+        broker,
+        &[
+            "--client-id",
+            "decryptor-1",
+            "--count",
+            &count.to_string(),
+            "--idle-timeout",
+            "90",
+        ],
+        out,
+    )
+}
+
+pub fn wait_ok(c: Child, what: &str) -> String {
+    let o = c.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "{what} failed: {err}");
+    err
+}
+
+/// The decrypted JSON lines of `out`, sorted by sequence number.
+pub fn results(out: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(out).unwrap_or_default();
+    let mut v: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    v.sort_by_key(|r| r["seq"].as_u64());
+    v
+}
+
+/// Every result 1..=expected exactly once, from device "board", with the class the integer
+/// reference gives the vector of the same number.
+pub fn check_results(st: &Setup, out: &Path, expected: usize) {
+    check_result_lines(st, &results(out), expected);
+}
+
+pub fn check_result_lines(st: &Setup, lines: &[serde_json::Value], expected: usize) {
+    let mut seqs = Vec::new();
+    for v in lines {
+        let seq = v["seq"].as_u64().unwrap();
+        assert_eq!(
+            v["class"].as_u64(),
+            Some(reference_class(
+                &st.root,
+                "",
+                &st.variant,
+                &st.vectors[seq as usize - 1]
+            )),
+            "seq {seq}"
+        );
+        assert_eq!(v["device"], "board");
+        seqs.push(seq);
+    }
+    seqs.sort();
+    assert_eq!(
+        seqs,
+        (1..=expected as u64).collect::<Vec<_>>(),
+        "every result exactly once"
+    );
+}
+
+pub fn feed(child: &mut Child, lines: &[String]) {
+    let stdin = child.stdin.as_mut().unwrap();
+    for l in lines {
+        writeln!(stdin, "{l}").unwrap();
+    }
+    stdin.flush().unwrap();
+}
+
+/// Wait until `path` has `n` lines.
+pub fn wait_lines(path: &Path, n: usize) {
+    wait_for(
+        || {
+            std::fs::read_to_string(path)
+                .map(|s| s.lines().count())
+                .unwrap_or(0)
+                >= n
+        },
+        &format!("{n} lines in {}", path.display()),
+    );
+}
+
+/// Poll `done` for up to 60 s.
+pub fn wait_for(mut done: impl FnMut() -> bool, what: &str) {
+    let t = Instant::now();
+    while !done() {
+        assert!(t.elapsed() < Duration::from_secs(60), "timed out: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Spooled result files in `dir`.
+pub fn spooled(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".msg")
+            })
+            .count()
+        })
+        .unwrap_or(0)
+}
