@@ -9,7 +9,7 @@
 //! its reason, acknowledged (so it is not redelivered forever) and skipped.
 
 use crate::crypto::keys::SecretKeys;
-use crate::edge::message::ResultMessage;
+use crate::edge::message::{ResultMessage, MAX_PAYLOAD};
 use crate::edge::mqtt::MqttConfig;
 use crate::engine::decrypt;
 use crate::error::Result;
@@ -17,6 +17,9 @@ use rumqttc::{AsyncClient, Event, Packet, QoS};
 use std::collections::HashSet;
 use std::io::Write;
 use std::time::Duration;
+
+/// The largest packet MQTT 3.1.1 can express (remaining length 268,435,455 plus header).
+const MQTT_MAX_PACKET: usize = 268_435_460;
 
 pub struct SubscribeOptions {
     pub mqtt: MqttConfig,
@@ -56,6 +59,9 @@ async fn subscribe(
     out: &mut dyn Write,
 ) -> Result<Stats> {
     let mut mqtt_options = opts.mqtt.options(&opts.client_id)?;
+    // Accept any packet MQTT allows and reject oversized payloads ourselves: if rumqttc refused
+    // one, the connection would drop and the broker would redeliver it forever.
+    mqtt_options.set_max_packet_size(MQTT_MAX_PACKET, MAX_PAYLOAD + 1024);
     mqtt_options.set_manual_acks(true);
     mqtt_options.set_clean_session(!opts.persistent);
     let (client, mut eventloop) = AsyncClient::new(mqtt_options, 64);

@@ -32,6 +32,15 @@ fn run(variant: Variant, activation: Option<Activation>, inputs: usize) {
     for (x, _) in task.samples(21, inputs) {
         let reference = q.reference(&q.input.quantize(&x).unwrap());
         let feats = engine.encrypt_features(&x).unwrap();
+        let mut foreign = feats.clone();
+        foreign.key_id[0] ^= 1;
+        assert!(
+            matches!(
+                engine.infer_encrypted(&foreign),
+                Err(hedge::error::Error::KeyMismatch(_))
+            ),
+            "features under another key are refused"
+        );
         for (mode, result) in [
             ("plain", engine.infer_plain(&x).unwrap()),
             ("enc", engine.infer_encrypted(&feats).unwrap()),

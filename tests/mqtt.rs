@@ -99,13 +99,40 @@ fn garbage_payloads_and_frames_are_rejected_and_survived() {
     let dec = decryptor(&st, &broker.addr(), 3, &out);
     // Garbage on the results topic, from another client.
     let mut opts = rumqttc::MqttOptions::new("vandal", "127.0.0.1", broker.port);
-    opts.set_max_packet_size(1 << 20, 1 << 20);
+    opts.set_max_packet_size(8 << 20, 8 << 20);
     let (client, mut conn) = rumqttc::Client::new(opts, 10);
+    // A well-formed result under another key set (seq 1: it must not shadow the real #1).
+    let other_keys = st.root.join("other-keys");
+    hedge(&["keygen", "--out", s(&other_keys)]);
+    let other_bundle = model(&st.root, &other_keys, "other-", 3, "last");
+    let other_out = st.root.join("other-results");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_hedged"))
+        .args(["--bundle", s(&other_bundle), "--verifying-key"])
+        .arg(other_keys.join("verifying.key"))
+        .args(["--input", s(&st.root.join("other-test.txt")), "--out-dir"])
+        .arg(&other_out)
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let wrong_key = hedge::edge::message::ResultMessage {
+        device_id: "board".into(),
+        bundle_id: "other".into(),
+        seq: 1,
+        timestamp_ms: 0,
+        infer_us: 0,
+        result: hedge::backend::decode_result(
+            &std::fs::read(other_out.join("result-000001.bin")).unwrap(),
+        )
+        .unwrap(),
+    }
+    .encode();
     for payload in [
+        wrong_key,
         b"\x01garbage".to_vec(),
         vec![9u8; 100],
         Vec::new(),
         vec![1u8; 300_000],
+        vec![1u8; 5 << 20], // over the decryptor's 4 MiB limit
     ] {
         client
             .publish(
@@ -117,7 +144,7 @@ fn garbage_payloads_and_frames_are_rejected_and_survived() {
             .unwrap();
     }
     let mut acks = 0;
-    while acks < 4 {
+    while acks < 6 {
         match conn.recv_timeout(Duration::from_secs(10)) {
             Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)))) => acks += 1,
             Ok(Ok(_)) => {}
@@ -143,6 +170,8 @@ fn garbage_payloads_and_frames_are_rejected_and_survived() {
     assert!(log.contains("rejected"), "{log}");
     let dlog = wait_ok(dec, "decryptor");
     assert!(dlog.contains("rejected a message"), "{dlog}");
+    assert!(dlog.contains("encrypted for key"), "{dlog}");
+    assert_eq!(dlog.matches("rejected a message").count(), 6, "{dlog}");
     check_results(&st, &out, 3);
 }
 

@@ -378,3 +378,52 @@ fn spool_with_retry(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::keys::KeyKind;
+
+    #[test]
+    fn an_unwritable_spool_pauses_instead_of_losing_the_result() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spool");
+        let spool = Spool::open(&path, 10, 1 << 20).unwrap();
+        // The spool directory disappears (as good as a full disk for the writes).
+        std::fs::rename(&path, dir.path().join("away")).unwrap();
+        std::fs::write(&path, "not a directory").unwrap();
+        let restore = {
+            let (path, away) = (path.clone(), dir.path().join("away"));
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(500));
+                std::fs::remove_file(&path).unwrap();
+                std::fs::rename(away, path).unwrap();
+            })
+        };
+        let message = |seq| ResultMessage {
+            device_id: "d".into(),
+            bundle_id: "b".into(),
+            seq,
+            timestamp_ms: 0,
+            infer_us: 0,
+            result: ResultCiphertext {
+                key_id: [0; 16],
+                key: KeyKind::Wide,
+                poly_size: 0,
+                delta_out: 1,
+                out_scale: 1.0,
+                parts: Vec::new(),
+            },
+        };
+        let stop = AtomicBool::new(false);
+        let seq = spool_with_retry(&spool, &stop, message).expect("saved once writable");
+        restore.join().unwrap();
+        assert_eq!(seq, 1);
+        assert_eq!(spool.len(), 1);
+        // With a stop request and a spool that stays unwritable, it gives up.
+        std::fs::remove_dir_all(&path).unwrap();
+        std::fs::write(&path, "x").unwrap();
+        stop.store(true, Ordering::Relaxed);
+        assert_eq!(spool_with_retry(&spool, &stop, message), None);
+    }
+}
