@@ -1,6 +1,8 @@
 //! Cost of one activation step on this machine: key switch, classic blind rotation and tfhe's
 //! multi-bit blind rotation (grouping 2 and 3, one thread), at the 128-bit set's shapes.
-//! `cargo run --release --example pbs_cost`
+//! `cargo run --release --example pbs_cost [-- --classic-only [--reps N]]` (`--classic-only`:
+//! key switch and classic blind rotation only, N times each (default 3): for slow runs such as
+//! under qemu, and for instruction counts by difference, scripts/count-insns.sh).
 
 use hedge::crypto::params::{ParameterSet, SecurityLevel};
 use hedge::crypto::{gaussian, modulus, OsSeeder, Seeder};
@@ -27,7 +29,17 @@ fn main() {
         EncryptionRandomGenerator::<DefaultRandomGenerator>::new(seeder.seed(), &mut seeder);
     let glwe = GlweSecretKey::generate_new_binary(GlweDimension(1), n_big, &mut sgen);
     let big = glwe.clone().into_lwe_secret_key();
-    for g in [1usize, 2, 3] {
+    let classic_only = std::env::args().any(|a| a == "--classic-only");
+    let reps_arg = std::env::args()
+        .skip_while(|a| a != "--reps")
+        .nth(1)
+        .and_then(|r| r.parse().ok());
+    let (groupings, reps) = if classic_only {
+        (&[1usize][..], reps_arg.unwrap_or(3))
+    } else {
+        (&[1usize, 2, 3][..], reps_arg.unwrap_or(10))
+    };
+    for &g in groupings {
         let n = p.lwe_dim / g * g;
         let lwe = LweSecretKey::generate_new_binary(LweDimension(n), &mut sgen);
         let ct = allocate_and_encrypt_new_lwe_ciphertext(
@@ -56,7 +68,7 @@ fn main() {
                 &mut egen,
             );
             let mut out = LweCiphertext::new(0u64, LweSize(n + 1), modulus());
-            time(&format!("key switch {} -> {n}", n_big.0), 20, || {
+            time(&format!("key switch {} -> {n}", n_big.0), reps, || {
                 keyswitch_lwe_ciphertext(&ksk, &big_ct, &mut out)
             });
             let bsk = allocate_and_generate_new_lwe_bootstrap_key(
@@ -80,7 +92,7 @@ fn main() {
                 ct.as_view(),
                 n_big.to_blind_rotation_input_modulus_log(),
             );
-            time(&format!("classic blind rotation n={n}"), 10, || {
+            time(&format!("classic blind rotation n={n}"), reps, || {
                 blind_rotate_assign(&ms, &mut acc, &f)
             });
         } else {
@@ -105,7 +117,7 @@ fn main() {
             convert_standard_lwe_multi_bit_bootstrap_key_to_fourier(&bsk, &mut f);
             time(
                 &format!("multi-bit g={g} blind rotation n={n}, 1 thread"),
-                10,
+                reps,
                 || {
                     modulus_switch_multi_bit_blind_rotate_assign(
                         &ct,

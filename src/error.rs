@@ -4,12 +4,10 @@ use thiserror::Error;
 
 #[derive(Debug, Error)]
 pub enum Error {
-    #[error("I/O error on {path}: {source}")]
-    Io {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    // The cause is part of the message (logs print errors with `{}`), so it is not also
+    // exposed as `source()`, which would print it twice in an error chain.
+    #[error("I/O error on {path}: {cause}")]
+    Io { path: String, cause: std::io::Error },
     #[error("malformed input: {0}")]
     Malformed(String),
     #[error("bad feature vector: {0}")]
@@ -29,10 +27,10 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    pub fn io(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
+    pub fn io(path: impl AsRef<std::path::Path>, cause: std::io::Error) -> Self {
         Error::Io {
             path: path.as_ref().display().to_string(),
-            source,
+            cause,
         }
     }
 }

@@ -227,7 +227,17 @@ pub fn reference_class(root: &Path, name: &str, variant: &str, vector: &str) -> 
 }
 
 pub fn hedged_command(st: &Setup, broker: &str, input: &str, spool: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_hedged"));
+    hedged_args(
+        Command::new(env!("CARGO_BIN_EXE_hedged")),
+        st,
+        broker,
+        input,
+        spool,
+    )
+}
+
+/// hedged's usual arguments on `c` (the binary, or an emulator running it).
+pub fn hedged_args(mut c: Command, st: &Setup, broker: &str, input: &str, spool: &Path) -> Command {
     c.args([
         "--bundle",
         s(&st.bundle),

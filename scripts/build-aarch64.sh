@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Build hedge and hedged for the edge boards (aarch64), without Docker: the Rust target plus
+# Debian's gcc-aarch64-linux-gnu as linker (.cargo/config.toml). The musl target links
+# statically, so the binaries need no glibc at all and start on JetPack 4.x (glibc 2.27).
+#   needs: rustup target add aarch64-unknown-linux-musl; apt-get install gcc-aarch64-linux-gnu
+#   then:  scripts/check-glibc.sh target/aarch64-unknown-linux-musl/release/{hedge,hedged}
+#   tests: cargo test --release --target aarch64-unknown-linux-musl --lib   (qemu-aarch64 runs them)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+target=aarch64-unknown-linux-musl
+if ! rustup target list --installed | grep -qx "$target"; then
+  echo "build-aarch64: missing Rust target: rustup target add $target" >&2
+  exit 1
+fi
+if ! command -v aarch64-linux-gnu-gcc >/dev/null; then
+  echo "build-aarch64: missing linker: apt-get install gcc-aarch64-linux-gnu" >&2
+  exit 1
+fi
+cargo build --release --target "$target" --bins "$@"
+scripts/check-glibc.sh "target/$target/release/hedge" "target/$target/release/hedged"
