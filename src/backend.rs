@@ -182,6 +182,7 @@ pub fn protect(
     activation: Option<Activation>,
     calibration: &[Vec<f32>],
     name: &str,
+    extractor: Option<crate::bundle::PlainExtractor>,
 ) -> Result<Protected> {
     let BackendKeys {
         secret,
@@ -207,6 +208,7 @@ pub fn protect(
             evaluation: (variant == Variant::Act).then(|| evaluation.clone()),
         },
         model: EncryptedModel::encrypt(&quant, secret)?,
+        extractor,
     };
     let bytes = bundle.to_bytes(signer);
     Ok(Protected {

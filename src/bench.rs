@@ -254,7 +254,7 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<Cell>> {
             .min(inputs.len());
             let inputs = &inputs[..count];
             let t = Instant::now();
-            let protected = backend::protect(&ks, &model, variant, None, &calib, "bench")?;
+            let protected = backend::protect(&ks, &model, variant, None, &calib, "bench", None)?;
             log::info!(
                 "{} {}-bit: z bound 2^{:.1}, delta_out 2^{:.1}",
                 variant.name(),

@@ -10,20 +10,23 @@
 //! version, length, checksum, signer, signature — then decodes the body and checks that the
 //! keys hash to the header's key id and the parameter set is a shipped one.
 //!
-//! [`EdgeBundle`] holds [`EdgeKeys`] (public and evaluation keys) and the encrypted model; it has
-//! no field that could hold a secret key.
+//! [`EdgeBundle`] holds [`EdgeKeys`] (public and evaluation keys), the encrypted model and,
+//! for a network split with `--encrypt-from`, the plaintext feature extractor (ONNX); it has no
+//! field that could hold a secret key.
 
 use crate::crypto::keys::{key_id, EdgeKeys, KeyId};
 use crate::crypto::params::ParameterSet;
 use crate::engine::{hex, EdgeEngine, EncryptedModel, ModelInfo};
 use crate::error::{Error, Result};
+use crate::model::split::Extractor;
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::path::Path;
 
 pub const MAGIC: [u8; 8] = *b"HEDGEBDL";
-pub const FORMAT_VERSION: u16 = 1;
+/// 2: the optional plaintext feature extractor.
+pub const FORMAT_VERSION: u16 = 2;
 const PREFIX: usize = 8 + 2 + 8;
 const TRAILER: usize = 32 + 8 + 64;
 
@@ -45,6 +48,25 @@ pub struct EdgeBundle {
     pub header: BundleHeader,
     pub keys: EdgeKeys,
     pub model: EncryptedModel,
+    /// Layers before the encrypted classifier, run in plaintext on the edge.
+    pub extractor: Option<PlainExtractor>,
+}
+
+/// A plaintext feature extractor: public, like the paper's convolutional layers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PlainExtractor {
+    /// ONNX model from the network's input to the classifier's input.
+    pub onnx: Vec<u8>,
+    /// Its input shape, e.g. [1, 1, 28, 28].
+    pub input_shape: Vec<usize>,
+    /// Raw 8-bit pixels are multiplied by this (1/255 for inputs in [0, 1]).
+    pub pixel_scale: f32,
+}
+
+impl PlainExtractor {
+    pub fn prepare(&self) -> Result<Extractor> {
+        Extractor::new(&self.onnx, &self.input_shape)
+    }
 }
 
 /// The first 8 bytes of SHA-256 over a verifying key.
@@ -197,6 +219,7 @@ mod tests {
                 evaluation: Some(ks.evaluation.clone()),
             },
             model: EncryptedModel::encrypt(&q, &ks.secret).unwrap(),
+            extractor: None,
         };
         let signer = SigningKey::from_bytes(&[7u8; 32]);
         (bundle.to_bytes(&signer), signer, ks)

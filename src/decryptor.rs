@@ -107,6 +107,7 @@ async fn subscribe(
                                 "seq": m.seq,
                                 "timestamp_ms": m.timestamp_ms,
                                 "infer_ms": m.infer_us as f64 / 1e3,
+                                "extract_ms": m.extract_us as f64 / 1e3,
                                 "bundle": m.bundle_id,
                                 "class": d.class,
                                 "scores": d.float_scores,

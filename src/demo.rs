@@ -90,7 +90,7 @@ pub fn run(opts: &DemoOptions) -> Result<Vec<DemoSummary>> {
         )?;
         let model: Classifier = onnx::load(&model_path)?;
         let t = Instant::now();
-        let p = backend::protect(&set, &model, variant, None, &calib, "demo")?;
+        let p = backend::protect(&set, &model, variant, None, &calib, "demo", None)?;
         let bundle_path = backend::default_bundle_path(&opts.dir, variant);
         backend::write_atomic(&bundle_path, &p.bytes, 0o644)?;
         println!(

@@ -15,6 +15,9 @@ pub mod demo;
 pub mod edge;
 pub mod engine;
 pub mod error;
+pub mod eval;
+pub mod images;
 pub mod model;
+pub mod network;
 
 pub use error::{Error, Result};

@@ -120,6 +120,7 @@ fn garbage_payloads_and_frames_are_rejected_and_survived() {
         seq: 1,
         timestamp_ms: 0,
         infer_us: 0,
+        extract_us: 0,
         result: hedge::backend::decode_result(
             &std::fs::read(other_out.join("result-000001.bin")).unwrap(),
         )

@@ -7,7 +7,7 @@ use hedge::bench::{self, BenchOptions, FeatureMode};
 use hedge::bundle::{bundle_id, EdgeBundle};
 use hedge::crypto::lut::Activation;
 use hedge::crypto::params::{ParameterSet, SecurityLevel};
-use hedge::data::{format_sample, read_samples};
+use hedge::data::format_sample;
 use hedge::edge::mqtt::MqttConfig;
 use hedge::engine::{decrypt, hex};
 use hedge::model::quant::Variant;
@@ -86,9 +86,18 @@ enum Command {
         keys: PathBuf,
         #[arg(long, value_enum)]
         variant: Variant,
-        /// Feature vectors to calibrate the quantisation (one per line).
+        /// Calibration inputs for the quantisation: vectors, one per line, or an IDX image file
+        /// (a CNN's images go through its feature extractor).
         #[arg(long)]
         calibration: PathBuf,
+        /// Use at most this many calibration inputs.
+        #[arg(long, default_value = "1000")]
+        calibration_count: usize,
+        /// Where the encrypted classifier starts: the first dense layer of its head (a node
+        /// name, or the tensor it reads). Layers before it ship in plaintext and run on the
+        /// edge with tract. Default: the start of the trailing dense layers.
+        #[arg(long)]
+        encrypt_from: Option<String>,
         /// Override the model's activation (variant act): the paper's square, for comparison.
         #[arg(long, value_enum)]
         activation: Option<ActivationArg>,
@@ -117,7 +126,8 @@ enum Command {
         keys: Option<PathBuf>,
         #[arg(long)]
         verifying_key: Option<PathBuf>,
-        /// Vectors, one per line ("-": stdin).
+        /// Vectors, one per line ("-": stdin), or an IDX image file for a bundle with a
+        /// feature extractor.
         #[arg(long, default_value = "-")]
         input: String,
         /// Frames go here ("-": stdout).
@@ -149,6 +159,61 @@ enum Command {
         #[arg(long)]
         output: Option<PathBuf>,
         results: Vec<PathBuf>,
+    },
+    /// Accuracy of a trained network on labelled images: float model, integer reference (every
+    /// test image), encrypted path (a fixed-seed sample), per variant and quantisation width.
+    Eval {
+        /// The network with its hidden ReLU (variants last and act).
+        #[arg(long)]
+        model: PathBuf,
+        /// The same network trained without the hidden activation (variant noact).
+        #[arg(long)]
+        noact_model: Option<PathBuf>,
+        /// The same network trained with a square activation (an extra act case).
+        #[arg(long)]
+        square_model: Option<PathBuf>,
+        /// A directory with the Fashion-MNIST IDX files (train-* for calibration, t10k-* for test).
+        #[arg(long, default_value = "/usr/share/datasets/fashion-mnist")]
+        data: PathBuf,
+        /// Override the test images / labels / calibration images of --data.
+        #[arg(long)]
+        test_images: Option<PathBuf>,
+        #[arg(long)]
+        test_labels: Option<PathBuf>,
+        #[arg(long)]
+        calibration: Option<PathBuf>,
+        #[arg(long, default_value_t = 1000)]
+        calibration_count: usize,
+        #[arg(long, value_enum, num_args = 1.., value_delimiter = ',')]
+        variant: Vec<Variant>,
+        /// Encrypted inferences per linear variant, and per act case.
+        #[arg(long, default_value_t = 1000)]
+        encrypted: usize,
+        #[arg(long, default_value_t = 200)]
+        encrypted_act: usize,
+        #[arg(long, value_parser = parse_security, default_value = "128")]
+        security: SecurityLevel,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Quantisation widths for the reference sweep.
+        #[arg(long, num_args = 0.., value_delimiter = ',', default_value = "3,4,5,6,8,10")]
+        widths: Vec<u32>,
+        #[arg(long)]
+        encrypt_from: Option<String>,
+        /// Write the accuracy plot here.
+        #[arg(long)]
+        plot: Option<PathBuf>,
+        /// One JSON object per case instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Redraw the accuracy plot from `hedge eval --json` outputs (several runs in one figure).
+    Plot {
+        /// JSON-lines files written by `hedge eval --json`.
+        #[arg(required = true)]
+        reports: Vec<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Run the paper's evaluation grid.
     Bench {
@@ -310,26 +375,28 @@ fn run(cli: Cli) -> Result<()> {
             keys,
             variant,
             calibration,
+            calibration_count,
+            encrypt_from,
             activation,
             out,
             name,
         } => {
-            let classifier =
-                onnx::load(&model).with_context(|| format!("importing {}", model.display()))?;
-            let calib: Vec<Vec<f32>> = read_samples(&calibration)?
-                .into_iter()
-                .map(|s| s.values)
-                .collect();
+            let network = hedge::network::Network::load(&model, encrypt_from.as_deref())
+                .with_context(|| format!("importing {}", model.display()))?;
+            let calib = network
+                .read_inputs(&calibration, calibration_count)
+                .with_context(|| format!("calibration from {}", calibration.display()))?;
             let backend_keys = backend::BackendKeys::load(&keys)
                 .with_context(|| format!("loading keys from {}", keys.display()))?;
             let t = std::time::Instant::now();
             let p = backend::protect(
                 &backend_keys,
-                &classifier,
+                &network.head,
                 variant,
                 activation.map(Into::into),
                 &calib,
                 &name,
+                network.extractor.map(|(plain, _)| plain),
             )?;
             backend::write_atomic(&out, &p.bytes, 0o644)
                 .with_context(|| format!("writing {}", out.display()))?;
@@ -356,12 +423,41 @@ fn run(cli: Cli) -> Result<()> {
             let (b, _) = EdgeBundle::load(&bundle, &trusted)
                 .with_context(|| format!("{} rejected", bundle.display()))?;
             let mut engine = b.engine()?;
-            let reader: Box<dyn BufRead> = if input == "-" {
-                Box::new(std::io::stdin().lock())
+            let extractor = match &b.extractor {
+                Some(e) => Some((e.prepare()?, e.pixel_scale)),
+                None => None,
+            };
+            // Model inputs: IDX images, or vectors one per line; through the plaintext
+            // extractor when the bundle has one.
+            let inputs: Vec<Vec<f32>> = if hedge::network::is_idx(std::path::Path::new(&input)) {
+                let (ex, scale) = extractor
+                    .as_ref()
+                    .context("IDX images need a bundle with a feature extractor")?;
+                hedge::images::read_idx_images(std::path::Path::new(&input))?
+                    .iter()
+                    .map(|im| ex.run(&im.to_f32(*scale)))
+                    .collect::<Result<_, _>>()?
             } else {
-                Box::new(std::io::BufReader::new(
-                    std::fs::File::open(&input).with_context(|| input.clone())?,
-                ))
+                let reader: Box<dyn BufRead> = if input == "-" {
+                    Box::new(std::io::stdin().lock())
+                } else {
+                    Box::new(std::io::BufReader::new(
+                        std::fs::File::open(&input).with_context(|| input.clone())?,
+                    ))
+                };
+                let mut inputs = Vec::new();
+                for (i, line) in reader.lines().enumerate() {
+                    let at = || format!("{input}: line {}", i + 1);
+                    let line = line.with_context(at)?;
+                    let Some(sample) = hedge::data::parse_line(&line).with_context(at)? else {
+                        continue;
+                    };
+                    inputs.push(match &extractor {
+                        Some((ex, _)) => ex.run(&sample.values).with_context(at)?,
+                        None => sample.values,
+                    });
+                }
+                inputs
             };
             let mut writer: Box<dyn Write> = if out == "-" {
                 Box::new(std::io::stdout().lock())
@@ -371,16 +467,10 @@ fn run(cli: Cli) -> Result<()> {
                 ))
             };
             let (mut count, mut bytes) = (0usize, 0usize);
-            for (i, line) in reader.lines().enumerate() {
-                let line = line.with_context(|| format!("{input}: line {}", i + 1))?;
-                let Some(sample) = hedge::data::parse_line(&line)
-                    .with_context(|| format!("{input}: line {}", i + 1))?
-                else {
-                    continue;
-                };
+            for (i, x) in inputs.iter().enumerate() {
                 let features = engine
-                    .encrypt_features(&sample.values)
-                    .with_context(|| format!("{input}: line {}", i + 1))?;
+                    .encrypt_features(x)
+                    .with_context(|| format!("{input}: input {}", i + 1))?;
                 let frame = encode(&Input::Encrypted(Box::new(features)));
                 writer.write_all(&frame).context("writing frames")?;
                 count += 1;
@@ -434,6 +524,15 @@ fn run(cli: Cli) -> Result<()> {
             );
             println!("bundle      {} bytes", bytes.len());
             println!("weights     {} bytes encrypted", b.model.encrypted_bytes());
+            match &b.extractor {
+                Some(e) => println!(
+                    "extractor   plaintext ONNX, {} bytes, input {:?}, pixels ×{}",
+                    e.onnx.len(),
+                    e.input_shape,
+                    e.pixel_scale
+                ),
+                None => println!("extractor   none (the bundle takes feature vectors)"),
+            }
             println!(
                 "keys        public {} bytes, evaluation {} bytes",
                 b.keys.public.wide.byte_len() + b.keys.public.pbs.byte_len(),
@@ -517,6 +616,136 @@ fn run(cli: Cli) -> Result<()> {
             if failed > 0 {
                 bail!("{failed} result(s) could not be decrypted");
             }
+        }
+        Command::Eval {
+            model,
+            noact_model,
+            square_model,
+            data,
+            test_images,
+            test_labels,
+            calibration,
+            calibration_count,
+            variant,
+            encrypted,
+            encrypted_act,
+            security,
+            seed,
+            widths,
+            encrypt_from,
+            plot,
+            json,
+        } => {
+            use hedge::eval::{Case, EvalOptions};
+            let in_data = |stem: &str| {
+                let plain = data.join(stem);
+                let gz = data.join(format!("{stem}.gz"));
+                if plain.exists() {
+                    plain
+                } else {
+                    gz
+                }
+            };
+            let variants = if variant.is_empty() {
+                Variant::ALL.to_vec()
+            } else {
+                variant
+            };
+            let mut cases = Vec::new();
+            for v in variants {
+                let (network, count) = match v {
+                    Variant::Last => (model.clone(), encrypted),
+                    Variant::Noact => (
+                        noact_model.clone().unwrap_or_else(|| model.clone()),
+                        encrypted,
+                    ),
+                    Variant::Act => (model.clone(), encrypted_act),
+                };
+                cases.push(Case {
+                    label: None,
+                    network,
+                    variant: v,
+                    activation: None,
+                    encrypted: count,
+                });
+                if v == Variant::Act {
+                    if let Some(square) = &square_model {
+                        cases.push(Case {
+                            label: None,
+                            network: square.clone(),
+                            variant: v,
+                            activation: None,
+                            encrypted: encrypted_act,
+                        });
+                    }
+                }
+            }
+            let opts = EvalOptions {
+                cases,
+                test_images: test_images.unwrap_or_else(|| in_data("t10k-images-idx3-ubyte")),
+                test_labels: test_labels.unwrap_or_else(|| in_data("t10k-labels-idx1-ubyte")),
+                calibration: calibration.unwrap_or_else(|| in_data("train-images-idx3-ubyte")),
+                calibration_count,
+                params: ParameterSet::for_level(security),
+                seed,
+                widths,
+                encrypt_from,
+            };
+            if !json {
+                println!(
+                    "{:<14} {:>7} {:>9} {:>9} {:>10} {:>9} {:>9} {:>10} {:>10}",
+                    "case",
+                    "images",
+                    "float",
+                    "integer",
+                    "encrypted",
+                    "sample",
+                    "agree",
+                    "enc ms",
+                    "extract ms"
+                );
+            }
+            let reports = hedge::eval::run(&opts, &mut |r| {
+                if json {
+                    println!("{}", serde_json::to_string(r).expect("serialisable"));
+                } else {
+                    println!(
+                        "{:<14} {:>7} {:>8.2}% {:>8.2}% {:>9.2}% {:>9} {:>8.1}% {:>10.1} {:>10.2}",
+                        r.case,
+                        r.test_images,
+                        100.0 * r.float_accuracy,
+                        100.0 * r.reference_accuracy,
+                        100.0 * r.encrypted_accuracy,
+                        r.encrypted_images,
+                        100.0 * r.encrypted_agreement,
+                        r.encrypted_ms_mean,
+                        r.extractor_ms_mean
+                    );
+                }
+            })?;
+            if let Some(path) = plot {
+                hedge::eval::plot(&reports, &path)?;
+                log::info!("plot written to {}", path.display());
+            }
+        }
+        Command::Plot { reports, out } => {
+            let mut all = Vec::new();
+            for path in &reports {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                for (i, line) in text
+                    .lines()
+                    .enumerate()
+                    .filter(|(_, l)| !l.trim().is_empty())
+                {
+                    all.push(
+                        serde_json::from_str::<hedge::eval::CaseReport>(line)
+                            .with_context(|| format!("{}:{}", path.display(), i + 1))?,
+                    );
+                }
+            }
+            hedge::eval::plot(&all, &out)?;
+            println!("{} case(s) plotted to {}", all.len(), out.display());
         }
         Command::Bench {
             variant,

@@ -27,6 +27,7 @@ use crate::bench::FeatureMode;
 use crate::bundle::{bundle_id, EdgeBundle};
 use crate::engine::{EdgeEngine, ResultCiphertext};
 use crate::error::{Error, Result};
+use crate::model::split::Extractor;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -39,6 +40,8 @@ pub type Reloader = Box<dyn Fn() -> Result<Config> + Send + Sync>;
 /// A verified bundle, expanded and ready.
 struct Loaded {
     engine: EdgeEngine,
+    /// The plaintext feature extractor and its pixel scale, for bundles split from a CNN.
+    extractor: Option<(Extractor, f32)>,
     bundle_id: String,
     features: FeatureMode,
 }
@@ -51,8 +54,13 @@ fn load(config: &Config) -> Result<Loaded> {
         Error::Bundle(why) => Error::Bundle(format!("{}: {why}", path.display())),
         other => other,
     })?;
+    let extractor = match &bundle.extractor {
+        Some(plain) => Some((plain.prepare()?, plain.pixel_scale)),
+        None => None,
+    };
     Ok(Loaded {
         engine: bundle.engine()?,
+        extractor,
         bundle_id: bundle_id(&bytes),
         features: config.features.unwrap_or(FeatureMode::Plain),
     })
@@ -61,23 +69,51 @@ fn load(config: &Config) -> Result<Loaded> {
 impl Loaded {
     fn describe(&self) -> String {
         format!(
-            "bundle {} ({} variant, {}-bit, {} features)",
+            "bundle {} ({} variant, {}-bit, {} features{})",
             self.bundle_id,
             self.engine.info.variant.name(),
             self.engine.params.security,
             match self.features {
                 FeatureMode::Plain => "plaintext",
                 FeatureMode::Enc => "encrypted",
+            },
+            match &self.extractor {
+                Some((e, _)) =>
+                    format!(", plaintext extractor {:?} → {}", e.input_shape, e.out_dim),
+                None => String::new(),
             }
         )
     }
 
-    fn infer(&mut self, input: &Input) -> Result<ResultCiphertext> {
-        match (input, self.features) {
-            (Input::Plain(x), FeatureMode::Plain) => self.engine.infer_plain(x),
-            (Input::Plain(x), FeatureMode::Enc) => self.engine.infer_encrypting(x),
-            (Input::Encrypted(f), _) => self.engine.infer_encrypted(f),
-        }
+    /// The result, and the time spent in the plaintext feature extractor.
+    fn infer(&mut self, input: &Input) -> Result<(ResultCiphertext, Duration)> {
+        let started = Instant::now();
+        let extracted;
+        let features: &[f32] = match (input, &self.extractor) {
+            (Input::Encrypted(f), _) => {
+                return Ok((self.engine.infer_encrypted(f)?, Duration::ZERO));
+            }
+            (Input::Plain(x), None) => x,
+            (Input::Plain(x), Some((e, _))) => {
+                extracted = e.run(x)?;
+                &extracted
+            }
+            (Input::Image(image), Some((e, scale))) => {
+                extracted = e.run(&image.to_f32(*scale))?;
+                &extracted
+            }
+            (Input::Image(_), None) => {
+                return Err(Error::BadFeatures(
+                    "an image, but this bundle has no feature extractor".into(),
+                ))
+            }
+        };
+        let extract = started.elapsed();
+        let result = match self.features {
+            FeatureMode::Plain => self.engine.infer_plain(features),
+            FeatureMode::Enc => self.engine.infer_encrypting(features),
+        }?;
+        Ok((result, extract))
     }
 }
 
@@ -223,7 +259,7 @@ pub fn run(config: Config, reloader: Reloader) -> Result<()> {
         heartbeat.busy_since_ms.store(now_ms(), Ordering::Relaxed);
         let result = loaded.infer(&input);
         heartbeat.busy_since_ms.store(0, Ordering::Relaxed);
-        let result = match result {
+        let (result, extract) = match result {
             Ok(r) => r,
             Err(e) => {
                 let text = e.to_string();
@@ -232,13 +268,17 @@ pub fn run(config: Config, reloader: Reloader) -> Result<()> {
                 continue;
             }
         };
-        let ms = started.elapsed().as_secs_f64() * 1e3;
+        let ms = (started.elapsed() - extract).as_secs_f64() * 1e3;
+        let extract_ms = extract.as_secs_f64() * 1e3;
         done += 1;
         match &sink {
             Sink::Files(dir) => {
                 let path = dir.join(format!("result-{done:06}.bin"));
                 backend::write_atomic(&path, &backend::encode_result(&result), 0o644)?;
-                log::info!("#{done} in {ms:.1} ms → {}", path.display());
+                log::info!(
+                    "#{done}: extractor {extract_ms:.1} ms, encrypted {ms:.1} ms → {}",
+                    path.display()
+                );
             }
             Sink::Broker { spool, publisher } => {
                 let message = |seq| ResultMessage {
@@ -247,6 +287,7 @@ pub fn run(config: Config, reloader: Reloader) -> Result<()> {
                     seq,
                     timestamp_ms: now_ms(),
                     infer_us: (ms * 1e3) as u64,
+                    extract_us: extract.as_micros() as u64,
                     result: result.clone(),
                 };
                 let Some(seq) = spool_with_retry(spool, &signals.stop, message) else {
@@ -256,7 +297,10 @@ pub fn run(config: Config, reloader: Reloader) -> Result<()> {
                     ));
                 };
                 publisher.notify();
-                log::info!("#{seq} in {ms:.1} ms, spooled ({} pending)", spool.len());
+                log::info!(
+                    "#{seq}: extractor {extract_ms:.1} ms, encrypted {ms:.1} ms, spooled ({} pending)",
+                    spool.len()
+                );
             }
         }
     }
@@ -406,6 +450,7 @@ mod tests {
             seq,
             timestamp_ms: 0,
             infer_us: 0,
+            extract_us: 0,
             result: ResultCiphertext {
                 key_id: [0; 16],
                 key: KeyKind::Wide,

@@ -7,17 +7,20 @@
 //! | kind | body |
 //! |---|---|
 //! | 1 | plaintext features: n little-endian f32 |
-//! | 2 | encrypted features: postcard of [`EncryptedFeatures`] (format version 1) |
+//! | 2 | encrypted features: version byte 1, postcard of [`EncryptedFeatures`] |
+//! | 3 | a grayscale image for the bundle's feature extractor: u16 LE width, u16 LE height, width·height 8-bit pixels |
 //!
 //! A frame longer than the configured maximum cannot be skipped safely on a stream, so it ends
 //! that stream (the socket client may reconnect); any other bad frame is rejected on its own.
 
 use crate::engine::EncryptedFeatures;
+use crate::images::Image;
 use std::io::Read;
 use thiserror::Error;
 
 pub const KIND_PLAIN: u8 = 1;
 pub const KIND_ENCRYPTED: u8 = 2;
+pub const KIND_IMAGE: u8 = 3;
 const ENCRYPTED_VERSION: u8 = 1;
 
 /// One unit of work for the scheduler.
@@ -25,6 +28,7 @@ const ENCRYPTED_VERSION: u8 = 1;
 pub enum Input {
     Plain(Vec<f32>),
     Encrypted(Box<EncryptedFeatures>),
+    Image(Image),
 }
 
 #[derive(Debug, Error)]
@@ -39,6 +43,12 @@ pub enum FrameError {
     UnknownKind(u8),
     #[error("plaintext frame of {0} bytes is not a whole number of f32")]
     Ragged(usize),
+    #[error("image frame of {len} bytes for {width}x{height} pixels")]
+    BadImage {
+        len: usize,
+        width: usize,
+        height: usize,
+    },
     #[error("undecodable encrypted features: {0}")]
     Encrypted(String),
     #[error("read error: {0}")]
@@ -53,6 +63,7 @@ impl FrameError {
             FrameError::Empty
                 | FrameError::UnknownKind(_)
                 | FrameError::Ragged(_)
+                | FrameError::BadImage { .. }
                 | FrameError::Encrypted(_)
         )
     }
@@ -65,6 +76,7 @@ impl FrameError {
             FrameError::Empty => "empty",
             FrameError::UnknownKind(_) => "unknown kind",
             FrameError::Ragged(_) => "ragged",
+            FrameError::BadImage { .. } => "bad image",
             FrameError::Encrypted(_) => "bad ciphertext",
             FrameError::Io(_) => "io",
         }
@@ -85,6 +97,12 @@ pub fn encode(input: &Input) -> Vec<u8> {
             payload.push(KIND_ENCRYPTED);
             payload.push(ENCRYPTED_VERSION);
             payload.extend(postcard::to_allocvec(f).expect("serialising to a Vec cannot fail"));
+        }
+        Input::Image(im) => {
+            payload.push(KIND_IMAGE);
+            payload.extend((im.width as u16).to_le_bytes());
+            payload.extend((im.height as u16).to_le_bytes());
+            payload.extend(&im.pixels);
         }
     }
     let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
@@ -112,6 +130,31 @@ pub fn decode(payload: &[u8]) -> Result<Input, FrameError> {
             Some((v, _)) => Err(FrameError::Encrypted(format!("format version {v}"))),
             None => Err(FrameError::Encrypted("no format version".into())),
         },
+        KIND_IMAGE => {
+            let [w0, w1, h0, h1, pixels @ ..] = body else {
+                return Err(FrameError::BadImage {
+                    len: body.len(),
+                    width: 0,
+                    height: 0,
+                });
+            };
+            let (width, height) = (
+                u16::from_le_bytes([*w0, *w1]) as usize,
+                u16::from_le_bytes([*h0, *h1]) as usize,
+            );
+            if pixels.len() != width * height || pixels.is_empty() {
+                return Err(FrameError::BadImage {
+                    len: pixels.len(),
+                    width,
+                    height,
+                });
+            }
+            Ok(Input::Image(Image {
+                width,
+                height,
+                pixels: pixels.to_vec(),
+            }))
+        }
         other => Err(FrameError::UnknownKind(other)),
     }
 }
@@ -171,6 +214,13 @@ mod tests {
         stream.extend([0, 0, 0, 3, KIND_PLAIN, 1, 2]); // ragged
         stream.extend([0, 0, 0, 3, KIND_ENCRYPTED, 1, 0xff]); // garbage ciphertext
         stream.extend(encode(&Input::Plain(vec![3.0])));
+        let image = Image {
+            width: 2,
+            height: 1,
+            pixels: vec![7, 9],
+        };
+        stream.extend(encode(&Input::Image(image.clone())));
+        stream.extend([0, 0, 0, 6, KIND_IMAGE, 2, 0, 2, 0, 1]); // 2x2 with one pixel
         let got = frames(&stream, 1 << 10);
         assert!(matches!(&got[0], Ok(Input::Plain(v)) if v == &[1.5, -2.0]));
         assert!(matches!(got[1], Err(FrameError::Empty)));
@@ -178,7 +228,9 @@ mod tests {
         assert!(matches!(got[3], Err(FrameError::Ragged(2))));
         assert!(matches!(got[4], Err(FrameError::Encrypted(_))));
         assert!(matches!(&got[5], Ok(Input::Plain(v)) if v == &[3.0]));
-        assert_eq!(got.len(), 6);
+        assert!(matches!(&got[6], Ok(Input::Image(i)) if i == &image));
+        assert!(matches!(got[7], Err(FrameError::BadImage { len: 1, .. })));
+        assert_eq!(got.len(), 8);
 
         let mut big = encode(&Input::Plain(vec![0.0; 100]));
         big.extend(encode(&Input::Plain(vec![1.0])));

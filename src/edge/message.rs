@@ -7,7 +7,8 @@ use crate::engine::ResultCiphertext;
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 
-pub const MESSAGE_VERSION: u8 = 1;
+/// 2: `extract_us`.
+pub const MESSAGE_VERSION: u8 = 2;
 
 /// Largest payload a decryptor accepts (a 256-bit `noact` result is ~640 KB).
 pub const MAX_PAYLOAD: usize = 4 << 20;
@@ -22,9 +23,22 @@ pub struct ResultMessage {
     pub seq: u64,
     /// Unix milliseconds when the inference finished.
     pub timestamp_ms: u64,
-    /// How long the encrypted inference took on the edge (µs).
+    /// How long the encrypted inference took on the edge (µs), extraction excluded.
     pub infer_us: u64,
+    /// How long the plaintext feature extractor took (µs; 0 without one).
+    pub extract_us: u64,
     pub result: ResultCiphertext,
+}
+
+/// Version 1 of the message, before `extract_us`.
+#[derive(Deserialize)]
+struct MessageV1 {
+    device_id: String,
+    bundle_id: String,
+    seq: u64,
+    timestamp_ms: u64,
+    infer_us: u64,
+    result: ResultCiphertext,
 }
 
 impl ResultMessage {
@@ -41,9 +55,21 @@ impl ResultMessage {
                 bytes.len()
             )));
         }
+        let malformed = |e: postcard::Error| Error::Malformed(format!("result message: {e}"));
         match bytes.split_first() {
-            Some((&MESSAGE_VERSION, body)) => postcard::from_bytes(body)
-                .map_err(|e| Error::Malformed(format!("result message: {e}"))),
+            Some((&MESSAGE_VERSION, body)) => postcard::from_bytes(body).map_err(malformed),
+            // Spooled by an older hedged: no extractor timing.
+            Some((1, body)) => postcard::from_bytes::<MessageV1>(body)
+                .map(|m| ResultMessage {
+                    device_id: m.device_id,
+                    bundle_id: m.bundle_id,
+                    seq: m.seq,
+                    timestamp_ms: m.timestamp_ms,
+                    infer_us: m.infer_us,
+                    extract_us: 0,
+                    result: m.result,
+                })
+                .map_err(malformed),
             Some((v, _)) => Err(Error::Malformed(format!(
                 "result message version {v}, expected {MESSAGE_VERSION}"
             ))),

@@ -8,6 +8,10 @@
 //! - `unix:PATH`: a Unix stream socket hedged listens on; every connection sends frames.
 //!   Connections are served concurrently (up to [`MAX_CONNECTIONS`]); the socket never ends
 //!   the input. Access is governed by the socket directory's permissions.
+//! - `idx:PATH`: an IDX image file (MNIST format, optionally gzipped), replayed once;
+//! - `watch:DIR`: PGM or PNG images dropped into DIR (write elsewhere and rename in; a file is
+//!   taken once it is half a second old). Each is moved to DIR/done/ once queued, or to
+//!   DIR/rejected/ if it is not a readable image. Never ends the input.
 //!
 //! Bad input (unparsable lines, bad frames) is rejected and counted; the first rejection of
 //! each kind is logged. Nothing a source reads stops the daemon.
@@ -16,6 +20,7 @@ use super::frame::{self, FrameError, Input};
 use super::queue::BoundedQueue;
 use crate::data::parse_line;
 use crate::error::{Error, Result};
+use crate::images::{self, read_idx_images};
 use std::collections::HashSet;
 use std::io::{BufRead, Read};
 use std::os::unix::fs::FileTypeExt;
@@ -33,6 +38,8 @@ pub enum Source {
     Lines(PathBuf),
     Frames(PathBuf),
     Socket(PathBuf),
+    Idx(PathBuf),
+    Watch(PathBuf),
 }
 
 impl Source {
@@ -43,6 +50,10 @@ impl Source {
             Source::Socket(p.into())
         } else if let Some(p) = spec.strip_prefix("frames:") {
             Source::Frames(p.into())
+        } else if let Some(p) = spec.strip_prefix("idx:") {
+            Source::Idx(p.into())
+        } else if let Some(p) = spec.strip_prefix("watch:") {
+            Source::Watch(p.into())
         } else {
             Source::Lines(spec.into())
         }
@@ -133,6 +144,32 @@ pub fn start(
             }))?;
             Ok(Acquisition { socket: None })
         }
+        Source::Idx(path) => {
+            let images = read_idx_images(path)?;
+            log::info!(
+                "replaying {} image(s) from {}",
+                images.len(),
+                path.display()
+            );
+            spawn(Box::new(move || {
+                for image in images {
+                    if !queue.push(Input::Image(image)) {
+                        break;
+                    }
+                }
+                queue.close();
+            }))?;
+            Ok(Acquisition { socket: None })
+        }
+        Source::Watch(dir) => {
+            for sub in ["done", "rejected"] {
+                std::fs::create_dir_all(dir.join(sub)).map_err(|e| Error::io(dir.join(sub), e))?;
+            }
+            log::info!("watching {} for PGM/PNG images", dir.display());
+            let dir = dir.clone();
+            spawn(Box::new(move || watch(&dir, &queue, &rejects)))?;
+            Ok(Acquisition { socket: None })
+        }
         Source::Socket(path) => {
             let listener = bind(path)?;
             log::info!("listening for frames on {}", path.display());
@@ -140,6 +177,64 @@ pub fn start(
             Ok(Acquisition {
                 socket: Some(path.clone()),
             })
+        }
+    }
+}
+
+/// Poll `dir` for image files, oldest name first.
+fn watch(dir: &Path, queue: &BoundedQueue<Input>, rejects: &Rejects) {
+    let settle = std::time::Duration::from_millis(500);
+    loop {
+        let mut ready: Vec<PathBuf> = match std::fs::read_dir(dir) {
+            Ok(entries) => entries
+                .filter_map(|e| e.ok())
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+                .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                .filter(|e| {
+                    e.metadata()
+                        .and_then(|m| m.modified())
+                        .is_ok_and(|t| t.elapsed().is_ok_and(|age| age >= settle))
+                })
+                .map(|e| e.path())
+                .collect(),
+            Err(e) => {
+                log::warn!("{}: {e}", dir.display());
+                Vec::new()
+            }
+        };
+        ready.sort();
+        for path in ready {
+            let name = path.file_name().map(|n| n.to_owned()).unwrap_or_default();
+            let decoded = std::fs::read(&path)
+                .map_err(|e| Error::io(&path, e))
+                .and_then(|bytes| images::decode(&bytes, &name.to_string_lossy()));
+            match decoded {
+                Ok(image) => {
+                    move_or_remove(&path, &dir.join("done").join(&name));
+                    if !queue.push(Input::Image(image)) {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    rejects.reject("bad image file", format_args!("{}: {e}", path.display()));
+                    move_or_remove(&path, &dir.join("rejected").join(&name));
+                }
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// Move a handled file out of the watched directory, or delete it, so it is taken only once.
+fn move_or_remove(from: &Path, to: &Path) {
+    if let Err(e) = std::fs::rename(from, to) {
+        log::warn!(
+            "cannot move {} to {}: {e}; removing it",
+            from.display(),
+            to.display()
+        );
+        if let Err(e) = std::fs::remove_file(from) {
+            log::error!("cannot remove {} either: {e}", from.display());
         }
     }
 }
@@ -320,7 +415,7 @@ mod tests {
         loop {
             match queue.pop(Duration::from_secs(5)) {
                 Pop::Item(Input::Plain(v)) => out.push(v),
-                Pop::Item(Input::Encrypted(_)) => panic!("unexpected ciphertext"),
+                Pop::Item(other) => panic!("unexpected {other:?}"),
                 Pop::Empty => panic!("source stalled"),
                 Pop::Closed => return out,
             }

@@ -3,6 +3,7 @@
 
 pub mod onnx;
 pub mod quant;
+pub mod split;
 pub mod synth;
 
 use crate::crypto::lut::Activation;

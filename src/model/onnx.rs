@@ -76,6 +76,11 @@ pub fn from_bytes(bytes: &[u8]) -> Result<Classifier> {
     let model =
         pb::ModelProto::decode(bytes).map_err(|e| err(format!("not an ONNX model: {e}")))?;
     let graph = model.graph.ok_or_else(|| err("ONNX model has no graph"))?;
+    classifier_from_graph(&graph)
+}
+
+/// The dense head in `graph`'s nodes (in order): dense → [Relu | Mul(x, x)] → dense.
+pub(crate) fn classifier_from_graph(graph: &pb::GraphProto) -> Result<Classifier> {
     let mut consts: HashMap<String, (Vec<usize>, Vec<f32>)> = HashMap::new();
     for t in &graph.initializer {
         consts.insert(t.name.clone(), tensor_f32(t)?);
@@ -107,6 +112,13 @@ pub fn from_bytes(bytes: &[u8]) -> Result<Classifier> {
                     return Err(err("Relu must sit between the two dense layers"));
                 }
                 activation = Some(Activation::Relu);
+            }
+            // x·x: the paper's square activation, as PyTorch and Keras export it.
+            "Mul" if node.input.len() == 2 && node.input[0] == node.input[1] => {
+                if denses.len() != 1 || activation.is_some() {
+                    return Err(err("a square must sit between the two dense layers"));
+                }
+                activation = Some(Activation::Square);
             }
             "Gemm" => {
                 if attr_i(node, "transA", 0) != 0
@@ -218,7 +230,7 @@ fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     out
 }
 
-fn tensor(name: &str, dims: &[usize], data: &[f32]) -> pb::TensorProto {
+pub(crate) fn tensor(name: &str, dims: &[usize], data: &[f32]) -> pb::TensorProto {
     pb::TensorProto {
         name: name.into(),
         dims: dims.iter().map(|&d| d as i64).collect(),
@@ -228,7 +240,7 @@ fn tensor(name: &str, dims: &[usize], data: &[f32]) -> pb::TensorProto {
     }
 }
 
-fn value_info(name: &str, dims: &[usize]) -> pb::ValueInfoProto {
+pub(crate) fn value_info(name: &str, dims: &[usize]) -> pb::ValueInfoProto {
     use pb::tensor_shape_proto::{dimension::Value, Dimension};
     pb::ValueInfoProto {
         name: name.into(),
@@ -251,7 +263,12 @@ fn value_info(name: &str, dims: &[usize]) -> pb::ValueInfoProto {
     }
 }
 
-fn node(op: &str, inputs: &[&str], output: &str, attrs: Vec<pb::AttributeProto>) -> pb::NodeProto {
+pub(crate) fn node(
+    op: &str,
+    inputs: &[&str],
+    output: &str,
+    attrs: Vec<pb::AttributeProto>,
+) -> pb::NodeProto {
     pb::NodeProto {
         op_type: op.into(),
         name: output.into(),
@@ -262,7 +279,7 @@ fn node(op: &str, inputs: &[&str], output: &str, attrs: Vec<pb::AttributeProto>)
     }
 }
 
-fn int_attr(name: &str, v: i64) -> pb::AttributeProto {
+pub(crate) fn int_attr(name: &str, v: i64) -> pb::AttributeProto {
     pb::AttributeProto {
         name: name.into(),
         r#type: pb::attribute_proto::AttributeType::Int as i32,
@@ -299,9 +316,16 @@ pub fn to_bytes(model: &Classifier, matmul: bool) -> Vec<u8> {
             ));
         }
         current = out;
-        if k == 0 && model.activation.is_some() {
-            nodes.push(node("Relu", &[&current], "relu0", vec![]));
-            current = "relu0".into();
+        match (k, model.activation) {
+            (0, Some(Activation::Relu)) => {
+                nodes.push(node("Relu", &[&current], "relu0", vec![]));
+                current = "relu0".into();
+            }
+            (0, Some(Activation::Square)) => {
+                nodes.push(node("Mul", &[&current, &current], "square0", vec![]));
+                current = "square0".into();
+            }
+            _ => {}
         }
     }
     let model = pb::ModelProto {

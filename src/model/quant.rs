@@ -251,11 +251,24 @@ impl QuantModel {
         calibration: &[Vec<f32>],
         params: &ParameterSet,
     ) -> Result<Self> {
+        let bits = BitWidths::for_variant(variant);
+        Self::quantize_with_bits(model, variant, activation, calibration, params, bits)
+    }
+
+    /// As [`Self::quantize`] with other bit widths: for accuracy studies of the integer
+    /// reference. Only the variant's own widths are sized for its encrypted noise budget.
+    pub fn quantize_with_bits(
+        model: &Classifier,
+        variant: Variant,
+        activation: Option<Activation>,
+        calibration: &[Vec<f32>],
+        params: &ParameterSet,
+        bits: BitWidths,
+    ) -> Result<Self> {
         if calibration.is_empty() {
             return Err(Error::Quantisation("empty calibration set".into()));
         }
         let activation = activation.or(model.activation);
-        let bits = BitWidths::for_variant(variant);
         let in_dim = model.in_dim();
         let (hidden_dim, out_dim) = (model.hidden.out_dim, model.out_dim());
         if let Some(x) = calibration.iter().find(|x| x.len() != in_dim) {

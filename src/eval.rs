@@ -1,0 +1,358 @@
+//! `hedge eval`: accuracy of a trained network on a labelled image set, the way the paper
+//! reports it — the float model, the quantised plaintext integer reference (every test image)
+//! and the encrypted path (a fixed-seed sample), with the agreement between encrypted and
+//! reference predictions, plus the reference's accuracy per quantisation width.
+
+use crate::crypto::keys::{self, EdgeKeys, KeySet};
+use crate::crypto::lut::Activation;
+use crate::crypto::params::ParameterSet;
+use crate::engine::{decrypt, EdgeEngine, EncryptedModel, ModelInfo};
+use crate::error::{Error, Result};
+use crate::images::{read_idx_images, read_idx_labels};
+use crate::model::argmax;
+use crate::model::quant::{float_reference, BitWidths, QuantModel, Variant};
+use crate::network::Network;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// One evaluated configuration: a network, a variant, an optional activation override.
+pub struct Case {
+    /// `None`: named after the variant and the network's hidden activation.
+    pub label: Option<String>,
+    pub network: PathBuf,
+    pub variant: Variant,
+    pub activation: Option<Activation>,
+    /// Encrypted inferences to run (a fixed-seed sample of the test set).
+    pub encrypted: usize,
+}
+
+pub struct EvalOptions {
+    pub cases: Vec<Case>,
+    pub test_images: PathBuf,
+    pub test_labels: PathBuf,
+    pub calibration: PathBuf,
+    pub calibration_count: usize,
+    pub params: ParameterSet,
+    pub seed: u64,
+    /// Quantisation widths for the reference-accuracy sweep (empty: none).
+    pub widths: Vec<u32>,
+    pub encrypt_from: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CaseReport {
+    pub case: String,
+    pub variant: String,
+    pub test_images: usize,
+    pub float_accuracy: f64,
+    pub reference_accuracy: f64,
+    /// Test images whose features the quantiser refused (out of the calibrated range).
+    pub reference_refused: usize,
+    pub encrypted_images: usize,
+    pub encrypted_accuracy: f64,
+    /// Share of encrypted predictions equal to the reference's (target: 1.0).
+    pub encrypted_agreement: f64,
+    /// Of the same sample: reference accuracy, for a like-for-like comparison.
+    pub sample_reference_accuracy: f64,
+    pub encrypted_ms_mean: f64,
+    pub extractor_ms_mean: f64,
+    /// (bits, reference accuracy) for the width sweep.
+    pub width_sweep: Vec<(u32, f64)>,
+}
+
+/// Features of every image through the network's extractor (plus the mean time per image).
+fn features(network: &Network, images: &[crate::images::Image]) -> Result<(Vec<Vec<f32>>, f64)> {
+    let t = Instant::now();
+    let f = images
+        .iter()
+        .map(|im| network.image_features(im))
+        .collect::<Result<Vec<_>>>()?;
+    Ok((
+        f,
+        t.elapsed().as_secs_f64() * 1e3 / images.len().max(1) as f64,
+    ))
+}
+
+/// A network with its calibration and test-set features.
+struct Loaded {
+    path: PathBuf,
+    network: Network,
+    calibration: Vec<Vec<f32>>,
+    feats: Vec<Vec<f32>>,
+    extractor_ms: f64,
+}
+
+fn accuracy_of(q: &QuantModel, feats: &[Vec<f32>], labels: &[u8]) -> (f64, usize) {
+    let mut correct = 0;
+    let mut refused = 0;
+    for (f, &l) in feats.iter().zip(labels) {
+        match q.input.quantize(f) {
+            Ok(xq) => correct += (argmax(&q.reference(&xq).scores) == l as usize) as usize,
+            Err(_) => refused += 1,
+        }
+    }
+    (correct as f64 / feats.len().max(1) as f64, refused)
+}
+
+pub fn run(opts: &EvalOptions, progress: &mut dyn FnMut(&CaseReport)) -> Result<Vec<CaseReport>> {
+    let images = read_idx_images(&opts.test_images)?;
+    let labels = read_idx_labels(&opts.test_labels)?;
+    if images.len() != labels.len() || images.is_empty() {
+        return Err(Error::Malformed(format!(
+            "{} test images and {} labels",
+            images.len(),
+            labels.len()
+        )));
+    }
+    let keys: KeySet = keys::generate(opts.params);
+    let edge_keys = EdgeKeys {
+        public: keys.public.clone(),
+        evaluation: Some(keys.evaluation.clone()),
+    };
+    let mut order: Vec<usize> = (0..images.len()).collect();
+    order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(opts.seed));
+    let mut reports = Vec::new();
+    // Consecutive cases on the same network share its features.
+    let mut loaded: Option<Loaded> = None;
+    for case in &opts.cases {
+        if loaded.as_ref().map(|l| &l.path) != Some(&case.network) {
+            let network = Network::load(&case.network, opts.encrypt_from.as_deref())?;
+            let calibration = network.read_inputs(&opts.calibration, opts.calibration_count)?;
+            let (feats, extractor_ms) = features(&network, &images)?;
+            loaded = Some(Loaded {
+                path: case.network.clone(),
+                network,
+                calibration,
+                feats,
+                extractor_ms,
+            });
+        }
+        let Loaded {
+            network,
+            calibration,
+            feats,
+            extractor_ms,
+            ..
+        } = loaded.as_ref().expect("loaded");
+        let head = &network.head;
+        let float = float_reference(head, case.variant);
+        let float_correct = feats
+            .iter()
+            .zip(&labels)
+            .filter(|(f, &l)| argmax(&float.forward(f)) == l as usize)
+            .count();
+        let q = QuantModel::quantize(
+            head,
+            case.variant,
+            case.activation,
+            calibration,
+            &opts.params,
+        )?;
+        let (reference_accuracy, reference_refused) = accuracy_of(&q, feats, &labels);
+
+        let enc = EncryptedModel::encrypt(&q, &keys.secret)?;
+        let mut engine = EdgeEngine::new(
+            ModelInfo::of(&q),
+            opts.params,
+            keys.secret.key_id,
+            &edge_keys,
+            &enc,
+        )?;
+        let sample = &order[..case.encrypted.min(order.len())];
+        let (mut agree, mut correct, mut sample_ref_correct, mut ms) = (0, 0, 0, 0.0);
+        for &i in sample {
+            let t = Instant::now();
+            let result = engine.infer_plain(&feats[i])?;
+            ms += t.elapsed().as_secs_f64() * 1e3;
+            let class = decrypt(&result, &keys.secret)?.class;
+            let reference = argmax(&q.reference(&q.input.quantize(&feats[i])?).scores);
+            agree += (class == reference) as usize;
+            correct += (class == labels[i] as usize) as usize;
+            sample_ref_correct += (reference == labels[i] as usize) as usize;
+        }
+        let n = sample.len().max(1) as f64;
+        let width_sweep = opts
+            .widths
+            .iter()
+            .map(|&b| {
+                let bits = BitWidths {
+                    x: b,
+                    w1: b,
+                    a: if case.variant == Variant::Noact { 0 } else { b },
+                    w2: b,
+                };
+                let q = QuantModel::quantize_with_bits(
+                    head,
+                    case.variant,
+                    case.activation,
+                    calibration,
+                    &opts.params,
+                    bits,
+                )?;
+                Ok((b, accuracy_of(&q, feats, &labels).0))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let report = CaseReport {
+            case: case.label.clone().unwrap_or_else(|| {
+                let activation = case.activation.or(head.activation);
+                match (case.variant, activation) {
+                    (Variant::Act, Some(Activation::Relu)) => "act (ReLU)".into(),
+                    (Variant::Act, Some(Activation::Square)) => "act (square)".into(),
+                    (v, _) => v.name().into(),
+                }
+            }),
+            variant: case.variant.name().to_string(),
+            test_images: images.len(),
+            float_accuracy: float_correct as f64 / images.len() as f64,
+            reference_accuracy,
+            reference_refused,
+            encrypted_images: sample.len(),
+            encrypted_accuracy: correct as f64 / n,
+            encrypted_agreement: agree as f64 / n,
+            sample_reference_accuracy: sample_ref_correct as f64 / n,
+            encrypted_ms_mean: ms / n,
+            extractor_ms_mean: *extractor_ms,
+            width_sweep,
+        };
+        progress(&report);
+        reports.push(report);
+    }
+    Ok(reports)
+}
+
+/// The paper's figures 4 and 5 in one PNG: accuracy per variant (float, reference, encrypted)
+/// and reference accuracy per quantisation width. Needs a TrueType font (DejaVu Sans, Debian's
+/// fonts-dejavu-core).
+pub fn plot(reports: &[CaseReport], path: &Path) -> Result<()> {
+    use plotters::prelude::*;
+    let font = [
+        "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+        "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+    ]
+    .iter()
+    .find_map(|p| std::fs::read(p).ok())
+    .ok_or_else(|| {
+        Error::Unsupported(
+            "no DejaVu Sans font for the plot (apt-get install fonts-dejavu-core)".into(),
+        )
+    })?;
+    let font: &'static [u8] = Box::leak(font.into_boxed_slice());
+    plotters::style::register_font("sans-serif", FontStyle::Normal, font)
+        .map_err(|_| Error::Unsupported("unreadable font".into()))?;
+    let fail =
+        |e: &dyn std::fmt::Display| Error::Malformed(format!("plot {}: {e}", path.display()));
+
+    let root = BitMapBackend::new(path, (1200, 520)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| fail(&e))?;
+    let (left, right) = root.split_horizontally(600);
+    let lo = reports
+        .iter()
+        .flat_map(|r| [r.float_accuracy, r.reference_accuracy, r.encrypted_accuracy])
+        .chain(
+            reports
+                .iter()
+                .flat_map(|r| r.width_sweep.iter().map(|w| w.1)),
+        )
+        .fold(1.0f64, f64::min);
+    let floor = ((lo * 100.0 - 5.0).floor() / 100.0).clamp(0.0, 0.95);
+
+    let n = reports.len();
+    let mut bars = ChartBuilder::on(&left)
+        .caption("Test accuracy per variant", ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(60)
+        .y_label_area_size(50)
+        .build_cartesian_2d(-0.5..n as f64 - 0.5, floor..1.0)
+        .map_err(|e| fail(&e))?;
+    // Bars of case i are centred on x = i, where the integer ticks fall.
+    bars.configure_mesh()
+        .disable_x_mesh()
+        .x_labels(n.max(1))
+        .x_label_formatter(&|x| {
+            let i = x.round();
+            if (x - i).abs() < 1e-6 && i >= 0.0 {
+                reports
+                    .get(i as usize)
+                    .map(|r| r.case.clone())
+                    .unwrap_or_default()
+            } else {
+                String::new()
+            }
+        })
+        .y_desc("accuracy")
+        .draw()
+        .map_err(|e| fail(&e))?;
+    type Series = (&'static str, RGBColor, fn(&CaseReport) -> f64);
+    let series: [Series; 3] = [
+        ("float", RGBColor(90, 90, 90), |r| r.float_accuracy),
+        ("integer reference", BLUE, |r| r.reference_accuracy),
+        ("encrypted (fixed-seed sample)", RED, |r| {
+            r.encrypted_accuracy
+        }),
+    ];
+    for (k, &(name, color, value)) in series.iter().enumerate() {
+        bars.draw_series(reports.iter().enumerate().map(|(i, r)| {
+            let x0 = i as f64 - 0.35 + k as f64 * 0.24;
+            Rectangle::new([(x0, floor), (x0 + 0.2, value(r))], color.filled())
+        }))
+        .map_err(|e| fail(&e))?
+        .label(name)
+        .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled()));
+    }
+    bars.configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperRight)
+        .draw()
+        .map_err(|e| fail(&e))?;
+
+    let widths: Vec<u32> = reports
+        .iter()
+        .flat_map(|r| r.width_sweep.iter().map(|w| w.0))
+        .collect();
+    let (wmin, wmax) = (
+        widths.iter().copied().min().unwrap_or(2),
+        widths.iter().copied().max().unwrap_or(10),
+    );
+    let mut lines = ChartBuilder::on(&right)
+        .caption(
+            "Integer reference vs quantisation width",
+            ("sans-serif", 22),
+        )
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(50)
+        .build_cartesian_2d(wmin as f64..wmax as f64, floor..1.0)
+        .map_err(|e| fail(&e))?;
+    lines
+        .configure_mesh()
+        .x_desc("bits (inputs, weights, activations)")
+        .y_desc("accuracy")
+        .draw()
+        .map_err(|e| fail(&e))?;
+    for (i, r) in reports.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        lines
+            .draw_series(LineSeries::new(
+                r.width_sweep.iter().map(|&(b, a)| (b as f64, a)),
+                color.stroke_width(2),
+            ))
+            .map_err(|e| fail(&e))?
+            .label(r.case.clone())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
+            });
+    }
+    lines
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::LowerRight)
+        .draw()
+        .map_err(|e| fail(&e))?;
+    root.present().map_err(|e| fail(&e))?;
+    Ok(())
+}

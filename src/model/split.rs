@@ -1,0 +1,297 @@
+//! Splitting a trained network at the start of its dense classifier head: the layers before
+//! (the feature extractor, convolutions and pooling, which the paper treats as common
+//! knowledge) stay plaintext ONNX and run on the edge with tract; the head (dense →
+//! activation → dense) is what hedge quantises and encrypts.
+//!
+//! The split point is the input of the first dense layer of the trailing run of dense-head
+//! operators, or the layer named by `--encrypt-from` (a node name, or the tensor it reads).
+
+use super::onnx::classifier_from_graph;
+use super::Classifier;
+use crate::error::{Error, Result};
+use prost::Message;
+use std::collections::HashSet;
+use tract_onnx::pb;
+use tract_onnx::prelude::*;
+
+/// Operators a dense head may contain (the importer's vocabulary).
+const HEAD_OPS: &[&str] = &[
+    "Flatten", "Gemm", "MatMul", "Add", "Relu", "Mul", "Identity", "Dropout", "Softmax",
+];
+
+fn err(msg: impl Into<String>) -> Error {
+    Error::Model(msg.into())
+}
+
+/// A network cut in two.
+pub struct Split {
+    /// The plaintext feature extractor as ONNX, `None` when the network is only the head.
+    pub extractor: Option<Vec<u8>>,
+    pub head: Classifier,
+    /// The tensor between them.
+    pub point: String,
+}
+
+pub fn split(bytes: &[u8], encrypt_from: Option<&str>) -> Result<Split> {
+    let model =
+        pb::ModelProto::decode(bytes).map_err(|e| err(format!("not an ONNX model: {e}")))?;
+    let graph = model
+        .graph
+        .clone()
+        .ok_or_else(|| err("ONNX model has no graph"))?;
+    let nodes = &graph.node;
+    let is_dense = |n: &pb::NodeProto| n.op_type == "Gemm" || n.op_type == "MatMul";
+    let start = match encrypt_from {
+        Some(name) => {
+            let names = |n: &pb::NodeProto| {
+                n.name == name || n.input.first().map(String::as_str) == Some(name)
+            };
+            // A dense layer by that name or reading that tensor; else whatever has the name,
+            // for the error below.
+            nodes
+                .iter()
+                .position(|n| is_dense(n) && names(n))
+                .or_else(|| nodes.iter().position(|n| n.name == name))
+                .ok_or_else(|| err(format!("--encrypt-from {name}: no such layer or tensor")))?
+        }
+        None => {
+            // The trailing run of head operators, then its first dense layer.
+            let mut run_start = nodes.len();
+            while run_start > 0
+                && (HEAD_OPS.contains(&nodes[run_start - 1].op_type.as_str())
+                    || nodes[run_start - 1].op_type == "Constant")
+            {
+                run_start -= 1;
+            }
+            (run_start..nodes.len())
+                .find(|&i| is_dense(&nodes[i]))
+                .ok_or_else(|| err("no dense layers at the end of the network"))?
+        }
+    };
+    if !is_dense(&nodes[start]) {
+        return Err(err(format!(
+            "the encrypted part must start at a dense layer (Gemm or MatMul), not {}",
+            nodes[start].op_type
+        )));
+    }
+    let point = nodes[start]
+        .input
+        .first()
+        .cloned()
+        .ok_or_else(|| err("dense layer without an input"))?;
+    let head_graph = pb::GraphProto {
+        node: nodes[start..].to_vec(),
+        ..graph.clone()
+    };
+    let head = classifier_from_graph(&head_graph)?;
+    let graph_inputs: HashSet<&str> = graph.input.iter().map(|i| i.name.as_str()).collect();
+    let extractor = if graph_inputs.contains(point.as_str()) {
+        None
+    } else {
+        Some(extractor_bytes(&model, start, &point)?)
+    };
+    Ok(Split {
+        extractor,
+        head,
+        point,
+    })
+}
+
+/// The network up to (excluding) node `start`, with `point` as its only output.
+fn extractor_bytes(model: &pb::ModelProto, start: usize, point: &str) -> Result<Vec<u8>> {
+    let graph = model.graph.as_ref().expect("checked");
+    let nodes = graph.node[..start].to_vec();
+    let used: HashSet<&str> = nodes
+        .iter()
+        .flat_map(|n| n.input.iter().map(String::as_str))
+        .collect();
+    let initializer = graph
+        .initializer
+        .iter()
+        .filter(|t| used.contains(t.name.as_str()))
+        .cloned()
+        .collect();
+    let output = pb::ValueInfoProto {
+        name: point.to_string(),
+        ..Default::default()
+    };
+    let cut = pb::ModelProto {
+        graph: Some(pb::GraphProto {
+            node: nodes,
+            initializer,
+            output: vec![output],
+            value_info: Vec::new(),
+            ..graph.clone()
+        }),
+        ..model.clone()
+    };
+    Ok(cut.encode_to_vec())
+}
+
+/// A feature extractor ready to run: ONNX through tract, optimised for one fixed input shape.
+pub struct Extractor {
+    plan: std::sync::Arc<TypedSimplePlan>,
+    pub input_shape: Vec<usize>,
+    pub out_dim: usize,
+}
+
+impl Extractor {
+    /// `input_shape` as the model expects it, e.g. [1, 1, 28, 28].
+    pub fn new(onnx: &[u8], input_shape: &[usize]) -> Result<Self> {
+        let bad = |e: TractError| err(format!("feature extractor: {e:#}"));
+        let model = tract_onnx::onnx()
+            .model_for_read(&mut &onnx[..])
+            .map_err(bad)?
+            .with_input_fact(0, f32::fact(input_shape).into())
+            .map_err(bad)?
+            .into_optimized()
+            .map_err(bad)?;
+        let out_dim = model
+            .output_fact(0)
+            .map_err(bad)?
+            .shape
+            .as_concrete()
+            .map(|s| s.iter().product())
+            .ok_or_else(|| err("feature extractor output has no fixed size"))?;
+        Ok(Self {
+            plan: model.into_runnable().map_err(bad)?,
+            input_shape: input_shape.to_vec(),
+            out_dim,
+        })
+    }
+
+    pub fn in_dim(&self) -> usize {
+        self.input_shape.iter().product()
+    }
+
+    /// Features of one input (row-major, `in_dim` values).
+    pub fn run(&self, input: &[f32]) -> Result<Vec<f32>> {
+        if input.len() != self.in_dim() {
+            return Err(Error::BadFeatures(format!(
+                "the feature extractor takes {} values ({:?}), got {}",
+                self.in_dim(),
+                self.input_shape,
+                input.len()
+            )));
+        }
+        if let Some(i) = input.iter().position(|v| !v.is_finite()) {
+            return Err(Error::BadFeatures(format!("input value {i} is not finite")));
+        }
+        let tensor = Tensor::from_shape(&self.input_shape, input)
+            .map_err(|e| err(format!("feature extractor input: {e:#}")))?;
+        let out = self
+            .plan
+            .run(tvec!(tensor.into()))
+            .map_err(|e| err(format!("feature extractor: {e:#}")))?;
+        Ok(out[0]
+            .to_plain_array_view::<f32>()
+            .map_err(|e| err(format!("feature extractor output: {e:#}")))?
+            .iter()
+            .copied()
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::lut::Activation;
+    use crate::model::onnx::{int_attr, node, tensor, value_info};
+
+    /// Conv(1→2, 3×3) → Relu → Flatten → Gemm(8→4) → activation → Gemm(4→3) on 1×1×4×4.
+    fn tiny_cnn(square: bool) -> Vec<u8> {
+        let w = |n: usize, k: f32| {
+            (0..n)
+                .map(|i| ((i as f32 * 0.37 + k).sin()) * 0.5)
+                .collect::<Vec<_>>()
+        };
+        let mut nodes = vec![
+            node("Conv", &["image", "cw", "cb"], "conv", vec![]),
+            node("Relu", &["conv"], "crelu", vec![]),
+            node("Flatten", &["crelu"], "flat", vec![int_attr("axis", 1)]),
+            node(
+                "Gemm",
+                &["flat", "w0", "b0"],
+                "dense0",
+                vec![int_attr("transB", 1)],
+            ),
+        ];
+        nodes.push(if square {
+            node("Mul", &["dense0", "dense0"], "act", vec![])
+        } else {
+            node("Relu", &["dense0"], "act", vec![])
+        });
+        nodes.push(node(
+            "Gemm",
+            &["act", "w1", "b1"],
+            "logits",
+            vec![int_attr("transB", 1)],
+        ));
+        pb::ModelProto {
+            ir_version: 8,
+            opset_import: vec![pb::OperatorSetIdProto {
+                domain: String::new(),
+                version: 13,
+            }],
+            graph: Some(pb::GraphProto {
+                node: nodes,
+                initializer: vec![
+                    tensor("cw", &[2, 1, 3, 3], &w(18, 0.1)),
+                    tensor("cb", &[2], &w(2, 0.2)),
+                    tensor("w0", &[4, 8], &w(32, 0.3)),
+                    tensor("b0", &[4], &w(4, 0.4)),
+                    tensor("w1", &[3, 4], &w(12, 0.5)),
+                    tensor("b1", &[3], &w(3, 0.6)),
+                ],
+                input: vec![value_info("image", &[1, 1, 4, 4])],
+                output: vec![value_info("logits", &[1, 3])],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+        .encode_to_vec()
+    }
+
+    #[test]
+    fn extractor_then_head_equals_the_whole_network() {
+        for square in [false, true] {
+            let bytes = tiny_cnn(square);
+            let cut = split(&bytes, None).unwrap();
+            assert_eq!(cut.point, "flat");
+            assert_eq!(
+                cut.head.activation,
+                Some(if square {
+                    Activation::Square
+                } else {
+                    Activation::Relu
+                })
+            );
+            let extractor = Extractor::new(cut.extractor.as_ref().unwrap(), &[1, 1, 4, 4]).unwrap();
+            assert_eq!(extractor.out_dim, 8);
+            let whole = Extractor::new(&bytes, &[1, 1, 4, 4]).unwrap();
+            let x: Vec<f32> = (0..16).map(|i| (i as f32 * 0.61).cos()).collect();
+            let split_logits = cut.head.forward(&extractor.run(&x).unwrap());
+            for (a, b) in split_logits.iter().zip(whole.run(&x).unwrap()) {
+                assert!((a - b).abs() < 1e-4, "{split_logits:?}");
+            }
+            // Naming the split explicitly: by node name or by the tensor it reads.
+            assert_eq!(split(&bytes, Some("dense0")).unwrap().point, "flat");
+            assert_eq!(split(&bytes, Some("flat")).unwrap().point, "flat");
+            assert!(split(&bytes, Some("conv")).is_err(), "not a dense layer");
+            assert!(split(&bytes, Some("nowhere")).is_err());
+            assert!(extractor.run(&x[..15]).is_err());
+            assert!(extractor.run(&[f32::NAN; 16]).is_err());
+        }
+        // A dense-only network has no extractor.
+        let dense = crate::model::onnx::to_bytes(
+            &crate::model::synth::classifier(
+                1,
+                &crate::model::synth::Task::new(1, 6, 3),
+                4,
+                Some(Activation::Relu),
+            ),
+            false,
+        );
+        assert!(split(&dense, None).unwrap().extractor.is_none());
+    }
+}

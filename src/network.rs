@@ -1,0 +1,131 @@
+//! A trained network as hedge uses it: the plaintext feature extractor (if the network has
+//! layers before its dense head) and the dense head, split by [`crate::model::split`].
+
+use crate::bundle::PlainExtractor;
+use crate::data::read_samples;
+use crate::error::{Error, Result};
+use crate::images::{read_idx_images, Image};
+use crate::model::split::{split, Extractor};
+use crate::model::Classifier;
+use prost::Message;
+use std::path::Path;
+use tract_onnx::pb;
+
+/// Raw 8-bit pixels become inputs in [0, 1].
+pub const PIXEL_SCALE: f32 = 1.0 / 255.0;
+
+pub struct Network {
+    pub head: Classifier,
+    /// What ships in the bundle, and the same prepared to run here.
+    pub extractor: Option<(PlainExtractor, Extractor)>,
+}
+
+impl Network {
+    pub fn load(path: &Path, encrypt_from: Option<&str>) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let cut = split(&bytes, encrypt_from)?;
+        let extractor = match cut.extractor {
+            None => None,
+            Some(onnx) => {
+                let plain = PlainExtractor {
+                    onnx,
+                    input_shape: input_shape(&bytes)?,
+                    pixel_scale: PIXEL_SCALE,
+                };
+                let prepared = plain.prepare()?;
+                if prepared.out_dim != cut.head.in_dim() {
+                    return Err(Error::Model(format!(
+                        "the extractor yields {} features, the classifier takes {}",
+                        prepared.out_dim,
+                        cut.head.in_dim()
+                    )));
+                }
+                Some((plain, prepared))
+            }
+        };
+        Ok(Self {
+            head: cut.head,
+            extractor,
+        })
+    }
+
+    /// The classifier's input for a model input (features, or image values for a CNN).
+    pub fn features(&self, input: &[f32]) -> Result<Vec<f32>> {
+        match &self.extractor {
+            None => Ok(input.to_vec()),
+            Some((_, e)) => e.run(input),
+        }
+    }
+
+    pub fn image_features(&self, image: &Image) -> Result<Vec<f32>> {
+        match &self.extractor {
+            None => Err(Error::BadFeatures(
+                "this network has no feature extractor to take images".into(),
+            )),
+            Some((plain, e)) => e.run(&image.to_f32(plain.pixel_scale)),
+        }
+    }
+
+    /// Classifier inputs for a calibration or evaluation file: IDX images (through the
+    /// extractor; at most `limit`) or vectors, one per line (model inputs).
+    pub fn read_inputs(&self, path: &Path, limit: usize) -> Result<Vec<Vec<f32>>> {
+        if is_idx(path) {
+            read_idx_images(path)?
+                .iter()
+                .take(limit)
+                .map(|im| self.image_features(im))
+                .collect()
+        } else {
+            read_samples(path)?
+                .into_iter()
+                .take(limit)
+                .map(|s| self.features(&s.values))
+                .collect()
+        }
+    }
+}
+
+/// Whether `path` holds an IDX file (possibly gzipped).
+pub fn is_idx(path: &Path) -> bool {
+    let name = path.to_string_lossy();
+    name.ends_with("-ubyte") || name.ends_with("-ubyte.gz") || name.ends_with(".idx")
+}
+
+/// The network's input shape, a symbolic batch taken as 1.
+fn input_shape(bytes: &[u8]) -> Result<Vec<usize>> {
+    let model = pb::ModelProto::decode(bytes)
+        .map_err(|e| Error::Model(format!("not an ONNX model: {e}")))?;
+    let graph = model.graph.unwrap_or_default();
+    let initializers: std::collections::HashSet<&str> =
+        graph.initializer.iter().map(|t| t.name.as_str()).collect();
+    let input = graph
+        .input
+        .iter()
+        .find(|i| !initializers.contains(i.name.as_str()))
+        .ok_or_else(|| Error::Model("the network has no input".into()))?;
+    let dims = match input.r#type.as_ref().and_then(|t| t.value.as_ref()) {
+        Some(pb::type_proto::Value::TensorType(t)) => {
+            t.shape.as_ref().map(|s| s.dim.clone()).unwrap_or_default()
+        }
+        _ => Vec::new(),
+    };
+    if dims.is_empty() {
+        return Err(Error::Model(format!("input {} has no shape", input.name)));
+    }
+    let shape: Vec<usize> = dims
+        .iter()
+        .enumerate()
+        .map(|(i, d)| match d.value {
+            Some(pb::tensor_shape_proto::dimension::Value::DimValue(v)) if v > 0 => v as usize,
+            _ if i == 0 => 1, // a symbolic batch
+            _ => 0,
+        })
+        .collect();
+    if shape.contains(&0) {
+        return Err(Error::Model(format!(
+            "input {} has a symbolic dimension",
+            input.name
+        )));
+    }
+    Ok(shape)
+}
