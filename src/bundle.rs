@@ -65,7 +65,9 @@ pub struct PlainExtractor {
 
 impl PlainExtractor {
     pub fn prepare(&self) -> Result<Extractor> {
-        Extractor::new(&self.onnx, &self.input_shape)
+        let mut extractor = Extractor::new(&self.onnx, &self.input_shape)?;
+        extractor.pixel_scale = self.pixel_scale;
+        Ok(extractor)
     }
 }
 

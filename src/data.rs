@@ -41,9 +41,13 @@ pub fn parse_line(line: &str) -> Result<Option<Sample>> {
     Ok(Some(Sample { label, values }))
 }
 
-/// Read a whole file of vectors; errors name the line.
+/// Read a whole file of vectors (`-`: stdin); errors name the line.
 pub fn read_samples(path: &Path) -> Result<Vec<Sample>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let text = if path == Path::new("-") {
+        std::io::read_to_string(std::io::stdin()).map_err(|e| Error::io("stdin", e))?
+    } else {
+        std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?
+    };
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         match parse_line(line) {

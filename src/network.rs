@@ -49,39 +49,52 @@ impl Network {
         })
     }
 
-    /// The classifier's input for a model input (features, or image values for a CNN).
-    pub fn features(&self, input: &[f32]) -> Result<Vec<f32>> {
-        match &self.extractor {
-            None => Ok(input.to_vec()),
-            Some((_, e)) => e.run(input),
-        }
+    /// The prepared extractor, if the network has one.
+    pub fn extractor(&self) -> Option<&Extractor> {
+        self.extractor.as_ref().map(|(_, e)| e)
     }
 
     pub fn image_features(&self, image: &Image) -> Result<Vec<f32>> {
-        match &self.extractor {
-            None => Err(Error::BadFeatures(
-                "this network has no feature extractor to take images".into(),
-            )),
-            Some((plain, e)) => e.run(&image.to_f32(plain.pixel_scale)),
-        }
+        image_features(self.extractor(), image)
     }
 
-    /// Classifier inputs for a calibration or evaluation file: IDX images (through the
-    /// extractor; at most `limit`) or vectors, one per line (model inputs).
     pub fn read_inputs(&self, path: &Path, limit: usize) -> Result<Vec<Vec<f32>>> {
-        if is_idx(path) {
-            read_idx_images(path)?
-                .iter()
-                .take(limit)
-                .map(|im| self.image_features(im))
-                .collect()
-        } else {
-            read_samples(path)?
-                .into_iter()
-                .take(limit)
-                .map(|s| self.features(&s.values))
-                .collect()
-        }
+        read_inputs(path, self.extractor(), limit)
+    }
+}
+
+/// The classifier's input for an image: through the extractor, which a network without one
+/// cannot take.
+pub fn image_features(extractor: Option<&Extractor>, image: &Image) -> Result<Vec<f32>> {
+    extractor
+        .ok_or_else(|| {
+            Error::BadFeatures("this network has no feature extractor to take images".into())
+        })?
+        .run_image(image)
+}
+
+/// Classifier inputs from a file of model inputs (at most `limit`): IDX images through the
+/// extractor, or vectors one per line (`-`: stdin), through the extractor when there is one.
+pub fn read_inputs(
+    path: &Path,
+    extractor: Option<&Extractor>,
+    limit: usize,
+) -> Result<Vec<Vec<f32>>> {
+    if is_idx(path) {
+        read_idx_images(path)?
+            .iter()
+            .take(limit)
+            .map(|im| image_features(extractor, im))
+            .collect()
+    } else {
+        read_samples(path)?
+            .into_iter()
+            .take(limit)
+            .map(|s| match extractor {
+                Some(e) => e.run(&s.values),
+                None => Ok(s.values),
+            })
+            .collect()
     }
 }
 

@@ -418,47 +418,20 @@ fn run(cli: Cli) -> Result<()> {
             out,
         } => {
             use hedge::edge::frame::{encode, Input};
-            use std::io::{BufRead, Write};
+            use std::io::Write;
             let trusted = backend::trusted_key(verifying_key.as_deref(), keys.as_deref())?;
             let (b, _) = EdgeBundle::load(&bundle, &trusted)
                 .with_context(|| format!("{} rejected", bundle.display()))?;
             let mut engine = b.engine()?;
-            let extractor = match &b.extractor {
-                Some(e) => Some((e.prepare()?, e.pixel_scale)),
-                None => None,
-            };
-            // Model inputs: IDX images, or vectors one per line; through the plaintext
+            let extractor = b.extractor.as_ref().map(|e| e.prepare()).transpose()?;
+            // Model inputs (IDX images, or vectors one per line), through the plaintext
             // extractor when the bundle has one.
-            let inputs: Vec<Vec<f32>> = if hedge::network::is_idx(std::path::Path::new(&input)) {
-                let (ex, scale) = extractor
-                    .as_ref()
-                    .context("IDX images need a bundle with a feature extractor")?;
-                hedge::images::read_idx_images(std::path::Path::new(&input))?
-                    .iter()
-                    .map(|im| ex.run(&im.to_f32(*scale)))
-                    .collect::<Result<_, _>>()?
-            } else {
-                let reader: Box<dyn BufRead> = if input == "-" {
-                    Box::new(std::io::stdin().lock())
-                } else {
-                    Box::new(std::io::BufReader::new(
-                        std::fs::File::open(&input).with_context(|| input.clone())?,
-                    ))
-                };
-                let mut inputs = Vec::new();
-                for (i, line) in reader.lines().enumerate() {
-                    let at = || format!("{input}: line {}", i + 1);
-                    let line = line.with_context(at)?;
-                    let Some(sample) = hedge::data::parse_line(&line).with_context(at)? else {
-                        continue;
-                    };
-                    inputs.push(match &extractor {
-                        Some((ex, _)) => ex.run(&sample.values).with_context(at)?,
-                        None => sample.values,
-                    });
-                }
-                inputs
-            };
+            let inputs = hedge::network::read_inputs(
+                std::path::Path::new(&input),
+                extractor.as_ref(),
+                usize::MAX,
+            )
+            .with_context(|| format!("reading {input}"))?;
             let mut writer: Box<dyn Write> = if out == "-" {
                 Box::new(std::io::stdout().lock())
             } else {

@@ -40,8 +40,8 @@ pub type Reloader = Box<dyn Fn() -> Result<Config> + Send + Sync>;
 /// A verified bundle, expanded and ready.
 struct Loaded {
     engine: EdgeEngine,
-    /// The plaintext feature extractor and its pixel scale, for bundles split from a CNN.
-    extractor: Option<(Extractor, f32)>,
+    /// The plaintext feature extractor, for bundles split from a CNN.
+    extractor: Option<Extractor>,
     bundle_id: String,
     features: FeatureMode,
 }
@@ -54,13 +54,9 @@ fn load(config: &Config) -> Result<Loaded> {
         Error::Bundle(why) => Error::Bundle(format!("{}: {why}", path.display())),
         other => other,
     })?;
-    let extractor = match &bundle.extractor {
-        Some(plain) => Some((plain.prepare()?, plain.pixel_scale)),
-        None => None,
-    };
     Ok(Loaded {
         engine: bundle.engine()?,
-        extractor,
+        extractor: bundle.extractor.as_ref().map(|e| e.prepare()).transpose()?,
         bundle_id: bundle_id(&bytes),
         features: config.features.unwrap_or(FeatureMode::Plain),
     })
@@ -78,8 +74,7 @@ impl Loaded {
                 FeatureMode::Enc => "encrypted",
             },
             match &self.extractor {
-                Some((e, _)) =>
-                    format!(", plaintext extractor {:?} → {}", e.input_shape, e.out_dim),
+                Some(e) => format!(", plaintext extractor {:?} → {}", e.input_shape, e.out_dim),
                 None => String::new(),
             }
         )
@@ -94,12 +89,12 @@ impl Loaded {
                 return Ok((self.engine.infer_encrypted(f)?, Duration::ZERO));
             }
             (Input::Plain(x), None) => x,
-            (Input::Plain(x), Some((e, _))) => {
+            (Input::Plain(x), Some(e)) => {
                 extracted = e.run(x)?;
                 &extracted
             }
-            (Input::Image(image), Some((e, scale))) => {
-                extracted = e.run(&image.to_f32(*scale))?;
+            (Input::Image(image), Some(e)) => {
+                extracted = e.run_image(image)?;
                 &extracted
             }
             (Input::Image(_), None) => {
@@ -173,7 +168,7 @@ pub fn run(config: Config, reloader: Reloader) -> Result<()> {
     let device = config.device_id.clone().unwrap_or_else(|| "edge".into());
     log::info!("device {device}: {}", loaded.describe());
 
-    let (sink, spool) = open_sink(&config, &device)?;
+    let sink = open_sink(&config, &device)?;
     let queue = Arc::new(BoundedQueue::new(
         config.queue_capacity.unwrap_or(64),
         config.queue_policy.unwrap_or(QueuePolicy::Block),
@@ -305,16 +300,20 @@ pub fn run(config: Config, reloader: Reloader) -> Result<()> {
         }
     }
     stopping |= signals.stop.load(Ordering::Relaxed);
-    if let Sink::Broker { publisher, .. } = sink {
-        // At the end of the input, wait for the broker to take everything (as long as it
-        // takes); on a signal, give it 10 s and leave the rest spooled.
-        let timeout = if stopping {
-            Duration::from_secs(10)
-        } else {
-            Duration::from_secs(u64::MAX / 4)
-        };
-        publisher.shutdown_when(timeout, || signals.stop.load(Ordering::Relaxed));
-    }
+    let left = match sink {
+        Sink::Broker { publisher, spool } => {
+            // At the end of the input, wait for the broker to take everything (as long as it
+            // takes); on a signal, give it 10 s and leave the rest spooled.
+            let timeout = if stopping {
+                Duration::from_secs(10)
+            } else {
+                Duration::from_secs(u64::MAX / 4)
+            };
+            publisher.shutdown_when(timeout, || signals.stop.load(Ordering::Relaxed));
+            spool.len()
+        }
+        Sink::Files(_) => 0,
+    };
     log::info!(
         "{}: {done} result(s), {} rejected, {} dropped by the queue, {} left in the spool",
         if stopping {
@@ -324,12 +323,12 @@ pub fn run(config: Config, reloader: Reloader) -> Result<()> {
         },
         rejects.count(),
         queue.dropped(),
-        spool.map_or(0, |s| s.len())
+        left
     );
     Ok(())
 }
 
-fn open_sink(config: &Config, device: &str) -> Result<(Sink, Option<Arc<Spool>>)> {
+fn open_sink(config: &Config, device: &str) -> Result<Sink> {
     match &config.mqtt {
         Some(mqtt) => {
             let dir = Config::require(&config.spool_dir, "spool-dir")?;
@@ -350,18 +349,12 @@ fn open_sink(config: &Config, device: &str) -> Result<(Sink, Option<Arc<Spool>>)
                 .unwrap_or_else(|| format!("hedged-{device}"));
             let publisher =
                 Publisher::start(mqtt, &client_id, mqtt.topic_for(device), spool.clone())?;
-            Ok((
-                Sink::Broker {
-                    spool: spool.clone(),
-                    publisher,
-                },
-                Some(spool),
-            ))
+            Ok(Sink::Broker { spool, publisher })
         }
         None => {
             let dir = Config::require(&config.out_dir, "out-dir")?.clone();
             std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-            Ok((Sink::Files(dir), None))
+            Ok(Sink::Files(dir))
         }
     }
 }

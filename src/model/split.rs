@@ -133,6 +133,8 @@ pub struct Extractor {
     plan: std::sync::Arc<TypedSimplePlan>,
     pub input_shape: Vec<usize>,
     pub out_dim: usize,
+    /// 8-bit pixels are multiplied by this for [`Self::run_image`] (1 unless set).
+    pub pixel_scale: f32,
 }
 
 impl Extractor {
@@ -157,7 +159,13 @@ impl Extractor {
             plan: model.into_runnable().map_err(bad)?,
             input_shape: input_shape.to_vec(),
             out_dim,
+            pixel_scale: 1.0,
         })
+    }
+
+    /// Features of a grayscale image: its pixels scaled by `pixel_scale`.
+    pub fn run_image(&self, image: &crate::images::Image) -> Result<Vec<f32>> {
+        self.run(&image.to_f32(self.pixel_scale))
     }
 
     pub fn in_dim(&self) -> usize {
