@@ -27,6 +27,8 @@ pub struct FftEngine {
     n: usize,
     fft: Fft,
     buffers: ComputationBuffers,
+    /// Standard-domain scratch: one limb on the way in, one shifted product on the way out.
+    scratch: Vec<u64>,
 }
 
 impl FftEngine {
@@ -39,7 +41,12 @@ impl FftEngine {
                 .or(fft.as_view().backward_scratch())
                 .unaligned_bytes_required(),
         );
-        Self { n, fft, buffers }
+        Self {
+            n,
+            fft,
+            buffers,
+            scratch: vec![0; n],
+        }
     }
 
     pub fn poly_size(&self) -> usize {
@@ -61,29 +68,55 @@ impl FftEngine {
     pub fn forward_limbs(&mut self, poly: &[u64]) -> Vec<FourierPoly> {
         (0..LIMBS)
             .map(|l| {
-                let limb: Vec<u64> = poly
-                    .iter()
-                    .map(|&c| (c >> (l as u32 * LIMB_BITS)) & ((1 << LIMB_BITS) - 1))
-                    .collect();
-                self.forward_integer(&limb)
+                let shift = l as u32 * LIMB_BITS;
+                for (s, &c) in self.scratch.iter_mut().zip(poly) {
+                    *s = (c >> shift) & ((1 << LIMB_BITS) - 1);
+                }
+                let mut f = FourierPolynomial::new(PolynomialSize(self.n));
+                self.fft.as_view().forward_as_integer(
+                    f.as_mut_view(),
+                    Polynomial::from_container(self.scratch.as_slice()),
+                    self.buffers.stack(),
+                );
+                f
             })
             .collect()
     }
 
-    /// out += 2^shift · (integer polynomial whose transform is `f`), exactly.
-    pub fn add_backward_integer(&mut self, out: &mut [u64], f: &mut FourierPoly, shift: u32) {
-        // Scaling by 2^-64 makes tfhe's torus conversion return the integer itself mod 2^64.
+    /// Scale a transform by 2^-64, as [`Self::add_backward_integer`] expects (exact: a power
+    /// of two). Operands used many times are scaled once, products otherwise.
+    pub fn scale_for_backward(f: &mut FourierPoly) {
         let scale = 2f64.powi(-64);
         for c in f.data.iter_mut() {
             *c *= scale;
         }
-        let mut tmp = vec![0u64; self.n];
-        self.fft.as_view().backward_as_torus(
-            Polynomial::from_container(tmp.as_mut_slice()),
-            f.as_view(),
-            self.buffers.stack(),
+    }
+
+    /// out += 2^shift · (integer polynomial whose transform, scaled by 2^-64, is `f`), exactly;
+    /// `f` is consumed as scratch. With the 2^-64 scale tfhe's (vectorised) torus conversion
+    /// returns the integer itself modulo 2^64.
+    pub fn add_backward_integer(&mut self, out: &mut [u64], f: &mut FourierPoly, shift: u32) {
+        let Self {
+            fft,
+            buffers,
+            scratch,
+            ..
+        } = self;
+        if shift == 0 {
+            fft.as_view().add_backward_in_place_as_torus(
+                Polynomial::from_container(out),
+                f.as_mut_view(),
+                buffers.stack(),
+            );
+            return;
+        }
+        scratch.fill(0);
+        fft.as_view().add_backward_in_place_as_torus(
+            Polynomial::from_container(scratch.as_mut_slice()),
+            f.as_mut_view(),
+            buffers.stack(),
         );
-        for (o, t) in out.iter_mut().zip(&tmp) {
+        for (o, t) in out.iter_mut().zip(scratch.iter()) {
             *o = o.wrapping_add(t.wrapping_shl(shift));
         }
     }
@@ -127,6 +160,7 @@ impl FftEngine {
                         .zip(ggsw.rows.iter())
                         .map(|(df, row)| (df, &row[out_component * LIMBS + limb])),
                 );
+                Self::scale_for_backward(&mut acc);
                 self.add_backward_integer(
                     &mut out[out_component * n..(out_component + 1) * n],
                     &mut acc,

@@ -19,7 +19,7 @@ use super::raw::U64s;
 use super::{gaussian, modulus, CompressionSeed, OsSeeder, Seeder};
 use crate::error::{Error, Result};
 use rand::{Rng, RngCore, SeedableRng};
-use rand_chacha::ChaCha20Rng;
+use rand_chacha::ChaCha12Rng;
 use serde::{Deserialize, Serialize};
 use tfhe::core_crypto::prelude::*;
 
@@ -74,14 +74,17 @@ impl PublicKey {
         );
         let ct = seeded.decompress_into_glwe_ciphertext();
         let mut engine = FftEngine::new(n);
-        let a = engine.forward_limbs(ct.get_mask().as_polynomial_list().get(0).as_ref());
-        let b = engine.forward_limbs(ct.get_body().as_polynomial().as_ref());
+        let mut a = engine.forward_limbs(ct.get_mask().as_polynomial_list().get(0).as_ref());
+        let mut b = engine.forward_limbs(ct.get_body().as_polynomial().as_ref());
+        a.iter_mut()
+            .chain(b.iter_mut())
+            .for_each(FftEngine::scale_for_backward);
         Ok(PreparedPublicKey {
             glwe: self.glwe,
             engine,
             a,
             b,
-            rng: ChaCha20Rng::from_entropy(),
+            rng: ChaCha12Rng::from_entropy(),
         })
     }
 }
@@ -92,7 +95,7 @@ pub struct PreparedPublicKey {
     engine: FftEngine,
     a: Vec<FourierPoly>,
     b: Vec<FourierPoly>,
-    rng: ChaCha20Rng,
+    rng: ChaCha12Rng,
 }
 
 impl PreparedPublicKey {
@@ -178,10 +181,18 @@ impl PreparedPublicKey {
 /// Add noise of standard deviation 2^log2_std to every coefficient. For σ <= 16 a centred
 /// binomial with 2σ² coin pairs (variance σ², as in Kyber) is exact and fast; larger σ use a
 /// rounded Gaussian.
-fn add_noise(out: &mut [u64], log2_std: f64, rng: &mut ChaCha20Rng) {
+fn add_noise(out: &mut [u64], log2_std: f64, rng: &mut ChaCha12Rng) {
     let sigma = 2f64.powf(log2_std);
     let pairs = (2.0 * sigma * sigma).round() as u32;
-    if (sigma * sigma * 2.0 - pairs as f64).abs() < 1e-9 && pairs <= 512 {
+    if (sigma * sigma * 2.0 - pairs as f64).abs() < 1e-9 && pairs <= 32 {
+        // Both coin sets from one word: half the random bytes (the usual case, σ = 4).
+        let mask = (1u64 << pairs) - 1;
+        for t in out.iter_mut() {
+            let r = rng.next_u64();
+            let v = (r & mask).count_ones() as i64 - ((r >> 32) & mask).count_ones() as i64;
+            *t = t.wrapping_add(v as u64);
+        }
+    } else if (sigma * sigma * 2.0 - pairs as f64).abs() < 1e-9 && pairs <= 512 {
         let words = (pairs as usize).div_ceil(64);
         for t in out.iter_mut() {
             let mut v = 0i64;
