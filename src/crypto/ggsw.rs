@@ -66,11 +66,16 @@ impl FftEngine {
 
     /// The three 22-bit limbs of a full 64-bit polynomial, each transformed.
     pub fn forward_limbs(&mut self, poly: &[u64]) -> Vec<FourierPoly> {
-        (0..LIMBS)
+        self.forward_split(poly, LIMB_BITS, LIMBS)
+    }
+
+    /// `count` limbs of `bits` bits (least significant first), each transformed.
+    pub fn forward_split(&mut self, poly: &[u64], bits: u32, count: usize) -> Vec<FourierPoly> {
+        (0..count)
             .map(|l| {
-                let shift = l as u32 * LIMB_BITS;
+                let shift = l as u32 * bits;
                 for (s, &c) in self.scratch.iter_mut().zip(poly) {
-                    *s = (c >> shift) & ((1 << LIMB_BITS) - 1);
+                    *s = (c >> shift) & ((1 << bits) - 1);
                 }
                 let mut f = FourierPolynomial::new(PolynomialSize(self.n));
                 self.fft.as_view().forward_as_integer(

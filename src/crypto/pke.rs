@@ -10,10 +10,10 @@
 //! (mask row: phase −s·M·q/B^l; body row: +M·q/B^l), which is tfhe's GGSW layout.
 //!
 //! Products u·a and u·b must be exact modulo 2^64 (the wide shape's noise is only 2^2), so the
-//! 64-bit operand is split into 22-bit limbs, each multiplied by the binary u in a 53-bit float
-//! FFT (|coefficient| <= 2^22·N <= 2^35: exact after rounding), then recombined.
+//! 64-bit operand is split into two 32-bit limbs, each multiplied by the ternary u in a 53-bit
+//! float FFT (|coefficient| <= 2^32·N <= 2^45: exact after rounding), then recombined.
 
-use super::ggsw::{ExactGgsw, FftEngine, FourierPoly, LIMB_BITS};
+use super::ggsw::{ExactGgsw, FftEngine, FourierPoly};
 use super::params::{DecompParams, GlweParams};
 use super::raw::U64s;
 use super::{gaussian, modulus, CompressionSeed, OsSeeder, Seeder};
@@ -22,6 +22,10 @@ use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha12Rng;
 use serde::{Deserialize, Serialize};
 use tfhe::core_crypto::prelude::*;
+
+/// Limbs of the public key's polynomials: u is ternary, so a 32-bit limb times u stays exact.
+const PK_LIMB_BITS: u32 = 32;
+const PK_LIMBS: usize = 2;
 
 /// A public encryption key, stored seeded: the mask a is expanded from the seed.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -74,8 +78,17 @@ impl PublicKey {
         );
         let ct = seeded.decompress_into_glwe_ciphertext();
         let mut engine = FftEngine::new(n);
-        let mut a = engine.forward_limbs(ct.get_mask().as_polynomial_list().get(0).as_ref());
-        let mut b = engine.forward_limbs(ct.get_body().as_polynomial().as_ref());
+        let mask = ct.get_mask();
+        let mut a = engine.forward_split(
+            mask.as_polynomial_list().get(0).as_ref(),
+            PK_LIMB_BITS,
+            PK_LIMBS,
+        );
+        let mut b = engine.forward_split(
+            ct.get_body().as_polynomial().as_ref(),
+            PK_LIMB_BITS,
+            PK_LIMBS,
+        );
         a.iter_mut()
             .chain(b.iter_mut())
             .for_each(FftEngine::scale_for_backward);
@@ -130,7 +143,7 @@ impl PreparedPublicKey {
                 self.engine.add_backward_integer(
                     &mut out[component * n..(component + 1) * n],
                     &mut prod,
-                    l as u32 * LIMB_BITS,
+                    l as u32 * PK_LIMB_BITS,
                 );
             }
         }
@@ -186,11 +199,17 @@ fn add_noise(out: &mut [u64], log2_std: f64, rng: &mut ChaCha12Rng) {
     let pairs = (2.0 * sigma * sigma).round() as u32;
     if (sigma * sigma * 2.0 - pairs as f64).abs() < 1e-9 && pairs <= 32 {
         // Both coin sets from one word: half the random bytes (the usual case, σ = 4).
+        // Bulk generation: the generator's per-call overhead exceeds its cost per byte.
         let mask = (1u64 << pairs) - 1;
-        for t in out.iter_mut() {
-            let r = rng.next_u64();
-            let v = (r & mask).count_ones() as i64 - ((r >> 32) & mask).count_ones() as i64;
-            *t = t.wrapping_add(v as u64);
+        let mut words = [0u64; 256];
+        for chunk in out.chunks_mut(words.len()) {
+            let words = &mut words[..chunk.len()];
+            rng.fill(words);
+            pulp::Arch::new().dispatch(AddBinomial {
+                out: chunk,
+                words,
+                mask,
+            });
         }
     } else if (sigma * sigma * 2.0 - pairs as f64).abs() < 1e-9 && pairs <= 512 {
         let words = (pairs as usize).div_ceil(64);
@@ -213,6 +232,28 @@ fn add_noise(out: &mut [u64], log2_std: f64, rng: &mut ChaCha12Rng) {
     } else {
         for t in out.iter_mut() {
             *t = t.wrapping_add(sample_gaussian(rng, sigma) as u64);
+        }
+    }
+}
+
+/// out += popcount(word & mask) − popcount((word >> 32) & mask), compiled for the CPU it runs
+/// on (pulp dispatch): the x86-64 baseline has no popcount instruction, and its software
+/// replacement made noise sampling half of a feature encryption.
+struct AddBinomial<'a> {
+    out: &'a mut [u64],
+    words: &'a [u64],
+    mask: u64,
+}
+
+impl pulp::WithSimd for AddBinomial<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _simd: S) {
+        let mask = self.mask;
+        for (t, &r) in self.out.iter_mut().zip(self.words) {
+            let v = (r & mask).count_ones() as i64 - ((r >> 32) & mask).count_ones() as i64;
+            *t = t.wrapping_add(v as u64);
         }
     }
 }
