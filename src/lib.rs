@@ -8,6 +8,7 @@ pub mod backend;
 pub mod bench;
 pub mod broker;
 pub mod bundle;
+pub mod cpu;
 pub mod crypto;
 pub mod data;
 pub mod decryptor;

@@ -296,6 +296,7 @@ fn parse_shape(s: &str) -> Result<(usize, usize, usize)> {
 }
 
 fn main() {
+    hedge::cpu::require_build_features();
     env_logger::Builder::from_env(
         env_logger::Env::default()
             .default_filter_or("info,rumqttd=off,tracing=off,hedge::decryptor=warn"),

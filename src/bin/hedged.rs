@@ -48,6 +48,7 @@ struct Cli {
 }
 
 fn main() {
+    hedge::cpu::require_build_features();
     let cli = Cli::parse();
     let config = load_config(&cli);
     let level = config
