@@ -25,8 +25,8 @@ use sha2::{Digest, Sha256};
 use std::path::Path;
 
 pub const MAGIC: [u8; 8] = *b"HEDGEBDL";
-/// 2: the optional plaintext feature extractor.
-pub const FORMAT_VERSION: u16 = 2;
+/// 2: the optional plaintext feature extractor. 3: the key-switching key modulo 2^32.
+pub const FORMAT_VERSION: u16 = 3;
 const PREFIX: usize = 8 + 2 + 8;
 const TRAILER: usize = 32 + 8 + 64;
 

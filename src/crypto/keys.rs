@@ -145,6 +145,13 @@ impl PublicKeys {
 }
 
 /// Seeded bootstrapping and key-switching keys (only their bodies and seeds are stored).
+/// The key switch's integer type. Its output is rounded to 2N slots right after, so it works
+/// modulo 2^32 (tfhe's "KS32"): the key is half the size and the multiply-adds twice as wide
+/// per vector, and the key switch was memory-bound. Rounding the input body to 32 bits adds
+/// at most 2^31 on the 2^64 scale, against slots of 2^52; the key's noise (2^43.3 on 2^64)
+/// is 2^11.3 on 2^32, still far above one unit.
+pub type KsScalar = u32;
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct EvaluationKeys {
     bsk_seed: CompressionSeed,
@@ -189,13 +196,22 @@ impl EvaluationKeys {
             bsk.decomposition_level_count(),
         );
         convert_standard_lwe_bootstrap_key_to_fourier(&bsk, &mut fourier);
+        let ksk_bodies = self
+            .ksk
+            .0
+            .iter()
+            .map(|&v| KsScalar::try_from(v))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|_| {
+                Error::Malformed("key-switching key is not a 32-bit key (older format?)".into())
+            })?;
         let seeded_ksk = SeededLweKeyswitchKey::from_container(
-            self.ksk.0.clone(),
+            ksk_bodies,
             DecompositionBaseLog(p.ks.base_log),
             DecompositionLevelCount(p.ks.level),
             LweSize(p.lwe_dim + 1),
             self.ksk_seed.clone(),
-            modulus(),
+            CiphertextModulus::<KsScalar>::new_native(),
         );
         Ok(PreparedEvaluationKeys {
             bsk: fourier,
@@ -207,7 +223,7 @@ impl EvaluationKeys {
 /// Evaluation keys expanded for use.
 pub struct PreparedEvaluationKeys {
     pub bsk: FourierLweBootstrapKeyOwned,
-    pub ksk: LweKeyswitchKeyOwned<u64>,
+    pub ksk: LweKeyswitchKeyOwned<KsScalar>,
 }
 
 /// Everything key-related an edge bundle carries. By construction it cannot hold a secret key.
@@ -264,21 +280,33 @@ pub fn generate(params: ParameterSet) -> KeySet {
         modulus(),
         &mut seeder,
     );
-    let big_lwe = pbs.clone().into_lwe_secret_key();
+    // The key switch works modulo 2^32 (see `KsScalar`): both binary keys as u32.
+    let big_lwe = LweSecretKey::from_container(
+        pbs.as_ref()
+            .iter()
+            .map(|&b| b as KsScalar)
+            .collect::<Vec<_>>(),
+    );
+    let small_lwe = LweSecretKey::from_container(
+        lwe.as_ref()
+            .iter()
+            .map(|&b| b as KsScalar)
+            .collect::<Vec<_>>(),
+    );
     let ksk = allocate_and_generate_new_seeded_lwe_keyswitch_key(
         &big_lwe,
-        &lwe,
+        &small_lwe,
         DecompositionBaseLog(params.ks.base_log),
         DecompositionLevelCount(params.ks.level),
         gaussian(params.lwe_log2_std),
-        modulus(),
+        CiphertextModulus::<KsScalar>::new_native(),
         &mut seeder,
     );
     let evaluation = EvaluationKeys {
         bsk_seed: bsk.compression_seed(),
         bsk: U64s(bsk.into_container()),
         ksk_seed: ksk.compression_seed(),
-        ksk: U64s(ksk.into_container()),
+        ksk: U64s(ksk.into_container().into_iter().map(u64::from).collect()),
     };
     let key_id = key_id(&public);
     KeySet {

@@ -3,6 +3,7 @@
 
 pub mod ggsw;
 pub mod keys;
+pub mod keyswitch;
 pub mod linear;
 pub mod lut;
 pub mod params;
