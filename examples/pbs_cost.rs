@@ -1,9 +1,12 @@
-//! Cost of one activation step on this machine: key switch, classic blind rotation and tfhe's
-//! multi-bit blind rotation (grouping 2 and 3, one thread), at the 128-bit set's shapes.
+//! Cost of one activation step on this machine: key switch (tfhe's u64 one, and the engine's
+//! modulo 2^32, alone and batched), classic blind rotation and tfhe's multi-bit blind rotation
+//! (grouping 2 and 3, one thread), at the 128-bit set's shapes.
 //! `cargo run --release --example pbs_cost [-- --classic-only [--reps N]]` (`--classic-only`:
 //! key switch and classic blind rotation only, N times each (default 3): for slow runs such as
 //! under qemu, and for instruction counts by difference, scripts/count-insns.sh).
 
+use hedge::crypto::keys::{ks_secret_key, KsScalar};
+use hedge::crypto::keyswitch::keyswitch_batch;
 use hedge::crypto::params::{ParameterSet, SecurityLevel};
 use hedge::crypto::{gaussian, modulus, OsSeeder, Seeder};
 use std::time::Instant;
@@ -51,15 +54,6 @@ fn main() {
         );
         let mut acc = GlweCiphertext::new(0u64, GlweSize(2), n_big, modulus());
         if g == 1 {
-            let ksk = allocate_and_generate_new_lwe_keyswitch_key(
-                &big,
-                &lwe,
-                DecompositionBaseLog(p.ks.base_log),
-                DecompositionLevelCount(p.ks.level),
-                gaussian(p.lwe_log2_std),
-                modulus(),
-                &mut egen,
-            );
             let big_ct = allocate_and_encrypt_new_lwe_ciphertext(
                 &big,
                 Plaintext(1u64 << 60),
@@ -67,10 +61,49 @@ fn main() {
                 modulus(),
                 &mut egen,
             );
-            let mut out = LweCiphertext::new(0u64, LweSize(n + 1), modulus());
-            time(&format!("key switch {} -> {n}", n_big.0), reps, || {
-                keyswitch_lwe_ciphertext(&ksk, &big_ct, &mut out)
+            if !classic_only {
+                let ksk = allocate_and_generate_new_lwe_keyswitch_key(
+                    &big,
+                    &lwe,
+                    DecompositionBaseLog(p.ks.base_log),
+                    DecompositionLevelCount(p.ks.level),
+                    gaussian(p.lwe_log2_std),
+                    modulus(),
+                    &mut egen,
+                );
+                let mut out = LweCiphertext::new(0u64, LweSize(n + 1), modulus());
+                time(&format!("key switch {} -> {n}, u64", n_big.0), reps, || {
+                    keyswitch_lwe_ciphertext(&ksk, &big_ct, &mut out)
+                });
+            }
+            // The engine's key switch: modulo 2^32, in batches (hedge::crypto::keyswitch).
+            let ksk = allocate_and_generate_new_lwe_keyswitch_key(
+                &ks_secret_key(big.as_ref()),
+                &ks_secret_key(lwe.as_ref()),
+                DecompositionBaseLog(p.ks.base_log),
+                DecompositionLevelCount(p.ks.level),
+                gaussian(p.lwe_log2_std),
+                CiphertextModulus::<KsScalar>::new_native(),
+                &mut egen,
+            );
+            let mut out = vec![
+                LweCiphertext::new(
+                    0 as KsScalar,
+                    LweSize(n + 1),
+                    CiphertextModulus::new_native()
+                );
+                32
+            ];
+            time(&format!("key switch {} -> {n}, u32", n_big.0), reps, || {
+                keyswitch_batch(&ksk, std::slice::from_ref(&big_ct), &mut out[..1])
             });
+            if !classic_only {
+                let batch = vec![big_ct.clone(); 32];
+                let ms = time("  the same, batch of 32", reps, || {
+                    keyswitch_batch(&ksk, &batch, &mut out)
+                });
+                println!("{:<40} {:8.2} ms", "  per ciphertext", ms / 32.0);
+            }
             let bsk = allocate_and_generate_new_lwe_bootstrap_key(
                 &lwe,
                 &glwe,

@@ -61,6 +61,37 @@ pub struct CaseReport {
     pub extractor_ms_mean: f64,
     /// (bits, reference accuracy) for the width sweep.
     pub width_sweep: Vec<(u32, f64)>,
+    /// Sampled images whose reference margin exceeds the stated per-score bounds (for every
+    /// runner-up j: score_top − score_j > bound_top + bound_j), so that noise within the bounds
+    /// cannot change the class; and the agreement on those.
+    #[serde(default)]
+    pub decided_images: usize,
+    #[serde(default)]
+    pub decided_agreement: f64,
+    /// Every sampled image where the encrypted class differs from the reference's.
+    #[serde(default)]
+    pub disagreements: Vec<Disagreement>,
+}
+
+/// One encrypted prediction that differs from the reference's, with the reference's margin
+/// between the two classes and the sum of their stated score bounds.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Disagreement {
+    /// Index in the test set.
+    pub image: usize,
+    pub reference_class: usize,
+    pub encrypted_class: usize,
+    pub reference_margin: i64,
+    pub bound: f64,
+}
+
+/// Whether noise within `bound` (per score) cannot move the argmax of `scores`.
+fn decided(scores: &[i64], bound: &[f64]) -> bool {
+    let top = argmax(scores);
+    scores
+        .iter()
+        .enumerate()
+        .all(|(j, &s)| j == top || (scores[top] - s) as f64 > bound[top] + bound[j])
 }
 
 /// Features of every image through the network's extractor (plus the mean time per image).
@@ -162,16 +193,32 @@ pub fn run(opts: &EvalOptions, progress: &mut dyn FnMut(&CaseReport)) -> Result<
             &enc,
         )?;
         let sample = &order[..case.encrypted.min(order.len())];
+        let bound = q.act_score_bound(&opts.params);
         let (mut agree, mut correct, mut sample_ref_correct, mut ms) = (0, 0, 0, 0.0);
+        let (mut decided_images, mut decided_agree, mut disagreements) = (0, 0, Vec::new());
         for &i in sample {
             let t = Instant::now();
             let result = engine.infer_plain(&feats[i])?;
             ms += t.elapsed().as_secs_f64() * 1e3;
             let class = decrypt(&result, &keys.secret)?.class;
-            let reference = argmax(&q.reference(&q.input.quantize(&feats[i])?).scores);
+            let scores = q.reference(&q.input.quantize(&feats[i])?).scores;
+            let reference = argmax(&scores);
             agree += (class == reference) as usize;
             correct += (class == labels[i] as usize) as usize;
             sample_ref_correct += (reference == labels[i] as usize) as usize;
+            if decided(&scores, &bound) {
+                decided_images += 1;
+                decided_agree += (class == reference) as usize;
+            }
+            if class != reference {
+                disagreements.push(Disagreement {
+                    image: i,
+                    reference_class: reference,
+                    encrypted_class: class,
+                    reference_margin: scores[reference] - scores[class],
+                    bound: bound[reference] + bound[class],
+                });
+            }
         }
         let n = sample.len().max(1) as f64;
         let width_sweep = opts
@@ -216,6 +263,9 @@ pub fn run(opts: &EvalOptions, progress: &mut dyn FnMut(&CaseReport)) -> Result<
             encrypted_ms_mean: ms / n,
             extractor_ms_mean: *extractor_ms,
             width_sweep,
+            decided_images,
+            decided_agreement: decided_agree as f64 / decided_images.max(1) as f64,
+            disagreements,
         };
         progress(&report);
         reports.push(report);
@@ -355,4 +405,17 @@ pub fn plot(reports: &[CaseReport], path: &Path) -> Result<()> {
         .map_err(|e| fail(&e))?;
     root.present().map_err(|e| fail(&e))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decided;
+
+    #[test]
+    fn decided_needs_every_runner_up_beyond_both_bounds() {
+        assert!(decided(&[10, 0, 3], &[3.0, 3.0, 3.0]));
+        // 10 − 3 = 7 > 3 + 3 but not > 4 + 3.
+        assert!(!decided(&[10, 0, 3], &[4.0, 3.0, 3.0]));
+        assert!(!decided(&[5, 5], &[0.5, 0.5]));
+    }
 }

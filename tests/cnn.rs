@@ -256,6 +256,11 @@ fn eval_reports_accuracy_agreement_and_plots() {
         assert!(float > 0.8, "{r}");
         assert!((float - reference).abs() <= 0.02, "{r}");
         assert_eq!(r["width_sweep"].as_array().unwrap().len(), 2);
+        // Exact variants: every image whose reference margin exceeds 1 is decided, and agrees.
+        let decided = r["decided_images"].as_u64().unwrap();
+        assert!((25..=30).contains(&decided), "{r}");
+        assert_eq!(r["decided_agreement"], 1.0, "{r}");
+        assert!(r["disagreements"].as_array().unwrap().is_empty(), "{r}");
     }
     let png = std::fs::read(&plot).unwrap();
     assert!(png.starts_with(b"\x89PNG"));

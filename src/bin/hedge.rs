@@ -695,6 +695,24 @@ fn run(cli: Cli) -> Result<()> {
                         r.encrypted_ms_mean,
                         r.extractor_ms_mean
                     );
+                    println!(
+                        "    beyond the noise bounds: {} of {} sampled images, {:.1}% agree",
+                        r.decided_images,
+                        r.encrypted_images,
+                        100.0 * r.decided_agreement
+                    );
+                    for d in &r.disagreements {
+                        println!(
+                            "    image {}: reference class {}, encrypted {}; reference margin {} \
+                             within the bound {:.0}: {}",
+                            d.image,
+                            d.reference_class,
+                            d.encrypted_class,
+                            d.reference_margin,
+                            d.bound,
+                            (d.reference_margin as f64) <= d.bound
+                        );
+                    }
                 }
             })?;
             if let Some(path) = plot {

@@ -152,6 +152,11 @@ impl PublicKeys {
 /// is 2^11.3 on 2^32, still far above one unit.
 pub type KsScalar = u32;
 
+/// A binary secret key as the key switch's integer type.
+pub fn ks_secret_key(bits: &[u64]) -> LweSecretKeyOwned<KsScalar> {
+    LweSecretKey::from_container(bits.iter().map(|&b| b as KsScalar).collect())
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct EvaluationKeys {
     bsk_seed: CompressionSeed,
@@ -280,22 +285,9 @@ pub fn generate(params: ParameterSet) -> KeySet {
         modulus(),
         &mut seeder,
     );
-    // The key switch works modulo 2^32 (see `KsScalar`): both binary keys as u32.
-    let big_lwe = LweSecretKey::from_container(
-        pbs.as_ref()
-            .iter()
-            .map(|&b| b as KsScalar)
-            .collect::<Vec<_>>(),
-    );
-    let small_lwe = LweSecretKey::from_container(
-        lwe.as_ref()
-            .iter()
-            .map(|&b| b as KsScalar)
-            .collect::<Vec<_>>(),
-    );
     let ksk = allocate_and_generate_new_seeded_lwe_keyswitch_key(
-        &big_lwe,
-        &small_lwe,
+        &ks_secret_key(pbs.as_ref()),
+        &ks_secret_key(lwe.as_ref()),
         DecompositionBaseLog(params.ks.base_log),
         DecompositionLevelCount(params.ks.level),
         gaussian(params.lwe_log2_std),
