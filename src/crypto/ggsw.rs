@@ -55,13 +55,7 @@ impl FftEngine {
 
     /// Forward FFT of a polynomial whose coefficients are small signed integers.
     pub fn forward_integer(&mut self, poly: &[u64]) -> FourierPoly {
-        let mut f = FourierPolynomial::new(PolynomialSize(self.n));
-        self.fft.as_view().forward_as_integer(
-            f.as_mut_view(),
-            Polynomial::from_container(poly),
-            self.buffers.stack(),
-        );
-        f
+        transform_integer(&self.fft, &mut self.buffers, poly)
     }
 
     /// The three 22-bit limbs of a full 64-bit polynomial, each transformed.
@@ -77,13 +71,7 @@ impl FftEngine {
                 for (s, &c) in self.scratch.iter_mut().zip(poly) {
                     *s = (c >> shift) & ((1 << bits) - 1);
                 }
-                let mut f = FourierPolynomial::new(PolynomialSize(self.n));
-                self.fft.as_view().forward_as_integer(
-                    f.as_mut_view(),
-                    Polynomial::from_container(self.scratch.as_slice()),
-                    self.buffers.stack(),
-                );
-                f
+                transform_integer(&self.fft, &mut self.buffers, &self.scratch)
             })
             .collect()
     }
@@ -174,6 +162,18 @@ impl FftEngine {
             }
         }
     }
+}
+
+/// Forward FFT of an integer polynomial (apart from [`FftEngine`] so that a polynomial in the
+/// engine's own scratch can be transformed).
+fn transform_integer(fft: &Fft, buffers: &mut ComputationBuffers, poly: &[u64]) -> FourierPoly {
+    let mut f = FourierPolynomial::new(fft.as_view().polynomial_size());
+    fft.as_view().forward_as_integer(
+        f.as_mut_view(),
+        Polynomial::from_container(poly),
+        buffers.stack(),
+    );
+    f
 }
 
 /// Balanced gadget decomposition of every coefficient: returns `level` blocks (level 1 = most

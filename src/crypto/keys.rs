@@ -144,7 +144,6 @@ impl PublicKeys {
     }
 }
 
-/// Seeded bootstrapping and key-switching keys (only their bodies and seeds are stored).
 /// The key switch's integer type. Its output is rounded to 2N slots right after, so it works
 /// modulo 2^32 (tfhe's "KS32"): the key is half the size and the multiply-adds twice as wide
 /// per vector, and the key switch was memory-bound. Rounding the input body to 32 bits adds
@@ -157,6 +156,7 @@ pub fn ks_secret_key(bits: &[u64]) -> LweSecretKeyOwned<KsScalar> {
     LweSecretKey::from_container(bits.iter().map(|&b| b as KsScalar).collect())
 }
 
+/// Seeded bootstrapping and key-switching keys (only their bodies and seeds are stored).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct EvaluationKeys {
     bsk_seed: CompressionSeed,

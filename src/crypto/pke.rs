@@ -197,21 +197,23 @@ impl PreparedPublicKey {
 fn add_noise(out: &mut [u64], log2_std: f64, rng: &mut ChaCha12Rng) {
     let sigma = 2f64.powf(log2_std);
     let pairs = (2.0 * sigma * sigma).round() as u32;
-    if (sigma * sigma * 2.0 - pairs as f64).abs() < 1e-9 && pairs <= 32 {
+    let binomial = (sigma * sigma * 2.0 - pairs as f64).abs() < 1e-9;
+    if binomial && pairs <= 32 {
         // Both coin sets from one word: half the random bytes (the usual case, σ = 4).
         // Bulk generation: the generator's per-call overhead exceeds its cost per byte.
         let mask = (1u64 << pairs) - 1;
         let mut words = [0u64; 256];
+        let arch = pulp::Arch::new();
         for chunk in out.chunks_mut(words.len()) {
             let words = &mut words[..chunk.len()];
             rng.fill(words);
-            pulp::Arch::new().dispatch(AddBinomial {
+            arch.dispatch(AddBinomial {
                 out: chunk,
                 words,
                 mask,
             });
         }
-    } else if (sigma * sigma * 2.0 - pairs as f64).abs() < 1e-9 && pairs <= 512 {
+    } else if binomial && pairs <= 512 {
         let words = (pairs as usize).div_ceil(64);
         for t in out.iter_mut() {
             let mut v = 0i64;
