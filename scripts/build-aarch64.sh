@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target=aarch64-unknown-linux-musl
-if ! rustup target list --installed | grep -qx "$target"; then
+if ! grep -qx "$target" <<<"$(rustup target list --installed)"; then
   echo "build-aarch64: missing Rust target: rustup target add $target" >&2
   exit 1
 fi

@@ -22,7 +22,7 @@ getent passwd hedge >/dev/null || fail "system user hedge missing"
 /usr/bin/hedged --version >/dev/null || fail "hedged does not run"
 # The installed daemon refuses to start without its bundle, with a clear message.
 out=$(/usr/bin/hedged --config /etc/hedge/hedged.toml 2>&1) && fail "hedged started without a bundle"
-echo "$out" | grep -q "verifying.key\|model.bundle" || fail "unclear start-up error: $out"
+grep -q "verifying.key\|model.bundle" <<<"$out" || fail "unclear start-up error: $out"
 dpkg --purge hedge >/dev/null
 trap - EXIT
 ! getent passwd hedge >/dev/null || fail "purge left the user"

@@ -12,7 +12,9 @@ for bin in "$@"; do
     continue
   fi
   machine=$(readelf -h "$bin" | sed -n 's/ *Machine: *//p')
-  if ! readelf -l "$bin" | grep -q INTERP && ! readelf -d "$bin" 2>/dev/null | grep -q NEEDED; then
+  # Here-strings, not pipes: with pipefail, `grep -q` exiting early SIGPIPEs the writer and
+  # the pipeline reports failure on a match.
+  if ! grep -q INTERP <<<"$(readelf -l "$bin")" && ! grep -q NEEDED <<<"$(readelf -d "$bin" 2>/dev/null)"; then
     echo "$bin ($machine): statically linked, needs no glibc: ok"
     continue
   fi
@@ -27,7 +29,7 @@ for bin in "$@"; do
     echo "$bin ($machine): needs glibc $need <= $max: ok"
   else
     echo "$bin ($machine): needs glibc $need, newer than $max:" >&2
-    $objdump -T "$bin" | grep "GLIBC_$need" | head -5 >&2
+    grep -m5 "GLIBC_$need" <<<"$($objdump -T "$bin")" >&2 || true
     status=1
   fi
 done
