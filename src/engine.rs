@@ -4,7 +4,7 @@
 //! Single-threaded by design: no rayon pool is ever touched on the inference path, and every
 //! buffer is sized by the model, so memory is bounded.
 
-use crate::crypto::ggsw::{ExactGgsw, FftEngine};
+use crate::crypto::ggsw::FftEngine;
 use crate::crypto::keys::{EdgeKeys, KeyId, KeyKind, PreparedEvaluationKeys, SecretKeys};
 use crate::crypto::linear::{
     encrypt_features, EncryptedGgswRows, EncryptedMatrix, PackedLayout, PreparedGgswRows,
@@ -492,18 +492,16 @@ impl EdgeEngine {
                 "encrypted features use another decomposition than this bundle".into(),
             ));
         }
-        let ggsws = f
-            .groups
-            .iter()
-            .map(|rows| ExactGgsw::from_standard(&mut self.fft, &rows.0, f.decomp))
-            .collect::<Result<Vec<_>>>()
-            .map_err(|e| Error::BadFeatures(format!("encrypted features: {e}")))?;
-        let blocks = match &self.prepared {
-            Prepared::Last { output, .. } => output.mul_encrypted(&ggsws, &mut self.fft)?,
-            Prepared::Noact { first, .. } | Prepared::Act { first, .. } => {
-                first.mul_encrypted(&ggsws, &mut self.fft)?
-            }
+        let matrix = match &self.prepared {
+            Prepared::Last { output, .. } => output,
+            Prepared::Noact { first, .. } | Prepared::Act { first, .. } => first,
         };
+        let blocks = matrix
+            .mul_encrypted(&f.groups, f.decomp, &mut self.fft)
+            .map_err(|e| match e {
+                Error::Malformed(m) => Error::BadFeatures(format!("encrypted features: {m}")),
+                e => e,
+            })?;
         Ok(self.finish(blocks))
     }
 

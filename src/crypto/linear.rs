@@ -279,34 +279,27 @@ impl PreparedMatrix {
             .collect()
     }
 
-    /// W·x for encrypted x given as one GGSW per column group (see [`encrypt_features`]).
+    /// W·x for encrypted x given as one standard-domain GGSW per column group (see
+    /// [`encrypt_features`]), e.g. received from a data source. Each group is brought to the
+    /// Fourier domain when its turn comes and dropped after, so memory stays at one GGSW.
     pub fn mul_encrypted(
         &self,
-        features: &[ExactGgsw],
+        groups: &[U64s],
+        decomp: DecompParams,
         engine: &mut FftEngine,
     ) -> Result<Vec<GlweCiphertextOwned<u64>>> {
         let l = self.layout;
-        if features.len() != l.groups()
-            || features.iter().any(|f| f.poly_size() != l.poly_size)
-            || engine.poly_size() != l.poly_size
-        {
+        if groups.len() != l.groups() || engine.poly_size() != l.poly_size {
             return Err(Error::BadFeatures(format!(
                 "{} encrypted feature groups, the layer expects {} of size {}",
-                features.len(),
+                groups.len(),
                 l.groups(),
                 l.poly_size
             )));
         }
-        let n = l.poly_size;
-        Ok((0..l.blocks())
-            .map(|b| {
-                let mut acc = vec![0u64; 2 * n];
-                for (g, ggsw) in features.iter().enumerate() {
-                    engine.add_external_product(&mut acc, ggsw, self.glwe(b, g).as_ref());
-                }
-                GlweCiphertext::from_container(acc, PolynomialSize(n), modulus())
-            })
-            .collect())
+        self.mul_group_by_group(engine, |g, engine| {
+            ExactGgsw::from_standard(engine, &groups[g].0, decomp)
+        })
     }
 }
 
@@ -329,10 +322,22 @@ impl PreparedMatrix {
                 l.in_dim
             )));
         }
-        let n = l.poly_size;
-        let mut acc = vec![vec![0u64; 2 * n]; l.blocks()];
-        for g in 0..l.groups() {
-            let ggsw = pk.encrypt_ggsw(&l.feature_polynomial(g, x), decomp)?;
+        self.mul_group_by_group(engine, |g, _| {
+            pk.encrypt_ggsw(&l.feature_polynomial(g, x), decomp)
+        })
+    }
+
+    /// Σ_g GGSW_g ⊡ GLWE_{b,g} for every row block b, with GGSW_g made by `ggsw` when its
+    /// group's turn comes (the external products are exact, so the order is free).
+    fn mul_group_by_group(
+        &self,
+        engine: &mut FftEngine,
+        mut ggsw: impl FnMut(usize, &mut FftEngine) -> Result<ExactGgsw>,
+    ) -> Result<Vec<GlweCiphertextOwned<u64>>> {
+        let n = self.layout.poly_size;
+        let mut acc = vec![vec![0u64; 2 * n]; self.layout.blocks()];
+        for g in 0..self.layout.groups() {
+            let ggsw = ggsw(g, engine)?;
             for (b, acc) in acc.iter_mut().enumerate() {
                 engine.add_external_product(acc, &ggsw, self.glwe(b, g).as_ref());
             }
@@ -635,14 +640,9 @@ mod tests {
             assert_eq!(got, expected, "plain {out}x{inp}");
             let mut pk = ks.public.wide.prepare().unwrap();
             let mut engine = FftEngine::new(layout.poly_size);
-            let f: Vec<ExactGgsw> = encrypt_features(&mut pk, &layout, &x, p.features_wide)
-                .unwrap()
-                .iter()
-                .map(|rows| ExactGgsw::from_standard(&mut engine, &rows.0, p.features_wide))
-                .collect::<Result<_>>()
-                .unwrap();
+            let f = encrypt_features(&mut pk, &layout, &x, p.features_wide).unwrap();
             let got: Vec<i64> = prepared
-                .mul_encrypted(&f, &mut engine)
+                .mul_encrypted(&f, p.features_wide, &mut engine)
                 .unwrap()
                 .iter()
                 .enumerate()

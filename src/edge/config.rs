@@ -32,8 +32,9 @@ pub struct Config {
     pub spool_dir: Option<PathBuf>,
     pub spool_max_files: Option<usize>,
     pub spool_max_bytes: Option<u64>,
-    /// Vectors waiting for the scheduler, and what happens when that is full.
+    /// Vectors waiting for the scheduler (count and bytes), and what happens when that is full.
     pub queue_capacity: Option<usize>,
+    pub queue_max_bytes: Option<usize>,
     pub queue_policy: Option<QueuePolicy>,
     /// The systemd watchdog is fed while an inference runs for at most this long.
     pub watchdog_max_inference_s: Option<u64>,
@@ -45,6 +46,9 @@ pub struct Config {
 /// fit; a full classifier's encrypted features need more (`hedge encrypt-features` prints
 /// their size).
 pub const DEFAULT_MAX_FRAME: usize = 64 << 20;
+
+/// Default `queue_max_bytes`: four largest default frames.
+pub const DEFAULT_QUEUE_BYTES: usize = 256 << 20;
 
 impl Config {
     pub fn load(path: &Path) -> Result<Self> {
@@ -67,6 +71,7 @@ impl Config {
             spool_max_files: self.spool_max_files.or(other.spool_max_files),
             spool_max_bytes: self.spool_max_bytes.or(other.spool_max_bytes),
             queue_capacity: self.queue_capacity.or(other.queue_capacity),
+            queue_max_bytes: self.queue_max_bytes.or(other.queue_max_bytes),
             queue_policy: self.queue_policy.or(other.queue_policy),
             watchdog_max_inference_s: self
                 .watchdog_max_inference_s
@@ -96,6 +101,7 @@ impl Config {
             spool_max_files,
             spool_max_bytes,
             queue_capacity,
+            queue_max_bytes,
             queue_policy,
             watchdog_max_inference_s,
             mqtt
@@ -122,6 +128,7 @@ mod tests {
                 .unwrap();
         let file: Config = toml::from_str(&text).unwrap();
         assert_eq!(file.features, Some(FeatureMode::Plain));
+        assert_eq!(file.queue_max_bytes, Some(DEFAULT_QUEUE_BYTES));
         let flags = Config {
             features: Some(FeatureMode::Enc),
             ..Default::default()

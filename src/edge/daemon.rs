@@ -14,7 +14,7 @@
 //! lines, WATCHDOG=1 at half the WatchdogSec while the scheduler is responsive (idle, or inside
 //! an inference younger than `watchdog_max_inference_s`), STOPPING=1 on a stop signal.
 
-use super::config::{Config, DEFAULT_MAX_FRAME};
+use super::config::{Config, DEFAULT_MAX_FRAME, DEFAULT_QUEUE_BYTES};
 use super::frame::Input;
 use super::message::{now_ms, ResultMessage};
 use super::notify::Notifier;
@@ -171,6 +171,7 @@ pub fn run(config: Config, reloader: Reloader) -> Result<()> {
     let sink = open_sink(&config, &device)?;
     let queue = Arc::new(BoundedQueue::new(
         config.queue_capacity.unwrap_or(64),
+        config.queue_max_bytes.unwrap_or(DEFAULT_QUEUE_BYTES),
         config.queue_policy.unwrap_or(QueuePolicy::Block),
     ));
     let rejects = Arc::new(Rejects::default());

@@ -83,6 +83,17 @@ impl FrameError {
     }
 }
 
+impl crate::edge::queue::Weighed for Input {
+    /// Heap bytes held while queued.
+    fn weight(&self) -> usize {
+        match self {
+            Input::Plain(values) => values.len() * 4,
+            Input::Encrypted(f) => f.byte_len(),
+            Input::Image(im) => im.pixels.len(),
+        }
+    }
+}
+
 /// The whole frame (length prefix included) for `input`.
 pub fn encode(input: &Input) -> Vec<u8> {
     let mut payload = Vec::new();

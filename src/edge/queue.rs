@@ -1,5 +1,10 @@
 //! The bounded queue between the acquisition thread and the scheduler.
 //!
+//! Bounded twice: by item count (`queue_capacity`) and by the bytes the items hold
+//! (`queue_max_bytes`) — one encrypted-feature frame of a full classifier holds hundreds of MB,
+//! so a count alone does not bound memory. One item is always admitted into an empty queue
+//! (its size is already bounded by `max_frame_bytes`).
+//!
 //! Policy when full (config `queue_policy`):
 //! - `block`: the source waits (back-pressure: nothing is lost, the sensor side slows down);
 //! - `drop-oldest`: the oldest queued vector is discarded and counted (freshness first).
@@ -27,47 +32,80 @@ pub enum Pop<T> {
     Closed,
 }
 
+/// What an item costs in memory, for the byte bound.
+pub trait Weighed {
+    fn weight(&self) -> usize;
+}
+
+struct State<T> {
+    items: VecDeque<(T, usize)>,
+    bytes: usize,
+    closed: bool,
+    dropped: u64,
+}
+
+impl<T> State<T> {
+    fn has_room_for(&self, bytes: usize, capacity: usize, max_bytes: usize) -> bool {
+        self.items.is_empty()
+            || (self.items.len() < capacity && self.bytes.saturating_add(bytes) <= max_bytes)
+    }
+
+    fn pop_front(&mut self) -> Option<T> {
+        let (item, bytes) = self.items.pop_front()?;
+        self.bytes -= bytes;
+        Some(item)
+    }
+}
+
 pub struct BoundedQueue<T> {
     capacity: usize,
+    max_bytes: usize,
     policy: QueuePolicy,
-    state: Mutex<(VecDeque<T>, bool, u64)>, // items, closed, dropped
+    state: Mutex<State<T>>,
     changed: Condvar,
 }
 
-impl<T> BoundedQueue<T> {
-    pub fn new(capacity: usize, policy: QueuePolicy) -> Self {
+impl<T: Weighed> BoundedQueue<T> {
+    pub fn new(capacity: usize, max_bytes: usize, policy: QueuePolicy) -> Self {
         Self {
             capacity: capacity.max(1),
+            max_bytes,
             policy,
-            state: Mutex::new((VecDeque::new(), false, 0)),
+            state: Mutex::new(State {
+                items: VecDeque::new(),
+                bytes: 0,
+                closed: false,
+                dropped: 0,
+            }),
             changed: Condvar::new(),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, (VecDeque<T>, bool, u64)> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State<T>> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Enqueue per the policy; false once the queue is closed.
     pub fn push(&self, item: T) -> bool {
+        let bytes = item.weight();
         let mut st = self.lock();
         loop {
-            if st.1 {
+            if st.closed {
                 return false;
             }
-            if st.0.len() < self.capacity {
+            if st.has_room_for(bytes, self.capacity, self.max_bytes) {
                 break;
             }
             match self.policy {
                 QueuePolicy::DropOldest => {
-                    st.0.pop_front();
-                    st.2 += 1;
-                    break;
+                    st.pop_front();
+                    st.dropped += 1;
                 }
                 QueuePolicy::Block => st = self.changed.wait(st).unwrap_or_else(|p| p.into_inner()),
             }
         }
-        st.0.push_back(item);
+        st.items.push_back((item, bytes));
+        st.bytes += bytes;
         self.changed.notify_all();
         true
     }
@@ -75,31 +113,31 @@ impl<T> BoundedQueue<T> {
     /// The next item, waiting at most `timeout`.
     pub fn pop(&self, timeout: Duration) -> Pop<T> {
         let mut st = self.lock();
-        if st.0.is_empty() && !st.1 {
+        if st.items.is_empty() && !st.closed {
             st = self
                 .changed
                 .wait_timeout(st, timeout)
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
-        match st.0.pop_front() {
+        match st.pop_front() {
             Some(item) => {
                 self.changed.notify_all();
                 Pop::Item(item)
             }
-            None if st.1 => Pop::Closed,
+            None if st.closed => Pop::Closed,
             None => Pop::Empty,
         }
     }
 
     /// No more items will come (end of input).
     pub fn close(&self) {
-        self.lock().1 = true;
+        self.lock().closed = true;
         self.changed.notify_all();
     }
 
     pub fn dropped(&self) -> u64 {
-        self.lock().2
+        self.lock().dropped
     }
 }
 
@@ -107,9 +145,16 @@ impl<T> BoundedQueue<T> {
 mod tests {
     use super::*;
 
+    /// A test item that weighs its own value in bytes.
+    impl Weighed for usize {
+        fn weight(&self) -> usize {
+            *self
+        }
+    }
+
     #[test]
     fn drop_oldest_keeps_the_newest() {
-        let q = BoundedQueue::new(2, QueuePolicy::DropOldest);
+        let q = BoundedQueue::new(2, usize::MAX, QueuePolicy::DropOldest);
         for i in 0..5 {
             assert!(q.push(i));
         }
@@ -122,7 +167,7 @@ mod tests {
 
     #[test]
     fn block_waits_for_room() {
-        let q = std::sync::Arc::new(BoundedQueue::new(1, QueuePolicy::Block));
+        let q = std::sync::Arc::new(BoundedQueue::new(1, usize::MAX, QueuePolicy::Block));
         q.push(1);
         let q2 = q.clone();
         let t = std::thread::spawn(move || q2.push(2));
@@ -132,5 +177,31 @@ mod tests {
         assert!(t.join().unwrap());
         assert_eq!(q.pop(Duration::ZERO), Pop::Item(2));
         assert_eq!(q.dropped(), 0);
+    }
+
+    #[test]
+    fn the_byte_bound_holds_but_admits_one_big_item() {
+        let q = BoundedQueue::new(100, 10, QueuePolicy::DropOldest);
+        assert!(q.push(4));
+        assert!(q.push(5));
+        assert!(q.push(3)); // 12 > 10: the 4 goes
+        assert_eq!(q.dropped(), 1);
+        assert!(q.push(50)); // alone over the bound: everything else goes, it stays
+        assert_eq!(q.dropped(), 3);
+        assert_eq!(q.pop(Duration::ZERO), Pop::Item(50));
+        assert_eq!(q.pop(Duration::ZERO), Pop::Empty);
+
+        let q = std::sync::Arc::new(BoundedQueue::new(100, 10, QueuePolicy::Block));
+        q.push(8);
+        let q2 = q.clone();
+        let t = std::thread::spawn(move || q2.push(3));
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(
+            !t.is_finished(),
+            "8 + 3 bytes must wait under a 10-byte bound"
+        );
+        assert_eq!(q.pop(Duration::ZERO), Pop::Item(8));
+        assert!(t.join().unwrap());
+        assert_eq!(q.pop(Duration::ZERO), Pop::Item(3));
     }
 }

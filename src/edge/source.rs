@@ -424,7 +424,7 @@ mod tests {
 
     #[test]
     fn lines_with_garbage_keep_going() {
-        let queue = BoundedQueue::new(16, QueuePolicy::Block);
+        let queue = BoundedQueue::new(16, usize::MAX, QueuePolicy::Block);
         let rejects = Rejects::default();
         let text = b"1,2\n\xff\xfe\nx,y\n# comment\n".to_vec();
         let mut text = text;
@@ -444,7 +444,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("in.sock");
         std::fs::write(dir.path().join("file"), "x").unwrap();
-        let queue = Arc::new(BoundedQueue::new(16, QueuePolicy::Block));
+        let queue = Arc::new(BoundedQueue::new(16, usize::MAX, QueuePolicy::Block));
         let rejects = Arc::new(Rejects::default());
         assert!(start(
             &Source::Socket(dir.path().join("file")),
