@@ -7,8 +7,8 @@
 use crate::crypto::ggsw::FftEngine;
 use crate::crypto::keys::{EdgeKeys, KeyId, KeyKind, PreparedEvaluationKeys, SecretKeys};
 use crate::crypto::linear::{
-    encrypt_features, EncryptedGgswRows, EncryptedMatrix, PackedLayout, PreparedGgswRows,
-    PreparedMatrix,
+    encrypt_features, encrypt_features_each, feature_group_words, EncryptedGgswRows,
+    EncryptedMatrix, PackedLayout, PreparedGgswRows, PreparedMatrix,
 };
 use crate::crypto::lut::{EncryptedLuts, PreparedLuts};
 use crate::crypto::params::ParameterSet;
@@ -17,6 +17,7 @@ use crate::crypto::raw::U64s;
 use crate::error::{Error, Result};
 use crate::model::quant::{HiddenMap, InputQuant, QuantModel, Variant};
 use serde::{Deserialize, Serialize};
+use std::io::Write;
 use tfhe::core_crypto::prelude::*;
 
 /// The plaintext first layer of variant `last` (public, like the feature extractor).
@@ -312,6 +313,13 @@ pub fn decode(phase: u64, delta: u64) -> i64 {
     ((phase as i64) as f64 / delta as f64).round() as i64
 }
 
+/// Bytes of `value`'s postcard encoding (a length prefix's, for the streamed writer).
+fn postcard_len(value: &usize) -> usize {
+    postcard::to_allocvec(value)
+        .expect("serialising to a Vec cannot fail")
+        .len()
+}
+
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -444,6 +452,44 @@ impl EdgeEngine {
             key_id: self.key_id,
             decomp,
             groups: encrypt_features(&mut self.public_key, &layout, &input, decomp)?,
+        })
+    }
+
+    /// Whether `x` is a feature vector this engine accepts (what every inference checks first).
+    pub fn check_features(&self, x: &[f32]) -> Result<()> {
+        self.encrypted_layer_input(x).map(|_| ())
+    }
+
+    /// The postcard size of [`Self::encrypt_features`]' output, known before encrypting.
+    pub fn encrypted_features_len(&self) -> usize {
+        let layout = self.first_layout();
+        let group_bytes = 8 * feature_group_words(layout.poly_size, self.features_decomp());
+        self.encrypted_features_head().len()
+            + layout.groups() * (postcard_len(&group_bytes) + group_bytes)
+    }
+
+    /// The postcard encoding of [`EncryptedFeatures`] up to its groups: key id, decomposition,
+    /// group count (a struct is its fields in order; a sequence is its length, then the items).
+    fn encrypted_features_head(&self) -> Vec<u8> {
+        let mut head = postcard::to_allocvec(&(self.key_id, self.features_decomp()))
+            .expect("serialising to a Vec cannot fail");
+        head.extend(
+            postcard::to_allocvec(&self.first_layout().groups())
+                .expect("serialising to a Vec cannot fail"),
+        );
+        head
+    }
+
+    /// [`Self::encrypt_features`] written to `w` as postcard — the same bytes — one group at a
+    /// time, so the hundreds of MB of a full classifier's features are never held whole.
+    pub fn write_encrypted_features(&mut self, x: &[f32], w: &mut dyn Write) -> Result<()> {
+        let input = self.encrypted_layer_input(x)?;
+        let io = |e| Error::io("encrypted features output", e);
+        w.write_all(&self.encrypted_features_head()).map_err(io)?;
+        let (decomp, layout) = (self.features_decomp(), self.first_layout());
+        encrypt_features_each(&mut self.public_key, &layout, &input, decomp, |group| {
+            let bytes = postcard::to_allocvec(&group).expect("serialising to a Vec cannot fail");
+            w.write_all(&bytes).map_err(io)
         })
     }
 

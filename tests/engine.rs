@@ -4,6 +4,7 @@
 use hedge::crypto::keys;
 use hedge::crypto::lut::Activation;
 use hedge::crypto::params::{ParameterSet, SecurityLevel};
+use hedge::edge::frame::{self, Input};
 use hedge::engine::{decrypt, EdgeEngine, EncryptedModel, ModelInfo};
 use hedge::model::quant::{QuantModel, Variant};
 use hedge::model::{argmax, synth};
@@ -31,7 +32,20 @@ fn run(variant: Variant, activation: Option<Activation>, inputs: usize) {
     let bound = q.act_score_bound(&params);
     for (x, _) in task.samples(21, inputs) {
         let reference = q.reference(&q.input.quantize(&x).unwrap());
-        let feats = engine.encrypt_features(&x).unwrap();
+        // The streamed frame is the same bytes as the framed struct (same length, decodes).
+        let mut streamed = Vec::new();
+        let len = frame::write_encrypted(&mut streamed, &mut engine, &x).unwrap();
+        let whole = frame::encode(&Input::Encrypted(Box::new(
+            engine.encrypt_features(&x).unwrap(),
+        )));
+        assert_eq!((len, streamed.len()), (whole.len(), whole.len()));
+        assert_eq!(streamed[..4], whole[..4]);
+        let Ok(Input::Encrypted(feats)) = frame::decode(&streamed[4..]) else {
+            panic!("the streamed frame does not decode");
+        };
+        let mut refused = Vec::new();
+        assert!(frame::write_encrypted(&mut refused, &mut engine, &x[1..]).is_err());
+        assert!(refused.is_empty(), "a refused vector writes nothing");
         let mut foreign = feats.clone();
         foreign.key_id[0] ^= 1;
         assert!(

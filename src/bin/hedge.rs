@@ -418,7 +418,6 @@ fn run(cli: Cli) -> Result<()> {
             input,
             out,
         } => {
-            use hedge::edge::frame::{encode, Input};
             use std::io::Write;
             let trusted = backend::trusted_key(verifying_key.as_deref(), keys.as_deref())?;
             let (b, _) = EdgeBundle::load(&bundle, &trusted)
@@ -442,13 +441,10 @@ fn run(cli: Cli) -> Result<()> {
             };
             let (mut count, mut bytes) = (0usize, 0usize);
             for (i, x) in inputs.iter().enumerate() {
-                let features = engine
-                    .encrypt_features(x)
+                // Streamed: a full classifier's frame is hundreds of MB.
+                bytes += hedge::edge::frame::write_encrypted(&mut writer, &mut engine, x)
                     .with_context(|| format!("{input}: input {}", i + 1))?;
-                let frame = encode(&Input::Encrypted(Box::new(features)));
-                writer.write_all(&frame).context("writing frames")?;
                 count += 1;
-                bytes += frame.len();
             }
             writer.flush().context("writing frames")?;
             log::info!(

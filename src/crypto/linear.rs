@@ -357,6 +357,23 @@ pub fn encrypt_features(
     x: &[i64],
     decomp: DecompParams,
 ) -> Result<Vec<U64s>> {
+    let mut groups = Vec::with_capacity(layout.groups());
+    encrypt_features_each(pk, layout, x, decomp, |g| {
+        groups.push(g);
+        Ok(())
+    })?;
+    Ok(groups)
+}
+
+/// [`encrypt_features`] handing each group to `sink` as soon as it exists (a full
+/// classifier's groups add up to hundreds of MB). Checks the input before the first group.
+pub fn encrypt_features_each(
+    pk: &mut PreparedPublicKey,
+    layout: &PackedLayout,
+    x: &[i64],
+    decomp: DecompParams,
+    mut sink: impl FnMut(U64s) -> Result<()>,
+) -> Result<()> {
     if pk.poly_size() != layout.poly_size || x.len() != layout.in_dim {
         return Err(Error::BadFeatures(format!(
             "{} features for a layer of {} inputs",
@@ -364,14 +381,18 @@ pub fn encrypt_features(
             layout.in_dim
         )));
     }
-    (0..layout.groups())
-        .map(|g| {
-            Ok(U64s(pk.encrypt_ggsw_rows(
-                &layout.feature_polynomial(g, x),
-                decomp,
-            )))
-        })
-        .collect()
+    for g in 0..layout.groups() {
+        sink(U64s(
+            pk.encrypt_ggsw_rows(&layout.feature_polynomial(g, x), decomp),
+        ))?;
+    }
+    Ok(())
+}
+
+/// Words of one feature group from [`encrypt_features`]: `level` × (mask, body) rows of two
+/// polynomials each.
+pub fn feature_group_words(poly_size: usize, decomp: DecompParams) -> usize {
+    decomp.level * 2 * 2 * poly_size
 }
 
 /// A second layer as one GGSW per output row, encrypted under the secret key (seeded), plus

@@ -13,9 +13,9 @@
 //! A frame longer than the configured maximum cannot be skipped safely on a stream, so it ends
 //! that stream (the socket client may reconnect); any other bad frame is rejected on its own.
 
-use crate::engine::EncryptedFeatures;
+use crate::engine::{EdgeEngine, EncryptedFeatures};
 use crate::images::Image;
-use std::io::Read;
+use std::io::{Read, Write};
 use thiserror::Error;
 
 pub const KIND_PLAIN: u8 = 1;
@@ -92,6 +92,29 @@ impl crate::edge::queue::Weighed for Input {
             Input::Image(im) => im.pixels.len(),
         }
     }
+}
+
+/// The frame of `x`'s encrypted features written to `w` without holding it whole (the same
+/// bytes as `encode(&Input::Encrypted(..))`); returns its length. A vector the engine refuses
+/// writes nothing.
+pub fn write_encrypted(
+    w: &mut dyn Write,
+    engine: &mut EdgeEngine,
+    x: &[f32],
+) -> crate::error::Result<usize> {
+    engine.check_features(x)?;
+    let payload = 2 + engine.encrypted_features_len();
+    let prefix = u32::try_from(payload).map_err(|_| {
+        crate::error::Error::Unsupported(format!(
+            "an encrypted-features frame of {payload} bytes (frames hold at most 4 GiB)"
+        ))
+    })?;
+    let io = |e| crate::error::Error::io("encrypted features output", e);
+    w.write_all(&prefix.to_be_bytes()).map_err(io)?;
+    w.write_all(&[KIND_ENCRYPTED, ENCRYPTED_VERSION])
+        .map_err(io)?;
+    engine.write_encrypted_features(x, w)?;
+    Ok(4 + payload)
 }
 
 /// The whole frame (length prefix included) for `input`.
