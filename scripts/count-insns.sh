@@ -2,10 +2,14 @@
 # Count the guest instructions one activation step (key switch + classic blind rotation at the
 # 128-bit set) executes, with a tiny qemu TCG plugin: the difference between runs of
 # examples/pbs_cost with 1 and 4 repetitions, divided by 3, so set-up costs cancel.
-#   scripts/count-insns.sh            x86-64 AVX2 path, x86-64 scalar path, aarch64
+#   scripts/count-insns.sh            x86-64 AVX2 path, aarch64 (and x86-64 scalar, if built)
 # Needs: gcc, qemu-user (7.2: plugin API version 1), the example built for both targets:
 #   cargo build --release --example pbs_cost
 #   cargo build --release --example pbs_cost --target aarch64-unknown-linux-musl
+# The x86-64 build targets x86-64-v3 (.cargo/config.toml), so its scalar path needs a baseline
+# build of its own (optional):
+#   RUSTFLAGS="-C target-cpu=x86-64" CARGO_TARGET_DIR=target/x86-64-baseline \
+#     cargo build --release --example pbs_cost
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dir=target/qemu-insn
@@ -50,6 +54,9 @@ step() { # label, emulator and its options, binary
 }
 x86=target/release/examples/pbs_cost
 arm=target/aarch64-unknown-linux-musl/release/examples/pbs_cost
+baseline=target/x86-64-baseline/release/examples/pbs_cost
 step "x86-64, tfhe-fft AVX2+FMA kernels" qemu-x86_64 -plugin "$dir/libinsn.so" -cpu Haswell-v4 "$x86"
-step "x86-64, scalar FFT (no AVX2)"      qemu-x86_64 -plugin "$dir/libinsn.so" -cpu Haswell-v4,-avx2,-fma "$x86"
+if [ -x "$baseline" ]; then
+  step "x86-64, scalar FFT (no AVX2)"    qemu-x86_64 -plugin "$dir/libinsn.so" -cpu Haswell-v4,-avx2,-fma "$baseline"
+fi
 step "aarch64, scalar FFT (no NEON)"     qemu-aarch64 -plugin "$dir/libinsn.so" "$arm"
