@@ -1,6 +1,6 @@
 //! hedged and the decryption agent over a real MQTT broker (mosquitto, started by each test on
 //! a free port): end to end, broker outage, SIGKILL, SIGTERM, garbage payloads, TLS with
-//! passwords, shared subscriptions.
+//! passwords, shared subscriptions, a spool on a full file system.
 
 mod common;
 use common::*;
@@ -330,4 +330,90 @@ fn shared_subscription_splits_results_between_decryptors() {
     );
     let all: Vec<_> = a.into_iter().chain(b).collect();
     check_result_lines(&st, &all, 12);
+}
+
+/// A small tmpfs mounted on `dir` for one test (needs root, as `.ci/run` runs), unmounted on
+/// drop: a real file system that really fills up.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &std::path::Path, size: &str) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let status = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size}"),
+                "tmpfs",
+                s(dir),
+            ])
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "mounting a {size} tmpfs on {} failed: this test needs root (bash .ci/run)",
+            dir.display()
+        );
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .args(["-l", s(&self.0)])
+            .status();
+    }
+}
+
+/// Write zeros to `path` until the file system says it is full.
+fn fill(path: &std::path::Path) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).unwrap();
+    let chunk = vec![0u8; 4096];
+    while f.write_all(&chunk).and_then(|_| f.flush()).is_ok() {}
+    let _ = f.sync_all();
+}
+
+#[test]
+fn full_disk_pauses_inference_and_loses_nothing() {
+    let st = setup("last");
+    let spool = st.root.join("spool");
+    let _fs = Tmpfs::mount(&spool, "1m");
+    let broker = Mosquitto::start(&st.root);
+    let out = st.root.join("out.jsonl");
+    let dec = decryptor(&st, &broker.addr(), 8, &out);
+    let mut h = hedged(&st, &broker.addr(), "-", &spool);
+    feed(&mut h, &st.vectors[..2]);
+    wait_lines(&out, 2);
+    wait_for(
+        || spooled(&spool) == 0,
+        "the first results acknowledged and unspooled",
+    );
+    // The disk fills up: results cannot be spooled, so none may be published either.
+    let filler = spool.join("filler");
+    fill(&filler);
+    feed(&mut h, &st.vectors[2..8]);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        h.try_wait().unwrap().is_none(),
+        "hedged stays up on a full disk"
+    );
+    assert_eq!(
+        results(&out).len(),
+        2,
+        "nothing is published unless spooled first"
+    );
+    // Space comes back: the paused result and the queued ones go out, each exactly once.
+    std::fs::remove_file(&filler).unwrap();
+    drop(h.stdin.take());
+    let log = wait_ok(h, "hedged");
+    assert!(
+        log.contains("No space left on device") && log.contains("spool writable again"),
+        "{log}"
+    );
+    wait_ok(dec, "decryptor");
+    check_results(&st, &out, 8);
+    assert_eq!(spooled(&spool), 0, "spool emptied after acknowledgements");
 }
