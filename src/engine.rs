@@ -4,11 +4,11 @@
 //! Single-threaded by design: no rayon pool is ever touched on the inference path, and every
 //! buffer is sized by the model, so memory is bounded.
 
-use crate::crypto::ggsw::FftEngine;
+use crate::crypto::ggsw::{ExactGgsw, FftEngine};
 use crate::crypto::keys::{EdgeKeys, KeyId, KeyKind, PreparedEvaluationKeys, SecretKeys};
 use crate::crypto::linear::{
-    encrypt_features, encrypt_features_each, feature_group_words, EncryptedGgswRows,
-    EncryptedMatrix, PackedLayout, PreparedGgswRows, PreparedMatrix,
+    encrypt_features, encrypt_features_each, EncryptedGgswRows, EncryptedMatrix, PackedLayout,
+    PreparedGgswRows, PreparedMatrix,
 };
 use crate::crypto::lut::{EncryptedLuts, PreparedLuts};
 use crate::crypto::params::ParameterSet;
@@ -357,6 +357,16 @@ enum Prepared {
     },
 }
 
+impl Prepared {
+    /// The encrypted layer the (quantised) features enter.
+    fn first_matrix(&self) -> &PreparedMatrix {
+        match self {
+            Prepared::Last { output, .. } => output,
+            Prepared::Noact { first, .. } | Prepared::Act { first, .. } => first,
+        }
+    }
+}
+
 /// The edge's inference engine: an encrypted model expanded in memory.
 pub struct EdgeEngine {
     pub info: ModelInfo,
@@ -437,10 +447,7 @@ impl EdgeEngine {
     }
 
     fn first_layout(&self) -> PackedLayout {
-        match &self.prepared {
-            Prepared::Last { output, .. } => output.layout,
-            Prepared::Noact { first, .. } | Prepared::Act { first, .. } => first.layout,
-        }
+        self.prepared.first_matrix().layout
     }
 
     /// Encrypt a feature vector with the public key (the encrypted-features mode).
@@ -463,7 +470,7 @@ impl EdgeEngine {
     /// The postcard size of [`Self::encrypt_features`]' output, known before encrypting.
     pub fn encrypted_features_len(&self) -> usize {
         let layout = self.first_layout();
-        let group_bytes = 8 * feature_group_words(layout.poly_size, self.features_decomp());
+        let group_bytes = 8 * ExactGgsw::standard_words(layout.poly_size, self.features_decomp());
         self.encrypted_features_head().len()
             + layout.groups() * (postcard_len(&group_bytes) + group_bytes)
     }
@@ -496,10 +503,7 @@ impl EdgeEngine {
     /// Inference on plaintext features (only the model is secret).
     pub fn infer_plain(&mut self, x: &[f32]) -> Result<ResultCiphertext> {
         let input = self.encrypted_layer_input(x)?;
-        let blocks = match &self.prepared {
-            Prepared::Last { output, .. } => output.mul_plain(&input),
-            Prepared::Noact { first, .. } | Prepared::Act { first, .. } => first.mul_plain(&input),
-        };
+        let blocks = self.prepared.first_matrix().mul_plain(&input);
         Ok(self.finish(blocks))
     }
 
@@ -508,11 +512,12 @@ impl EdgeEngine {
     pub fn infer_encrypting(&mut self, x: &[f32]) -> Result<ResultCiphertext> {
         let input = self.encrypted_layer_input(x)?;
         let decomp = self.features_decomp();
-        let matrix = match &self.prepared {
-            Prepared::Last { output, .. } => output,
-            Prepared::Noact { first, .. } | Prepared::Act { first, .. } => first,
-        };
-        let blocks = matrix.mul_encrypting(&mut self.public_key, &input, decomp, &mut self.fft)?;
+        let blocks = self.prepared.first_matrix().mul_encrypting(
+            &mut self.public_key,
+            &input,
+            decomp,
+            &mut self.fft,
+        )?;
         Ok(self.finish(blocks))
     }
 
@@ -538,11 +543,9 @@ impl EdgeEngine {
                 "encrypted features use another decomposition than this bundle".into(),
             ));
         }
-        let matrix = match &self.prepared {
-            Prepared::Last { output, .. } => output,
-            Prepared::Noact { first, .. } | Prepared::Act { first, .. } => first,
-        };
-        let blocks = matrix
+        let blocks = self
+            .prepared
+            .first_matrix()
             .mul_encrypted(&f.groups, f.decomp, &mut self.fft)
             .map_err(|e| match e {
                 Error::Malformed(m) => Error::BadFeatures(format!("encrypted features: {m}")),

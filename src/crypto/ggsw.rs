@@ -214,6 +214,11 @@ pub struct ExactGgsw {
 }
 
 impl ExactGgsw {
+    /// Words of a standard-domain GGSW: `level` × (mask, body) rows of two polynomials each.
+    pub fn standard_words(poly_size: usize, decomp: DecompParams) -> usize {
+        decomp.level * 2 * 2 * poly_size
+    }
+
     /// From a standard-domain GGSW (rows of mask+body GLWEs in tfhe order).
     pub fn from_standard(
         engine: &mut FftEngine,
@@ -221,7 +226,7 @@ impl ExactGgsw {
         decomp: DecompParams,
     ) -> Result<Self> {
         let n = engine.poly_size();
-        if rows.len() != decomp.level * 2 * 2 * n
+        if rows.len() != Self::standard_words(n, decomp)
             || decomp.base_log == 0
             || decomp.base_log > 16
             || decomp.precision_bits() > 64

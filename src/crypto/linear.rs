@@ -389,12 +389,6 @@ pub fn encrypt_features_each(
     Ok(())
 }
 
-/// Words of one feature group from [`encrypt_features`]: `level` × (mask, body) rows of two
-/// polynomials each.
-pub fn feature_group_words(poly_size: usize, decomp: DecompParams) -> usize {
-    decomp.level * 2 * 2 * poly_size
-}
-
 /// A second layer as one GGSW per output row, encrypted under the secret key (seeded), plus
 /// its bias as seeded LWE ciphertexts under the same key.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -528,7 +522,7 @@ impl EncryptedGgswRows {
         )
         .decompress_into_glwe_ciphertext_list()
         .into_container();
-        let per_ggsw = levels * 2 * 2 * n;
+        let per_ggsw = ExactGgsw::standard_words(n, self.decomp);
         let mut engine = FftEngine::new(n);
         let ggsws = glwes
             .chunks_exact(per_ggsw)

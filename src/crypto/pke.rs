@@ -172,7 +172,7 @@ impl PreparedPublicKey {
     /// that travels from a data source to the edge.
     pub fn encrypt_ggsw_rows(&mut self, message: &[u64], decomp: DecompParams) -> Vec<u64> {
         let n = self.glwe.poly_size;
-        let mut rows = vec![0u64; decomp.level * 2 * 2 * n];
+        let mut rows = vec![0u64; ExactGgsw::standard_words(n, decomp)];
         for (r, row) in rows.chunks_exact_mut(2 * n).enumerate() {
             // tfhe stores the least significant level first; row r = level_index*2 + component.
             let (level_index, component) = (r / 2, r % 2);
