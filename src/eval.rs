@@ -10,7 +10,7 @@ use crate::engine::{decrypt, EdgeEngine, EncryptedModel, ModelInfo};
 use crate::error::{Error, Result};
 use crate::images::{read_idx_images, read_idx_labels};
 use crate::model::argmax;
-use crate::model::quant::{float_reference, BitWidths, QuantModel, Variant};
+use crate::model::quant::{float_reference, BitWidths, FlipProbability, QuantModel, Variant};
 use crate::network::Network;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -71,6 +71,14 @@ pub struct CaseReport {
     /// Every sampled image where the encrypted class differs from the reference's.
     #[serde(default)]
     pub disagreements: Vec<Disagreement>,
+    /// The noise model's expected agreement over every test image, [low, high]
+    /// (`QuantModel::act_flip_probability`; [1, 1] for the exact variants).
+    #[serde(default)]
+    pub expected_agreement: Option<[f64; 2]>,
+    /// The noise model's expected number of disagreements on the encrypted sample, [low, high],
+    /// to set beside the measured `disagreements`.
+    #[serde(default)]
+    pub expected_disagreements: Option<[f64; 2]>,
 }
 
 /// One encrypted prediction that differs from the reference's, with the reference's margin
@@ -128,6 +136,32 @@ fn accuracy_of(q: &QuantModel, feats: &[Vec<f32>], labels: &[u8]) -> (f64, usize
     (correct as f64 / feats.len().max(1) as f64, refused)
 }
 
+/// Per test image, the noise model's probability that the encrypted class differs from the
+/// reference's (0 for images the quantiser refuses and for the exact variants).
+fn flip_probabilities(
+    q: &QuantModel,
+    feats: &[Vec<f32>],
+    params: &ParameterSet,
+) -> Vec<FlipProbability> {
+    if q.variant != Variant::Act {
+        return vec![FlipProbability::default(); feats.len()];
+    }
+    feats
+        .iter()
+        .map(|f| match q.input.quantize(f) {
+            Ok(xq) => q.act_flip_probability(&q.reference(&xq), params),
+            Err(_) => FlipProbability::default(),
+        })
+        .collect()
+}
+
+/// [low, high] sums of the flip probabilities of `images`.
+fn expected_flips(flip: &[FlipProbability], images: impl Iterator<Item = usize>) -> [f64; 2] {
+    images.fold([0.0, 0.0], |[low, high], i| {
+        [low + flip[i].at_least, high + flip[i].at_most]
+    })
+}
+
 pub fn run(opts: &EvalOptions, progress: &mut dyn FnMut(&CaseReport)) -> Result<Vec<CaseReport>> {
     let images = read_idx_images(&opts.test_images)?;
     let labels = read_idx_labels(&opts.test_labels)?;
@@ -183,6 +217,7 @@ pub fn run(opts: &EvalOptions, progress: &mut dyn FnMut(&CaseReport)) -> Result<
             &opts.params,
         )?;
         let (reference_accuracy, reference_refused) = accuracy_of(&q, feats, &labels);
+        let flip = flip_probabilities(&q, feats, &opts.params);
 
         let enc = EncryptedModel::encrypt(&q, &keys.secret)?;
         let mut engine = EdgeEngine::new(
@@ -266,6 +301,12 @@ pub fn run(opts: &EvalOptions, progress: &mut dyn FnMut(&CaseReport)) -> Result<
             decided_images,
             decided_agreement: decided_agree as f64 / decided_images.max(1) as f64,
             disagreements,
+            expected_agreement: {
+                let [low, high] = expected_flips(&flip, 0..flip.len());
+                let n = flip.len() as f64;
+                Some([1.0 - high / n, 1.0 - low / n])
+            },
+            expected_disagreements: Some(expected_flips(&flip, sample.iter().copied())),
         };
         progress(&report);
         reports.push(report);

@@ -261,6 +261,16 @@ fn eval_reports_accuracy_agreement_and_plots() {
         assert!((25..=30).contains(&decided), "{r}");
         assert_eq!(r["decided_agreement"], 1.0, "{r}");
         assert!(r["disagreements"].as_array().unwrap().is_empty(), "{r}");
+        assert_eq!(
+            r["expected_agreement"],
+            serde_json::json!([1.0, 1.0]),
+            "{r}"
+        );
+        assert_eq!(
+            r["expected_disagreements"],
+            serde_json::json!([0.0, 0.0]),
+            "{r}"
+        );
     }
     let png = std::fs::read(&plot).unwrap();
     assert!(png.starts_with(b"\x89PNG"));

@@ -697,6 +697,20 @@ fn run(cli: Cli) -> Result<()> {
                         r.encrypted_images,
                         100.0 * r.decided_agreement
                     );
+                    if let (Some([all_low, all_high]), Some([low, high])) =
+                        (r.expected_agreement, r.expected_disagreements)
+                    {
+                        println!(
+                            "    noise model: expected agreement {:.2}–{:.2}% on all {} images, \
+                             {:.1}–{:.1} disagreements on the sample (measured {})",
+                            100.0 * all_low,
+                            100.0 * all_high,
+                            r.test_images,
+                            low,
+                            high,
+                            r.disagreements.len()
+                        );
+                    }
                     for d in &r.disagreements {
                         println!(
                             "    image {}: reference class {}, encrypted {}; reference margin {} \

@@ -166,14 +166,8 @@ impl HiddenMap {
                 units,
                 activation,
             } => {
-                let u = units[i];
-                let phase = (y as u64)
-                    .wrapping_mul(u.delta_h)
-                    .wrapping_add(map.offset(u.zero_slot));
-                let slot = map.slot(phase) as usize;
-                let outside = slot >= map.window;
-                let t = slot.min(map.window - 1) as i64;
-                (activation.apply(t - u.zero_slot as i64), outside)
+                let outside = map.unit_slot(units[i], y) >= map.window as u64;
+                (activation.apply(map.unit_offset(units[i], y)), outside)
             }
         }
     }
@@ -205,9 +199,23 @@ pub struct QuantModel {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Reference {
     pub scores: Vec<i64>,
+    /// The first layer's output y, before the hidden map.
+    pub pre_activation: Vec<i64>,
     pub hidden: Vec<i64>,
     /// Hidden units whose pre-activation left the bootstrap window (act only).
     pub out_of_window: usize,
+}
+
+/// Bounds on the probability that noise changes an input's class.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct FlipProbability {
+    pub at_least: f64,
+    pub at_most: f64,
+}
+
+/// Φ(x), the standard normal distribution function.
+fn normal_cdf(x: f64) -> f64 {
+    0.5 * libm::erfc(-x / std::f64::consts::SQRT_2)
 }
 
 fn symmetric_scale(values: &[f32], bits: u32) -> f32 {
@@ -481,6 +489,7 @@ impl QuantModel {
             .collect();
         Reference {
             scores: matvec(&self.w2, &self.b2, &hidden),
+            pre_activation: y,
             hidden,
             out_of_window,
         }
@@ -515,6 +524,75 @@ impl QuantModel {
                 6.0 * (sigma_in * sigma_in * norm * norm + out_noise * out_noise).sqrt()
             })
             .collect()
+    }
+
+    /// For `act`: the probability that the bootstrap's noise gives this input another class than
+    /// the reference's (0 for the exact variants). Same noise model as [`Self::act_score_bound`],
+    /// but per pair of classes and with the noise the two scores share: unit i's input error
+    /// e_i ~ N(0, σ²) slots moves every score through the same δ_i = act(d_i + e_i) − act(d_i),
+    /// so the margin between the reference class t and class b moves by
+    /// Σ_i (W2[t,i] − W2[b,i])·δ_i, plus each score's own output noise. Var δ_i is taken as
+    /// Φ(d_i/σ)·σ² for ReLU (the chance of being on its linear side; exact far from 0, σ²/2 at 0)
+    /// and (2·d_i·σ)² for the square, to first order. The class changes if any runner-up
+    /// overtakes: at least as likely as the likeliest pair, at most their sum (union bound).
+    pub fn act_flip_probability(
+        &self,
+        reference: &Reference,
+        params: &ParameterSet,
+    ) -> FlipProbability {
+        let out_noise =
+            params.pbs_output_std() * (self.hidden_dim as f64).sqrt() / self.delta_out as f64;
+        self.flip_probability_with(reference, params.pbs_input_std_slots(), out_noise)
+    }
+
+    /// [`Self::act_flip_probability`] for a bootstrap input noise of `sigma` slots and an output
+    /// noise of `out_noise` score units per score (to weigh other parameter choices).
+    pub fn flip_probability_with(
+        &self,
+        reference: &Reference,
+        sigma: f64,
+        out_noise: f64,
+    ) -> FlipProbability {
+        let HiddenMap::Window {
+            map,
+            ref units,
+            activation,
+        } = self.hidden_map
+        else {
+            return FlipProbability::default();
+        };
+        // Var δ_i per unit, from the signed slot offset d_i = t_i − zero_i.
+        let unit_var: Vec<f64> = reference
+            .pre_activation
+            .iter()
+            .zip(units)
+            .map(|(&y, &u)| {
+                let d = map.unit_offset(u, y) as f64;
+                match activation {
+                    Activation::Relu => normal_cdf(d / sigma) * sigma * sigma,
+                    Activation::Square => (2.0 * d * sigma).powi(2),
+                }
+            })
+            .collect();
+        let scores = &reference.scores;
+        let top = crate::model::argmax(scores);
+        let row = |j: usize| &self.w2[j * self.hidden_dim..(j + 1) * self.hidden_dim];
+        let pairs = (0..self.out_dim).filter(|&b| b != top).map(|b| {
+            let var = row(top)
+                .iter()
+                .zip(row(b))
+                .zip(&unit_var)
+                .map(|((wt, wb), v)| ((wt - wb) as f64).powi(2) * v)
+                .sum::<f64>()
+                + 2.0 * out_noise * out_noise;
+            let margin = (scores[top] - scores[b]) as f64;
+            normal_cdf(-margin / var.sqrt().max(f64::MIN_POSITIVE))
+        });
+        let (most, sum) = pairs.fold((0f64, 0f64), |(m, s), p| (m.max(p), s + p));
+        FlipProbability {
+            at_least: most,
+            at_most: sum.min(1.0),
+        }
     }
 
     /// Float scores for integer ones.
@@ -568,6 +646,73 @@ mod tests {
                 .count();
             assert!(agree >= 285, "{variant:?}: {agree}/300");
         }
+    }
+
+    /// The flip probability's bounds against a Monte-Carlo run of its own noise model (Gaussian
+    /// input error rounded to slots, through ReLU and W2, plus output noise), at two noise
+    /// levels: the simulated flips lie between the bounds (10 % statistical slack).
+    #[test]
+    fn flip_probability_bounds_simulated_noise() {
+        use rand::{Rng, SeedableRng};
+        let task = synth::Task::new(5, 48, 10);
+        let model = synth::classifier(5, &task, 64, Some(Activation::Relu));
+        let calib: Vec<Vec<f32>> = task.samples(12, 200).into_iter().map(|s| s.0).collect();
+        let params = ParameterSet::for_level(SecurityLevel::L128);
+        let q = QuantModel::quantize(&model, Variant::Act, None, &calib, &params).unwrap();
+        let HiddenMap::Window { map, ref units, .. } = q.hidden_map else {
+            unreachable!()
+        };
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let mut gauss = |s: f64| {
+            let (u, v): (f64, f64) = (rng.gen_range(1e-12..1.0), rng.gen());
+            s * (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+        };
+        let inputs = task.samples(13, 100);
+        for (sigma, out_noise) in [(8.0, 600.0), (12.0, 1000.0)] {
+            let (mut low, mut high, mut flips, trials) = (0.0, 0.0, 0usize, 400);
+            for (x, _) in &inputs {
+                let r = q.reference(&q.input.quantize(x).unwrap());
+                let top = argmax(&r.scores);
+                let p = q.flip_probability_with(&r, sigma, out_noise);
+                low += trials as f64 * p.at_least;
+                high += trials as f64 * p.at_most;
+                let d: Vec<f64> = r
+                    .pre_activation
+                    .iter()
+                    .zip(units)
+                    .map(|(&y, &u)| map.unit_offset(u, y) as f64)
+                    .collect();
+                for _ in 0..trials {
+                    let a: Vec<f64> = d
+                        .iter()
+                        .map(|&d| (d + gauss(sigma).round()).max(0.0))
+                        .collect();
+                    let scores: Vec<f64> = (0..q.out_dim)
+                        .map(|j| {
+                            let row = &q.w2[j * q.hidden_dim..(j + 1) * q.hidden_dim];
+                            let z: f64 = row.iter().zip(&a).map(|(&w, &a)| w as f64 * a).sum();
+                            z + q.b2[j] as f64 + gauss(out_noise)
+                        })
+                        .collect();
+                    flips += (argmax(&scores) != top) as usize;
+                }
+            }
+            let flips = flips as f64;
+            assert!(
+                flips > 200.0,
+                "σ {sigma}: too few flips to compare: {flips}"
+            );
+            assert!(
+                0.9 * low <= flips && flips <= 1.1 * high && low < high,
+                "σ {sigma}: {low:.0} ≤ {flips} ≤ {high:.0}"
+            );
+        }
+        // Exact variants never flip; no noise, no flips (these inputs have no exact ties).
+        let exact = QuantModel::quantize(&model, Variant::Noact, None, &calib, &params).unwrap();
+        let r = exact.reference(&exact.input.quantize(&calib[0]).unwrap());
+        assert_eq!(exact.act_flip_probability(&r, &params).at_most, 0.0);
+        let r = q.reference(&q.input.quantize(&calib[0]).unwrap());
+        assert!(q.flip_probability_with(&r, 1e-9, 1e-9).at_most < 1e-12);
     }
 
     #[test]
