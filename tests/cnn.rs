@@ -232,9 +232,11 @@ fn eval_reports_accuracy_agreement_and_plots() {
         "--calibration",
         &data("fashion-calibration-images.idx"),
         "--variant",
-        "last,noact",
+        "last,noact,act",
         "--encrypted",
         "30",
+        "--encrypted-act",
+        "2",
         "--widths",
         "4,8",
         "--json",
@@ -246,8 +248,18 @@ fn eval_reports_accuracy_agreement_and_plots() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(reports.len(), 2);
-    for r in &reports {
+    assert_eq!(reports.len(), 3);
+    // The bootstrapped variant: its noise model's expectation, between 90 % and 100 % on this
+    // model (98 % over the full test set), low ≤ high; the two encrypted images are not
+    // asserted (noise may flip a near-tie).
+    let act = &reports[2];
+    assert_eq!(act["variant"], "act");
+    assert_eq!(act["encrypted_images"], 2);
+    let [low, high] = [0, 1].map(|k| act["expected_agreement"][k].as_f64().unwrap());
+    assert!(0.9 < low && low <= high && high < 1.0, "{act}");
+    let [low, high] = [0, 1].map(|k| act["expected_disagreements"][k].as_f64().unwrap());
+    assert!(0.0 <= low && low <= high && high < 2.0, "{act}");
+    for r in &reports[..2] {
         assert_eq!(r["test_images"], 300);
         assert_eq!(r["encrypted_images"], 30);
         assert_eq!(r["encrypted_agreement"], 1.0, "{r}");

@@ -702,7 +702,7 @@ fn run(cli: Cli) -> Result<()> {
                     {
                         println!(
                             "    noise model: expected agreement {:.2}–{:.2}% on all {} images, \
-                             {:.1}–{:.1} disagreements on the sample (measured {})",
+                             {:.2}–{:.2} disagreements on the sample (measured {})",
                             100.0 * all_low,
                             100.0 * all_high,
                             r.test_images,
