@@ -28,7 +28,7 @@ fn main() -> hedge::error::Result<()> {
         .map(|x| q.reference(&x))
         .collect();
     let sigma = params.pbs_input_std_slots();
-    let out = params.pbs_output_std() * (q.hidden_dim as f64).sqrt() / q.delta_out as f64;
+    let out = q.act_output_noise(&params);
     println!("σ_in {sigma:.2} slots, output noise {out:.0} score units per score");
     println!("input ÷  output ÷  expected agreement (low–high)  P(200 of 200)");
     for in_div in [1.0, 2.0, 4.0, 10.0, 40.0, 100.0, 1e9] {

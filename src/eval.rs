@@ -124,35 +124,43 @@ struct Loaded {
     extractor_ms: f64,
 }
 
-fn accuracy_of(q: &QuantModel, feats: &[Vec<f32>], labels: &[u8]) -> (f64, usize) {
-    let mut correct = 0;
-    let mut refused = 0;
-    for (f, &l) in feats.iter().zip(labels) {
-        match q.input.quantize(f) {
-            Ok(xq) => correct += (argmax(&q.reference(&xq).scores) == l as usize) as usize,
-            Err(_) => refused += 1,
-        }
-    }
-    (correct as f64 / feats.len().max(1) as f64, refused)
+/// The integer reference over every image: its accuracy, how many images the quantiser
+/// refused, and — when `noise` is given — each image's probability that the encrypted class
+/// differs from the reference's (0 for refused images and for the exact variants).
+struct ReferencePass {
+    accuracy: f64,
+    refused: usize,
+    flip: Vec<FlipProbability>,
 }
 
-/// Per test image, the noise model's probability that the encrypted class differs from the
-/// reference's (0 for images the quantiser refuses and for the exact variants).
-fn flip_probabilities(
+fn reference_pass(
     q: &QuantModel,
     feats: &[Vec<f32>],
-    params: &ParameterSet,
-) -> Vec<FlipProbability> {
-    if q.variant != Variant::Act {
-        return vec![FlipProbability::default(); feats.len()];
+    labels: &[u8],
+    noise: Option<&ParameterSet>,
+) -> ReferencePass {
+    let (mut correct, mut refused, mut flip) = (0, 0, Vec::new());
+    for (f, &l) in feats.iter().zip(labels) {
+        let p = match q.input.quantize(f) {
+            Ok(xq) => {
+                let r = q.reference(&xq);
+                correct += (argmax(&r.scores) == l as usize) as usize;
+                noise.map(|params| q.act_flip_probability(&r, params))
+            }
+            Err(_) => {
+                refused += 1;
+                None
+            }
+        };
+        if noise.is_some() {
+            flip.push(p.unwrap_or_default());
+        }
     }
-    feats
-        .iter()
-        .map(|f| match q.input.quantize(f) {
-            Ok(xq) => q.act_flip_probability(&q.reference(&xq), params),
-            Err(_) => FlipProbability::default(),
-        })
-        .collect()
+    ReferencePass {
+        accuracy: correct as f64 / feats.len().max(1) as f64,
+        refused,
+        flip,
+    }
 }
 
 /// [low, high] sums of the flip probabilities of `images`.
@@ -216,8 +224,11 @@ pub fn run(opts: &EvalOptions, progress: &mut dyn FnMut(&CaseReport)) -> Result<
             calibration,
             &opts.params,
         )?;
-        let (reference_accuracy, reference_refused) = accuracy_of(&q, feats, &labels);
-        let flip = flip_probabilities(&q, feats, &opts.params);
+        let ReferencePass {
+            accuracy: reference_accuracy,
+            refused: reference_refused,
+            flip,
+        } = reference_pass(&q, feats, &labels, Some(&opts.params));
 
         let enc = EncryptedModel::encrypt(&q, &keys.secret)?;
         let mut engine = EdgeEngine::new(
@@ -274,7 +285,7 @@ pub fn run(opts: &EvalOptions, progress: &mut dyn FnMut(&CaseReport)) -> Result<
                     &opts.params,
                     bits,
                 )?;
-                Ok((b, accuracy_of(&q, feats, &labels).0))
+                Ok((b, reference_pass(&q, feats, &labels, None).accuracy))
             })
             .collect::<Result<Vec<_>>>()?;
         let report = CaseReport {

@@ -71,19 +71,17 @@ impl WindowMap {
         (zero_slot as u64) << (64 - self.log2_2n())
     }
 
-    /// Unit `u`'s noise-free slot for the pre-activation y.
-    pub fn unit_slot(&self, u: UnitWindow, y: i64) -> u64 {
-        self.slot(
+    /// The activation's argument for unit `u` at pre-activation y — its noise-free slot (kept
+    /// inside the window, as the reference does) less the unit's zero — and whether the slot
+    /// left the window.
+    pub fn unit_offset(&self, u: UnitWindow, y: i64) -> (i64, bool) {
+        let slot = self.slot(
             (y as u64)
                 .wrapping_mul(u.delta_h)
                 .wrapping_add(self.offset(u.zero_slot)),
-        )
-    }
-
-    /// The activation's argument for unit `u` at y: its slot (kept inside the window, as the
-    /// reference does) less the unit's zero.
-    pub fn unit_offset(&self, u: UnitWindow, y: i64) -> i64 {
-        self.unit_slot(u, y).min(self.window as u64 - 1) as i64 - u.zero_slot as i64
+        );
+        let inside = slot.min(self.window as u64 - 1);
+        (inside as i64 - u.zero_slot as i64, inside != slot)
     }
 }
 

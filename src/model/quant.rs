@@ -166,8 +166,8 @@ impl HiddenMap {
                 units,
                 activation,
             } => {
-                let outside = map.unit_slot(units[i], y) >= map.window as u64;
-                (activation.apply(map.unit_offset(units[i], y)), outside)
+                let (offset, outside) = map.unit_offset(units[i], y);
+                (activation.apply(offset), outside)
             }
         }
     }
@@ -444,12 +444,7 @@ impl QuantModel {
                 };
                 (0..out_dim)
                     .map(|j| {
-                        q.w2[j * hidden_dim..(j + 1) * hidden_dim]
-                            .iter()
-                            .map(|w| w.abs())
-                            .sum::<i64>()
-                            * amax
-                            + q.b2[j].abs()
+                        q.w2_row(j).iter().map(|w| w.abs()).sum::<i64>() * amax + q.b2[j].abs()
                     })
                     .max()
                     .unwrap_or(1)
@@ -512,11 +507,11 @@ impl QuantModel {
             Activation::Square => 2.0 * map.window as f64,
         };
         let sigma_in = params.pbs_input_std_slots() * slope;
-        let out_noise =
-            params.pbs_output_std() * (self.hidden_dim as f64).sqrt() / self.delta_out as f64;
+        let out_noise = self.act_output_noise(params);
         (0..self.out_dim)
             .map(|j| {
-                let norm = self.w2[j * self.hidden_dim..(j + 1) * self.hidden_dim]
+                let norm = self
+                    .w2_row(j)
                     .iter()
                     .map(|w| (w * w) as f64)
                     .sum::<f64>()
@@ -540,9 +535,22 @@ impl QuantModel {
         reference: &Reference,
         params: &ParameterSet,
     ) -> FlipProbability {
-        let out_noise =
-            params.pbs_output_std() * (self.hidden_dim as f64).sqrt() / self.delta_out as f64;
-        self.flip_probability_with(reference, params.pbs_input_std_slots(), out_noise)
+        self.flip_probability_with(
+            reference,
+            params.pbs_input_std_slots(),
+            self.act_output_noise(params),
+        )
+    }
+
+    /// For `act`: the bootstrap output noise on each score, in score units (`hidden`
+    /// accumulators summed, divided by Δ_out).
+    pub fn act_output_noise(&self, params: &ParameterSet) -> f64 {
+        params.pbs_output_std() * (self.hidden_dim as f64).sqrt() / self.delta_out as f64
+    }
+
+    /// Row j of W2 (the weights into output j).
+    pub fn w2_row(&self, j: usize) -> &[i64] {
+        &self.w2[j * self.hidden_dim..(j + 1) * self.hidden_dim]
     }
 
     /// [`Self::act_flip_probability`] for a bootstrap input noise of `sigma` slots and an output
@@ -567,7 +575,7 @@ impl QuantModel {
             .iter()
             .zip(units)
             .map(|(&y, &u)| {
-                let d = map.unit_offset(u, y) as f64;
+                let d = map.unit_offset(u, y).0 as f64;
                 match activation {
                     Activation::Relu => normal_cdf(d / sigma) * sigma * sigma,
                     Activation::Square => (2.0 * d * sigma).powi(2),
@@ -576,11 +584,11 @@ impl QuantModel {
             .collect();
         let scores = &reference.scores;
         let top = crate::model::argmax(scores);
-        let row = |j: usize| &self.w2[j * self.hidden_dim..(j + 1) * self.hidden_dim];
         let pairs = (0..self.out_dim).filter(|&b| b != top).map(|b| {
-            let var = row(top)
+            let var = self
+                .w2_row(top)
                 .iter()
-                .zip(row(b))
+                .zip(self.w2_row(b))
                 .zip(&unit_var)
                 .map(|((wt, wb), v)| ((wt - wb) as f64).powi(2) * v)
                 .sum::<f64>()
@@ -680,7 +688,7 @@ mod tests {
                     .pre_activation
                     .iter()
                     .zip(units)
-                    .map(|(&y, &u)| map.unit_offset(u, y) as f64)
+                    .map(|(&y, &u)| map.unit_offset(u, y).0 as f64)
                     .collect();
                 for _ in 0..trials {
                     let a: Vec<f64> = d
@@ -689,8 +697,12 @@ mod tests {
                         .collect();
                     let scores: Vec<f64> = (0..q.out_dim)
                         .map(|j| {
-                            let row = &q.w2[j * q.hidden_dim..(j + 1) * q.hidden_dim];
-                            let z: f64 = row.iter().zip(&a).map(|(&w, &a)| w as f64 * a).sum();
+                            let z: f64 = q
+                                .w2_row(j)
+                                .iter()
+                                .zip(&a)
+                                .map(|(&w, &a)| w as f64 * a)
+                                .sum();
                             z + q.b2[j] as f64 + gauss(out_noise)
                         })
                         .collect();
