@@ -5,17 +5,21 @@
 //! Works with shared subscriptions (`$share/<group>/hedge/+/results`) so several decryptors can
 //! split the load. Subscriptions are renewed on every ConnAck (a clean session forgets them).
 //! Acknowledgements are manual and sent only after the line is written, so a decryptor crash
-//! re-delivers rather than loses. A malformed, oversized or wrong-key payload is logged with
-//! its reason, acknowledged (so it is not redelivered forever) and skipped.
+//! re-delivers rather than loses; none is ever dropped ([`Connection`]). A malformed,
+//! oversized or wrong-key payload is logged with its reason, acknowledged (so it is not
+//! redelivered forever) and skipped.
 
 use crate::crypto::keys::SecretKeys;
 use crate::edge::message::{ResultMessage, MAX_PAYLOAD};
 use crate::edge::mqtt::MqttConfig;
 use crate::engine::decrypt;
 use crate::error::Result;
-use rumqttc::{AsyncClient, Event, Packet, QoS};
+use crate::transport::{Backoff, Connection};
+use rumqttc::{Event, Packet, QoS};
 use std::collections::HashSet;
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The largest packet MQTT 3.1.1 can express (remaining length 268,435,455 plus header).
@@ -35,6 +39,8 @@ pub struct SubscribeOptions {
     pub persistent: bool,
     /// Told once the subscription is acknowledged.
     pub ready: Option<std::sync::mpsc::Sender<()>>,
+    /// Set (by a signal handler) to stop after the message in hand.
+    pub stop: Arc<AtomicBool>,
 }
 
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -64,77 +70,91 @@ async fn subscribe(
     mqtt_options.set_max_packet_size(MQTT_MAX_PACKET, MAX_PAYLOAD + 1024);
     mqtt_options.set_manual_acks(true);
     mqtt_options.set_clean_session(!opts.persistent);
-    let (client, mut eventloop) = AsyncClient::new(mqtt_options, 64);
     let mut seen: HashSet<(String, u64)> = HashSet::new();
     let mut stats = Stats::default();
-    let mut backoff = Duration::from_secs(1);
+    let mut backoff = Backoff::default();
     let mut last_message = std::time::Instant::now();
     loop {
-        if opts.count.is_some_and(|c| stats.results >= c) {
-            let _ = client.disconnect().await;
-            return Ok(stats);
-        }
-        if opts
-            .idle_timeout
-            .is_some_and(|t| last_message.elapsed() > t)
-        {
-            return Ok(stats);
-        }
-        let event = tokio::select! {
-            e = eventloop.poll() => e,
-            _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
+        let mut conn = Connection::open(mqtt_options.clone(), 64);
+        let error = loop {
+            if opts.count.is_some_and(|c| stats.results >= c) {
+                conn.close(Duration::from_secs(5)).await;
+                return Ok(stats);
+            }
+            if opts.stop.load(Ordering::Relaxed)
+                || opts
+                    .idle_timeout
+                    .is_some_and(|t| last_message.elapsed() > t)
+            {
+                conn.close(Duration::from_secs(1)).await;
+                return Ok(stats);
+            }
+            let event = tokio::select! {
+                e = conn.next() => e,
+                _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
+            };
+            match event {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    backoff.reset();
+                    log::info!("connected; subscribing to {}", opts.filter);
+                    conn.subscribe(&opts.filter, QoS::AtLeastOnce);
+                }
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    if let Some(ready) = &opts.ready {
+                        let _ = ready.send(());
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    last_message = std::time::Instant::now();
+                    handle(keys, &p, &mut seen, &mut stats, out)?;
+                    // Only once the line is written: a crash before this redelivers.
+                    conn.ack(&p);
+                }
+                Ok(_) => {}
+                Err(e) => break e,
+            }
         };
-        match event {
-            Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                backoff = Duration::from_secs(1);
-                log::info!("connected; subscribing to {}", opts.filter);
-                let _ = client.try_subscribe(&opts.filter, QoS::AtLeastOnce);
+        let delay = backoff.next_delay();
+        log::warn!("broker connection: {error}; retrying in {delay:.1?}");
+        tokio::time::sleep(delay).await;
+    }
+}
+
+/// Decrypt one message and write its line (or count it as a duplicate or a rejection).
+fn handle(
+    keys: &SecretKeys,
+    p: &rumqttc::Publish,
+    seen: &mut HashSet<(String, u64)>,
+    stats: &mut Stats,
+    out: &mut dyn Write,
+) -> Result<()> {
+    match ResultMessage::decode(&p.payload).and_then(|m| decrypt(&m.result, keys).map(|d| (m, d))) {
+        Ok((m, d)) => {
+            if seen.insert((m.device_id.clone(), m.seq)) {
+                let line = serde_json::json!({
+                    "device": m.device_id,
+                    "seq": m.seq,
+                    "timestamp_ms": m.timestamp_ms,
+                    "infer_ms": m.infer_us as f64 / 1e3,
+                    "extract_ms": m.extract_us as f64 / 1e3,
+                    "bundle": m.bundle_id,
+                    "class": d.class,
+                    "scores": d.float_scores,
+                    "noise_margin_bits": (d.noise_margin_bits * 10.0).round() / 10.0,
+                });
+                writeln!(out, "{line}")
+                    .and_then(|_| out.flush())
+                    .map_err(|e| crate::error::Error::io("output", e))?;
+                stats.results += 1;
+            } else {
+                stats.duplicates += 1;
+                log::debug!("duplicate {}#{} dropped", m.device_id, m.seq);
             }
-            Ok(Event::Incoming(Packet::SubAck(_))) => {
-                if let Some(ready) = &opts.ready {
-                    let _ = ready.send(());
-                }
-            }
-            Ok(Event::Incoming(Packet::Publish(p))) => {
-                last_message = std::time::Instant::now();
-                match ResultMessage::decode(&p.payload)
-                    .and_then(|m| decrypt(&m.result, keys).map(|d| (m, d)))
-                {
-                    Ok((m, d)) => {
-                        if seen.insert((m.device_id.clone(), m.seq)) {
-                            let line = serde_json::json!({
-                                "device": m.device_id,
-                                "seq": m.seq,
-                                "timestamp_ms": m.timestamp_ms,
-                                "infer_ms": m.infer_us as f64 / 1e3,
-                                "extract_ms": m.extract_us as f64 / 1e3,
-                                "bundle": m.bundle_id,
-                                "class": d.class,
-                                "scores": d.float_scores,
-                                "noise_margin_bits": (d.noise_margin_bits * 10.0).round() / 10.0,
-                            });
-                            writeln!(out, "{line}")
-                                .and_then(|_| out.flush())
-                                .map_err(|e| crate::error::Error::io("output", e))?;
-                            stats.results += 1;
-                        } else {
-                            stats.duplicates += 1;
-                            log::debug!("duplicate {}#{} dropped", m.device_id, m.seq);
-                        }
-                    }
-                    Err(e) => {
-                        stats.rejected += 1;
-                        log::warn!("rejected a message on {}: {e}", p.topic);
-                    }
-                }
-                let _ = client.try_ack(&p);
-            }
-            Ok(_) => {}
-            Err(e) => {
-                log::warn!("broker connection: {e}; retrying in {backoff:?}");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(30));
-            }
+        }
+        Err(e) => {
+            stats.rejected += 1;
+            log::warn!("rejected a message on {}: {e}", p.topic);
         }
     }
+    Ok(())
 }

@@ -124,6 +124,7 @@ pub fn run(opts: &DemoOptions) -> Result<Vec<DemoSummary>> {
             idle_timeout: Some(Duration::from_secs(300)),
             persistent: false,
             ready: Some(ready_tx),
+            stop: Default::default(),
         };
         let secret = &set.secret;
         let (stats, lines, status) = std::thread::scope(|scope| -> Result<_> {

@@ -20,5 +20,6 @@ pub mod eval;
 pub mod images;
 pub mod model;
 pub mod network;
+pub mod transport;
 
 pub use error::{Error, Result};

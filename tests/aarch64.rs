@@ -31,9 +31,16 @@ fn aarch64_hedged_under_qemu_publishes_decryptable_results() {
     std::fs::write(&input, st.vectors[..4].join("\n")).unwrap();
     let mut qemu = Command::new("qemu-aarch64");
     qemu.arg(&bin);
-    let h = hedged_args(qemu, &st, &broker.addr(), s(&input), &st.root.join("spool"))
-        .spawn()
-        .expect("qemu-aarch64 (apt-get install qemu-user; .ci/run does)");
+    let h = hedged_args(
+        qemu,
+        &st,
+        &broker.addr(),
+        s(&input),
+        &st.root.join("spool"),
+        "board",
+    )
+    .spawn()
+    .expect("qemu-aarch64 (apt-get install qemu-user; .ci/run does)");
     let log = wait_ok(h, "aarch64 hedged");
     assert!(log.contains("input finished: 4 result(s)"), "{log}");
     wait_ok(dec, "decryptor");

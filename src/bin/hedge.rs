@@ -526,6 +526,11 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             let secret = backend::load_secret(&keys).context("loading secret key")?;
             let (host, port) = MqttConfig::parse_addr(&broker).context("--subscribe")?;
+            // SIGTERM/SIGINT: finish the message in hand, then exit cleanly.
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+                signal_hook::flag::register(signal, stop.clone()).context("signal handler")?;
+            }
             let mut config = MqttConfig::new(host, port);
             mqtt.apply(&mut config)?;
             let opts = hedge::decryptor::SubscribeOptions {
@@ -537,6 +542,7 @@ fn run(cli: Cli) -> Result<()> {
                 count,
                 idle_timeout: idle_timeout.map(std::time::Duration::from_secs),
                 ready: None,
+                stop,
             };
             let stats = match output {
                 Some(path) => {

@@ -3,13 +3,15 @@
 //!
 //! QoS 1. Up to `WINDOW` results are in flight; rumqttc numbers each publish when it writes it
 //! (`Outgoing::Publish(pkid)`, in request order), and the matching `PubAck` removes the file
-//! from the spool. On any connection error the client is rebuilt after a backoff (1 s doubling
-//! to 30 s) and everything still in the spool is sent again: at least once, de-duplicated by
-//! the decryptor. The event loop is polled continuously, as rumqttc requires.
+//! from the spool. On any connection error the connection is rebuilt after a backoff (1 s
+//! doubling to 30 s, jittered; new results do not cut it short) and everything still in the
+//! spool is sent again: at least once, de-duplicated by the decryptor. The event loop is
+//! polled continuously and never cancelled mid-poll ([`Connection`]).
 
 use super::mqtt::MqttConfig;
 use super::spool::Spool;
-use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
+use crate::transport::{Backoff, Connection};
+use rumqttc::{Event, MqttOptions, Outgoing, Packet, QoS};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -106,22 +108,19 @@ async fn run(
     mut wake: tokio::sync::mpsc::UnboundedReceiver<()>,
     flags: Arc<Flags>,
 ) {
-    let mut backoff = Duration::from_secs(1);
+    let mut backoff = Backoff::default();
     loop {
-        let (client, mut eventloop) = AsyncClient::new(options.clone(), WINDOW * 2);
+        let mut conn = Connection::open(options.clone(), WINDOW * 2);
         // (seq, pkid once rumqttc assigned it), oldest first
         let mut inflight: VecDeque<(u64, Option<u16>)> = VecDeque::new();
         let mut last_sent: Option<u64> = None;
         let mut up = false;
-        loop {
+        let error = loop {
             let drained =
                 flags.drain.load(Ordering::Relaxed) && spool.is_empty() && inflight.is_empty();
             if drained || flags.abort.load(Ordering::Relaxed) {
                 if up {
-                    let _ = client.disconnect().await;
-                    // Let the DISCONNECT go out.
-                    let _ =
-                        tokio::time::timeout(Duration::from_millis(200), eventloop.poll()).await;
+                    conn.close(Duration::from_millis(200)).await;
                 }
                 return;
             }
@@ -129,7 +128,8 @@ async fn run(
                 for seq in spool.pending_after(last_sent, WINDOW.saturating_sub(inflight.len())) {
                     match spool.read(seq) {
                         Ok(payload) => {
-                            if client
+                            if conn
+                                .client()
                                 .try_publish(&topic, QoS::AtLeastOnce, false, payload)
                                 .is_err()
                             {
@@ -142,43 +142,53 @@ async fn run(
                     last_sent = Some(seq);
                 }
             }
+            let event = tokio::select! {
+                event = conn.next() => event,
+                _ = wake.recv() => continue,
+                _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
+            };
+            match event {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    let (host, port) = options.broker_address();
+                    log::info!("connected to {host}:{port}");
+                    up = true;
+                    backoff.reset();
+                }
+                Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
+                    if let Some(e) = inflight.iter_mut().find(|e| e.1.is_none()) {
+                        e.1 = Some(pkid);
+                    }
+                }
+                Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                    if let Some(i) = inflight.iter().position(|e| e.1 == Some(ack.pkid)) {
+                        let (seq, _) = inflight.remove(i).expect("index in range");
+                        spool.remove(seq);
+                        log::debug!("#{seq} acknowledged");
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => break e,
+            }
+        };
+        if flags.abort.load(Ordering::Relaxed) {
+            log::warn!(
+                "broker unreachable while stopping ({error}); {} result(s) stay spooled",
+                spool.len()
+            );
+            return;
+        }
+        let delay = backoff.next_delay();
+        log::warn!(
+            "broker connection: {error}; retrying in {delay:.1?} ({} spooled)",
+            spool.len()
+        );
+        // New results do not shorten the wait (a board that keeps inferring would otherwise
+        // reconnect as fast as it infers); only a stop request does.
+        let until = tokio::time::Instant::now() + delay;
+        while !flags.abort.load(Ordering::Relaxed) {
             tokio::select! {
-                event = eventloop.poll() => match event {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        log::info!("connected to {}:{}", options.broker_address().0, options.broker_address().1);
-                        up = true;
-                        backoff = Duration::from_secs(1);
-                    }
-                    Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
-                        if let Some(e) = inflight.iter_mut().find(|e| e.1.is_none()) {
-                            e.1 = Some(pkid);
-                        }
-                    }
-                    Ok(Event::Incoming(Packet::PubAck(ack))) => {
-                        if let Some(i) = inflight.iter().position(|e| e.1 == Some(ack.pkid)) {
-                            let (seq, _) = inflight.remove(i).expect("index in range");
-                            spool.remove(seq);
-                            log::debug!("#{seq} acknowledged");
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        if flags.abort.load(Ordering::Relaxed) {
-                            log::warn!("broker unreachable while stopping ({e}); {} result(s) stay spooled", spool.len());
-                            return;
-                        }
-                        log::warn!("broker connection: {e}; retrying in {:?} ({} spooled)", backoff, spool.len());
-                        // Interruptible, so a stop request is not held up by the backoff.
-                        tokio::select! {
-                            _ = tokio::time::sleep(backoff) => {}
-                            _ = wake.recv() => {}
-                        }
-                        backoff = (backoff * 2).min(Duration::from_secs(30));
-                        break;
-                    }
-                },
+                _ = tokio::time::sleep_until(until) => break,
                 _ = wake.recv() => {}
-                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
             }
         }
     }

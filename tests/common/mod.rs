@@ -226,18 +226,57 @@ pub fn reference_class(root: &Path, name: &str, variant: &str, vector: &str) -> 
     hedge::model::argmax(&q.reference(&q.input.quantize(&x).unwrap()).scores) as u64
 }
 
+/// The class the integer reference gives each of `st`'s test vectors (model quantised once).
+pub fn reference_classes(st: &Setup) -> Vec<u64> {
+    use hedge::model::quant::{QuantModel, Variant};
+    let model = hedge::model::onnx::load(&st.root.join("model.onnx")).unwrap();
+    let calibration: Vec<Vec<f32>> = hedge::data::read_samples(&st.root.join("calibration.txt"))
+        .unwrap()
+        .into_iter()
+        .map(|s| s.values)
+        .collect();
+    let variant = match st.variant.as_str() {
+        "noact" => Variant::Noact,
+        "last" => Variant::Last,
+        other => panic!("no exact reference for {other}"),
+    };
+    let params =
+        hedge::crypto::params::ParameterSet::for_level(hedge::crypto::params::SecurityLevel::L128);
+    let q = QuantModel::quantize(&model, variant, None, &calibration, &params).unwrap();
+    st.vectors
+        .iter()
+        .map(|v| {
+            let x = hedge::data::parse_line(v).unwrap().unwrap().values;
+            hedge::model::argmax(&q.reference(&q.input.quantize(&x).unwrap()).scores) as u64
+        })
+        .collect()
+}
+
 pub fn hedged_command(st: &Setup, broker: &str, input: &str, spool: &Path) -> Command {
+    hedged_device(st, broker, input, spool, "board")
+}
+
+/// hedged as device `device`.
+pub fn hedged_device(st: &Setup, broker: &str, input: &str, spool: &Path, device: &str) -> Command {
     hedged_args(
         Command::new(env!("CARGO_BIN_EXE_hedged")),
         st,
         broker,
         input,
         spool,
+        device,
     )
 }
 
 /// hedged's usual arguments on `c` (the binary, or an emulator running it).
-pub fn hedged_args(mut c: Command, st: &Setup, broker: &str, input: &str, spool: &Path) -> Command {
+pub fn hedged_args(
+    mut c: Command,
+    st: &Setup,
+    broker: &str,
+    input: &str,
+    spool: &Path,
+    device: &str,
+) -> Command {
     c.args([
         "--bundle",
         s(&st.bundle),
@@ -252,7 +291,7 @@ pub fn hedged_args(mut c: Command, st: &Setup, broker: &str, input: &str, spool:
         "--spool-dir",
         s(spool),
         "--device-id",
-        "board",
+        device,
     ])
     .env("RUST_LOG", "info")
     .stdin(Stdio::piped())
@@ -305,10 +344,33 @@ pub fn decryptor(st: &Setup, broker: &str, count: usize, out: &Path) -> Child {
     )
 }
 
-pub fn wait_ok(c: Child, what: &str) -> String {
-    let o = c.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert!(o.status.success(), "{what} failed: {err}");
+/// Wait for `c` to exit successfully (killed and failed after 5 minutes: a hang must not hold up
+/// CI); returns its stderr.
+pub fn wait_ok(mut c: Child, what: &str) -> String {
+    use std::io::Read;
+    let mut stderr = c.stderr.take();
+    // Read stderr meanwhile: a chatty child would block on a full pipe.
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        if let Some(e) = stderr.as_mut() {
+            let _ = e.read_to_string(&mut text);
+        }
+        text
+    });
+    let t = Instant::now();
+    let status = loop {
+        if let Some(status) = c.try_wait().unwrap() {
+            break status;
+        }
+        if t.elapsed() > Duration::from_secs(300) {
+            let _ = c.kill();
+            let _ = c.wait();
+            panic!("{what} hung for 300 s: {}", reader.join().unwrap());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let err = reader.join().unwrap();
+    assert!(status.success(), "{what} failed: {err}");
     err
 }
 
