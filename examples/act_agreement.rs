@@ -3,12 +3,12 @@
 //! image, with the bootstrap's input noise (σ slots) and output noise divided by factors.
 //! `cargo run --release --example act_agreement [model.onnx]`
 use hedge::crypto::params::{ParameterSet, SecurityLevel};
-use hedge::images::read_idx_images;
+use hedge::input::images::read_idx_images;
+use hedge::model::network::Network;
 use hedge::model::quant::{QuantModel, Variant};
-use hedge::network::Network;
 use std::path::Path;
 
-fn main() -> hedge::error::Result<()> {
+fn main() -> Result<(), Box<dyn std::error::Error>> {
     let model = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "models/fashion-cnn-relu.onnx".into());
@@ -19,7 +19,7 @@ fn main() -> hedge::error::Result<()> {
     let feats: Vec<Vec<f32>> = images
         .iter()
         .map(|im| network.image_features(im))
-        .collect::<hedge::error::Result<_>>()?;
+        .collect::<Result<_, _>>()?;
     let params = ParameterSet::for_level(SecurityLevel::L128);
     let q = QuantModel::quantize(&network.head, Variant::Act, None, &calibration, &params)?;
     let refs: Vec<_> = feats

@@ -16,9 +16,10 @@
 
 use crate::crypto::keys::{key_id, EdgeKeys, KeyId};
 use crate::crypto::params::ParameterSet;
-use crate::engine::{hex, EdgeEngine, EncryptedModel, ModelInfo};
-use crate::error::{Error, Result};
-use crate::model::split::Extractor;
+use crate::engine::{hex, EdgeEngine, EncryptedModel, EngineError, ModelInfo};
+use crate::files::IoError;
+use crate::model::split::{Extractor, PlainExtractor};
+use crate::model::ModelError;
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -52,25 +53,6 @@ pub struct EdgeBundle {
     pub extractor: Option<PlainExtractor>,
 }
 
-/// A plaintext feature extractor: public, like the paper's convolutional layers.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct PlainExtractor {
-    /// ONNX model from the network's input to the classifier's input.
-    pub onnx: Vec<u8>,
-    /// Its input shape, e.g. [1, 1, 28, 28].
-    pub input_shape: Vec<usize>,
-    /// Raw 8-bit pixels are multiplied by this (1/255 for inputs in [0, 1]).
-    pub pixel_scale: f32,
-}
-
-impl PlainExtractor {
-    pub fn prepare(&self) -> Result<Extractor> {
-        let mut extractor = Extractor::new(&self.onnx, &self.input_shape)?;
-        extractor.pixel_scale = self.pixel_scale;
-        Ok(extractor)
-    }
-}
-
 /// The first 8 bytes of SHA-256 over a verifying key.
 pub fn fingerprint(key: &VerifyingKey) -> [u8; 8] {
     let d = Sha256::digest(key.as_bytes());
@@ -80,6 +62,40 @@ pub fn fingerprint(key: &VerifyingKey) -> [u8; 8] {
 /// A bundle's identity: SHA-256 over its signed bytes, shortened (for logs and results).
 pub fn bundle_id(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes)[..8])
+}
+
+/// Why a bundle is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error("bundle rejected: truncated ({len} bytes, {expected} expected)")]
+    Truncated { len: u64, expected: u64 },
+    #[error("bundle rejected: not a hedge bundle (bad magic)")]
+    BadMagic,
+    #[error("bundle rejected: format version {found}, this build reads version {FORMAT_VERSION}")]
+    Version { found: u16 },
+    #[error("bundle rejected: trailing bytes after the signature")]
+    TrailingBytes,
+    #[error("bundle rejected: corrupted (checksum mismatch)")]
+    Checksum,
+    #[error("bundle rejected: unsigned")]
+    Unsigned,
+    #[error("bundle rejected: signed by key {signer}, but the trusted signing key is {trusted}")]
+    WrongSigner { signer: String, trusted: String },
+    #[error("bundle rejected: the signature does not verify (the bundle was tampered with)")]
+    BadSignature,
+    #[error("bundle rejected: signed but undecodable body: {0}")]
+    Undecodable(String),
+    /// Signed and decodable, but its parts do not agree (keys, parameters, variant).
+    #[error("bundle rejected: {0}")]
+    Inconsistent(String),
+    #[error("not a verifying key: {0}")]
+    VerifyingKey(String),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Io(#[from] IoError),
 }
 
 impl EdgeBundle {
@@ -99,22 +115,19 @@ impl EdgeBundle {
     }
 
     /// Verify and decode a bundle signed by `trusted`.
-    pub fn from_bytes(bytes: &[u8], trusted: &VerifyingKey) -> Result<Self> {
-        let bad = |m: String| Err(Error::Bundle(m));
+    pub fn from_bytes(bytes: &[u8], trusted: &VerifyingKey) -> Result<Self, BundleError> {
         if bytes.len() < PREFIX + TRAILER {
-            return bad(format!(
-                "truncated: {} bytes is shorter than any bundle",
-                bytes.len()
-            ));
+            return Err(BundleError::Truncated {
+                len: bytes.len() as u64,
+                expected: (PREFIX + TRAILER) as u64,
+            });
         }
         if bytes[..8] != MAGIC {
-            return bad("not a hedge bundle (bad magic)".into());
+            return Err(BundleError::BadMagic);
         }
         let version = u16::from_le_bytes([bytes[8], bytes[9]]);
         if version != FORMAT_VERSION {
-            return bad(format!(
-                "format version {version}, this build reads version {FORMAT_VERSION}"
-            ));
+            return Err(BundleError::Version { found: version });
         }
         let body_len = u64::from_le_bytes(bytes[10..18].try_into().expect("8 bytes"));
         let expected = (PREFIX as u64)
@@ -123,58 +136,53 @@ impl EdgeBundle {
         match expected {
             Some(e) if e == bytes.len() as u64 => {}
             Some(e) if e > bytes.len() as u64 => {
-                return bad(format!("truncated: {} of {e} bytes", bytes.len()));
+                return Err(BundleError::Truncated {
+                    len: bytes.len() as u64,
+                    expected: e,
+                });
             }
-            _ => return bad("trailing bytes after the signature".into()),
+            _ => return Err(BundleError::TrailingBytes),
         }
         let body_end = PREFIX + body_len as usize;
         let body = &bytes[PREFIX..body_end];
         if Sha256::digest(body)[..] != bytes[body_end..body_end + 32] {
-            return bad("corrupted: checksum mismatch".into());
+            return Err(BundleError::Checksum);
         }
         let signer = &bytes[body_end + 32..body_end + 40];
         if signer == [0u8; 8] {
-            return bad("unsigned".into());
+            return Err(BundleError::Unsigned);
         }
         if signer != fingerprint(trusted) {
-            return bad(format!(
-                "signed by key {}, but the trusted signing key is {}",
-                hex(signer),
-                hex(&fingerprint(trusted))
-            ));
+            return Err(BundleError::WrongSigner {
+                signer: hex(signer),
+                trusted: hex(&fingerprint(trusted)),
+            });
         }
         let signature = Signature::from_bytes(bytes[body_end + 40..].try_into().expect("64 bytes"));
         trusted
             .verify(&bytes[..body_end + 40], &signature)
-            .map_err(|_| {
-                Error::Bundle("signature does not verify: the bundle was tampered with".into())
-            })?;
-        let bundle: EdgeBundle = postcard::from_bytes(body)
-            .map_err(|e| Error::Bundle(format!("signed but undecodable body: {e}")))?;
+            .map_err(|_| BundleError::BadSignature)?;
+        let bundle: EdgeBundle =
+            postcard::from_bytes(body).map_err(|e| BundleError::Undecodable(e.to_string()))?;
         bundle.check()?;
         Ok(bundle)
     }
 
-    pub fn load(path: &Path, trusted: &VerifyingKey) -> Result<(Self, Vec<u8>)> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        Ok((Self::from_bytes(&bytes, trusted)?, bytes))
-    }
-
-    fn check(&self) -> Result<()> {
+    fn check(&self) -> Result<(), BundleError> {
         let p = self.header.params;
         if p != ParameterSet::for_level(p.security) || self.keys.public.params != p {
-            return Err(Error::Bundle(format!(
+            return Err(BundleError::Inconsistent(format!(
                 "parameter set does not match the shipped {}-bit set",
                 p.security
             )));
         }
         if key_id(&self.keys.public) != self.header.key_id {
-            return Err(Error::Bundle(
+            return Err(BundleError::Inconsistent(
                 "keys do not match the header's key id".into(),
             ));
         }
         if self.model.variant() != self.header.model.variant {
-            return Err(Error::Bundle(
+            return Err(BundleError::Inconsistent(
                 "model and header disagree on the variant".into(),
             ));
         }
@@ -182,15 +190,73 @@ impl EdgeBundle {
     }
 
     /// Expand into a ready engine.
-    pub fn engine(&self) -> Result<EdgeEngine> {
-        EdgeEngine::new(
+    pub fn engine(&self) -> Result<EdgeEngine, BundleError> {
+        Ok(EdgeEngine::new(
             self.header.model.clone(),
             self.header.params,
             self.header.key_id,
             &self.keys,
             &self.model,
-        )
+        )?)
     }
+}
+
+/// A verified bundle, as read from its file.
+pub struct Opened {
+    pub bundle: EdgeBundle,
+    /// Its identity in logs and results ([`bundle_id`]).
+    pub id: String,
+    /// Its size in bytes.
+    pub len: usize,
+}
+
+/// What the edge runs: the bundle expanded.
+pub struct Ready {
+    pub engine: EdgeEngine,
+    /// The plaintext feature extractor, for bundles split from a CNN.
+    pub extractor: Option<Extractor>,
+    pub id: String,
+}
+
+/// Read a bundle file and verify it against `trusted`.
+pub fn open(path: &Path, trusted: &VerifyingKey) -> Result<Opened, BundleError> {
+    let bytes = crate::files::read(path)?;
+    let bundle = EdgeBundle::from_bytes(&bytes, trusted)?;
+    Ok(Opened {
+        bundle,
+        id: bundle_id(&bytes),
+        len: bytes.len(),
+    })
+}
+
+/// [`open`] with the trust anchor read from its file.
+pub fn open_verified(path: &Path, verifying_key: &Path) -> Result<Opened, BundleError> {
+    open(path, &load_verifying_key(verifying_key)?)
+}
+
+impl Opened {
+    /// Expand the engine and the extractor.
+    pub fn ready(self) -> Result<Ready, BundleError> {
+        Ok(Ready {
+            engine: self.bundle.engine()?,
+            extractor: self
+                .bundle
+                .extractor
+                .as_ref()
+                .map(|e| e.prepare())
+                .transpose()?,
+            id: self.id,
+        })
+    }
+}
+
+/// Read a verifying key file (32 raw bytes): the edge's trust anchor for bundles.
+pub fn load_verifying_key(path: &Path) -> Result<VerifyingKey, BundleError> {
+    let bytes: [u8; 32] = crate::files::read(path)?
+        .try_into()
+        .map_err(|_| BundleError::VerifyingKey(format!("{}: not a 32-byte key", path.display())))?;
+    VerifyingKey::from_bytes(&bytes)
+        .map_err(|_| BundleError::VerifyingKey(format!("{}: invalid key", path.display())))
 }
 
 #[cfg(test)]
@@ -227,49 +293,58 @@ mod tests {
         (bundle.to_bytes(&signer), signer, ks)
     }
 
-    fn rejection(bytes: &[u8], key: &VerifyingKey) -> String {
+    fn rejection(bytes: &[u8], key: &VerifyingKey) -> BundleError {
         match EdgeBundle::from_bytes(bytes, key) {
             Ok(_) => panic!("accepted a bad bundle"),
-            Err(e) => e.to_string(),
+            Err(e) => e,
         }
     }
 
     #[test]
     fn round_trip_and_every_rejection() {
+        use BundleError::*;
         let (bytes, signer, ks) = fixture();
         let key = signer.verifying_key();
         let b = EdgeBundle::from_bytes(&bytes, &key).unwrap();
         assert_eq!(b.header.key_id, ks.secret.key_id);
         b.engine().unwrap();
 
-        assert!(rejection(&bytes[..bytes.len() - 1], &key).contains("truncated"));
-        assert!(rejection(&bytes[..100], &key).contains("truncated"));
-        assert!(rejection(&bytes[..10], &key).contains("truncated"));
+        let n = bytes.len();
+        assert!(matches!(rejection(&bytes[..n - 1], &key), Truncated { .. }));
+        assert!(matches!(rejection(&bytes[..100], &key), Truncated { .. }));
+        assert!(matches!(rejection(&bytes[..10], &key), Truncated { .. }));
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(matches!(rejection(&longer, &key), TrailingBytes));
         let mut corrupt = bytes.clone();
         corrupt[PREFIX + 50] ^= 1;
-        assert!(rejection(&corrupt, &key).contains("checksum"));
+        assert!(matches!(rejection(&corrupt, &key), Checksum));
         let mut wrong_version = bytes.clone();
         wrong_version[8] = 9;
-        assert!(rejection(&wrong_version, &key).contains("version"));
+        assert!(matches!(
+            rejection(&wrong_version, &key),
+            Version { found: 9 }
+        ));
         let mut magic = bytes.clone();
         magic[0] = b'X';
-        assert!(rejection(&magic, &key).contains("magic"));
+        assert!(matches!(rejection(&magic, &key), BadMagic));
         let other = SigningKey::from_bytes(&[9u8; 32]).verifying_key();
-        assert!(rejection(&bytes, &other).contains("signed by key"));
+        let e = rejection(&bytes, &other);
+        assert!(matches!(e, WrongSigner { .. }));
+        assert!(e.to_string().contains("signed by key"), "{e}");
         let mut unsigned = bytes.clone();
-        let n = unsigned.len();
         unsigned[n - 72..n - 64].fill(0);
-        assert!(rejection(&unsigned, &key).contains("unsigned"));
+        assert!(matches!(rejection(&unsigned, &key), Unsigned));
         let mut forged = bytes.clone();
         forged[n - 1] ^= 1;
-        assert!(rejection(&forged, &key).contains("signature"));
+        assert!(matches!(rejection(&forged, &key), BadSignature));
         // A re-computed checksum does not save a tampered body: the signature catches it.
         let mut tampered = bytes.clone();
         let body_len = n - PREFIX - TRAILER;
         tampered[PREFIX + 50] ^= 1;
         let sum = Sha256::digest(&tampered[PREFIX..PREFIX + body_len]);
         tampered[PREFIX + body_len..PREFIX + body_len + 32].copy_from_slice(&sum);
-        assert!(rejection(&tampered, &key).contains("signature"));
+        assert!(matches!(rejection(&tampered, &key), BadSignature));
     }
 
     #[test]

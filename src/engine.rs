@@ -4,6 +4,7 @@
 //! Single-threaded by design: no rayon pool is ever touched on the inference path, and every
 //! buffer is sized by the model, so memory is bounded.
 
+use crate::crypto::error::CryptoError;
 use crate::crypto::ggsw::{ExactGgsw, FftEngine};
 use crate::crypto::keys::{EdgeKeys, KeyId, KeyKind, PreparedEvaluationKeys, SecretKeys};
 use crate::crypto::linear::{
@@ -14,11 +15,72 @@ use crate::crypto::lut::{EncryptedLuts, PreparedLuts};
 use crate::crypto::params::ParameterSet;
 use crate::crypto::pke::PreparedPublicKey;
 use crate::crypto::raw::U64s;
-use crate::error::{Error, Result};
+use crate::files::IoError;
 use crate::model::quant::{HiddenMap, InputQuant, QuantModel, Variant};
+use crate::model::ModelError;
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use tfhe::core_crypto::prelude::*;
+
+/// The engine's errors: inputs it refuses, keys that do not match, models or results whose
+/// parts do not fit together.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("key mismatch: {0}")]
+    KeyMismatch(String),
+    /// An encrypted model or result whose parts do not fit together.
+    #[error("malformed {0}")]
+    Malformed(String),
+    /// Encrypted features that do not fit this engine.
+    #[error("bad encrypted features: {0}")]
+    Features(String),
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Io(#[from] IoError),
+}
+
+impl EngineError {
+    /// A short name for counting rejected inputs by kind.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            EngineError::KeyMismatch(_) => "key mismatch",
+            EngineError::Malformed(_) => "malformed",
+            EngineError::Features(_) | EngineError::Crypto(CryptoError::Features(_)) => {
+                "bad encrypted features"
+            }
+            EngineError::Crypto(_) => "bad ciphertext",
+            EngineError::Model(e) => e.kind(),
+            EngineError::Io(_) => "io",
+        }
+    }
+}
+
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+/// Where the features come from: plaintext on the edge (only the model is secret), or
+/// encrypted with the bundle's public key before inference (`enc`: on the edge, inside the
+/// inference, or at a data source that sends encrypted frames).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum FeatureMode {
+    #[default]
+    Plain,
+    Enc,
+}
+
+impl FeatureMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Plain => "plain",
+            Self::Enc => "enc",
+        }
+    }
+}
 
 /// The plaintext first layer of variant `last` (public, like the feature extractor).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -91,10 +153,11 @@ impl EncryptedModel {
             Variant::Noact => {
                 let layout = PackedLayout::new(p.wide.poly_size, hidden, q.input.dim + 1)?;
                 if layout.blocks() != 1 {
-                    return Err(Error::Unsupported(format!(
+                    return Err(CryptoError::Unsupported(format!(
                         "noact needs the hidden width ({hidden}) to fit one polynomial ({})",
                         p.wide.poly_size
-                    )));
+                    ))
+                    .into());
                 }
                 Self::Noact {
                     first: EncryptedMatrix::encrypt(
@@ -127,9 +190,10 @@ impl EncryptedModel {
                     activation,
                 } = &q.hidden_map
                 else {
-                    return Err(Error::Quantisation(
+                    return Err(ModelError::Quantisation(
                         "act model without a bootstrap window".into(),
-                    ));
+                    )
+                    .into());
                 };
                 let layout = PackedLayout::new(p.pbs_glwe.poly_size, hidden, q.input.dim + 1)?;
                 Self::Act {
@@ -244,7 +308,7 @@ pub struct Decrypted {
 /// Decrypt a result with the backend's secret keys.
 pub fn decrypt(result: &ResultCiphertext, keys: &SecretKeys) -> Result<Decrypted> {
     if result.key_id != keys.key_id {
-        return Err(Error::KeyMismatch(format!(
+        return Err(EngineError::KeyMismatch(format!(
             "result was encrypted for key {} but this secret key is {}",
             hex(&result.key_id),
             hex(&keys.key_id)
@@ -253,8 +317,8 @@ pub fn decrypt(result: &ResultCiphertext, keys: &SecretKeys) -> Result<Decrypted
     let sk = keys.key(result.key);
     let n = sk.polynomial_size().0;
     if result.poly_size as usize != n || result.delta_out == 0 {
-        return Err(Error::Malformed(
-            "result shape does not match the key".into(),
+        return Err(EngineError::Malformed(
+            "result: its shape does not match the key".into(),
         ));
     }
     let mut phases = Vec::new();
@@ -262,7 +326,9 @@ pub fn decrypt(result: &ResultCiphertext, keys: &SecretKeys) -> Result<Decrypted
         match part {
             ResultPart::Glwe { data, slots } => {
                 if data.0.len() != 2 * n || slots.iter().any(|&s| s as usize >= n) {
-                    return Err(Error::Malformed("result GLWE has the wrong size".into()));
+                    return Err(EngineError::Malformed(
+                        "result: a GLWE of the wrong size".into(),
+                    ));
                 }
                 let ct = GlweCiphertext::from_container(
                     data.0.as_slice(),
@@ -275,7 +341,9 @@ pub fn decrypt(result: &ResultCiphertext, keys: &SecretKeys) -> Result<Decrypted
             }
             ResultPart::Lwe { data } => {
                 if data.0.len() != n + 1 {
-                    return Err(Error::Malformed("result LWE has the wrong size".into()));
+                    return Err(EngineError::Malformed(
+                        "result: an LWE of the wrong size".into(),
+                    ));
                 }
                 let ct = LweCiphertext::from_container(data.0.as_slice(), crate::crypto::modulus());
                 let lwe_key = LweSecretKey::from_container(sk.as_ref());
@@ -284,7 +352,7 @@ pub fn decrypt(result: &ResultCiphertext, keys: &SecretKeys) -> Result<Decrypted
         }
     }
     if phases.is_empty() {
-        return Err(Error::Malformed("result holds no scores".into()));
+        return Err(EngineError::Malformed("result: no scores".into()));
     }
     let delta = result.delta_out;
     let scores: Vec<i64> = phases.iter().map(|&p| decode(p, delta)).collect();
@@ -386,8 +454,8 @@ impl EdgeEngine {
         model: &EncryptedModel,
     ) -> Result<Self> {
         if model.variant() != info.variant {
-            return Err(Error::Malformed(
-                "model and header disagree on the variant".into(),
+            return Err(EngineError::Malformed(
+                "model: it disagrees with its header on the variant".into(),
             ));
         }
         let (prepared, key) = match model {
@@ -412,7 +480,9 @@ impl EdgeEngine {
                 let eval = keys
                     .evaluation
                     .as_ref()
-                    .ok_or_else(|| Error::Malformed("act bundle without evaluation keys".into()))?
+                    .ok_or_else(|| {
+                        EngineError::Malformed("model: act without evaluation keys".into())
+                    })?
                     .prepare(&params)?;
                 (
                     Prepared::Act {
@@ -491,7 +561,7 @@ impl EdgeEngine {
     /// time, so the hundreds of MB of a full classifier's features are never held whole.
     pub fn write_encrypted_features(&mut self, x: &[f32], w: &mut dyn Write) -> Result<()> {
         let input = self.encrypted_layer_input(x)?;
-        let io = |e| Error::io("encrypted features output", e);
+        let io = |e| EngineError::Io(IoError::new("encrypted features output", e));
         w.write_all(&self.encrypted_features_head()).map_err(io)?;
         let (decomp, layout) = (self.features_decomp(), self.first_layout());
         encrypt_features_each(&mut self.public_key, &layout, &input, decomp, |group| {
@@ -532,15 +602,15 @@ impl EdgeEngine {
     /// source holding the same bundle).
     pub fn infer_encrypted(&mut self, f: &EncryptedFeatures) -> Result<ResultCiphertext> {
         if f.key_id != self.key_id {
-            return Err(Error::KeyMismatch(format!(
+            return Err(EngineError::KeyMismatch(format!(
                 "features encrypted under key {}, this bundle's key is {}",
                 hex(&f.key_id),
                 hex(&self.key_id)
             )));
         }
         if f.decomp != self.features_decomp() {
-            return Err(Error::BadFeatures(
-                "encrypted features use another decomposition than this bundle".into(),
+            return Err(EngineError::Features(
+                "another decomposition than this bundle's".into(),
             ));
         }
         let blocks = self
@@ -548,8 +618,8 @@ impl EdgeEngine {
             .first_matrix()
             .mul_encrypted(&f.groups, f.decomp, &mut self.fft)
             .map_err(|e| match e {
-                Error::Malformed(m) => Error::BadFeatures(format!("encrypted features: {m}")),
-                e => e,
+                CryptoError::Shape(m) | CryptoError::Features(m) => EngineError::Features(m),
+                e => e.into(),
             })?;
         Ok(self.finish(blocks))
     }
@@ -607,8 +677,8 @@ impl EdgeEngine {
 
 fn check_plain_layer(l: &PlainLayer, hidden: usize, in_dim: usize) -> Result<()> {
     if l.w.len() != hidden * in_dim || l.b.len() != hidden {
-        return Err(Error::Malformed(
-            "plaintext first layer has the wrong shape".into(),
+        return Err(EngineError::Malformed(
+            "model: the plaintext first layer has the wrong shape".into(),
         ));
     }
     Ok(())

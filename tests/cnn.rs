@@ -5,7 +5,7 @@
 
 mod common;
 use common::*;
-use hedge::images::{encode_pgm, read_idx_images, Image};
+use hedge::input::images::{encode_pgm, read_idx_images, Image};
 use hedge::model::split::Extractor;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -34,6 +34,16 @@ fn hedged_to_files(bundle: &Path, keys: &Path, input: &str, out_dir: &Path) -> s
         .stderr(Stdio::piped())
         .spawn()
         .unwrap()
+}
+
+/// How many result files `dir` holds.
+fn result_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter(|e| e.as_ref().unwrap().path().extension() == Some("bin".as_ref()))
+                .count()
+        })
+        .unwrap_or(0)
 }
 
 /// The decrypted classes of result files 1..=n in `dir`.
@@ -160,13 +170,7 @@ fn images_through_the_plaintext_extractor_and_the_encrypted_classifier() {
     drop_in("c.txt", b"not an image");
     drop_in("d.pgm", &encode_pgm(&images[2]));
     wait_for(
-        || {
-            std::fs::read_dir(&results_dir)
-                .map(|d| d.count())
-                .unwrap_or(0)
-                >= 3
-                && watch.join("rejected/c.txt").exists()
-        },
+        || result_files(&results_dir) >= 3 && watch.join("rejected/c.txt").exists(),
         "3 results from the watched directory",
     );
     terminate(&h);
@@ -191,7 +195,7 @@ fn images_through_the_plaintext_extractor_and_the_encrypted_classifier() {
     );
     wait_for(|| socket.exists(), "the socket");
     std::fs::write(root.join("one.pgm"), encode_pgm(&images[3])).unwrap();
-    hedge::images::write_idx_images(&root.join("two.idx"), &images[4..6]).unwrap();
+    hedge::input::images::write_idx_images(&root.join("two.idx"), &images[4..6]).unwrap();
     let o = Command::new("python3")
         .arg(repo("scripts/hedge-send"))
         .args(["--images", s(&socket)])
@@ -201,12 +205,7 @@ fn images_through_the_plaintext_extractor_and_the_encrypted_classifier() {
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     wait_for(
-        || {
-            std::fs::read_dir(&socket_results)
-                .map(|d| d.count())
-                .unwrap_or(0)
-                >= 3
-        },
+        || result_files(&socket_results) >= 3,
         "3 results from socket images",
     );
     terminate(&h);

@@ -4,10 +4,10 @@
 use hedge::crypto::keys;
 use hedge::crypto::lut::Activation;
 use hedge::crypto::params::{ParameterSet, SecurityLevel};
-use hedge::edge::frame::{self, Input};
 use hedge::engine::{decrypt, EdgeEngine, EncryptedModel, ModelInfo};
 use hedge::model::quant::{QuantModel, Variant};
 use hedge::model::{argmax, synth};
+use hedge::transport::frame::{self, Input};
 
 fn run(variant: Variant, activation: Option<Activation>, inputs: usize) {
     let params = ParameterSet::for_level(SecurityLevel::L128);
@@ -51,7 +51,7 @@ fn run(variant: Variant, activation: Option<Activation>, inputs: usize) {
         assert!(
             matches!(
                 engine.infer_encrypted(&foreign),
-                Err(hedge::error::Error::KeyMismatch(_))
+                Err(hedge::engine::EngineError::KeyMismatch(_))
             ),
             "features under another key are refused"
         );

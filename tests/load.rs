@@ -86,7 +86,7 @@ fn controlled(path: &Path) -> BTreeSet<(String, u64)> {
         r.read_exact(&mut payload).unwrap();
         let mut newline = [0u8; 1];
         r.read_exact(&mut newline).unwrap();
-        let m = hedge::edge::message::ResultMessage::decode(&payload).unwrap();
+        let m = hedge::transport::message::ResultMessage::decode(&payload).unwrap();
         seen.insert((m.device_id, m.seq));
     }
     seen

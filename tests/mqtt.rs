@@ -114,19 +114,14 @@ fn garbage_payloads_and_frames_are_rejected_and_survived() {
         .output()
         .unwrap();
     assert!(o.status.success());
-    let wrong_key = hedge::edge::message::ResultMessage {
-        device_id: "board".into(),
-        bundle_id: "other".into(),
-        seq: 1,
-        timestamp_ms: 0,
-        infer_us: 0,
-        extract_us: 0,
-        result: hedge::backend::decode_result(
-            &std::fs::read(other_out.join("result-000001.bin")).unwrap(),
-        )
-        .unwrap(),
-    }
-    .encode();
+    // The other board's own result message, re-published as this board's #1.
+    let mut wrong_key = hedge::transport::message::ResultMessage::decode(
+        &std::fs::read(other_out.join("result-000001.bin")).unwrap(),
+    )
+    .unwrap();
+    wrong_key.device_id = "board".into();
+    wrong_key.seq = 1;
+    let wrong_key = wrong_key.encode();
     for payload in [
         wrong_key,
         b"\x01garbage".to_vec(),

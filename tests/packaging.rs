@@ -31,13 +31,28 @@ fn debian_package_assets_exist() {
     let manifest: toml::Table =
         toml::from_str(&std::fs::read_to_string(root().join("Cargo.toml")).unwrap()).unwrap();
     let deb = &manifest["package"]["metadata"]["deb"];
-    for asset in deb["assets"].as_array().unwrap() {
+    let edge = &deb["variants"]["edge"];
+    for asset in deb["assets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(edge["assets"].as_array().unwrap())
+    {
         let source = asset[0].as_str().unwrap();
         if source.starts_with("target/") {
             continue; // built binaries
         }
         assert!(root().join(source).is_file(), "{source} missing");
     }
+    // The boards' package carries the edge daemon and nothing of the backend.
+    let edge_bins: Vec<&str> = edge["assets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a[0].as_str().unwrap())
+        .filter(|s| s.starts_with("target/"))
+        .collect();
+    assert_eq!(edge_bins, ["target/release/hedged"]);
     let scripts = root().join(deb["maintainer-scripts"].as_str().unwrap());
     for script in ["postinst", "postrm"] {
         let text = std::fs::read_to_string(scripts.join(script)).unwrap();

@@ -1,18 +1,19 @@
-//! `hedged`: the edge daemon. See `hedge::edge::daemon` for the loop, signals and systemd
-//! notifications, `hedge::edge::source` for the data sources, config/hedged.toml for settings.
+//! `hedged`: the edge daemon. See `hedge::edge` for its parts, config/hedged.toml for settings.
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use hedge::bench::FeatureMode;
-use hedge::edge::config::Config;
-use hedge::edge::mqtt::{MqttArgs, MqttConfig};
+use hedge::edge::settings::Settings;
+use hedge::edge::source::SCHEMES;
+use hedge::engine::FeatureMode;
+use hedge::transport::mqtt::{MqttArgs, MqttConfig};
 use std::path::PathBuf;
 
+/// Every flag overrides the configuration key of the same name.
 #[derive(Clone, Parser)]
 #[command(
     name = "hedged",
     version,
-    about = "hedge edge daemon: encrypted inference on feature vectors"
+    about = "hedge edge daemon: encrypted inference on feature vectors and images"
 )]
 struct Cli {
     /// TOML configuration (see config/hedged.toml); flags override it. SIGHUP re-reads it.
@@ -23,8 +24,7 @@ struct Cli {
     /// The backend's verifying key (trust anchor for bundles).
     #[arg(long)]
     verifying_key: Option<PathBuf>,
-    /// Data source: `-` (stdin lines), a file of lines, `frames:PATH` or `unix:PATH`.
-    #[arg(long)]
+    #[arg(long, help = format!("Data source: {SCHEMES}"))]
     input: Option<String>,
     #[arg(long, value_enum)]
     features: Option<FeatureMode>,
@@ -50,23 +50,33 @@ struct Cli {
 fn main() {
     hedge::cpu::require_build_features();
     let cli = Cli::parse();
-    let config = load_config(&cli);
-    let level = config
+    let settings = load(&cli);
+    let level = settings
         .as_ref()
-        .ok()
-        .and_then(|c| c.log_level.clone())
-        .unwrap_or_else(|| "info".into());
+        .map(|s| s.start_up.log_level.clone())
+        .unwrap_or_else(|_| "info".into());
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
-    let result = config.and_then(|config| {
+    let result = settings.and_then(|settings| {
         let reload_cli = cli.clone();
-        hedge::edge::daemon::run(
-            config,
+        let summary = hedge::edge::run(
+            settings,
             Box::new(move || {
-                load_config(&reload_cli)
-                    .map_err(|e| hedge::error::Error::Malformed(format!("{e:#}")))
+                load(&reload_cli).map_err(|e| hedge::edge::EdgeError::Settings(format!("{e:#}")))
             }),
-        )
-        .map_err(anyhow::Error::from)
+        )?;
+        log::info!(
+            "{}: {} result(s), {} rejected, {} dropped by the queue, {} left in the spool",
+            if summary.stopped {
+                "stopped"
+            } else {
+                "input finished"
+            },
+            summary.results,
+            summary.rejected,
+            summary.dropped_by_queue,
+            summary.left_in_spool
+        );
+        Ok(())
     });
     if let Err(e) = result {
         eprintln!("error: {e:#}");
@@ -74,37 +84,36 @@ fn main() {
     }
 }
 
-/// The config file (if any) under the command line's flags.
-fn load_config(cli: &Cli) -> Result<Config> {
-    let mut flags = Config {
-        bundle: cli.bundle.clone(),
-        verifying_key: cli.verifying_key.clone(),
-        input: cli.input.clone(),
-        max_frame_bytes: cli.max_frame_bytes,
-        features: cli.features,
-        out_dir: cli.out_dir.clone(),
-        log_level: cli.log_level.clone(),
-        device_id: cli.device_id.clone(),
-        spool_dir: cli.spool_dir.clone(),
-        ..Default::default()
+/// The config file (if any) under the command line's flags, resolved.
+fn load(cli: &Cli) -> Result<Settings> {
+    let mut flags = toml::Table::new();
+    let mut set = |key: &str, value: Option<toml::Value>| {
+        if let Some(v) = value {
+            flags.insert(key.into(), v);
+        }
     };
-    let file = match &cli.config {
-        Some(path) => Config::load(path)?,
-        None => Config::default(),
-    };
-    let mut mqtt = file.mqtt.clone();
+    let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string().into());
+    set("bundle", path(&cli.bundle));
+    set("verifying_key", path(&cli.verifying_key));
+    set("input", cli.input.clone().map(Into::into));
+    set("features", cli.features.map(|f| f.name().into()));
+    set("out_dir", path(&cli.out_dir));
+    set("log_level", cli.log_level.clone().map(Into::into));
+    set("device_id", cli.device_id.clone().map(Into::into));
+    set("spool_dir", path(&cli.spool_dir));
+    set(
+        "max_frame_bytes",
+        cli.max_frame_bytes.map(|b| (b as i64).into()),
+    );
+    let mut mqtt = toml::Table::new();
     if let Some(broker) = &cli.broker {
         let (host, port) = MqttConfig::parse_addr(broker).context("--broker")?;
-        let base = mqtt.unwrap_or_else(|| MqttConfig::new("", 0));
-        mqtt = Some(MqttConfig { host, port, ..base });
+        mqtt.insert("host".into(), host.into());
+        mqtt.insert("port".into(), i64::from(port).into());
     }
-    match &mut mqtt {
-        Some(m) => cli.mqtt.apply(m)?,
-        None if cli.mqtt.username.is_some() || cli.mqtt.ca_file.is_some() => {
-            anyhow::bail!("broker credentials or TLS given, but no broker (--broker or [mqtt])")
-        }
-        None => {}
+    mqtt.extend(cli.mqtt.overrides());
+    if !mqtt.is_empty() {
+        flags.insert("mqtt".into(), mqtt.into());
     }
-    flags.mqtt = mqtt;
-    Ok(flags.or(file))
+    Ok(Settings::load(cli.config.as_deref(), flags)?)
 }

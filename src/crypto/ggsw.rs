@@ -11,8 +11,8 @@
 //! −s·M·f and the body row +M·f, so Σ_l D_mask,l·row_mask,l + D_body,l·row_body,l has phase
 //! M·(b − a·s).
 
+use super::error::{CryptoError, Result};
 use super::params::DecompParams;
-use crate::error::{Error, Result};
 use tfhe::core_crypto::fft_impl::fft64::math::polynomial::FourierPolynomial;
 use tfhe::core_crypto::fft_impl::fft64::ABox;
 use tfhe::core_crypto::prelude::*;
@@ -231,7 +231,7 @@ impl ExactGgsw {
             || decomp.base_log > 16
             || decomp.precision_bits() > 64
         {
-            return Err(Error::Malformed(format!(
+            return Err(CryptoError::Shape(format!(
                 "GGSW of {} words does not fit decomposition {}x{} at N = {n}",
                 rows.len(),
                 decomp.base_log,

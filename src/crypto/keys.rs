@@ -7,11 +7,11 @@
 //!
 //! [`EdgeKeys`] is what an edge bundle carries: public + evaluation keys, nothing else.
 
+use super::error::{CryptoError, Result};
 use super::params::ParameterSet;
 use super::pke::PublicKey;
 use super::raw::U64s;
 use super::{gaussian, modulus, CompressionSeed, OsSeeder, Seeder};
-use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tfhe::core_crypto::prelude::*;
@@ -51,8 +51,8 @@ fn pack_bits(key: &[u64]) -> Vec<u8> {
 
 fn unpack_bits(bits: &[u8], len: usize) -> Result<Vec<u64>> {
     if bits.len() != len.div_ceil(8) {
-        return Err(Error::Malformed(format!(
-            "secret key holds {} bytes, expected {}",
+        return Err(CryptoError::SecretKeyFile(format!(
+            "it holds {} bytes, expected {}",
             bits.len(),
             len.div_ceil(8)
         )));
@@ -86,15 +86,15 @@ impl SecretKeys {
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
-        let f: SecretKeysFile = postcard::from_bytes(bytes)
-            .map_err(|e| Error::Malformed(format!("secret key file: {e}")))?;
+        let f: SecretKeysFile =
+            postcard::from_bytes(bytes).map_err(|e| CryptoError::SecretKeyFile(e.to_string()))?;
         if f.magic != SECRET_MAGIC {
-            return Err(Error::Malformed("not a hedge secret key file".into()));
+            return Err(CryptoError::SecretKeyFile("bad magic".into()));
         }
         let p = f.params;
         if p != ParameterSet::for_level(p.security) {
-            return Err(Error::Malformed(
-                "secret key file names an unknown parameter set".into(),
+            return Err(CryptoError::SecretKeyFile(
+                "it names an unknown parameter set".into(),
             ));
         }
         Ok(Self {
@@ -176,7 +176,7 @@ impl EvaluationKeys {
         let bsk_len = p.lwe_dim * 2 * p.pbs.level * n.0;
         let ksk_len = n.0 * p.ks.level;
         if self.bsk.0.len() != bsk_len || self.ksk.0.len() != ksk_len {
-            return Err(Error::Malformed(format!(
+            return Err(CryptoError::Shape(format!(
                 "evaluation keys have {}/{} words, parameter set {} needs {bsk_len}/{ksk_len}",
                 self.bsk.0.len(),
                 self.ksk.0.len(),
@@ -208,7 +208,7 @@ impl EvaluationKeys {
             .map(|&v| KsScalar::try_from(v))
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(|_| {
-                Error::Malformed("key-switching key is not a 32-bit key (older format?)".into())
+                CryptoError::Shape("key-switching key is not a 32-bit key (older format?)".into())
             })?;
         let seeded_ksk = SeededLweKeyswitchKey::from_container(
             ksk_bodies,

@@ -21,13 +21,13 @@
 //! equal to Σ_i W[j,i]·h_i; every other input coefficient t > T meets P_j at a negative
 //! exponent, which wraps to degrees above T where P_j is zero, so the garbage never mixes in.
 
+use super::error::{CryptoError, Result};
 use super::ggsw::{ExactGgsw, FftEngine};
 use super::keys::KeyKind;
 use super::params::{DecompParams, GlweParams};
 use super::pke::PreparedPublicKey;
 use super::raw::{Bodies, U64s};
 use super::{encrypt_seeded_glwes, gaussian, modulus, CompressionSeed, OsSeeder, Seeder};
-use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use tfhe::core_crypto::prelude::*;
 
@@ -45,7 +45,7 @@ pub struct PackedLayout {
 impl PackedLayout {
     pub fn new(poly_size: usize, out_dim: usize, in_dim: usize) -> Result<Self> {
         if out_dim == 0 || in_dim == 0 {
-            return Err(Error::Unsupported("empty matrix".into()));
+            return Err(CryptoError::Unsupported("empty matrix".into()));
         }
         let rows_per_block = out_dim.min(poly_size);
         Ok(Self {
@@ -183,7 +183,7 @@ impl EncryptedMatrix {
             || l.cols_per_glwe != l.poly_size / l.rows_per_block
             || self.bodies.len() != l.stored_len()
         {
-            return Err(Error::Malformed(format!(
+            return Err(CryptoError::Shape(format!(
                 "encrypted matrix {}×{}: inconsistent layout or {} stored coefficients",
                 l.out_dim,
                 l.in_dim,
@@ -193,7 +193,7 @@ impl EncryptedMatrix {
         let bodies = self
             .bodies
             .unpack()
-            .ok_or_else(|| Error::Malformed("encrypted matrix bodies are inconsistent".into()))?;
+            .ok_or_else(|| CryptoError::Shape("encrypted matrix bodies are inconsistent".into()))?;
         let n = l.poly_size;
         let count = l.blocks() * l.groups();
         let mut full = vec![0u64; count * n];
@@ -290,7 +290,7 @@ impl PreparedMatrix {
     ) -> Result<Vec<GlweCiphertextOwned<u64>>> {
         let l = self.layout;
         if groups.len() != l.groups() || engine.poly_size() != l.poly_size {
-            return Err(Error::BadFeatures(format!(
+            return Err(CryptoError::Features(format!(
                 "{} encrypted feature groups, the layer expects {} of size {}",
                 groups.len(),
                 l.groups(),
@@ -316,7 +316,7 @@ impl PreparedMatrix {
         let l = self.layout;
         if x.len() != l.in_dim || pk.poly_size() != l.poly_size || engine.poly_size() != l.poly_size
         {
-            return Err(Error::BadFeatures(format!(
+            return Err(CryptoError::Features(format!(
                 "{} features for a layer of {} inputs",
                 x.len(),
                 l.in_dim
@@ -358,7 +358,7 @@ pub fn encrypt_features(
     decomp: DecompParams,
 ) -> Result<Vec<U64s>> {
     let mut groups = Vec::with_capacity(layout.groups());
-    encrypt_features_each(pk, layout, x, decomp, |g| {
+    encrypt_features_each::<CryptoError>(pk, layout, x, decomp, |g| {
         groups.push(g);
         Ok(())
     })?;
@@ -367,19 +367,20 @@ pub fn encrypt_features(
 
 /// [`encrypt_features`] handing each group to `sink` as soon as it exists (a full
 /// classifier's groups add up to hundreds of MB). Checks the input before the first group.
-pub fn encrypt_features_each(
+pub fn encrypt_features_each<E: From<CryptoError>>(
     pk: &mut PreparedPublicKey,
     layout: &PackedLayout,
     x: &[i64],
     decomp: DecompParams,
-    mut sink: impl FnMut(U64s) -> Result<()>,
-) -> Result<()> {
+    mut sink: impl FnMut(U64s) -> Result<(), E>,
+) -> Result<(), E> {
     if pk.poly_size() != layout.poly_size || x.len() != layout.in_dim {
-        return Err(Error::BadFeatures(format!(
+        return Err(CryptoError::Features(format!(
             "{} features for a layer of {} inputs",
             x.len(),
             layout.in_dim
-        )));
+        ))
+        .into());
     }
     for g in 0..layout.groups() {
         sink(U64s(
@@ -425,7 +426,7 @@ impl EncryptedGgswRows {
     ) -> Result<Self> {
         let n = glwe.poly_size;
         if in_dim > n {
-            return Err(Error::Unsupported(format!(
+            return Err(CryptoError::Unsupported(format!(
                 "noact second layer with {in_dim} inputs exceeds polynomial size {n}"
             )));
         }
@@ -508,11 +509,11 @@ impl EncryptedGgswRows {
             || self.rows.len() != self.out_dim * levels * 2 * n
             || self.bias.0.len() != self.out_dim
         {
-            return Err(Error::Malformed("inconsistent GGSW rows".into()));
+            return Err(CryptoError::Shape("inconsistent GGSW rows".into()));
         }
         let rows = self
             .row_words()
-            .ok_or_else(|| Error::Malformed("inconsistent GGSW rows".into()))?;
+            .ok_or_else(|| CryptoError::Shape("inconsistent GGSW rows".into()))?;
         let glwes = SeededGlweCiphertextList::from_container(
             rows,
             GlweSize(2),

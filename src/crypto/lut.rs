@@ -14,12 +14,12 @@
 //! [`super::params::ParameterSet::pbs_input_std_slots`]). ReLU is 1-Lipschitz, so an input
 //! error of e slots moves W2[j,i]·relu by at most |W2[j,i]|·e.
 
+use super::error::{CryptoError, Result};
 use super::keys::{KsScalar, PreparedEvaluationKeys};
 use super::keyswitch::keyswitch_batch;
 use super::params::GlweParams;
 use super::raw::Bodies;
 use super::{encrypt_seeded_glwes, modulus, CompressionSeed};
-use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use tfhe::core_crypto::prelude::*;
 
@@ -165,12 +165,12 @@ impl EncryptedLuts {
                 .any(|&z| z as usize >= self.map.window)
             || self.bodies.len() != self.hidden * n
         {
-            return Err(Error::Malformed("inconsistent lookup tables".into()));
+            return Err(CryptoError::Shape("inconsistent lookup tables".into()));
         }
         let bodies = self
             .bodies
             .unpack()
-            .ok_or_else(|| Error::Malformed("inconsistent lookup tables".into()))?;
+            .ok_or_else(|| CryptoError::Shape("inconsistent lookup tables".into()))?;
         let list = SeededGlweCiphertextList::from_container(
             bodies,
             GlweSize(2),

@@ -1,6 +1,7 @@
 //! The TFHE engine on tfhe's `core_crypto` layer: parameter sets, keys, public-key encryption,
 //! encrypted linear layers and encrypted lookup tables. See docs/CRYPTO.md for the maths.
 
+pub mod error;
 pub mod ggsw;
 pub mod keys;
 pub mod keyswitch;

@@ -13,11 +13,11 @@
 //! 64-bit operand is split into two 32-bit limbs, each multiplied by the ternary u in a 53-bit
 //! float FFT (|coefficient| <= 2^32·N <= 2^45: exact after rounding), then recombined.
 
+use super::error::{CryptoError, Result};
 use super::ggsw::{ExactGgsw, FftEngine, FourierPoly};
 use super::params::{DecompParams, GlweParams};
 use super::raw::U64s;
 use super::{gaussian, modulus, CompressionSeed, OsSeeder, Seeder};
-use crate::error::{Error, Result};
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha12Rng;
 use serde::{Deserialize, Serialize};
@@ -65,7 +65,7 @@ impl PublicKey {
     pub fn prepare(&self) -> Result<PreparedPublicKey> {
         let n = self.glwe.poly_size;
         if self.body.0.len() != n || !n.is_power_of_two() || n < 256 {
-            return Err(Error::Malformed(format!(
+            return Err(CryptoError::Shape(format!(
                 "public key body has {} coefficients for polynomial size {n}",
                 self.body.0.len()
             )));

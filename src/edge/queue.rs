@@ -37,6 +37,12 @@ pub trait Weighed {
     fn weight(&self) -> usize;
 }
 
+impl Weighed for crate::transport::frame::Input {
+    fn weight(&self) -> usize {
+        crate::transport::frame::Input::weight(self)
+    }
+}
+
 struct State<T> {
     items: VecDeque<(T, usize)>,
     bytes: usize,

@@ -2,9 +2,10 @@
 //! own thread and handed to the scheduler through the bounded queue.
 //!
 //! Source specs (config `input`, flag `--input`):
-//! - `-`: stdin, one vector per line (see [`crate::data`]);
+//! - `-`: stdin, one vector per line (see [`crate::input::vectors`]);
 //! - `PATH`: a file of such lines, replayed once;
-//! - `frames:PATH`: a file of frames ([`super::frame`]), e.g. from `hedge encrypt-features`;
+//! - `frames:PATH`: a file of frames ([`crate::transport::frame`]), e.g. from
+//!   `hedge encrypt-features`;
 //! - `unix:PATH`: a Unix stream socket hedged listens on; every connection sends frames.
 //!   Connections are served concurrently (up to [`MAX_CONNECTIONS`]); the socket never ends
 //!   the input. Access is governed by the socket directory's permissions.
@@ -13,14 +14,18 @@
 //!   taken once it is half a second old). Each is moved to DIR/done/ once queued, or to
 //!   DIR/rejected/ if it is not a readable image. Never ends the input.
 //!
+//! A spec with another `scheme:` prefix is refused (write `./PATH` for a file whose name has
+//! a colon), so a typo such as `unx:` does not become a file name.
+//!
 //! Bad input (unparsable lines, bad frames) is rejected and counted; the first rejection of
 //! each kind is logged. Nothing a source reads stops the daemon.
 
-use super::frame::{self, FrameError, Input};
+use super::error::EdgeError;
 use super::queue::BoundedQueue;
-use crate::data::parse_line;
-use crate::error::{Error, Result};
-use crate::images::{self, read_idx_images};
+use crate::files::IoError;
+use crate::input::images::{self, read_idx_images};
+use crate::input::vectors::parse_line;
+use crate::transport::frame::{self, FrameError, Input};
 use std::collections::HashSet;
 use std::io::{BufRead, Read};
 use std::os::unix::fs::FileTypeExt;
@@ -32,8 +37,10 @@ use std::sync::{Arc, Mutex};
 /// Socket connections served at once; more are refused (and logged).
 pub const MAX_CONNECTIONS: usize = 16;
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(try_from = "String")]
 pub enum Source {
+    #[default]
     Stdin,
     Lines(PathBuf),
     Frames(PathBuf),
@@ -42,21 +49,43 @@ pub enum Source {
     Watch(PathBuf),
 }
 
-impl Source {
-    pub fn parse(spec: &str) -> Self {
+/// Every scheme a source spec may start with (hedged --help lists them too).
+pub const SCHEMES: &str = "unix:PATH, frames:PATH, idx:PATH, watch:DIR, a file of vector lines, \
+     or - for stdin";
+
+impl std::str::FromStr for Source {
+    type Err = String;
+
+    fn from_str(spec: &str) -> Result<Self, String> {
         if spec == "-" {
-            Source::Stdin
-        } else if let Some(p) = spec.strip_prefix("unix:") {
-            Source::Socket(p.into())
-        } else if let Some(p) = spec.strip_prefix("frames:") {
-            Source::Frames(p.into())
-        } else if let Some(p) = spec.strip_prefix("idx:") {
-            Source::Idx(p.into())
-        } else if let Some(p) = spec.strip_prefix("watch:") {
-            Source::Watch(p.into())
-        } else {
-            Source::Lines(spec.into())
+            return Ok(Source::Stdin);
         }
+        let Some((scheme, rest)) = spec.split_once(':') else {
+            return Ok(Source::Lines(spec.into()));
+        };
+        let path = PathBuf::from(rest);
+        match scheme {
+            "unix" => Ok(Source::Socket(path)),
+            "frames" => Ok(Source::Frames(path)),
+            "idx" => Ok(Source::Idx(path)),
+            "watch" => Ok(Source::Watch(path)),
+            // Not a scheme: a path with a colon further on (`./a:b`, `/data/x:y`).
+            s if s.is_empty() || !s.chars().all(|c| c.is_ascii_alphanumeric()) => {
+                Ok(Source::Lines(spec.into()))
+            }
+            other => Err(format!(
+                "input {spec:?}: unknown scheme \"{other}:\" (expected {SCHEMES}; \
+                 ./{spec} for a file of that name)"
+            )),
+        }
+    }
+}
+
+impl TryFrom<String> for Source {
+    type Error = String;
+
+    fn try_from(spec: String) -> Result<Self, String> {
+        spec.parse()
     }
 }
 
@@ -105,13 +134,13 @@ pub fn start(
     queue: Arc<BoundedQueue<Input>>,
     rejects: Arc<Rejects>,
     max_frame: usize,
-) -> Result<Acquisition> {
+) -> Result<Acquisition, EdgeError> {
     let spawn = |f: Box<dyn FnOnce() + Send>| {
         std::thread::Builder::new()
             .name("acquire".into())
             .spawn(f)
             .map(|_| ())
-            .map_err(|e| Error::io("acquisition thread", e))
+            .map_err(|e| EdgeError::Io(IoError::new("acquisition thread", e)))
     };
     match source {
         Source::Stdin => {
@@ -122,7 +151,7 @@ pub fn start(
             Ok(Acquisition { socket: None })
         }
         Source::Lines(path) => {
-            let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+            let file = std::fs::File::open(path).map_err(|e| IoError::new(path, e))?;
             spawn(Box::new(move || {
                 read_lines(std::io::BufReader::new(file), &queue, &rejects, max_frame);
                 queue.close();
@@ -130,7 +159,7 @@ pub fn start(
             Ok(Acquisition { socket: None })
         }
         Source::Frames(path) => {
-            let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+            let file = std::fs::File::open(path).map_err(|e| IoError::new(path, e))?;
             let name = path.display().to_string();
             spawn(Box::new(move || {
                 read_frames(
@@ -145,7 +174,7 @@ pub fn start(
             Ok(Acquisition { socket: None })
         }
         Source::Idx(path) => {
-            let images = read_idx_images(path)?;
+            let images = read_idx_images(path).map_err(|e| EdgeError::Source(e.to_string()))?;
             log::info!(
                 "replaying {} image(s) from {}",
                 images.len(),
@@ -163,7 +192,7 @@ pub fn start(
         }
         Source::Watch(dir) => {
             for sub in ["done", "rejected"] {
-                std::fs::create_dir_all(dir.join(sub)).map_err(|e| Error::io(dir.join(sub), e))?;
+                crate::files::create_dir_all(&dir.join(sub))?;
             }
             log::info!("watching {} for PGM/PNG images", dir.display());
             let dir = dir.clone();
@@ -205,8 +234,8 @@ fn watch(dir: &Path, queue: &BoundedQueue<Input>, rejects: &Rejects) {
         ready.sort();
         for path in ready {
             let name = path.file_name().map(|n| n.to_owned()).unwrap_or_default();
-            let decoded = std::fs::read(&path)
-                .map_err(|e| Error::io(&path, e))
+            let decoded = crate::files::read(&path)
+                .map_err(Into::into)
                 .and_then(|bytes| images::decode(&bytes, &name.to_string_lossy()));
             match decoded {
                 Ok(image) => {
@@ -240,23 +269,23 @@ fn move_or_remove(from: &Path, to: &Path) {
 }
 
 /// Bind the socket, replacing a stale socket file but nothing else.
-fn bind(path: &Path) -> Result<UnixListener> {
+fn bind(path: &Path) -> Result<UnixListener, EdgeError> {
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
-            return Err(Error::Malformed(format!(
+            return Err(EdgeError::Source(format!(
                 "{} exists and is not a socket",
                 path.display()
             )));
         }
         if UnixStream::connect(path).is_ok() {
-            return Err(Error::Malformed(format!(
+            return Err(EdgeError::Source(format!(
                 "{} is in use by another process",
                 path.display()
             )));
         }
-        std::fs::remove_file(path).map_err(|e| Error::io(path, e))?;
+        std::fs::remove_file(path).map_err(|e| IoError::new(path, e))?;
     }
-    UnixListener::bind(path).map_err(|e| Error::io(path, e))
+    Ok(UnixListener::bind(path).map_err(|e| IoError::new(path, e))?)
 }
 
 fn serve(
@@ -394,11 +423,7 @@ fn read_lines(
                 }
             }
             Ok(None) => {}
-            Err(e) => {
-                let kind = e.to_string();
-                let kind = kind.split(':').take(2).collect::<Vec<_>>().join(":");
-                rejects.reject(&kind, format_args!("line {number}: {e}"));
-            }
+            Err(e) => rejects.reject(e.kind(), format_args!("line {number}: {e}")),
         }
     }
 }
@@ -420,6 +445,24 @@ mod tests {
                 Pop::Closed => return out,
             }
         }
+    }
+
+    #[test]
+    fn source_specs_parse_and_typos_are_refused() {
+        let p = |s: &str| s.parse::<Source>();
+        assert_eq!(p("-"), Ok(Source::Stdin));
+        assert_eq!(p("unix:/run/s"), Ok(Source::Socket("/run/s".into())));
+        assert_eq!(p("frames:f"), Ok(Source::Frames("f".into())));
+        assert_eq!(p("idx:i.gz"), Ok(Source::Idx("i.gz".into())));
+        assert_eq!(p("watch:/d"), Ok(Source::Watch("/d".into())));
+        assert_eq!(p("vectors.txt"), Ok(Source::Lines("vectors.txt".into())));
+        assert_eq!(p("./a:b"), Ok(Source::Lines("./a:b".into())));
+        assert_eq!(p("/data/x:y"), Ok(Source::Lines("/data/x:y".into())));
+        let e = p("unx:/run/s").unwrap_err();
+        assert!(
+            e.contains("unknown scheme \"unx:\"") && e.contains("unix:PATH"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -3,25 +3,56 @@
 //! between the two leaves the file, which is published again at the next start: delivery is
 //! at least once, and the decryptor drops duplicates by (device, sequence).
 //!
-//! Files are `<seq, 20 digits>.msg`. The sequence counter lives in `next-seq` (written with
-//! fsync before a number is used), so numbers keep increasing across restarts even when the
-//! spool is empty.
+//! Files are `<seq, 20 digits>.msg`. Sequence numbers come from a [`Sequence`] in the same
+//! directory, so they keep increasing across restarts even when the spool is empty.
 //!
 //! **Bound.** At most `max_files` files and `max_bytes` bytes; when a new result would exceed
 //! either, the *oldest* spooled results are dropped (and counted), on the grounds that a
 //! recent result is worth more to the operator than a stale one. Temporary files left by a
 //! crash (`.tmp-*`) are removed at start.
 
-use crate::backend::write_atomic;
-use crate::error::{Error, Result};
+use crate::files::{write_atomic, IoError};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+
+/// A durable counter (a file holding the next number, written with fsync before a number is
+/// used), so numbers never repeat across restarts (the backend refuses a sequence number it
+/// has seen).
+pub struct Sequence {
+    path: PathBuf,
+    next: Mutex<u64>,
+}
+
+impl Sequence {
+    /// Continue the counter in file `path`, and at least after `floor`.
+    pub fn open(path: &Path, floor: u64) -> Result<Self, IoError> {
+        let path = path.to_path_buf();
+        let stored: u64 = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(1);
+        Ok(Self {
+            path,
+            next: Mutex::new(stored.max(floor + 1)),
+        })
+    }
+
+    /// Reserve the next number, durably.
+    pub fn next(&self) -> Result<u64, IoError> {
+        let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
+        let seq = *next;
+        write_atomic(&self.path, format!("{}\n", seq + 1).as_bytes(), 0o600)?;
+        *next = seq + 1;
+        Ok(seq)
+    }
+}
 
 pub struct Spool {
     dir: PathBuf,
     max_files: usize,
     max_bytes: u64,
+    sequence: Sequence,
     state: Mutex<State>,
 }
 
@@ -29,7 +60,6 @@ struct State {
     /// seq → file size
     entries: BTreeMap<u64, u64>,
     bytes: u64,
-    next_seq: u64,
     dropped: u64,
 }
 
@@ -39,12 +69,12 @@ fn file_name(seq: u64) -> String {
 
 impl Spool {
     /// Open (and recover) a spool directory.
-    pub fn open(dir: &Path, max_files: usize, max_bytes: u64) -> Result<Self> {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    pub fn open(dir: &Path, max_files: usize, max_bytes: u64) -> Result<Self, IoError> {
+        std::fs::create_dir_all(dir).map_err(|e| IoError::new(dir, e))?;
         let mut entries = BTreeMap::new();
         let mut bytes = 0;
-        for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
-            let entry = entry.map_err(|e| Error::io(dir, e))?;
+        for entry in std::fs::read_dir(dir).map_err(|e| IoError::new(dir, e))? {
+            let entry = entry.map_err(|e| IoError::new(dir, e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
             if name.starts_with('.') && name.contains(".tmp") {
                 let _ = std::fs::remove_file(entry.path());
@@ -56,25 +86,22 @@ impl Spool {
             {
                 let size = entry
                     .metadata()
-                    .map_err(|e| Error::io(entry.path(), e))?
+                    .map_err(|e| IoError::new(entry.path(), e))?
                     .len();
                 entries.insert(seq, size);
                 bytes += size;
             }
         }
-        let stored: u64 = std::fs::read_to_string(dir.join("next-seq"))
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(1);
-        let next_seq = stored.max(entries.keys().next_back().map_or(1, |s| s + 1));
+        let floor = entries.keys().next_back().copied().unwrap_or(0);
+        let sequence = Sequence::open(&dir.join("next-seq"), floor)?;
         Ok(Self {
             dir: dir.to_path_buf(),
             max_files: max_files.max(1),
             max_bytes,
+            sequence,
             state: Mutex::new(State {
                 entries,
                 bytes,
-                next_seq,
                 dropped: 0,
             }),
         })
@@ -85,20 +112,12 @@ impl Spool {
     }
 
     /// Reserve the next sequence number, durably.
-    pub fn next_seq(&self) -> Result<u64> {
-        let mut st = self.lock();
-        let seq = st.next_seq;
-        write_atomic(
-            &self.dir.join("next-seq"),
-            format!("{}\n", seq + 1).as_bytes(),
-            0o600,
-        )?;
-        st.next_seq = seq + 1;
-        Ok(seq)
+    pub fn next_seq(&self) -> Result<u64, IoError> {
+        self.sequence.next()
     }
 
     /// Store a message durably; drops the oldest entries if the bound requires it.
-    pub fn put(&self, seq: u64, bytes: &[u8]) -> Result<()> {
+    pub fn put(&self, seq: u64, bytes: &[u8]) -> Result<(), IoError> {
         let size = bytes.len() as u64;
         let mut st = self.lock();
         while !st.entries.is_empty()
@@ -130,9 +149,9 @@ impl Spool {
         range.take(limit).map(|(s, _)| *s).collect()
     }
 
-    pub fn read(&self, seq: u64) -> Result<Vec<u8>> {
+    pub fn read(&self, seq: u64) -> Result<Vec<u8>, IoError> {
         let path = self.dir.join(file_name(seq));
-        std::fs::read(&path).map_err(|e| Error::io(path, e))
+        std::fs::read(&path).map_err(|e| IoError::new(path, e))
     }
 
     /// Forget a message the broker acknowledged.

@@ -1,10 +1,16 @@
 //! The classifier being protected: a float model (imported from ONNX or generated from a fixed
-//! seed), its quantisation and the plaintext integer reference.
+//! seed), the split of a trained network into plaintext extractor and classifier, its
+//! quantisation and the plaintext integer reference. Nothing is encrypted here (quantisation
+//! reads the parameter set only to size the bootstrap windows).
 
+pub mod error;
+pub mod network;
 pub mod onnx;
 pub mod quant;
 pub mod split;
 pub mod synth;
+
+pub use error::ModelError;
 
 use crate::crypto::lut::Activation;
 use serde::{Deserialize, Serialize};

@@ -4,9 +4,10 @@
 //! Gemm (alpha = beta = 1, transB 0 or 1, transA 0) or a MatMul followed by an Add of a
 //! constant bias — the forms Keras (tf2onnx) and PyTorch (torch.onnx) export.
 
+use super::error::{ModelError, Result};
 use super::{Classifier, Dense};
 use crate::crypto::lut::Activation;
-use crate::error::{Error, Result};
+use crate::files::IoError;
 use prost::Message;
 use std::collections::HashMap;
 use std::path::Path;
@@ -16,12 +17,12 @@ const FLOAT: i32 = 1;
 
 /// Read a classifier from an ONNX file.
 pub fn load(path: &Path) -> Result<Classifier> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bytes = std::fs::read(path).map_err(|e| IoError::new(path, e))?;
     from_bytes(&bytes)
 }
 
-fn err(msg: impl Into<String>) -> Error {
-    Error::Model(msg.into())
+fn err(msg: impl Into<String>) -> ModelError {
+    ModelError::Import(msg.into())
 }
 
 fn tensor_f32(t: &pb::TensorProto) -> Result<(Vec<usize>, Vec<f32>)> {

@@ -16,10 +16,10 @@
 //! same bias terms and, for `act`, the same rounding of the bootstrap's modulus switch (what
 //! the bootstrap adds on top is its noise, bounded in docs/CRYPTO.md).
 
+use super::error::{FeatureFault, ModelError, Result};
 use super::{Classifier, Dense};
 use crate::crypto::lut::{Activation, UnitWindow, WindowMap};
 use crate::crypto::params::ParameterSet;
-use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 
 /// The paper's three variants.
@@ -98,23 +98,25 @@ pub struct InputQuant {
 impl InputQuant {
     pub fn quantize(&self, x: &[f32]) -> Result<Vec<i64>> {
         if x.len() != self.dim {
-            return Err(Error::BadFeatures(format!(
-                "expected {} features, got {}",
-                self.dim,
-                x.len()
-            )));
+            return Err(FeatureFault::WrongLength {
+                expected: self.dim,
+                got: x.len(),
+            }
+            .into());
         }
         x.iter()
             .enumerate()
             .map(|(i, &v)| {
                 if !v.is_finite() {
-                    return Err(Error::BadFeatures(format!("feature {i} is {v}")));
+                    return Err(FeatureFault::NotFinite { index: i, value: v }.into());
                 }
                 if v.abs() > self.limit {
-                    return Err(Error::BadFeatures(format!(
-                        "feature {i} = {v} is out of range (|x| <= {})",
-                        self.limit
-                    )));
+                    return Err(FeatureFault::OutOfRange {
+                        index: i,
+                        value: v,
+                        limit: self.limit,
+                    }
+                    .into());
                 }
                 Ok(((v / self.scale).round() as i64).clamp(self.min_q, self.max_q))
             })
@@ -274,13 +276,13 @@ impl QuantModel {
         bits: BitWidths,
     ) -> Result<Self> {
         if calibration.is_empty() {
-            return Err(Error::Quantisation("empty calibration set".into()));
+            return Err(ModelError::Quantisation("empty calibration set".into()));
         }
         let activation = activation.or(model.activation);
         let in_dim = model.in_dim();
         let (hidden_dim, out_dim) = (model.hidden.out_dim, model.out_dim());
         if let Some(x) = calibration.iter().find(|x| x.len() != in_dim) {
-            return Err(Error::Quantisation(format!(
+            return Err(ModelError::Quantisation(format!(
                 "calibration vector of {} values for a model of {in_dim} inputs",
                 x.len()
             )));
@@ -288,7 +290,7 @@ impl QuantModel {
         // Inputs
         let all: Vec<f32> = calibration.iter().flatten().copied().collect();
         if all.iter().any(|v| !v.is_finite()) {
-            return Err(Error::Quantisation(
+            return Err(ModelError::Quantisation(
                 "calibration set holds NaN or infinity".into(),
             ));
         }
@@ -358,7 +360,7 @@ impl QuantModel {
             }
             Variant::Act => {
                 let activation = activation.ok_or_else(|| {
-                    Error::Quantisation(
+                    ModelError::Quantisation(
                         "variant act needs an activation (the model has none: pass one)".into(),
                     )
                 })?;
@@ -366,7 +368,7 @@ impl QuantModel {
                 let window = n / out_dim;
                 let guard = (4.0 * params.pbs_input_std_slots()).ceil() as usize;
                 if window < 2 * guard + 16 {
-                    return Err(Error::Quantisation(format!(
+                    return Err(ModelError::Quantisation(format!(
                         "{out_dim} outputs leave windows of {window} slots: too narrow for one bootstrap"
                     )));
                 }
@@ -738,15 +740,15 @@ mod tests {
         };
         assert!(matches!(
             q.quantize(&[1.0, 2.0]),
-            Err(Error::BadFeatures(_))
+            Err(ModelError::Features(_))
         ));
         assert!(matches!(
             q.quantize(&[1.0, f32::NAN, 0.0]),
-            Err(Error::BadFeatures(_))
+            Err(ModelError::Features(_))
         ));
         assert!(matches!(
             q.quantize(&[1.0, 1e9, 0.0]),
-            Err(Error::BadFeatures(_))
+            Err(ModelError::Features(_))
         ));
         assert_eq!(q.quantize(&[0.1, 30.0, -1.0]).unwrap(), vec![1, 255, 0]);
     }

@@ -6,10 +6,11 @@
 //! The split point is the input of the first dense layer of the trailing run of dense-head
 //! operators, or the layer named by `--encrypt-from` (a node name, or the tensor it reads).
 
+use super::error::{FeatureFault, ModelError, Result};
 use super::onnx::classifier_from_graph;
 use super::Classifier;
-use crate::error::{Error, Result};
 use prost::Message;
+use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use tract_onnx::pb;
 use tract_onnx::prelude::*;
@@ -19,8 +20,8 @@ const HEAD_OPS: &[&str] = &[
     "Flatten", "Gemm", "MatMul", "Add", "Relu", "Mul", "Identity", "Dropout", "Softmax",
 ];
 
-fn err(msg: impl Into<String>) -> Error {
-    Error::Model(msg.into())
+fn err(msg: impl Into<String>) -> ModelError {
+    ModelError::Import(msg.into())
 }
 
 /// A network cut in two.
@@ -128,6 +129,25 @@ fn extractor_bytes(model: &pb::ModelProto, start: usize, point: &str) -> Result<
     Ok(cut.encode_to_vec())
 }
 
+/// A plaintext feature extractor: public, like the paper's convolutional layers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PlainExtractor {
+    /// ONNX model from the network's input to the classifier's input.
+    pub onnx: Vec<u8>,
+    /// Its input shape, e.g. [1, 1, 28, 28].
+    pub input_shape: Vec<usize>,
+    /// Raw 8-bit pixels are multiplied by this (1/255 for inputs in [0, 1]).
+    pub pixel_scale: f32,
+}
+
+impl PlainExtractor {
+    pub fn prepare(&self) -> Result<Extractor> {
+        let mut extractor = Extractor::new(&self.onnx, &self.input_shape)?;
+        extractor.pixel_scale = self.pixel_scale;
+        Ok(extractor)
+    }
+}
+
 /// A feature extractor ready to run: ONNX through tract, optimised for one fixed input shape.
 pub struct Extractor {
     plan: std::sync::Arc<TypedSimplePlan>,
@@ -164,7 +184,7 @@ impl Extractor {
     }
 
     /// Features of a grayscale image: its pixels scaled by `pixel_scale`.
-    pub fn run_image(&self, image: &crate::images::Image) -> Result<Vec<f32>> {
+    pub fn run_image(&self, image: &crate::input::images::Image) -> Result<Vec<f32>> {
         self.run(&image.to_f32(self.pixel_scale))
     }
 
@@ -175,25 +195,29 @@ impl Extractor {
     /// Features of one input (row-major, `in_dim` values).
     pub fn run(&self, input: &[f32]) -> Result<Vec<f32>> {
         if input.len() != self.in_dim() {
-            return Err(Error::BadFeatures(format!(
-                "the feature extractor takes {} values ({:?}), got {}",
-                self.in_dim(),
-                self.input_shape,
-                input.len()
-            )));
+            return Err(FeatureFault::ExtractorInput {
+                expected: self.in_dim(),
+                shape: self.input_shape.clone(),
+                got: input.len(),
+            }
+            .into());
         }
         if let Some(i) = input.iter().position(|v| !v.is_finite()) {
-            return Err(Error::BadFeatures(format!("input value {i} is not finite")));
+            return Err(FeatureFault::NotFinite {
+                index: i,
+                value: input[i],
+            }
+            .into());
         }
         let tensor = Tensor::from_shape(&self.input_shape, input)
-            .map_err(|e| err(format!("feature extractor input: {e:#}")))?;
+            .map_err(|e| ModelError::Extractor(format!("input: {e:#}")))?;
         let out = self
             .plan
             .run(tvec!(tensor.into()))
-            .map_err(|e| err(format!("feature extractor: {e:#}")))?;
+            .map_err(|e| ModelError::Extractor(format!("{e:#}")))?;
         Ok(out[0]
             .to_plain_array_view::<f32>()
-            .map_err(|e| err(format!("feature extractor output: {e:#}")))?
+            .map_err(|e| ModelError::Extractor(format!("output: {e:#}")))?
             .iter()
             .copied()
             .collect())

@@ -188,7 +188,9 @@ mod tests {
     #[test]
     fn backoff_doubles_with_jitter_up_to_the_cap() {
         let mut b = Backoff::default();
-        let low: Vec<f64> = (0..8).map(|_| b.next_delay_with(0.0).as_secs_f64()).collect();
+        let low: Vec<f64> = (0..8)
+            .map(|_| b.next_delay_with(0.0).as_secs_f64())
+            .collect();
         assert_eq!(low, [0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 15.0, 15.0]);
         b.reset();
         let high: Vec<f64> = (0..7)

@@ -204,12 +204,12 @@ pub fn model(root: &Path, keys: &Path, name: &str, seed: u64, variant: &str) -> 
     bundle
 }
 
-/// The class the deterministic integer reference gives `vector` under model `{name}`.
-pub fn reference_class(root: &Path, name: &str, variant: &str, vector: &str) -> u64 {
+/// Model `{name}` under `root`, quantised for `variant` as `hedge protect` does.
+fn quantised(root: &Path, name: &str, variant: &str) -> hedge::model::quant::QuantModel {
     use hedge::model::quant::{QuantModel, Variant};
     let model = hedge::model::onnx::load(&root.join(format!("{name}model.onnx"))).unwrap();
     let calibration: Vec<Vec<f32>> =
-        hedge::data::read_samples(&root.join(format!("{name}calibration.txt")))
+        hedge::input::vectors::read_samples(&root.join(format!("{name}calibration.txt")))
             .unwrap()
             .into_iter()
             .map(|s| s.values)
@@ -221,35 +221,27 @@ pub fn reference_class(root: &Path, name: &str, variant: &str, vector: &str) -> 
     };
     let params =
         hedge::crypto::params::ParameterSet::for_level(hedge::crypto::params::SecurityLevel::L128);
-    let q = QuantModel::quantize(&model, variant, None, &calibration, &params).unwrap();
-    let x = hedge::data::parse_line(vector).unwrap().unwrap().values;
+    QuantModel::quantize(&model, variant, None, &calibration, &params).unwrap()
+}
+
+/// The class the integer reference gives a vector line.
+fn class_of(q: &hedge::model::quant::QuantModel, vector: &str) -> u64 {
+    let x = hedge::input::vectors::parse_line(vector)
+        .unwrap()
+        .unwrap()
+        .values;
     hedge::model::argmax(&q.reference(&q.input.quantize(&x).unwrap()).scores) as u64
+}
+
+/// The class the deterministic integer reference gives `vector` under model `{name}`.
+pub fn reference_class(root: &Path, name: &str, variant: &str, vector: &str) -> u64 {
+    class_of(&quantised(root, name, variant), vector)
 }
 
 /// The class the integer reference gives each of `st`'s test vectors (model quantised once).
 pub fn reference_classes(st: &Setup) -> Vec<u64> {
-    use hedge::model::quant::{QuantModel, Variant};
-    let model = hedge::model::onnx::load(&st.root.join("model.onnx")).unwrap();
-    let calibration: Vec<Vec<f32>> = hedge::data::read_samples(&st.root.join("calibration.txt"))
-        .unwrap()
-        .into_iter()
-        .map(|s| s.values)
-        .collect();
-    let variant = match st.variant.as_str() {
-        "noact" => Variant::Noact,
-        "last" => Variant::Last,
-        other => panic!("no exact reference for {other}"),
-    };
-    let params =
-        hedge::crypto::params::ParameterSet::for_level(hedge::crypto::params::SecurityLevel::L128);
-    let q = QuantModel::quantize(&model, variant, None, &calibration, &params).unwrap();
-    st.vectors
-        .iter()
-        .map(|v| {
-            let x = hedge::data::parse_line(v).unwrap().unwrap().values;
-            hedge::model::argmax(&q.reference(&q.input.quantize(&x).unwrap()).scores) as u64
-        })
-        .collect()
+    let q = quantised(&st.root, "", &st.variant);
+    st.vectors.iter().map(|v| class_of(&q, v)).collect()
 }
 
 pub fn hedged_command(st: &Setup, broker: &str, input: &str, spool: &Path) -> Command {

@@ -9,11 +9,12 @@
 //! oversized or wrong-key payload is logged with its reason, acknowledged (so it is not
 //! redelivered forever) and skipped.
 
+use super::{BackendError, Result};
 use crate::crypto::keys::SecretKeys;
-use crate::edge::message::{ResultMessage, MAX_PAYLOAD};
-use crate::edge::mqtt::MqttConfig;
 use crate::engine::decrypt;
-use crate::error::Result;
+use crate::files::IoError;
+use crate::transport::message::{ResultMessage, MAX_PAYLOAD};
+use crate::transport::mqtt::MqttConfig;
 use crate::transport::{Backoff, Connection};
 use rumqttc::{Event, Packet, QoS};
 use std::collections::HashSet;
@@ -55,7 +56,7 @@ pub fn run(keys: &SecretKeys, opts: &SubscribeOptions, out: &mut dyn Write) -> R
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| crate::error::Error::io("tokio runtime", e))?;
+        .map_err(|e| IoError::new("tokio runtime", e))?;
     rt.block_on(subscribe(keys, opts, out))
 }
 
@@ -120,6 +121,28 @@ async fn subscribe(
     }
 }
 
+/// Decrypt one result message into its JSON line (the same fields from the broker and from
+/// files).
+pub fn decrypt_message(bytes: &[u8], keys: &SecretKeys) -> Result<serde_json::Value> {
+    let m = ResultMessage::decode(bytes).map_err(crate::transport::TransportError::from)?;
+    let d = decrypt(&m.result, keys)?;
+    Ok(line(&m, &d))
+}
+
+fn line(m: &ResultMessage, d: &crate::engine::Decrypted) -> serde_json::Value {
+    serde_json::json!({
+        "device": m.device_id,
+        "seq": m.seq,
+        "timestamp_ms": m.timestamp_ms,
+        "infer_ms": m.infer_us as f64 / 1e3,
+        "extract_ms": m.extract_us as f64 / 1e3,
+        "bundle": m.bundle_id,
+        "class": d.class,
+        "scores": d.float_scores,
+        "noise_margin_bits": (d.noise_margin_bits * 10.0).round() / 10.0,
+    })
+}
+
 /// Decrypt one message and write its line (or count it as a duplicate or a rejection).
 fn handle(
     keys: &SecretKeys,
@@ -128,23 +151,15 @@ fn handle(
     stats: &mut Stats,
     out: &mut dyn Write,
 ) -> Result<()> {
-    match ResultMessage::decode(&p.payload).and_then(|m| decrypt(&m.result, keys).map(|d| (m, d))) {
+    let decoded = ResultMessage::decode(&p.payload)
+        .map_err(|e| BackendError::from(crate::transport::TransportError::from(e)))
+        .and_then(|m| Ok(decrypt(&m.result, keys).map(|d| (m, d))?));
+    match decoded {
         Ok((m, d)) => {
             if seen.insert((m.device_id.clone(), m.seq)) {
-                let line = serde_json::json!({
-                    "device": m.device_id,
-                    "seq": m.seq,
-                    "timestamp_ms": m.timestamp_ms,
-                    "infer_ms": m.infer_us as f64 / 1e3,
-                    "extract_ms": m.extract_us as f64 / 1e3,
-                    "bundle": m.bundle_id,
-                    "class": d.class,
-                    "scores": d.float_scores,
-                    "noise_margin_bits": (d.noise_margin_bits * 10.0).round() / 10.0,
-                });
-                writeln!(out, "{line}")
+                writeln!(out, "{}", line(&m, &d))
                     .and_then(|_| out.flush())
-                    .map_err(|e| crate::error::Error::io("output", e))?;
+                    .map_err(|e| IoError::new("output", e))?;
                 stats.results += 1;
             } else {
                 stats.duplicates += 1;

@@ -2,7 +2,8 @@
 //! blank lines and lines starting with `#` are skipped. An optional `label:` prefix
 //! (`3: 0.1, 0.2, …`) carries the true class.
 
-use crate::error::{Error, Result};
+use super::{InputError, Result};
+use crate::files::IoError;
 use std::path::Path;
 
 /// A vector with its optional label.
@@ -20,9 +21,11 @@ pub fn parse_line(line: &str) -> Result<Option<Sample>> {
     }
     let (label, rest) = match line.split_once(':') {
         Some((l, r)) => (
-            Some(l.trim().parse::<usize>().map_err(|_| {
-                Error::BadFeatures(format!("label {:?} is not a class index", l.trim()))
-            })?),
+            Some(
+                l.trim()
+                    .parse::<usize>()
+                    .map_err(|_| InputError::BadLabel(l.trim().to_string()))?,
+            ),
             r,
         ),
         None => (None, line),
@@ -32,11 +35,11 @@ pub fn parse_line(line: &str) -> Result<Option<Sample>> {
         .filter(|t| !t.is_empty())
         .map(|t| {
             t.parse::<f32>()
-                .map_err(|_| Error::BadFeatures(format!("{t:?} is not a number")))
+                .map_err(|_| InputError::NotANumber(t.to_string()))
         })
         .collect::<Result<Vec<_>>>()?;
     if values.is_empty() {
-        return Err(Error::BadFeatures("empty vector".into()));
+        return Err(InputError::EmptyVector);
     }
     Ok(Some(Sample { label, values }))
 }
@@ -44,9 +47,9 @@ pub fn parse_line(line: &str) -> Result<Option<Sample>> {
 /// Read a whole file of vectors (`-`: stdin); errors name the line.
 pub fn read_samples(path: &Path) -> Result<Vec<Sample>> {
     let text = if path == Path::new("-") {
-        std::io::read_to_string(std::io::stdin()).map_err(|e| Error::io("stdin", e))?
+        std::io::read_to_string(std::io::stdin()).map_err(|e| IoError::new("stdin", e))?
     } else {
-        std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?
+        std::fs::read_to_string(path).map_err(|e| IoError::new(path, e))?
     };
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
@@ -54,11 +57,11 @@ pub fn read_samples(path: &Path) -> Result<Vec<Sample>> {
             Ok(Some(s)) => out.push(s),
             Ok(None) => {}
             Err(e) => {
-                return Err(Error::BadFeatures(format!(
-                    "{}:{}: {e}",
-                    path.display(),
-                    i + 1
-                )))
+                return Err(InputError::Line {
+                    file: path.display().to_string(),
+                    line: i + 1,
+                    cause: Box::new(e),
+                })
             }
         }
     }

@@ -1,11 +1,11 @@
 //! A trained network as hedge uses it: the plaintext feature extractor (if the network has
 //! layers before its dense head) and the dense head, split by [`crate::model::split`].
 
-use crate::bundle::PlainExtractor;
-use crate::data::read_samples;
-use crate::error::{Error, Result};
-use crate::images::{read_idx_images, Image};
-use crate::model::split::{split, Extractor};
+use super::error::{ModelError, Result};
+use crate::files::IoError;
+use crate::input::images::{read_idx_images, Image};
+use crate::input::vectors::read_samples;
+use crate::model::split::{split, Extractor, PlainExtractor};
 use crate::model::Classifier;
 use prost::Message;
 use std::path::Path;
@@ -22,7 +22,7 @@ pub struct Network {
 
 impl Network {
     pub fn load(path: &Path, encrypt_from: Option<&str>) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let bytes = std::fs::read(path).map_err(|e| IoError::new(path, e))?;
         let cut = split(&bytes, encrypt_from)?;
         let extractor = match cut.extractor {
             None => None,
@@ -34,7 +34,7 @@ impl Network {
                 };
                 let prepared = plain.prepare()?;
                 if prepared.out_dim != cut.head.in_dim() {
-                    return Err(Error::Model(format!(
+                    return Err(ModelError::Import(format!(
                         "the extractor yields {} features, the classifier takes {}",
                         prepared.out_dim,
                         cut.head.in_dim()
@@ -67,9 +67,9 @@ impl Network {
 /// cannot take.
 pub fn image_features(extractor: Option<&Extractor>, image: &Image) -> Result<Vec<f32>> {
     extractor
-        .ok_or_else(|| {
-            Error::BadFeatures("this network has no feature extractor to take images".into())
-        })?
+        .ok_or(ModelError::Features(
+            super::error::FeatureFault::NoExtractor,
+        ))?
         .run_image(image)
 }
 
@@ -107,7 +107,7 @@ pub fn is_idx(path: &Path) -> bool {
 /// The network's input shape, a symbolic batch taken as 1.
 fn input_shape(bytes: &[u8]) -> Result<Vec<usize>> {
     let model = pb::ModelProto::decode(bytes)
-        .map_err(|e| Error::Model(format!("not an ONNX model: {e}")))?;
+        .map_err(|e| ModelError::Import(format!("not an ONNX model: {e}")))?;
     let graph = model.graph.unwrap_or_default();
     let initializers: std::collections::HashSet<&str> =
         graph.initializer.iter().map(|t| t.name.as_str()).collect();
@@ -115,7 +115,7 @@ fn input_shape(bytes: &[u8]) -> Result<Vec<usize>> {
         .input
         .iter()
         .find(|i| !initializers.contains(i.name.as_str()))
-        .ok_or_else(|| Error::Model("the network has no input".into()))?;
+        .ok_or_else(|| ModelError::Import("the network has no input".into()))?;
     let dims = match input.r#type.as_ref().and_then(|t| t.value.as_ref()) {
         Some(pb::type_proto::Value::TensorType(t)) => {
             t.shape.as_ref().map(|s| s.dim.clone()).unwrap_or_default()
@@ -123,7 +123,10 @@ fn input_shape(bytes: &[u8]) -> Result<Vec<usize>> {
         _ => Vec::new(),
     };
     if dims.is_empty() {
-        return Err(Error::Model(format!("input {} has no shape", input.name)));
+        return Err(ModelError::Import(format!(
+            "input {} has no shape",
+            input.name
+        )));
     }
     let shape: Vec<usize> = dims
         .iter()
@@ -135,7 +138,7 @@ fn input_shape(bytes: &[u8]) -> Result<Vec<usize>> {
         })
         .collect();
     if shape.contains(&0) {
-        return Err(Error::Model(format!(
+        return Err(ModelError::Import(format!(
             "input {} has a symbolic dimension",
             input.name
         )));

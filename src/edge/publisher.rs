@@ -8,11 +8,13 @@
 //! spool is sent again: at least once, de-duplicated by the decryptor. The event loop is
 //! polled continuously and never cancelled mid-poll ([`Connection`]).
 
-use super::mqtt::MqttConfig;
+use super::delivery::{Delivery, Release};
+use super::error::EdgeError;
 use super::spool::Spool;
+use crate::files::IoError;
+use crate::transport::mqtt::MqttConfig;
 use crate::transport::{Backoff, Connection};
 use rumqttc::{Event, MqttOptions, Outgoing, Packet, QoS};
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,7 +42,7 @@ impl Publisher {
         client_id: &str,
         topic: String,
         spool: Arc<Spool>,
-    ) -> crate::error::Result<Self> {
+    ) -> Result<Self, EdgeError> {
         let options = config.options(client_id)?;
         let (wake, rx) = tokio::sync::mpsc::unbounded_channel();
         let flags = Arc::new(Flags::default());
@@ -56,7 +58,7 @@ impl Publisher {
                     Err(e) => log::error!("publisher cannot start its runtime: {e}"),
                 }
             })
-            .map_err(|e| crate::error::Error::io("publisher thread", e))?;
+            .map_err(|e| IoError::new("publisher thread", e))?;
         Ok(Self {
             wake,
             flags,
@@ -111,13 +113,11 @@ async fn run(
     let mut backoff = Backoff::default();
     loop {
         let mut conn = Connection::open(options.clone(), WINDOW * 2);
-        // (seq, pkid once rumqttc assigned it), oldest first
-        let mut inflight: VecDeque<(u64, Option<u16>)> = VecDeque::new();
-        let mut last_sent: Option<u64> = None;
+        let mut delivery = Delivery::new(Release::OnBrokerAck, WINDOW);
         let mut up = false;
         let error = loop {
             let drained =
-                flags.drain.load(Ordering::Relaxed) && spool.is_empty() && inflight.is_empty();
+                flags.drain.load(Ordering::Relaxed) && spool.is_empty() && delivery.is_idle();
             if drained || flags.abort.load(Ordering::Relaxed) {
                 if up {
                     conn.close(Duration::from_millis(200)).await;
@@ -125,7 +125,7 @@ async fn run(
                 return;
             }
             if up {
-                for seq in spool.pending_after(last_sent, WINDOW.saturating_sub(inflight.len())) {
+                for seq in spool.pending_after(delivery.resume_after(), delivery.room()) {
                     match spool.read(seq) {
                         Ok(payload) => {
                             if conn
@@ -135,11 +135,13 @@ async fn run(
                             {
                                 break;
                             }
-                            inflight.push_back((seq, None));
+                            delivery.sent(seq, std::time::Instant::now());
                         }
-                        Err(e) => log::error!("spool: cannot read #{seq}: {e}"),
+                        Err(e) => {
+                            log::error!("spool: cannot read #{seq}: {e}");
+                            delivery.skipped(seq);
+                        }
                     }
-                    last_sent = Some(seq);
                 }
             }
             let event = tokio::select! {
@@ -154,14 +156,9 @@ async fn run(
                     up = true;
                     backoff.reset();
                 }
-                Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
-                    if let Some(e) = inflight.iter_mut().find(|e| e.1.is_none()) {
-                        e.1 = Some(pkid);
-                    }
-                }
+                Ok(Event::Outgoing(Outgoing::Publish(pkid))) => delivery.numbered(pkid),
                 Ok(Event::Incoming(Packet::PubAck(ack))) => {
-                    if let Some(i) = inflight.iter().position(|e| e.1 == Some(ack.pkid)) {
-                        let (seq, _) = inflight.remove(i).expect("index in range");
+                    if let Some(seq) = delivery.broker_acked(ack.pkid) {
                         spool.remove(seq);
                         log::debug!("#{seq} acknowledged");
                     }

@@ -3,7 +3,8 @@
 //! a CA file as trust anchor, optionally a client certificate for mutual TLS).
 
 use super::message::MAX_PAYLOAD;
-use crate::error::{Error, Result};
+use super::{Result, TransportError};
+use crate::files::IoError;
 use rumqttc::{MqttOptions, TlsConfiguration, Transport};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -76,7 +77,9 @@ impl MqttConfig {
         addr.rsplit_once(':')
             .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
             .filter(|(h, _)| !h.is_empty())
-            .ok_or_else(|| Error::Malformed(format!("broker address {addr:?} is not HOST:PORT")))
+            .ok_or_else(|| {
+                TransportError::Settings(format!("broker address {addr:?} is not HOST:PORT"))
+            })
     }
 
     pub fn topic_for(&self, device: &str) -> String {
@@ -92,14 +95,14 @@ impl MqttConfig {
         o.set_max_packet_size(MAX_PAYLOAD + 1024, MAX_PAYLOAD + 1024);
         let password = match (&self.password, &self.password_file) {
             (Some(_), Some(_)) => {
-                return Err(Error::Malformed(
+                return Err(TransportError::Settings(
                     "mqtt: set password or password_file, not both".into(),
                 ))
             }
             (Some(p), None) => Some(p.clone()),
             (None, Some(f)) => Some(
                 std::fs::read_to_string(f)
-                    .map_err(|e| Error::io(f, e))?
+                    .map_err(|e| IoError::new(f, e))?
                     .trim_end_matches(['\r', '\n'])
                     .to_string(),
             ),
@@ -110,7 +113,9 @@ impl MqttConfig {
                 o.set_credentials(u, p.unwrap_or_default());
             }
             (None, Some(_)) => {
-                return Err(Error::Malformed("mqtt: a password needs a username".into()))
+                return Err(TransportError::Settings(
+                    "mqtt: a password needs a username".into(),
+                ))
             }
             (None, None) => {}
         }
@@ -127,26 +132,26 @@ impl TlsConfig {
     fn client_config(&self) -> Result<rustls::ClientConfig> {
         let mut roots = rustls::RootCertStore::empty();
         for cert in read_certs(&self.ca_file)? {
-            roots
-                .add(cert)
-                .map_err(|e| Error::Malformed(format!("{}: {e}", self.ca_file.display())))?;
+            roots.add(cert).map_err(|e| {
+                TransportError::Settings(format!("{}: {e}", self.ca_file.display()))
+            })?;
         }
         let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
         .with_safe_default_protocol_versions()
-        .map_err(|e| Error::Malformed(format!("TLS: {e}")))?
+        .map_err(|e| TransportError::Settings(format!("TLS: {e}")))?
         .with_root_certificates(roots);
         match (&self.client_cert, &self.client_key) {
             (None, None) => Ok(builder.with_no_client_auth()),
             (Some(cert), Some(key)) => {
                 let key = PrivateKeyDer::from_pem_file(key)
-                    .map_err(|e| Error::Malformed(format!("{}: {e}", key.display())))?;
+                    .map_err(|e| TransportError::Settings(format!("{}: {e}", key.display())))?;
                 builder
                     .with_client_auth_cert(read_certs(cert)?, key)
-                    .map_err(|e| Error::Malformed(format!("{}: {e}", cert.display())))
+                    .map_err(|e| TransportError::Settings(format!("{}: {e}", cert.display())))
             }
-            _ => Err(Error::Malformed(
+            _ => Err(TransportError::Settings(
                 "mqtt.tls: client_cert and client_key go together".into(),
             )),
         }
@@ -156,9 +161,9 @@ impl TlsConfig {
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
     let certs = CertificateDer::pem_file_iter(path)
         .and_then(|it| it.collect::<std::result::Result<Vec<_>, _>>())
-        .map_err(|e| Error::Malformed(format!("{}: {e}", path.display())))?;
+        .map_err(|e| TransportError::Settings(format!("{}: {e}", path.display())))?;
     if certs.is_empty() {
-        return Err(Error::Malformed(format!(
+        return Err(TransportError::Settings(format!(
             "{}: no PEM certificate",
             path.display()
         )));
@@ -187,34 +192,40 @@ pub struct MqttArgs {
 }
 
 impl MqttArgs {
-    /// Override `config` with the flags that were given.
-    pub fn apply(&self, config: &mut MqttConfig) -> Result<()> {
-        if self.username.is_some() {
-            config.username = self.username.clone();
+    /// The flags that were given, as `[mqtt]` keys (merged over the configuration file's).
+    pub fn overrides(&self) -> toml::Table {
+        let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
+        let table = |pairs: [(&str, Option<String>); 3]| -> toml::Table {
+            pairs
+                .into_iter()
+                .filter_map(|(k, v)| Some((k.to_string(), v?.into())))
+                .collect()
+        };
+        let mut mqtt = table([
+            ("username", self.username.clone()),
+            ("password", self.password.clone()),
+            ("password_file", path(&self.password_file)),
+        ]);
+        let tls = table([
+            ("ca_file", path(&self.ca_file)),
+            ("client_cert", path(&self.client_cert)),
+            ("client_key", path(&self.client_key)),
+        ]);
+        if !tls.is_empty() {
+            mqtt.insert("tls".into(), tls.into());
         }
-        if self.password.is_some() || self.password_file.is_some() {
-            config.password = self.password.clone();
-            config.password_file = self.password_file.clone();
-        }
-        match (&self.ca_file, &mut config.tls) {
-            (Some(ca), Some(tls)) => tls.ca_file = ca.clone(),
-            (Some(ca), None) => {
-                config.tls = Some(TlsConfig {
-                    ca_file: ca.clone(),
-                    client_cert: None,
-                    client_key: None,
-                })
-            }
-            _ => {}
-        }
-        if let (Some(cert), Some(key)) = (&self.client_cert, &self.client_key) {
-            let tls = config.tls.as_mut().ok_or_else(|| {
-                Error::Malformed("--client-cert needs TLS (--ca-file or [mqtt.tls])".into())
-            })?;
-            tls.client_cert = Some(cert.clone());
-            tls.client_key = Some(key.clone());
-        }
-        Ok(())
+        mqtt
+    }
+
+    /// Settings for the broker at `addr` (HOST:PORT) with these flags.
+    pub fn config_for(&self, addr: &str) -> Result<MqttConfig> {
+        let (host, port) = MqttConfig::parse_addr(addr)?;
+        let mut table = self.overrides();
+        table.insert("host".into(), host.into());
+        table.insert("port".into(), i64::from(port).into());
+        table
+            .try_into()
+            .map_err(|e: toml::de::Error| TransportError::Settings(e.to_string()))
     }
 }
 
@@ -247,5 +258,28 @@ mod tests {
         assert_eq!(MqttConfig::parse_addr("h:1").unwrap(), ("h".into(), 1));
         assert!(MqttConfig::parse_addr(":1").is_err());
         assert!(MqttConfig::parse_addr("h").is_err());
+    }
+
+    #[test]
+    fn flags_become_settings() {
+        let args = MqttArgs {
+            username: Some("board".into()),
+            password_file: Some("/run/pw".into()),
+            ca_file: Some("/etc/ca.pem".into()),
+            ..Default::default()
+        };
+        let c = args.config_for("broker.example:8883").unwrap();
+        assert_eq!((c.host.as_str(), c.port), ("broker.example", 8883));
+        assert_eq!(c.username.as_deref(), Some("board"));
+        assert_eq!(c.password_file, Some(PathBuf::from("/run/pw")));
+        assert_eq!(c.tls.unwrap().ca_file, PathBuf::from("/etc/ca.pem"));
+        assert_eq!(c.topic, "hedge/{device}/results", "defaults kept");
+        let cert_without_ca = MqttArgs {
+            client_cert: Some("c.pem".into()),
+            client_key: Some("c.key".into()),
+            ..Default::default()
+        };
+        let e = cert_without_ca.config_for("h:1").unwrap_err().to_string();
+        assert!(e.contains("ca_file"), "{e}");
     }
 }

@@ -13,8 +13,9 @@
 //! A frame longer than the configured maximum cannot be skipped safely on a stream, so it ends
 //! that stream (the socket client may reconnect); any other bad frame is rejected on its own.
 
-use crate::engine::{EdgeEngine, EncryptedFeatures};
-use crate::images::Image;
+use crate::engine::{EdgeEngine, EncryptedFeatures, EngineError};
+use crate::files::IoError;
+use crate::input::images::Image;
 use std::io::{Read, Write};
 use thiserror::Error;
 
@@ -83,9 +84,9 @@ impl FrameError {
     }
 }
 
-impl crate::edge::queue::Weighed for Input {
-    /// Heap bytes held while queued.
-    fn weight(&self) -> usize {
+impl Input {
+    /// Heap bytes it holds (what the acquisition queue's byte bound counts).
+    pub fn weight(&self) -> usize {
         match self {
             Input::Plain(values) => values.len() * 4,
             Input::Encrypted(f) => f.byte_len(),
@@ -101,15 +102,15 @@ pub fn write_encrypted(
     w: &mut dyn Write,
     engine: &mut EdgeEngine,
     x: &[f32],
-) -> crate::error::Result<usize> {
+) -> Result<usize, EngineError> {
     engine.check_features(x)?;
     let payload = 2 + engine.encrypted_features_len();
     let prefix = u32::try_from(payload).map_err(|_| {
-        crate::error::Error::Unsupported(format!(
+        crate::crypto::error::CryptoError::Unsupported(format!(
             "an encrypted-features frame of {payload} bytes (frames hold at most 4 GiB)"
         ))
     })?;
-    let io = |e| crate::error::Error::io("encrypted features output", e);
+    let io = |e| IoError::new("encrypted features output", e);
     w.write_all(&prefix.to_be_bytes()).map_err(io)?;
     w.write_all(&[KIND_ENCRYPTED, ENCRYPTED_VERSION])
         .map_err(io)?;

@@ -3,19 +3,20 @@
 //! and the encrypted path (a fixed-seed sample), with the agreement between encrypted and
 //! reference predictions, plus the reference's accuracy per quantisation width.
 
+use super::{BackendError, Result};
 use crate::crypto::keys::{self, EdgeKeys, KeySet};
 use crate::crypto::lut::Activation;
 use crate::crypto::params::ParameterSet;
 use crate::engine::{decrypt, EdgeEngine, EncryptedModel, ModelInfo};
-use crate::error::{Error, Result};
-use crate::images::{read_idx_images, read_idx_labels};
+use crate::input::images::{read_idx_images, read_idx_labels, Image};
 use crate::model::argmax;
+use crate::model::network::Network;
 use crate::model::quant::{float_reference, BitWidths, FlipProbability, QuantModel, Variant};
-use crate::network::Network;
+use crate::progress::Progress;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 /// One evaluated configuration: a network, a variant, an optional activation override.
@@ -103,12 +104,12 @@ fn decided(scores: &[i64], bound: &[f64]) -> bool {
 }
 
 /// Features of every image through the network's extractor (plus the mean time per image).
-fn features(network: &Network, images: &[crate::images::Image]) -> Result<(Vec<Vec<f32>>, f64)> {
+fn features(network: &Network, images: &[Image]) -> Result<(Vec<Vec<f32>>, f64)> {
     let t = Instant::now();
     let f = images
         .iter()
         .map(|im| network.image_features(im))
-        .collect::<Result<Vec<_>>>()?;
+        .collect::<Result<Vec<_>, _>>()?;
     Ok((
         f,
         t.elapsed().as_secs_f64() * 1e3 / images.len().max(1) as f64,
@@ -170,16 +171,28 @@ fn expected_flips(flip: &[FlipProbability], images: impl Iterator<Item = usize>)
     })
 }
 
-pub fn run(opts: &EvalOptions, progress: &mut dyn FnMut(&CaseReport)) -> Result<Vec<CaseReport>> {
+/// Evaluate every case; `on_case` sees each report as it is done, `progress` counts the
+/// encrypted inferences (the long part: seconds each for `act`).
+pub fn run(
+    opts: &EvalOptions,
+    progress: &dyn Progress,
+    on_case: &mut dyn FnMut(&CaseReport),
+) -> Result<Vec<CaseReport>> {
     let images = read_idx_images(&opts.test_images)?;
     let labels = read_idx_labels(&opts.test_labels)?;
     if images.len() != labels.len() || images.is_empty() {
-        return Err(Error::Malformed(format!(
+        return Err(BackendError::Data(format!(
             "{} test images and {} labels",
             images.len(),
             labels.len()
         )));
     }
+    progress.total(
+        opts.cases
+            .iter()
+            .map(|c| c.encrypted.min(images.len()) as u64)
+            .sum(),
+    );
     let keys: KeySet = keys::generate(opts.params);
     let edge_keys = EdgeKeys {
         public: keys.public.clone(),
@@ -224,6 +237,11 @@ pub fn run(opts: &EvalOptions, progress: &mut dyn FnMut(&CaseReport)) -> Result<
             calibration,
             &opts.params,
         )?;
+        progress.stage(&format!(
+            "{} {}",
+            case.variant.name(),
+            case.network.display()
+        ));
         let ReferencePass {
             accuracy: reference_accuracy,
             refused: reference_refused,
@@ -246,6 +264,7 @@ pub fn run(opts: &EvalOptions, progress: &mut dyn FnMut(&CaseReport)) -> Result<
             let t = Instant::now();
             let result = engine.infer_plain(&feats[i])?;
             ms += t.elapsed().as_secs_f64() * 1e3;
+            progress.advance(1);
             let class = decrypt(&result, &keys.secret)?.class;
             let scores = q.reference(&q.input.quantize(&feats[i])?).scores;
             let reference = argmax(&scores);
@@ -319,144 +338,10 @@ pub fn run(opts: &EvalOptions, progress: &mut dyn FnMut(&CaseReport)) -> Result<
             },
             expected_disagreements: Some(expected_flips(&flip, sample.iter().copied())),
         };
-        progress(&report);
+        on_case(&report);
         reports.push(report);
     }
     Ok(reports)
-}
-
-/// The paper's figures 4 and 5 in one PNG: accuracy per variant (float, reference, encrypted)
-/// and reference accuracy per quantisation width. Needs a TrueType font (DejaVu Sans, Debian's
-/// fonts-dejavu-core).
-pub fn plot(reports: &[CaseReport], path: &Path) -> Result<()> {
-    use plotters::prelude::*;
-    let font = [
-        "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
-        "/usr/share/fonts/dejavu/DejaVuSans.ttf",
-    ]
-    .iter()
-    .find_map(|p| std::fs::read(p).ok())
-    .ok_or_else(|| {
-        Error::Unsupported(
-            "no DejaVu Sans font for the plot (apt-get install fonts-dejavu-core)".into(),
-        )
-    })?;
-    let font: &'static [u8] = Box::leak(font.into_boxed_slice());
-    plotters::style::register_font("sans-serif", FontStyle::Normal, font)
-        .map_err(|_| Error::Unsupported("unreadable font".into()))?;
-    let fail =
-        |e: &dyn std::fmt::Display| Error::Malformed(format!("plot {}: {e}", path.display()));
-
-    let root = BitMapBackend::new(path, (1200, 520)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| fail(&e))?;
-    let (left, right) = root.split_horizontally(600);
-    let lo = reports
-        .iter()
-        .flat_map(|r| [r.float_accuracy, r.reference_accuracy, r.encrypted_accuracy])
-        .chain(
-            reports
-                .iter()
-                .flat_map(|r| r.width_sweep.iter().map(|w| w.1)),
-        )
-        .fold(1.0f64, f64::min);
-    let floor = ((lo * 100.0 - 5.0).floor() / 100.0).clamp(0.0, 0.95);
-
-    let n = reports.len();
-    let mut bars = ChartBuilder::on(&left)
-        .caption("Test accuracy per variant", ("sans-serif", 22))
-        .margin(12)
-        .x_label_area_size(60)
-        .y_label_area_size(50)
-        .build_cartesian_2d(-0.5..n as f64 - 0.5, floor..1.0)
-        .map_err(|e| fail(&e))?;
-    // Bars of case i are centred on x = i, where the integer ticks fall.
-    bars.configure_mesh()
-        .disable_x_mesh()
-        .x_labels(n.max(1))
-        .x_label_formatter(&|x| {
-            let i = x.round();
-            if (x - i).abs() < 1e-6 && i >= 0.0 {
-                reports
-                    .get(i as usize)
-                    .map(|r| r.case.clone())
-                    .unwrap_or_default()
-            } else {
-                String::new()
-            }
-        })
-        .y_desc("accuracy")
-        .draw()
-        .map_err(|e| fail(&e))?;
-    type Series = (&'static str, RGBColor, fn(&CaseReport) -> f64);
-    let series: [Series; 3] = [
-        ("float", RGBColor(90, 90, 90), |r| r.float_accuracy),
-        ("integer reference", BLUE, |r| r.reference_accuracy),
-        ("encrypted (fixed-seed sample)", RED, |r| {
-            r.encrypted_accuracy
-        }),
-    ];
-    for (k, &(name, color, value)) in series.iter().enumerate() {
-        bars.draw_series(reports.iter().enumerate().map(|(i, r)| {
-            let x0 = i as f64 - 0.35 + k as f64 * 0.24;
-            Rectangle::new([(x0, floor), (x0 + 0.2, value(r))], color.filled())
-        }))
-        .map_err(|e| fail(&e))?
-        .label(name)
-        .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled()));
-    }
-    bars.configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperRight)
-        .draw()
-        .map_err(|e| fail(&e))?;
-
-    let widths: Vec<u32> = reports
-        .iter()
-        .flat_map(|r| r.width_sweep.iter().map(|w| w.0))
-        .collect();
-    let (wmin, wmax) = (
-        widths.iter().copied().min().unwrap_or(2),
-        widths.iter().copied().max().unwrap_or(10),
-    );
-    let mut lines = ChartBuilder::on(&right)
-        .caption(
-            "Integer reference vs quantisation width",
-            ("sans-serif", 22),
-        )
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(50)
-        .build_cartesian_2d(wmin as f64..wmax as f64, floor..1.0)
-        .map_err(|e| fail(&e))?;
-    lines
-        .configure_mesh()
-        .x_desc("bits (inputs, weights, activations)")
-        .y_desc("accuracy")
-        .draw()
-        .map_err(|e| fail(&e))?;
-    for (i, r) in reports.iter().enumerate() {
-        let color = Palette99::pick(i).to_rgba();
-        lines
-            .draw_series(LineSeries::new(
-                r.width_sweep.iter().map(|&(b, a)| (b as f64, a)),
-                color.stroke_width(2),
-            ))
-            .map_err(|e| fail(&e))?
-            .label(r.case.clone())
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
-            });
-    }
-    lines
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::LowerRight)
-        .draw()
-        .map_err(|e| fail(&e))?;
-    root.present().map_err(|e| fail(&e))?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -3,43 +3,65 @@
 //! `--broker` names one), `hedged` on a replayed test set publishing encrypted results, the
 //! decryption agent subscribed to them, and a summary per variant.
 
-use crate::backend;
-use crate::bench::FeatureMode;
-use crate::crypto::params::{ParameterSet, SecurityLevel};
-use crate::data::format_sample;
-use crate::decryptor::{self, SubscribeOptions};
-use crate::edge::mqtt::MqttConfig;
-use crate::error::{Error, Result};
-use crate::model::quant::Variant;
-use crate::model::{argmax, onnx, synth, Classifier};
+use crate::args::{parse_security, parse_shape};
+use crate::progress::{Shown, Ui};
+use anyhow::{anyhow, bail, Context, Result};
+use hedge::backend::decryptor::{self, SubscribeOptions};
+use hedge::backend::{keys as backend_keys, protect};
+use hedge::crypto::params::{ParameterSet, SecurityLevel};
+use hedge::engine::FeatureMode;
+use hedge::files::write_atomic;
+use hedge::input::vectors::format_sample;
+use hedge::model::quant::Variant;
+use hedge::model::{argmax, onnx, synth, Classifier};
+use hedge::transport::mqtt::MqttConfig;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-pub struct DemoOptions {
-    pub dir: PathBuf,
-    pub security: SecurityLevel,
-    pub features: FeatureMode,
-    pub variants: Vec<Variant>,
-    pub count: usize,
-    pub act_count: usize,
-    pub shape: (usize, usize, usize),
-    /// An external broker (HOST:PORT) instead of the embedded one.
-    pub broker: Option<String>,
+#[derive(clap::Args)]
+pub struct Args {
+    #[arg(long, default_value = "target/demo")]
+    dir: PathBuf,
+    #[arg(long, value_parser = parse_security, default_value = "128")]
+    security: SecurityLevel,
+    #[arg(long, value_enum, default_value = "plain")]
+    features: FeatureMode,
+    #[arg(long, value_enum, num_args = 1.., value_delimiter = ',')]
+    variant: Vec<Variant>,
+    /// Vectors per variant (last, noact).
+    #[arg(long, default_value_t = 20)]
+    count: usize,
+    /// Vectors for the act variant (about 7 s each at 128 bits).
+    #[arg(long, default_value_t = 2)]
+    act_count: usize,
+    #[arg(long, default_value = "2304,512,10")]
+    shape: String,
+    /// Use this MQTT broker (HOST:PORT) instead of the embedded one.
+    #[arg(long)]
+    broker: Option<String>,
 }
 
 /// Summary of one variant's run.
-pub struct DemoSummary {
-    pub variant: Variant,
-    pub results: usize,
-    pub classes: Vec<usize>,
-    pub agree_float: usize,
-    pub mean_infer_ms: f64,
+struct Summary {
+    results: usize,
+    classes: Vec<usize>,
+    agree_float: usize,
+    mean_infer_ms: f64,
 }
 
-pub fn run(opts: &DemoOptions) -> Result<Vec<DemoSummary>> {
+pub fn run(a: Args, ui: &Ui) -> Result<()> {
+    let variants = if a.variant.is_empty() {
+        Variant::ALL.to_vec()
+    } else {
+        a.variant.clone()
+    };
+    let shape = parse_shape(&a.shape)?;
+    let opts = &a;
     let keys = opts.dir.join("keys");
     let t = Instant::now();
-    let set = backend::keygen(ParameterSet::for_level(opts.security), &keys)?;
+    let spinner = Shown(ui.spinner("generating keys"));
+    let set = backend_keys::keygen(ParameterSet::for_level(opts.security), &keys, &spinner)?;
+    spinner.0.finish_and_clear();
     println!(
         "1. keys ({}-bit) in {} [{:.1} s]",
         opts.security,
@@ -48,29 +70,26 @@ pub fn run(opts: &DemoOptions) -> Result<Vec<DemoSummary>> {
     );
     let (host, port) = match &opts.broker {
         Some(b) => {
-            let (h, p) = b
-                .rsplit_once(':')
-                .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
-                .ok_or_else(|| Error::Malformed(format!("--broker {b}: expected HOST:PORT")))?;
+            let (h, p) = MqttConfig::parse_addr(b).context("--broker")?;
             println!("2. broker: {h}:{p} (external)");
             (h, p)
         }
         None => {
-            let p = crate::broker::start_embedded(0)?;
+            let p = hedge::backend::broker::start_embedded(0)?;
             println!("2. broker: embedded rumqttd on 127.0.0.1:{p}");
             ("127.0.0.1".to_string(), p)
         }
     };
     let hedged = std::env::current_exe()
-        .map_err(|e| Error::io("current executable", e))?
+        .context("current executable")?
         .with_file_name("hedged");
     if !hedged.exists() {
-        return Err(Error::Malformed(format!(
+        bail!(
             "{} not found: build both binaries (cargo build --release)",
             hedged.display()
-        )));
+        );
     }
-    let (i, h, c) = opts.shape;
+    let (i, h, c) = shape;
     let task = synth::Task::new(42, i, c);
     let test = task.samples(42 + synth::BENCH_STREAM, opts.count.max(opts.act_count));
     let calib: Vec<Vec<f32>> = task
@@ -78,21 +97,29 @@ pub fn run(opts: &DemoOptions) -> Result<Vec<DemoSummary>> {
         .into_iter()
         .map(|s| s.0)
         .collect();
-    let mut out = Vec::new();
-    for &variant in &opts.variants {
+    for &variant in &variants {
         let name = variant.name();
-        let act = (variant != Variant::Noact).then_some(crate::crypto::lut::Activation::Relu);
+        let act = (variant != Variant::Noact).then_some(hedge::crypto::lut::Activation::Relu);
         let model_path = opts.dir.join(format!("model-{name}.onnx"));
-        backend::write_atomic(
+        write_atomic(
             &model_path,
             &onnx::to_bytes(&synth::classifier(42, &task, h, act), false),
             0o644,
         )?;
         let model: Classifier = onnx::load(&model_path)?;
         let t = Instant::now();
-        let p = backend::protect(&set, &model, variant, None, &calib, "demo", None)?;
-        let bundle_path = backend::default_bundle_path(&opts.dir, variant);
-        backend::write_atomic(&bundle_path, &p.bytes, 0o644)?;
+        let p = protect::protect(
+            &set,
+            &model,
+            variant,
+            None,
+            &calib,
+            "demo",
+            None,
+            &hedge::progress::Silent,
+        )?;
+        let bundle_path = protect::default_bundle_path(&opts.dir, variant);
+        write_atomic(&bundle_path, &p.bytes, 0o644)?;
         println!(
             "3. {name}: {i}→{h}→{c} model protected into {} ({:.1} MB, {:.1} s)",
             bundle_path.display(),
@@ -110,7 +137,7 @@ pub fn run(opts: &DemoOptions) -> Result<Vec<DemoSummary>> {
             .iter()
             .map(|x| format_sample(None, x) + "\n")
             .collect();
-        backend::write_atomic(&input_path, text.as_bytes(), 0o644)?;
+        write_atomic(&input_path, text.as_bytes(), 0o644)?;
         let spool = opts.dir.join(format!("spool-{name}"));
         let _ = std::fs::remove_dir_all(&spool);
         let device = format!("demo-{name}");
@@ -134,13 +161,13 @@ pub fn run(opts: &DemoOptions) -> Result<Vec<DemoSummary>> {
             });
             ready_rx
                 .recv_timeout(Duration::from_secs(30))
-                .map_err(|_| Error::Malformed("the decryptor could not subscribe".into()))?;
+                .map_err(|_| anyhow!("the decryptor could not subscribe"))?;
             // The edge daemon, as a separate process, replaying the vectors.
             let mut child = std::process::Command::new(&hedged)
                 .args(["--bundle", &bundle_path.to_string_lossy()])
                 .args([
                     "--verifying-key",
-                    &keys.join(backend::VERIFYING_KEY).to_string_lossy(),
+                    &keys.join(backend_keys::VERIFYING_KEY).to_string_lossy(),
                 ])
                 .args(["--input", &input_path.to_string_lossy()])
                 .args(["--features", opts.features.name()])
@@ -149,31 +176,29 @@ pub fn run(opts: &DemoOptions) -> Result<Vec<DemoSummary>> {
                 .args(["--device-id", &device])
                 .args(["--log-level", "warn"])
                 .spawn()
-                .map_err(|e| Error::io(&hedged, e))?;
+                .with_context(|| hedged.display().to_string())?;
             println!(
                 "4. {name}: hedged (pid {}) replays {count} vectors with {} features",
                 child.id(),
                 opts.features.name()
             );
-            let status = child.wait().map_err(|e| Error::io(&hedged, e))?;
+            let status = child.wait().with_context(|| hedged.display().to_string())?;
             let (stats, lines) = agent
                 .join()
-                .map_err(|_| Error::Malformed("decryptor thread panicked".into()))??;
+                .map_err(|_| anyhow!("decryptor thread panicked"))??;
             Ok((stats, lines, status))
         })?;
         if !status.success() {
-            return Err(Error::Malformed(format!("hedged exited with {status}")));
+            bail!("hedged exited with {status}");
         }
-        let mut summary = DemoSummary {
-            variant,
+        let mut summary = Summary {
             results: stats.results,
             classes: vec![0; c],
             agree_float: 0,
             mean_infer_ms: 0.0,
         };
         for line in String::from_utf8_lossy(&lines).lines() {
-            let v: serde_json::Value =
-                serde_json::from_str(line).map_err(|e| Error::Malformed(e.to_string()))?;
+            let v: serde_json::Value = serde_json::from_str(line).context("a decrypted line")?;
             let (Some(seq), Some(class)) = (v["seq"].as_u64(), v["class"].as_u64()) else {
                 continue;
             };
@@ -190,11 +215,9 @@ pub fn run(opts: &DemoOptions) -> Result<Vec<DemoSummary>> {
             stats.results, stats.duplicates, stats.rejected, summary.classes, summary.agree_float, summary.results, summary.mean_infer_ms
         );
         if summary.results != count || summary.agree_float * 100 < summary.results * 90 {
-            return Err(Error::Malformed(format!(
-                "{name}: results missing or disagreeing with the plaintext model"
-            )));
+            bail!("{name}: results missing or disagreeing with the plaintext model");
         }
-        out.push(summary);
     }
-    Ok(out)
+    println!("demo finished: every result decrypted and checked");
+    Ok(())
 }

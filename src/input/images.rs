@@ -1,7 +1,8 @@
 //! Grayscale images for the feature extractor: IDX files (the MNIST format, optionally
 //! gzipped, as Debian's dataset-fashion-mnist ships them), binary or ASCII PGM, and PNG.
 
-use crate::error::{Error, Result};
+use super::{InputError, Result};
+use crate::files::IoError;
 use std::io::Read;
 use std::path::Path;
 
@@ -20,13 +21,16 @@ impl Image {
     }
 }
 
-fn bad(what: &str, why: impl std::fmt::Display) -> Error {
-    Error::Malformed(format!("{what}: {why}"))
+fn bad(what: &str, why: impl std::fmt::Display) -> InputError {
+    InputError::Image {
+        what: what.to_string(),
+        why: why.to_string(),
+    }
 }
 
 /// The whole file, gunzipped if it starts with the gzip magic.
 fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
-    let raw = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let raw = std::fs::read(path).map_err(|e| IoError::new(path, e))?;
     if raw.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::new();
         flate2::read::GzDecoder::new(&raw[..])
@@ -115,14 +119,14 @@ pub fn write_idx_images(path: &Path, images: &[Image]) -> Result<()> {
     for i in images {
         out.extend(&i.pixels);
     }
-    std::fs::write(path, out).map_err(|e| Error::io(path, e))
+    std::fs::write(path, out).map_err(|e| IoError::new(path, e).into())
 }
 
 pub fn write_idx_labels(path: &Path, labels: &[u8]) -> Result<()> {
     let mut out = vec![0, 0, 0x08, 1];
     out.extend((labels.len() as u32).to_be_bytes());
     out.extend(labels);
-    std::fs::write(path, out).map_err(|e| Error::io(path, e))
+    std::fs::write(path, out).map_err(|e| IoError::new(path, e).into())
 }
 
 /// A PGM (P5 binary or P2 ASCII) or PNG image, by content.

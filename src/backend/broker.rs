@@ -1,8 +1,9 @@
 //! An embedded MQTT broker (rumqttd) for the demo and for machines with nothing else
 //! configured. It keeps messages in memory only: production deployments use a real broker.
 
-use crate::edge::message::MAX_PAYLOAD;
-use crate::error::{Error, Result};
+use super::{BackendError, Result};
+use crate::files::IoError;
+use crate::transport::message::MAX_PAYLOAD;
 use std::net::TcpListener;
 
 /// Start rumqttd on 127.0.0.1:`port` (0: a free port) in its own thread; returns the port.
@@ -11,7 +12,7 @@ pub fn start_embedded(port: u16) -> Result<u16> {
         // Ask the OS for a free port, then release it for the broker.
         TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
-            .map_err(|e| Error::io("127.0.0.1:0", e))?
+            .map_err(|e| IoError::new("127.0.0.1:0", e))?
             .port()
     } else {
         port
@@ -38,8 +39,8 @@ next_connection_delay_ms = 1
 "#,
         payload = MAX_PAYLOAD + 1024
     );
-    let config: rumqttd::Config = toml::from_str(&config_text)
-        .map_err(|e| Error::Malformed(format!("broker config: {e}")))?;
+    let config: rumqttd::Config =
+        toml::from_str(&config_text).map_err(|e| BackendError::Broker(format!("config: {e}")))?;
     std::thread::Builder::new()
         .name("broker".into())
         .spawn(move || {
@@ -48,7 +49,7 @@ next_connection_delay_ms = 1
                 log::error!("embedded broker stopped: {e}");
             }
         })
-        .map_err(|e| Error::io("broker thread", e))?;
+        .map_err(|e| IoError::new("broker thread", e))?;
     // Wait until it accepts connections.
     for _ in 0..100 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
@@ -56,7 +57,7 @@ next_connection_delay_ms = 1
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    Err(Error::Malformed(format!(
-        "embedded broker did not start on port {port}"
+    Err(BackendError::Broker(format!(
+        "did not start on port {port}"
     )))
 }

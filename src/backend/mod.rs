@@ -1,0 +1,44 @@
+//! The vendor's side (trusted): the key directory, protection of a classifier into a signed
+//! edge bundle, the decryption agent, and the embedded MQTT broker of the demo. Its
+//! measurements ([`crate::report`]) share its error type.
+
+pub mod broker;
+pub mod decryptor;
+pub mod keys;
+pub mod protect;
+
+use crate::bundle::BundleError;
+use crate::engine::EngineError;
+use crate::files::IoError;
+use crate::input::InputError;
+use crate::model::ModelError;
+use crate::transport::TransportError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// A key file that is missing a part, undecodable, or from another key generation.
+    #[error("keys: {0}")]
+    KeyFile(String),
+    /// The embedded broker could not start.
+    #[error("embedded broker: {0}")]
+    Broker(String),
+    /// Measurement inputs that do not fit together (image and label counts, results files).
+    #[error("{0}")]
+    Data(String),
+    #[error("plot: {0}")]
+    Plot(String),
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Input(#[from] InputError),
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error(transparent)]
+    Io(#[from] IoError),
+}
+
+pub type Result<T, E = BackendError> = std::result::Result<T, E>;

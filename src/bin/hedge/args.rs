@@ -1,0 +1,40 @@
+//! Argument types shared by several subcommands.
+
+use anyhow::{bail, Context, Result};
+use hedge::crypto::lut::Activation;
+use hedge::crypto::params::SecurityLevel;
+
+pub fn parse_security(s: &str) -> Result<SecurityLevel, String> {
+    s.parse::<u32>()
+        .ok()
+        .and_then(SecurityLevel::from_bits)
+        .ok_or_else(|| format!("security must be 128, 192 or 256, not {s}"))
+}
+
+/// `in,hidden,classes`.
+pub fn parse_shape(s: &str) -> Result<(usize, usize, usize)> {
+    let v: Vec<usize> = s
+        .split(',')
+        .map(|t| t.trim().parse::<usize>())
+        .collect::<std::result::Result<_, _>>()
+        .with_context(|| format!("shape {s:?}"))?;
+    match v.as_slice() {
+        [a, b, c] if *a > 0 && *b > 0 && *c > 1 => Ok((*a, *b, *c)),
+        _ => bail!("shape must be in,hidden,classes (positive, at least 2 classes)"),
+    }
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum ActivationArg {
+    Relu,
+    Square,
+}
+
+impl From<ActivationArg> for Activation {
+    fn from(a: ActivationArg) -> Self {
+        match a {
+            ActivationArg::Relu => Activation::Relu,
+            ActivationArg::Square => Activation::Square,
+        }
+    }
+}

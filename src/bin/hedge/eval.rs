@@ -1,0 +1,196 @@
+use crate::args::parse_security;
+use crate::progress::{Shown, Ui};
+use anyhow::Result;
+use hedge::crypto::params::{ParameterSet, SecurityLevel};
+use hedge::model::quant::Variant;
+use hedge::report::eval::{self, Case, CaseReport, EvalOptions};
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The network with its hidden ReLU (variants last and act).
+    #[arg(long)]
+    model: PathBuf,
+    /// The same network trained without the hidden activation (variant noact).
+    #[arg(long)]
+    noact_model: Option<PathBuf>,
+    /// The same network trained with a square activation (an extra act case).
+    #[arg(long)]
+    square_model: Option<PathBuf>,
+    /// A directory with the Fashion-MNIST IDX files (train-* for calibration, t10k-* for test).
+    #[arg(long, default_value = "/usr/share/datasets/fashion-mnist")]
+    data: PathBuf,
+    /// Override the test images / labels / calibration images of --data.
+    #[arg(long)]
+    test_images: Option<PathBuf>,
+    #[arg(long)]
+    test_labels: Option<PathBuf>,
+    #[arg(long)]
+    calibration: Option<PathBuf>,
+    #[arg(long, default_value_t = 1000)]
+    calibration_count: usize,
+    #[arg(long, value_enum, num_args = 1.., value_delimiter = ',')]
+    variant: Vec<Variant>,
+    /// Encrypted inferences per linear variant, and per act case.
+    #[arg(long, default_value_t = 1000)]
+    encrypted: usize,
+    #[arg(long, default_value_t = 200)]
+    encrypted_act: usize,
+    #[arg(long, value_parser = parse_security, default_value = "128")]
+    security: SecurityLevel,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Quantisation widths for the reference sweep.
+    #[arg(long, num_args = 0.., value_delimiter = ',', default_value = "3,4,5,6,8,10")]
+    widths: Vec<u32>,
+    #[arg(long)]
+    encrypt_from: Option<String>,
+    /// Write the accuracy plot here.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// One JSON object per case instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The cases to evaluate: each variant on its network, plus the square network's act case.
+fn cases(a: &Args) -> Vec<Case> {
+    let variants = if a.variant.is_empty() {
+        Variant::ALL.to_vec()
+    } else {
+        a.variant.clone()
+    };
+    let mut cases = Vec::new();
+    for v in variants {
+        let (network, count) = match v {
+            Variant::Last => (a.model.clone(), a.encrypted),
+            Variant::Noact => (
+                a.noact_model.clone().unwrap_or_else(|| a.model.clone()),
+                a.encrypted,
+            ),
+            Variant::Act => (a.model.clone(), a.encrypted_act),
+        };
+        let case = |network| Case {
+            label: None,
+            network,
+            variant: v,
+            activation: None,
+            encrypted: count,
+        };
+        cases.push(case(network));
+        if v == Variant::Act {
+            if let Some(square) = &a.square_model {
+                cases.push(case(square.clone()));
+            }
+        }
+    }
+    cases
+}
+
+pub fn run(a: Args, ui: &Ui) -> Result<()> {
+    let in_data = |stem: &str| {
+        let plain = a.data.join(stem);
+        if plain.exists() {
+            plain
+        } else {
+            a.data.join(format!("{stem}.gz"))
+        }
+    };
+    let opts = EvalOptions {
+        cases: cases(&a),
+        test_images: a
+            .test_images
+            .clone()
+            .unwrap_or_else(|| in_data("t10k-images-idx3-ubyte")),
+        test_labels: a
+            .test_labels
+            .clone()
+            .unwrap_or_else(|| in_data("t10k-labels-idx1-ubyte")),
+        calibration: a
+            .calibration
+            .clone()
+            .unwrap_or_else(|| in_data("train-images-idx3-ubyte")),
+        calibration_count: a.calibration_count,
+        params: ParameterSet::for_level(a.security),
+        seed: a.seed,
+        widths: a.widths.clone(),
+        encrypt_from: a.encrypt_from.clone(),
+    };
+    if !a.json {
+        println!(
+            "{:<14} {:>7} {:>9} {:>9} {:>10} {:>9} {:>9} {:>10} {:>10}",
+            "case",
+            "images",
+            "float",
+            "integer",
+            "encrypted",
+            "sample",
+            "agree",
+            "enc ms",
+            "extract ms"
+        );
+    }
+    let bar = Shown(ui.bar(0, "encrypted inferences"));
+    let reports = eval::run(&opts, &bar, &mut |r| {
+        bar.0.suspend(|| {
+            if a.json {
+                println!("{}", serde_json::to_string(r).expect("serialisable"));
+            } else {
+                print_case(r);
+            }
+        })
+    })?;
+    bar.0.finish_and_clear();
+    if let Some(path) = &a.plot {
+        hedge::report::plot::accuracy(&reports, path)?;
+        log::info!("plot written to {}", path.display());
+    }
+    Ok(())
+}
+
+fn print_case(r: &CaseReport) {
+    println!(
+        "{:<14} {:>7} {:>8.2}% {:>8.2}% {:>9.2}% {:>9} {:>8.1}% {:>10.1} {:>10.2}",
+        r.case,
+        r.test_images,
+        100.0 * r.float_accuracy,
+        100.0 * r.reference_accuracy,
+        100.0 * r.encrypted_accuracy,
+        r.encrypted_images,
+        100.0 * r.encrypted_agreement,
+        r.encrypted_ms_mean,
+        r.extractor_ms_mean
+    );
+    println!(
+        "    beyond the noise bounds: {} of {} sampled images, {:.1}% agree",
+        r.decided_images,
+        r.encrypted_images,
+        100.0 * r.decided_agreement
+    );
+    if let (Some([all_low, all_high]), Some([low, high])) =
+        (r.expected_agreement, r.expected_disagreements)
+    {
+        println!(
+            "    noise model: expected agreement {:.2}–{:.2}% on all {} images, \
+             {:.2}–{:.2} disagreements on the sample (measured {})",
+            100.0 * all_low,
+            100.0 * all_high,
+            r.test_images,
+            low,
+            high,
+            r.disagreements.len()
+        );
+    }
+    for d in &r.disagreements {
+        println!(
+            "    image {}: reference class {}, encrypted {}; reference margin {} \
+             within the bound {:.0}: {}",
+            d.image,
+            d.reference_class,
+            d.encrypted_class,
+            d.reference_margin,
+            d.bound,
+            (d.reference_margin as f64) <= d.bound
+        );
+    }
+}

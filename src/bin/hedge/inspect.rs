@@ -1,0 +1,70 @@
+use anyhow::{bail, Context, Result};
+use hedge::backend::keys;
+use hedge::engine::hex;
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct Args {
+    bundle: PathBuf,
+    /// Key directory holding verifying.key (and public.key to check the key id).
+    #[arg(long)]
+    keys: Option<PathBuf>,
+    #[arg(long)]
+    verifying_key: Option<PathBuf>,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let trusted = keys::trusted_key(a.verifying_key.as_deref(), a.keys.as_deref())?;
+    let opened = hedge::bundle::open(&a.bundle, &trusted)
+        .with_context(|| format!("{} rejected", a.bundle.display()))?;
+    let b = &opened.bundle;
+    if let Some(k) = &a.keys {
+        if let Ok(public) = keys::load_public(k) {
+            if hedge::crypto::keys::key_id(&public) != b.header.key_id {
+                bail!(
+                    "{} was encrypted for other keys than {}",
+                    a.bundle.display(),
+                    k.display()
+                );
+            }
+        }
+    }
+    let m = &b.header.model;
+    println!("bundle      {} (id {})", a.bundle.display(), opened.id);
+    println!(
+        "verified    signature ok, checksum ok, format v{}",
+        hedge::bundle::FORMAT_VERSION
+    );
+    println!("name        {}", b.header.name);
+    println!("variant     {}", m.variant.name());
+    println!(
+        "shape       {} → {} → {}",
+        m.input.dim, m.hidden_dim, m.out_dim
+    );
+    println!(
+        "security    {}-bit (key id {})",
+        b.header.params.security,
+        hex(&b.header.key_id)
+    );
+    println!("bundle      {} bytes", opened.len);
+    println!("weights     {} bytes encrypted", b.model.encrypted_bytes());
+    match &b.extractor {
+        Some(e) => println!(
+            "extractor   plaintext ONNX, {} bytes, input {:?}, pixels ×{}",
+            e.onnx.len(),
+            e.input_shape,
+            e.pixel_scale
+        ),
+        None => println!("extractor   none (the bundle takes feature vectors)"),
+    }
+    println!(
+        "keys        public {} bytes, evaluation {} bytes",
+        b.keys.public.wide.byte_len() + b.keys.public.pbs.byte_len(),
+        b.keys
+            .evaluation
+            .as_ref()
+            .map(|e| e.byte_len())
+            .unwrap_or(0)
+    );
+    Ok(())
+}

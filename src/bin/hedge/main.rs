@@ -1,0 +1,92 @@
+//! `hedge`: the backend and admin CLI. Each subcommand is a module with its arguments and its
+//! `run`; the library does the work and returns values, the modules present them.
+
+mod args;
+mod bench;
+mod decrypt;
+mod demo;
+mod encrypt_features;
+mod eval;
+mod inspect;
+mod keygen;
+mod params;
+mod plot;
+mod progress;
+mod protect;
+mod synth;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "hedge",
+    version,
+    about = "Homomorphically encrypted DNNs at the edge: backend CLI"
+)]
+struct Cli {
+    /// No progress bars (they are shown only on a terminal anyway).
+    #[arg(long, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate keys: secret and signing keys (0600) and the public material for the edge.
+    Keygen(keygen::Args),
+    /// Print a parameter set's security and noise figures.
+    Params(params::Args),
+    /// Write the fixed-seed classifier as ONNX with calibration and test vectors.
+    Synth(synth::Args),
+    /// Quantise and encrypt a model into a signed edge bundle.
+    Protect(protect::Args),
+    /// Verify a bundle and summarise it.
+    Inspect(inspect::Args),
+    /// Encrypt feature vectors with a bundle's public key, for hedged's encrypted-features
+    /// mode: writes frames (see `hedge::transport::frame`) for hedged's socket or a frames: input.
+    EncryptFeatures(encrypt_features::Args),
+    /// Decrypt result files, or subscribe to results over MQTT: one JSON line each.
+    Decrypt(decrypt::Args),
+    /// Accuracy of a trained network on labelled images: float model, integer reference (every
+    /// test image), encrypted path (a fixed-seed sample), per variant and quantisation width.
+    Eval(eval::Args),
+    /// Redraw the accuracy plot from `hedge eval --json` outputs (several runs in one figure).
+    Plot(plot::Args),
+    /// Run the paper's evaluation grid.
+    Bench(bench::Args),
+    /// Run the whole system on this machine: keys, model, protection, edge, decryption.
+    Demo(demo::Args),
+    /// (internal) The edge side of one bench cell.
+    #[command(hide = true)]
+    BenchEdge(bench::EdgeArgs),
+}
+
+fn main() {
+    hedge::cpu::require_build_features();
+    env_logger::Builder::from_env(
+        env_logger::Env::default()
+            .default_filter_or("info,rumqttd=off,tracing=off,hedge::backend::decryptor=warn"),
+    )
+    .init();
+    let cli = Cli::parse();
+    let ui = progress::Ui::new(cli.quiet);
+    let result = match cli.command {
+        Command::Keygen(a) => keygen::run(a, &ui),
+        Command::Params(a) => params::run(a),
+        Command::Synth(a) => synth::run(a),
+        Command::Protect(a) => protect::run(a, &ui),
+        Command::Inspect(a) => inspect::run(a),
+        Command::EncryptFeatures(a) => encrypt_features::run(a),
+        Command::Decrypt(a) => decrypt::run(a),
+        Command::Eval(a) => eval::run(a, &ui),
+        Command::Plot(a) => plot::run(a),
+        Command::Bench(a) => bench::run(a, &ui),
+        Command::Demo(a) => demo::run(a, &ui),
+        Command::BenchEdge(a) => bench::run_edge(a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,14 @@
+use crate::args::parse_security;
+use anyhow::Result;
+use hedge::crypto::params::{ParameterSet, SecurityLevel};
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[arg(long, value_parser = parse_security, default_value = "128")]
+    security: SecurityLevel,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    print!("{}", ParameterSet::for_level(a.security).noise_report());
+    Ok(())
+}

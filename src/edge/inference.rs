@@ -1,0 +1,100 @@
+//! The running model: a verified bundle expanded into its engine and extractor, and the
+//! feature mode, turning one input into an encrypted result.
+
+use super::error::EdgeError;
+use super::settings::Reloadable;
+use crate::engine::{EdgeEngine, EngineError, FeatureMode, ResultCiphertext};
+use crate::model::error::FeatureFault;
+use crate::model::split::Extractor;
+use crate::model::ModelError;
+use crate::transport::frame::Input;
+use std::time::{Duration, Instant};
+
+pub struct Inference {
+    engine: EdgeEngine,
+    /// The plaintext feature extractor, for bundles split from a CNN.
+    extractor: Option<Extractor>,
+    pub bundle_id: String,
+    features: FeatureMode,
+}
+
+/// One inference's output.
+pub struct Inferred {
+    pub result: ResultCiphertext,
+    /// Time in the plaintext extractor, and in the encrypted part.
+    pub extract: Duration,
+    pub infer: Duration,
+}
+
+impl Inference {
+    /// Verify and expand the bundle the settings name.
+    pub fn load(settings: &Reloadable) -> Result<Self, EdgeError> {
+        let ready = crate::bundle::open_verified(&settings.bundle, &settings.verifying_key)
+            .and_then(|b| b.ready())
+            .map_err(|e| EdgeError::BundleFile {
+                path: settings.bundle.display().to_string(),
+                cause: e,
+            })?;
+        Ok(Self {
+            engine: ready.engine,
+            extractor: ready.extractor,
+            bundle_id: ready.id,
+            features: settings.features,
+        })
+    }
+
+    pub fn describe(&self) -> String {
+        format!(
+            "bundle {} ({} variant, {}-bit, {} features{})",
+            self.bundle_id,
+            self.engine.info.variant.name(),
+            self.engine.params.security,
+            match self.features {
+                FeatureMode::Plain => "plaintext",
+                FeatureMode::Enc => "encrypted",
+            },
+            match &self.extractor {
+                Some(e) => format!(", plaintext extractor {:?} → {}", e.input_shape, e.out_dim),
+                None => String::new(),
+            }
+        )
+    }
+
+    /// The encrypted result of one input; an error is the input's fault (it is rejected).
+    pub fn infer(&mut self, input: &Input) -> Result<Inferred, EngineError> {
+        let started = Instant::now();
+        let extracted;
+        let features: &[f32] = match (input, &self.extractor) {
+            (Input::Encrypted(f), _) => {
+                let result = self.engine.infer_encrypted(f)?;
+                return Ok(Inferred {
+                    result,
+                    extract: Duration::ZERO,
+                    infer: started.elapsed(),
+                });
+            }
+            (Input::Plain(x), None) => x,
+            (Input::Plain(x), Some(e)) => {
+                extracted = e.run(x)?;
+                &extracted
+            }
+            (Input::Image(image), Some(e)) => {
+                extracted = e.run_image(image)?;
+                &extracted
+            }
+            (Input::Image(_), None) => {
+                return Err(ModelError::from(FeatureFault::NoExtractor).into())
+            }
+        };
+        let extract = started.elapsed();
+        let result = match self.features {
+            FeatureMode::Plain => self.engine.infer_plain(features),
+            FeatureMode::Enc => self.engine.infer_encrypting(features),
+        }?;
+        Ok(Inferred {
+            result,
+            extract,
+            infer: started.elapsed() - extract,
+        })
+    }
+}

@@ -1,0 +1,102 @@
+//! The scheduler: one encrypted inference at a time on this thread (no thread pool), from
+//! the acquisition queue to the sink, switching bundles between two inferences on a reload.
+
+use super::error::EdgeError;
+use super::inference::Inference;
+use super::notify::Notifier;
+use super::queue::{BoundedQueue, Pop};
+use super::reload::Reload;
+use super::settings::Settings;
+use super::shutdown::Shutdown;
+use super::sink::Sink;
+use super::source::Rejects;
+use super::watchdog::Heartbeat;
+use crate::transport::frame::Input;
+use crate::transport::message::{now_ms, ResultMessage};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub struct Scheduler {
+    pub settings: Settings,
+    pub inference: Inference,
+    pub queue: Arc<BoundedQueue<Input>>,
+    pub rejects: Arc<Rejects>,
+    pub sink: Sink,
+    pub reload: Reload,
+    pub shutdown: Arc<Shutdown>,
+    pub heartbeat: Arc<Heartbeat>,
+    pub notifier: Arc<Notifier>,
+}
+
+/// How a run ended.
+#[derive(Debug)]
+pub struct Summary {
+    pub results: u64,
+    pub rejected: u64,
+    pub dropped_by_queue: u64,
+    pub left_in_spool: usize,
+    /// Stopped by a signal (else the input ended).
+    pub stopped: bool,
+}
+
+impl Scheduler {
+    pub fn run(mut self) -> Result<Summary, EdgeError> {
+        let device = self.settings.start_up.device_id.clone();
+        let mut done = 0u64;
+        loop {
+            self.heartbeat.beat();
+            if self.shutdown.stopping() {
+                self.notifier.send("STOPPING=1\nSTATUS=draining");
+                break;
+            }
+            if self.shutdown.take_reload() {
+                self.reload.start()?;
+            }
+            if self.reload.apply(&mut self.settings, &mut self.inference) {
+                self.notifier
+                    .send(&format!("STATUS=running {}", self.inference.describe()));
+            }
+            let input = match self.queue.pop(Duration::from_millis(200)) {
+                Pop::Item(v) => v,
+                Pop::Empty => continue,
+                Pop::Closed => break,
+            };
+            self.heartbeat.busy(true);
+            let outcome = self.inference.infer(&input);
+            self.heartbeat.busy(false);
+            let inferred = match outcome {
+                Ok(r) => r,
+                Err(e) => {
+                    self.rejects.reject(e.kind(), format_args!("an input: {e}"));
+                    continue;
+                }
+            };
+            done += 1;
+            let bundle_id = &self.inference.bundle_id;
+            let message = |seq| ResultMessage {
+                device_id: device.clone(),
+                bundle_id: bundle_id.clone(),
+                seq,
+                timestamp_ms: now_ms(),
+                infer_us: inferred.infer.as_micros() as u64,
+                extract_us: inferred.extract.as_micros() as u64,
+                result: inferred.result.clone(),
+            };
+            let stored = self.sink.deliver(message, self.shutdown.stop_flag())?;
+            log::info!(
+                "{stored}: extractor {:.1} ms, encrypted {:.1} ms",
+                inferred.extract.as_secs_f64() * 1e3,
+                inferred.infer.as_secs_f64() * 1e3
+            );
+        }
+        let stopped = self.shutdown.stopping();
+        let left_in_spool = self.sink.close(stopped, self.shutdown.stop_flag());
+        Ok(Summary {
+            results: done,
+            rejected: self.rejects.count(),
+            dropped_by_queue: self.queue.dropped(),
+            left_in_spool,
+            stopped,
+        })
+    }
+}
