@@ -254,47 +254,139 @@ impl ModelInfo {
     }
 }
 
-/// One piece of an encrypted result.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub enum ResultPart {
-    /// A GLWE; class scores at the listed coefficients.
-    Glwe { data: U64s, slots: Vec<u32> },
-    /// An LWE (dimension N) holding one class score.
-    Lwe { data: U64s },
-}
-
-/// An encrypted inference result: what the edge publishes and the backend decrypts.
+/// An encrypted inference result as it travels: the key it is under and the raw words of
+/// each part. How to read it — which key, which coefficients, Δ, scale, what an honest result
+/// looks like — is not in it: the backend takes all of that from its own record of the bundle
+/// ([`Decoding`]), so a board cannot choose how its ciphertexts are decrypted.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ResultCiphertext {
     pub key_id: KeyId,
-    pub key: KeyKind,
-    pub poly_size: u32,
-    pub delta_out: u64,
-    pub out_scale: f64,
-    pub parts: Vec<ResultPart>,
+    pub parts: Vec<U64s>,
 }
 
 impl ResultCiphertext {
-    pub fn class_count(&self) -> usize {
-        self.parts
-            .iter()
-            .map(|p| match p {
-                ResultPart::Glwe { slots, .. } => slots.len(),
-                ResultPart::Lwe { .. } => 1,
-            })
-            .sum()
-    }
-
     /// Serialised size in bytes.
     pub fn byte_len(&self) -> usize {
         postcard::to_allocvec(self).map(|v| v.len()).unwrap_or(0)
     }
 }
 
+/// The shape of one part of a result.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PartShape {
+    /// A GLWE (k = 1); class scores at these coefficients.
+    Glwe { slots: Vec<u32> },
+    /// An LWE of dimension N holding one class score.
+    Lwe,
+}
+
+/// How to read the results of one protected model: recorded by the backend when it protects
+/// the model, never taken from a result.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Decoding {
+    pub key_id: KeyId,
+    pub key: KeyKind,
+    pub poly_size: u32,
+    pub delta_out: u64,
+    pub out_scale: f64,
+    pub parts: Vec<PartShape>,
+    /// Exact variants decode every score exactly: an honest phase lies within Δ/8 of Δ·z
+    /// (measured noise margins are 3–23 bits beyond Δ/2, docs/PERFORMANCE.md).
+    pub exact: bool,
+    /// |score| each class can reach ([`QuantModel::score_limits`]).
+    pub score_limits: Vec<f64>,
+}
+
+impl Decoding {
+    /// The decoding of `q`'s results under `params` and the key set `key_id`.
+    pub fn new(q: &QuantModel, params: &ParameterSet, key_id: KeyId) -> Result<Self> {
+        let out = q.out_dim;
+        let (key, poly_size, parts) = match &q.hidden_map {
+            HiddenMap::Window { map, .. } => (
+                KeyKind::Pbs,
+                params.pbs_glwe.poly_size,
+                vec![PartShape::Glwe {
+                    slots: (0..out as u32).map(|j| j * map.window as u32).collect(),
+                }],
+            ),
+            _ if q.variant == Variant::Noact => (
+                KeyKind::Wide,
+                params.wide.poly_size,
+                vec![PartShape::Lwe; out],
+            ),
+            _ => {
+                let layout = PackedLayout::new(params.wide.poly_size, out, q.hidden_dim + 1)?;
+                let parts = (0..layout.blocks())
+                    .map(|b| PartShape::Glwe {
+                        slots: (0..layout.rows_in(b) as u32).collect(),
+                    })
+                    .collect();
+                (KeyKind::Wide, params.wide.poly_size, parts)
+            }
+        };
+        Ok(Self {
+            key_id,
+            key,
+            poly_size: poly_size as u32,
+            delta_out: q.delta_out,
+            out_scale: q.out_scale,
+            parts,
+            exact: q.variant != Variant::Act,
+            score_limits: q.score_limits(params),
+        })
+    }
+
+    /// Words of each part's ciphertext.
+    fn part_words(&self, part: &PartShape) -> usize {
+        let n = self.poly_size as usize;
+        match part {
+            PartShape::Glwe { .. } => 2 * n,
+            PartShape::Lwe => n + 1,
+        }
+    }
+}
+
+/// Why a result is refused before anything of it is revealed.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum Refusal {
+    #[error("encrypted under key {found}, the bundle's key is {expected}")]
+    WrongKey { found: String, expected: String },
+    #[error("the secret key loaded is {loaded}, the bundle's key is {expected}")]
+    SecretKey { loaded: String, expected: String },
+    #[error("{found} parts, the bundle's results have {expected}")]
+    PartCount { found: usize, expected: usize },
+    #[error("part {part} has {found} words, expected {expected}")]
+    PartSize {
+        part: usize,
+        found: usize,
+        expected: usize,
+    },
+    #[error("part {part} has a trivial or structured mask (not a computed ciphertext)")]
+    Mask { part: usize },
+    #[error("score {class} lies 2^{log2_error:.1} off its grid, beyond an honest result's noise")]
+    Noise { class: usize, log2_error: f64 },
+    #[error("score {class} is outside what the model can produce")]
+    OutOfRange { class: usize },
+}
+
+impl Refusal {
+    /// A short name for counting refusals by kind.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Refusal::WrongKey { .. } => "wrong key",
+            Refusal::SecretKey { .. } => "secret key",
+            Refusal::PartCount { .. } | Refusal::PartSize { .. } => "shape",
+            Refusal::Mask { .. } => "mask",
+            Refusal::Noise { .. } => "noise",
+            Refusal::OutOfRange { .. } => "range",
+        }
+    }
+}
+
 /// Decrypted scores.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Decrypted {
-    /// The raw phases, one per class (for noise measurement).
+    /// The raw phases, one per class (diagnostics only: they carry the noise).
     pub phases: Vec<u64>,
     /// round(phase / Δ_out): the integer scores.
     pub scores: Vec<i64>,
@@ -305,31 +397,58 @@ pub struct Decrypted {
     pub noise_margin_bits: f64,
 }
 
-/// Decrypt a result with the backend's secret keys.
-pub fn decrypt(result: &ResultCiphertext, keys: &SecretKeys) -> Result<Decrypted> {
-    if result.key_id != keys.key_id {
-        return Err(EngineError::KeyMismatch(format!(
-            "result was encrypted for key {} but this secret key is {}",
-            hex(&result.key_id),
-            hex(&keys.key_id)
-        )));
+/// A ciphertext's mask looks computed: at least 3/4 of its coefficients distinct (a fresh or
+/// computed mask is uniform modulo 2^64; zero, constant, monomial or other hand-made masks
+/// are not).
+fn mask_is_plausible(mask: &[u64]) -> bool {
+    let mut sorted = mask.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    sorted.len() * 4 >= mask.len() * 3
+}
+
+/// Decrypt a result as `decoding` says, after checking that it has the shape and the look of
+/// an honest result of that model; nothing is revealed of a refused one.
+pub fn decrypt(
+    result: &ResultCiphertext,
+    decoding: &Decoding,
+    keys: &SecretKeys,
+) -> Result<Decrypted, Refusal> {
+    if keys.key_id != decoding.key_id {
+        return Err(Refusal::SecretKey {
+            loaded: hex(&keys.key_id),
+            expected: hex(&decoding.key_id),
+        });
     }
-    let sk = keys.key(result.key);
-    let n = sk.polynomial_size().0;
-    if result.poly_size as usize != n || result.delta_out == 0 {
-        return Err(EngineError::Malformed(
-            "result: its shape does not match the key".into(),
-        ));
+    if result.key_id != decoding.key_id {
+        return Err(Refusal::WrongKey {
+            found: hex(&result.key_id),
+            expected: hex(&decoding.key_id),
+        });
     }
+    if result.parts.len() != decoding.parts.len() {
+        return Err(Refusal::PartCount {
+            found: result.parts.len(),
+            expected: decoding.parts.len(),
+        });
+    }
+    let sk = keys.key(decoding.key);
+    let n = decoding.poly_size as usize;
     let mut phases = Vec::new();
-    for part in &result.parts {
-        match part {
-            ResultPart::Glwe { data, slots } => {
-                if data.0.len() != 2 * n || slots.iter().any(|&s| s as usize >= n) {
-                    return Err(EngineError::Malformed(
-                        "result: a GLWE of the wrong size".into(),
-                    ));
-                }
+    for (i, (data, shape)) in result.parts.iter().zip(&decoding.parts).enumerate() {
+        let expected = decoding.part_words(shape);
+        if data.0.len() != expected || sk.polynomial_size().0 != n {
+            return Err(Refusal::PartSize {
+                part: i,
+                found: data.0.len(),
+                expected,
+            });
+        }
+        if !mask_is_plausible(&data.0[..n]) {
+            return Err(Refusal::Mask { part: i });
+        }
+        match shape {
+            PartShape::Glwe { slots } => {
                 let ct = GlweCiphertext::from_container(
                     data.0.as_slice(),
                     PolynomialSize(n),
@@ -339,33 +458,35 @@ pub fn decrypt(result: &ResultCiphertext, keys: &SecretKeys) -> Result<Decrypted
                 decrypt_glwe_ciphertext(sk, &ct, &mut out);
                 phases.extend(slots.iter().map(|&s| out.as_ref()[s as usize]));
             }
-            ResultPart::Lwe { data } => {
-                if data.0.len() != n + 1 {
-                    return Err(EngineError::Malformed(
-                        "result: an LWE of the wrong size".into(),
-                    ));
-                }
+            PartShape::Lwe => {
                 let ct = LweCiphertext::from_container(data.0.as_slice(), crate::crypto::modulus());
                 let lwe_key = LweSecretKey::from_container(sk.as_ref());
                 phases.push(decrypt_lwe_ciphertext(&lwe_key, &ct).0);
             }
         }
     }
-    if phases.is_empty() {
-        return Err(EngineError::Malformed("result: no scores".into()));
-    }
-    let delta = result.delta_out;
+    let delta = decoding.delta_out;
     let scores: Vec<i64> = phases.iter().map(|&p| decode(p, delta)).collect();
-    let worst = phases
+    let errors: Vec<u64> = phases
         .iter()
         .zip(&scores)
-        .map(|(&p, &z)| p.wrapping_sub((z as u64).wrapping_mul(delta)) as i64)
-        .map(|e| e.unsigned_abs())
-        .max()
-        .unwrap_or(0);
+        .map(|(&p, &z)| (p.wrapping_sub((z as u64).wrapping_mul(delta)) as i64).unsigned_abs())
+        .collect();
+    for (class, (&z, &limit)) in scores.iter().zip(&decoding.score_limits).enumerate() {
+        if decoding.exact && errors[class] > delta / 8 {
+            return Err(Refusal::Noise {
+                class,
+                log2_error: (errors[class] as f64).log2(),
+            });
+        }
+        if z.unsigned_abs() as f64 > limit {
+            return Err(Refusal::OutOfRange { class });
+        }
+    }
+    let worst = errors.iter().copied().max().unwrap_or(0);
     let float_scores: Vec<f32> = scores
         .iter()
-        .map(|&z| (z as f64 * result.out_scale) as f32)
+        .map(|&z| (z as f64 * decoding.out_scale) as f32)
         .collect();
     Ok(Decrypted {
         class: crate::model::argmax(&scores),
@@ -624,52 +745,26 @@ impl EdgeEngine {
         Ok(self.finish(blocks))
     }
 
-    /// From the first encrypted layer's output to the published result.
+    /// From the first encrypted layer's output to the published result (its parts in the
+    /// order [`Decoding::new`] describes them).
     fn finish(&mut self, blocks: Vec<GlweCiphertextOwned<u64>>) -> ResultCiphertext {
-        let out = self.info.out_dim;
-        let (key, poly_size, parts) = match &self.prepared {
-            Prepared::Last { output, .. } => {
-                let parts = blocks
-                    .into_iter()
-                    .enumerate()
-                    .map(|(b, ct)| ResultPart::Glwe {
-                        slots: (0..output.layout.rows_in(b) as u32).collect(),
-                        data: U64s(ct.into_container()),
-                    })
-                    .collect::<Vec<_>>();
-                (KeyKind::Wide, self.params.wide.poly_size, parts)
-            }
-            Prepared::Noact { second, .. } => {
-                let lwes = second.apply(&blocks[0], &mut self.fft);
-                let parts = lwes
-                    .into_iter()
-                    .map(|l| ResultPart::Lwe {
-                        data: U64s(l.into_container()),
-                    })
-                    .collect();
-                (KeyKind::Wide, self.params.wide.poly_size, parts)
-            }
+        let parts = match &self.prepared {
+            Prepared::Last { .. } => blocks
+                .into_iter()
+                .map(|ct| U64s(ct.into_container()))
+                .collect(),
+            Prepared::Noact { second, .. } => second
+                .apply(&blocks[0], &mut self.fft)
+                .into_iter()
+                .map(|l| U64s(l.into_container()))
+                .collect(),
             Prepared::Act { first, luts, eval } => {
                 let sum = luts.evaluate(&blocks, first.layout.rows_per_block, eval);
-                let slots = (0..out as u32)
-                    .map(|j| j * luts.map.window as u32)
-                    .collect();
-                (
-                    KeyKind::Pbs,
-                    self.params.pbs_glwe.poly_size,
-                    vec![ResultPart::Glwe {
-                        data: U64s(sum.into_container()),
-                        slots,
-                    }],
-                )
+                vec![U64s(sum.into_container())]
             }
         };
         ResultCiphertext {
             key_id: self.key_id,
-            key,
-            poly_size: poly_size as u32,
-            delta_out: self.info.delta_out,
-            out_scale: self.info.out_scale,
             parts,
         }
     }

@@ -29,6 +29,9 @@ fn aarch64_hedged_under_qemu_publishes_decryptable_results() {
     let dec = decryptor(&st, &broker.addr(), 4, &out);
     let input = st.root.join("in.txt");
     std::fs::write(&input, st.vectors[..4].join("\n")).unwrap();
+    // The identity key is a file in the state directory: made by the x86 build, used by the
+    // board's.
+    enrol(&st, &st.root.join("spool"), "board");
     let mut qemu = Command::new("qemu-aarch64");
     qemu.arg(&bin);
     let h = hedged_args(

@@ -160,6 +160,8 @@ fn protect_run_decrypt_every_variant_and_mode() {
             .collect();
         for mode in ["plain", "enc"] {
             let out = f.root.join(format!("out-{name}-{mode}"));
+            // Each output directory keeps its own board state (identity, sequence): a board.
+            let device = format!("board-{name}-{mode}");
             ok(&hedged(
                 &[
                     "--bundle",
@@ -170,6 +172,8 @@ fn protect_run_decrypt_every_variant_and_mode() {
                     mode,
                     "--out-dir",
                     s(&out),
+                    "--device-id",
+                    &device,
                 ],
                 &input,
             ));
@@ -180,7 +184,14 @@ fn protect_run_decrypt_every_variant_and_mode() {
                 .collect();
             files.sort();
             assert_eq!(files.len(), inputs.len());
-            let mut args = vec!["decrypt", "--keys", s(&f.keys)];
+            let mut args = vec![
+                "decrypt",
+                "--keys",
+                s(&f.keys),
+                "--enrol",
+                "--reveal",
+                "scores",
+            ];
             args.extend(files.iter().map(String::as_str));
             let decrypted = ok(&hedge(&args));
             for (d, x) in decrypted.lines().zip(&inputs) {
@@ -273,9 +284,14 @@ fn bad_bundles_are_refused_with_the_reason() {
             .unwrap(),
     ));
     let result = out.join("result-000001.bin");
+    // Another backend's registry knows neither the board nor the bundle.
     refused(
         &hedge(&["decrypt", "--keys", s(&other), s(&result)]),
-        "key mismatch",
+        "unknown device",
+    );
+    refused(
+        &hedge(&["decrypt", "--keys", s(&other), "--enrol", s(&result)]),
+        "unknown bundle",
     );
     // A corrupted result file.
     std::fs::write(f.root.join("junk.bin"), b"\x01garbage").unwrap();

@@ -24,12 +24,21 @@ fn float_classes(images: &[Image]) -> Vec<usize> {
         .collect()
 }
 
-/// hedged on `input`, writing result files to `out_dir` (no broker).
+/// hedged on `input`, writing result files to `out_dir` (no broker); each output directory
+/// holds its own board's state, so it is a board of its own, named after the directory.
 fn hedged_to_files(bundle: &Path, keys: &Path, input: &str, out_dir: &Path) -> std::process::Child {
+    let device = out_dir.file_name().unwrap().to_str().unwrap();
     Command::new(env!("CARGO_BIN_EXE_hedged"))
         .args(["--bundle", s(bundle), "--verifying-key"])
         .arg(keys.join("verifying.key"))
-        .args(["--input", input, "--out-dir", s(out_dir)])
+        .args([
+            "--input",
+            input,
+            "--out-dir",
+            s(out_dir),
+            "--device-id",
+            device,
+        ])
         .env("RUST_LOG", "info")
         .stderr(Stdio::piped())
         .spawn()
@@ -51,7 +60,7 @@ fn decrypted_classes(keys: &Path, dir: &Path, n: usize) -> Vec<usize> {
     let files: Vec<String> = (1..=n)
         .map(|i| s(&dir.join(format!("result-{i:06}.bin"))).to_string())
         .collect();
-    let mut args = vec!["decrypt", "--keys", s(keys)];
+    let mut args = vec!["decrypt", "--keys", s(keys), "--enrol"];
     args.extend(files.iter().map(String::as_str));
     String::from_utf8(hedge(&args).stdout)
         .unwrap()
@@ -100,7 +109,13 @@ fn images_through_the_plaintext_extractor_and_the_encrypted_classifier() {
     let out = root.join("out.jsonl");
     let dec = Command::new(env!("CARGO_BIN_EXE_hedge"))
         .args(["decrypt", "--keys", s(&keys), "--subscribe", &broker.addr()])
-        .args(["--client-id", "cnn", "--count", &images.len().to_string()])
+        .args([
+            "--enrol",
+            "--client-id",
+            "cnn",
+            "--count",
+            &images.len().to_string(),
+        ])
         .args(["--idle-timeout", "120", "--output", s(&out)])
         .env("RUST_LOG", "warn")
         .stderr(Stdio::piped())

@@ -88,6 +88,7 @@ fn socket_source_reload_and_systemd_notifications() {
     let noted = |what: &str| notes.lock().unwrap().iter().any(|n| n.contains(what));
     let log_path = st.root.join("hedged.log");
     let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    enrol(&st, &st.root.join("spool"), "board");
     let h = Command::new(env!("CARGO_BIN_EXE_hedged"))
         .args(["--config", s(&config)])
         .env_remove("RUST_LOG")

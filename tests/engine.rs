@@ -4,7 +4,7 @@
 use hedge::crypto::keys;
 use hedge::crypto::lut::Activation;
 use hedge::crypto::params::{ParameterSet, SecurityLevel};
-use hedge::engine::{decrypt, EdgeEngine, EncryptedModel, ModelInfo};
+use hedge::engine::{decrypt, Decoding, EdgeEngine, EncryptedModel, ModelInfo, Refusal};
 use hedge::model::quant::{QuantModel, Variant};
 use hedge::model::{argmax, synth};
 use hedge::transport::frame::{self, Input};
@@ -30,6 +30,7 @@ fn run(variant: Variant, activation: Option<Activation>, inputs: usize) {
     )
     .unwrap();
     let bound = q.act_score_bound(&params);
+    let decoding = Decoding::new(&q, &params, ks.secret.key_id).unwrap();
     for (x, _) in task.samples(21, inputs) {
         let reference = q.reference(&q.input.quantize(&x).unwrap());
         // The streamed frame is the same bytes as the framed struct (same length, decodes).
@@ -59,7 +60,7 @@ fn run(variant: Variant, activation: Option<Activation>, inputs: usize) {
             ("plain", engine.infer_plain(&x).unwrap()),
             ("enc", engine.infer_encrypted(&feats).unwrap()),
         ] {
-            let d = decrypt(&result, &ks.secret).unwrap();
+            let d = decrypt(&result, &decoding, &ks.secret).unwrap();
             match variant {
                 Variant::Act => {
                     for (j, (got, want)) in d.scores.iter().zip(&reference.scores).enumerate() {
@@ -102,4 +103,92 @@ fn full_with_relu_stays_within_bound() {
 #[test]
 fn full_with_square_stays_within_bound() {
     run(Variant::Act, Some(Activation::Square), 2);
+}
+
+/// Ciphertexts a board can craft with the public material are refused before decryption
+/// reveals anything: hand-made masks (the key-extraction shape), the wrong number or size of
+/// parts, phases off the message grid, scores the model cannot produce.
+#[test]
+fn crafted_results_are_refused_before_anything_is_revealed() {
+    let params = ParameterSet::for_level(SecurityLevel::L128);
+    let ks = keys::generate(params);
+    let task = synth::Task::new(5, 48, 10);
+    let model = synth::classifier(5, &task, 24, Some(Activation::Relu));
+    let calib: Vec<Vec<f32>> = task.samples(20, 100).into_iter().map(|s| s.0).collect();
+    let q = QuantModel::quantize(&model, Variant::Last, None, &calib, &params).unwrap();
+    let enc = EncryptedModel::encrypt(&q, &ks.secret).unwrap();
+    let edge_keys = keys::EdgeKeys {
+        public: ks.public.clone(),
+        evaluation: None,
+    };
+    let mut engine = EdgeEngine::new(
+        ModelInfo::of(&q),
+        params,
+        ks.secret.key_id,
+        &edge_keys,
+        &enc,
+    )
+    .unwrap();
+    let decoding = Decoding::new(&q, &params, ks.secret.key_id).unwrap();
+    let x = &task.samples(21, 1)[0].0;
+    let genuine = engine.infer_plain(x).unwrap();
+    decrypt(&genuine, &decoding, &ks.secret).unwrap();
+    let n = params.wide.poly_size;
+    let delta = q.delta_out;
+    let with_part = |f: &dyn Fn(&mut Vec<u64>)| {
+        let mut r = genuine.clone();
+        f(&mut r.parts[0].0);
+        decrypt(&r, &decoding, &ks.secret)
+    };
+    // The key-extraction shape: a constant mask reveals the key's coefficients as the phase.
+    assert_eq!(
+        with_part(&|p| p[..n].fill(1)),
+        Err(Refusal::Mask { part: 0 })
+    );
+    // A trivial ciphertext (mask 0, body Δ·z): a forged result.
+    assert_eq!(
+        with_part(&|p| {
+            p[..n].fill(0);
+            p[n..].fill(0);
+            p[n] = 3 * delta;
+        }),
+        Err(Refusal::Mask { part: 0 })
+    );
+    // A monomial mask (one key coefficient per slot).
+    assert_eq!(
+        with_part(&|p| {
+            p[..n].fill(0);
+            p[7] = delta;
+        }),
+        Err(Refusal::Mask { part: 0 })
+    );
+    // A phase pushed off the grid: the noise check of the exact variants.
+    assert!(matches!(
+        with_part(&|p| p[n] = p[n].wrapping_add(delta / 3)),
+        Err(Refusal::Noise { class: 0, .. })
+    ));
+    // A score the model cannot produce.
+    assert!(matches!(
+        with_part(&|p| p[n + 1] = p[n + 1].wrapping_add(delta.wrapping_mul(1 << 20))),
+        Err(Refusal::OutOfRange { class: 1 })
+    ));
+    // Shapes other than the bundle's.
+    let mut more = genuine.clone();
+    more.parts.push(more.parts[0].clone());
+    assert!(matches!(
+        decrypt(&more, &decoding, &ks.secret),
+        Err(Refusal::PartCount { .. })
+    ));
+    let mut short = genuine.clone();
+    short.parts[0].0.truncate(n);
+    assert!(matches!(
+        decrypt(&short, &decoding, &ks.secret),
+        Err(Refusal::PartSize { .. })
+    ));
+    let mut foreign = genuine.clone();
+    foreign.key_id[0] ^= 1;
+    assert!(matches!(
+        decrypt(&foreign, &decoding, &ks.secret),
+        Err(Refusal::WrongKey { .. })
+    ));
 }

@@ -1,30 +1,347 @@
-//! The decryption agent (`hedge decrypt --subscribe`): subscribes to result messages,
-//! decrypts them with the backend's secret key, drops duplicates by (device, sequence) and
-//! writes one JSON line per result.
+//! The decryption agent: result messages in (from the broker, or files), one JSON line out
+//! per accepted result. Every byte of a message is taken as written by an attacker who holds
+//! the bundle, the public key and the evaluation keys; before anything is revealed:
 //!
-//! Works with shared subscriptions (`$share/<group>/hedge/+/results`) so several decryptors can
-//! split the load. Subscriptions are renewed on every ConnAck (a clean session forgets them).
-//! Acknowledgements are manual and sent only after the line is written, so a decryptor crash
-//! re-delivers rather than loses; none is ever dropped ([`Connection`]). A malformed,
-//! oversized or wrong-key payload is logged with its reason, acknowledged (so it is not
-//! redelivered forever) and skipped.
+//! 1. the message decodes and its topic names the device it claims to be from;
+//! 2. the device is enrolled (or enrolment mode is on), not revoked, and signed the message
+//!    with its identity key;
+//! 3. a quarantined device's results are withheld (neither decrypted nor acknowledged end to
+//!    end: the board keeps them until an operator clears it);
+//! 4. the bundle it names is one the registry recorded, whose decoding parameters — not the
+//!    message's — are used, and the ciphertext passes [`crate::engine::decrypt`]'s checks
+//!    (shape, masks, noise for the exact variants, score range);
+//! 5. the (device, sequence) has not been accepted before (persistently, across restarts and
+//!    across agents sharing the registry).
+//!
+//! A refusal that carries the device's valid signature counts against the device (at
+//! `quarantine_after` it is quarantined); one that does not cannot be attributed to it and
+//! only counts in the agent's statistics, so forged traffic cannot get a device quarantined.
+//!
+//! By default a line reveals the class only ([`Reveal`]); scores and noise measurements are
+//! for the vendor's own bench. Decrypted output must not flow back to the boards unrestricted:
+//! each revealed bit about a result is a bit a compromised board could learn (docs/THREATS.md).
+//!
+//! Subscribing: manual MQTT acknowledgements after the line is written (a crash redelivers,
+//! [`Connection`] never drops one); end-to-end acknowledgements (signed, per device, in
+//! batches) once the output is synced and the registry committed.
 
+use super::registry::{Acceptance, DeviceState, Registry};
 use super::{BackendError, Result};
-use crate::crypto::keys::SecretKeys;
-use crate::engine::decrypt;
+use crate::crypto::keys::{KeyId, SecretKeys};
+use crate::engine::{decrypt, hex};
 use crate::files::IoError;
-use crate::transport::message::{ResultMessage, MAX_PAYLOAD};
+use crate::transport::ack::{ranges, Ack};
+use crate::transport::message::{now_ms, ResultMessage, MAX_PAYLOAD};
 use crate::transport::mqtt::MqttConfig;
 use crate::transport::{Backoff, Connection};
+use ed25519_dalek::{SigningKey, VerifyingKey};
 use rumqttc::{Event, Packet, QoS};
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The largest packet MQTT 3.1.1 can express (remaining length 268,435,455 plus header).
 const MQTT_MAX_PACKET: usize = 268_435_460;
+
+/// What a decrypted line shows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+pub enum Reveal {
+    /// The class (and provenance): the least a consumer needs.
+    #[default]
+    Class,
+    /// And every class's score.
+    Scores,
+    /// And the phases' noise margin: for the vendor's own bench only.
+    Diagnostics,
+}
+
+/// The decryption policy, the same for files and subscriptions.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    pub reveal: Reveal,
+    /// Enrol unknown devices with the key their first result is signed with (trust on first
+    /// use: for provisioning a fleet on a trusted network only).
+    pub enrol: bool,
+    /// Refused results (with the device's valid signature) before it is quarantined.
+    pub quarantine_after: u64,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            reveal: Reveal::Class,
+            enrol: false,
+            quarantine_after: 10,
+        }
+    }
+}
+
+/// Where decrypted lines go: written, then synced before the backend acknowledges them.
+pub trait Output: Write {
+    fn sync(&mut self) -> std::io::Result<()> {
+        self.flush()
+    }
+}
+
+impl Output for std::fs::File {
+    fn sync(&mut self) -> std::io::Result<()> {
+        self.flush()?;
+        self.sync_data()
+    }
+}
+
+impl Output for Vec<u8> {}
+impl Output for std::io::StdoutLock<'_> {}
+impl Output for Box<dyn Output + '_> {
+    fn sync(&mut self) -> std::io::Result<()> {
+        (**self).sync()
+    }
+}
+
+/// What became of one message.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    /// New: its line is written and it is recorded.
+    Recorded { device: String, seq: u64 },
+    /// Accepted before (a redelivery): nothing written.
+    Duplicate { device: String, seq: u64 },
+    /// From a quarantined device: not decrypted.
+    Withheld { device: String, seq: u64 },
+    /// Refused. `from` is set when the device's valid signature vouches for the message.
+    Refused {
+        reason: String,
+        from: Option<(String, u64)>,
+    },
+}
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub results: usize,
+    pub duplicates: usize,
+    pub refused: usize,
+    pub withheld: usize,
+}
+
+/// Secret keys by key id: the one given, and others the registry points to.
+struct KeyRing {
+    keys: HashMap<KeyId, SecretKeys>,
+}
+
+impl KeyRing {
+    fn get(&mut self, id: &KeyId, registry: &Registry) -> Result<Option<&SecretKeys>> {
+        if !self.keys.contains_key(id) {
+            let Some(set) = registry.key_set(id)? else {
+                return Ok(None);
+            };
+            let bytes = crate::files::read(&set.secret_key)?;
+            let keys = SecretKeys::from_bytes(&bytes)
+                .map_err(|e| BackendError::KeyFile(format!("{}: {e}", set.secret_key.display())))?;
+            self.keys.insert(*id, keys);
+        }
+        Ok(self.keys.get(id))
+    }
+}
+
+/// The checks and the decryption, without I/O of its own beyond the registry and `out`.
+pub struct Decryptor {
+    registry: Registry,
+    keys: KeyRing,
+    policy: Policy,
+    pub stats: Stats,
+}
+
+impl Decryptor {
+    pub fn new(registry: Registry, secret: SecretKeys, policy: Policy) -> Self {
+        let keys = KeyRing {
+            keys: HashMap::from([(secret.key_id, secret)]),
+        };
+        Self {
+            registry,
+            keys,
+            policy,
+            stats: Stats::default(),
+        }
+    }
+
+    /// Check, decrypt and record one message. `topic_device` is the device its topic names
+    /// (None for a file). An `Err` is a local failure (registry, output): stop.
+    pub fn handle(
+        &mut self,
+        topic_device: Option<&str>,
+        payload: &[u8],
+        out: &mut dyn Output,
+    ) -> Result<Outcome> {
+        let outcome = self.check_and_decrypt(topic_device, payload, out)?;
+        match &outcome {
+            Outcome::Recorded { .. } => self.stats.results += 1,
+            Outcome::Duplicate { device, seq } => {
+                self.stats.duplicates += 1;
+                log::debug!("duplicate {device}#{seq} dropped");
+            }
+            Outcome::Withheld { device, seq } => {
+                self.stats.withheld += 1;
+                log::warn!("{device}#{seq} withheld: the device is quarantined");
+            }
+            Outcome::Refused { reason, .. } => {
+                self.stats.refused += 1;
+                log::warn!("refused a result: {reason}");
+            }
+        }
+        Ok(outcome)
+    }
+
+    fn check_and_decrypt(
+        &mut self,
+        topic_device: Option<&str>,
+        payload: &[u8],
+        out: &mut dyn Output,
+    ) -> Result<Outcome> {
+        let refuse = |reason: String| Ok(Outcome::Refused { reason, from: None });
+        let m = match ResultMessage::decode(payload) {
+            Ok(m) => m,
+            Err(e) => return refuse(e.to_string()),
+        };
+        let (device, seq) = (m.device_id.clone(), m.seq);
+        let name = format!("{device}#{seq}");
+        if let Some(t) = topic_device {
+            if t != device {
+                return refuse(format!("{name} was published on device {t}'s topic"));
+            }
+        }
+        let record = match self.registry.device(&device)? {
+            Some(d) => d,
+            None => match (self.policy.enrol, m.signer()) {
+                (true, Some(key)) if VerifyingKey::from_bytes(&key).is_ok() => {
+                    self.registry.add_device(&device, &key)?;
+                    log::info!("enrolled device {device} with identity key {}", hex(&key));
+                    self.registry.device(&device)?.expect("just added")
+                }
+                _ => return refuse(format!("{name}: unknown device {device}")),
+            },
+        };
+        if record.state == DeviceState::Revoked {
+            return refuse(format!("{name}: device {device} is revoked"));
+        }
+        let identity = VerifyingKey::from_bytes(&record.identity_key)
+            .map_err(|_| BackendError::Registry(format!("device {device}: invalid key")))?;
+        if let Err(e) = m.verify(&identity) {
+            return refuse(format!("{name}: {e}"));
+        }
+        if record.state == DeviceState::Quarantined {
+            return Ok(Outcome::Withheld { device, seq });
+        }
+        // From here on the device vouches for the message.
+        let Some(bundle) = self.registry.bundle(&m.bundle_id)? else {
+            return self.suspicious(&m, format!("unknown bundle {}", m.bundle_id));
+        };
+        let Some(keys) = self.keys.get(&bundle.decoding.key_id, &self.registry)? else {
+            return self.suspicious(&m, format!("no secret key for bundle {}", bundle.id));
+        };
+        let d = match decrypt(&m.result, &bundle.decoding, keys) {
+            Ok(d) => d,
+            Err(e) => return self.suspicious(&m, e.to_string()),
+        };
+        let mut line = serde_json::json!({
+            "device": device,
+            "seq": seq,
+            "bundle": m.bundle_id,
+            "timestamp_ms": m.timestamp_ms,
+            "infer_ms": m.infer_us as f64 / 1e3,
+            "extract_ms": m.extract_us as f64 / 1e3,
+            "class": d.class,
+        });
+        if self.policy.reveal >= Reveal::Scores {
+            line["scores"] = d.float_scores.into();
+        }
+        if self.policy.reveal >= Reveal::Diagnostics {
+            line["noise_margin_bits"] = ((d.noise_margin_bits * 10.0).round() / 10.0).into();
+        }
+        let write = || {
+            writeln!(out, "{line}")
+                .and_then(|_| out.flush())
+                .map_err(|e| IoError::new("output", e).into())
+        };
+        Ok(match self.registry.accept(&device, seq, write)? {
+            Acceptance::New => Outcome::Recorded { device, seq },
+            Acceptance::Seen => Outcome::Duplicate { device, seq },
+            Acceptance::TooOld => {
+                return self.suspicious(&m, "older than the replay window".into());
+            }
+        })
+    }
+
+    /// A refusal the device's signature vouches for: counted against it.
+    fn suspicious(&mut self, m: &ResultMessage, why: String) -> Result<Outcome> {
+        let state = self
+            .registry
+            .refused(&m.device_id, self.policy.quarantine_after)?;
+        if state == DeviceState::Quarantined {
+            log::error!(
+                "device {} quarantined after {} refused results; `hedge device clear` \
+                 once it is trusted again",
+                m.device_id,
+                self.policy.quarantine_after
+            );
+        }
+        Ok(Outcome::Refused {
+            reason: format!("{}#{}: {why}", m.device_id, m.seq),
+            from: Some((m.device_id.clone(), m.seq)),
+        })
+    }
+}
+
+/// End-to-end acknowledgements waiting to be sent, per device.
+#[derive(Default)]
+struct AckBatch {
+    recorded: BTreeMap<String, Vec<u64>>,
+    refused: BTreeMap<String, Vec<u64>>,
+    since: Option<Instant>,
+}
+
+/// Acknowledge at most this late, or at this many results.
+const ACK_DELAY: Duration = Duration::from_millis(100);
+const ACK_BATCH: usize = 64;
+
+impl AckBatch {
+    fn add(&mut self, outcome: &Outcome) {
+        let (map, device, seq) = match outcome {
+            Outcome::Recorded { device, seq } | Outcome::Duplicate { device, seq } => {
+                (&mut self.recorded, device, *seq)
+            }
+            Outcome::Refused {
+                from: Some((device, seq)),
+                ..
+            } => (&mut self.refused, device, *seq),
+            Outcome::Refused { from: None, .. } | Outcome::Withheld { .. } => return,
+        };
+        map.entry(device.clone()).or_default().push(seq);
+        self.since.get_or_insert_with(Instant::now);
+    }
+
+    fn due(&self) -> bool {
+        self.since.is_some_and(|t| t.elapsed() >= ACK_DELAY)
+            || self.recorded.values().any(|v| v.len() >= ACK_BATCH)
+    }
+
+    fn take(&mut self) -> Vec<Ack> {
+        self.since = None;
+        let mut devices: Vec<String> = self.recorded.keys().cloned().collect();
+        devices.extend(self.refused.keys().cloned());
+        devices.sort();
+        devices.dedup();
+        devices
+            .into_iter()
+            .map(|device| Ack {
+                recorded: ranges(self.recorded.remove(&device).unwrap_or_default()),
+                refused: ranges(self.refused.remove(&device).unwrap_or_default()),
+                device_id: device,
+                issued_ms: now_ms(),
+            })
+            .collect()
+    }
+}
 
 pub struct SubscribeOptions {
     pub mqtt: MqttConfig,
@@ -42,57 +359,64 @@ pub struct SubscribeOptions {
     pub ready: Option<std::sync::mpsc::Sender<()>>,
     /// Set (by a signal handler) to stop after the message in hand.
     pub stop: Arc<AtomicBool>,
+    /// Signs end-to-end acknowledgements (the backend's bundle-signing key); none: send none.
+    pub ack_key: Option<SigningKey>,
 }
 
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Stats {
-    pub results: usize,
-    pub duplicates: usize,
-    pub rejected: usize,
+/// The device a topic names, by the position of `{device}` in the results topic template.
+pub fn topic_device<'t>(template: &str, topic: &'t str) -> Option<&'t str> {
+    let parts: Vec<&str> = template.split('/').collect();
+    let at = parts.iter().position(|p| *p == "{device}")?;
+    let segments: Vec<&str> = topic.split('/').collect();
+    (segments.len() == parts.len()).then(|| segments[at])
 }
 
-/// Run until `count` results, the idle timeout, or forever.
-pub fn run(keys: &SecretKeys, opts: &SubscribeOptions, out: &mut dyn Write) -> Result<Stats> {
+/// Run until `count` results, the idle timeout, a stop, or forever.
+pub fn run(
+    decryptor: &mut Decryptor,
+    opts: &SubscribeOptions,
+    out: &mut dyn Output,
+) -> Result<Stats> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| IoError::new("tokio runtime", e))?;
-    rt.block_on(subscribe(keys, opts, out))
+    rt.block_on(subscribe(decryptor, opts, out))?;
+    Ok(std::mem::take(&mut decryptor.stats))
 }
 
 async fn subscribe(
-    keys: &SecretKeys,
+    decryptor: &mut Decryptor,
     opts: &SubscribeOptions,
-    out: &mut dyn Write,
-) -> Result<Stats> {
+    out: &mut dyn Output,
+) -> Result<()> {
     let mut mqtt_options = opts.mqtt.options(&opts.client_id)?;
     // Accept any packet MQTT allows and reject oversized payloads ourselves: if rumqttc refused
     // one, the connection would drop and the broker would redeliver it forever.
     mqtt_options.set_max_packet_size(MQTT_MAX_PACKET, MAX_PAYLOAD + 1024);
     mqtt_options.set_manual_acks(true);
     mqtt_options.set_clean_session(!opts.persistent);
-    let mut seen: HashSet<(String, u64)> = HashSet::new();
-    let mut stats = Stats::default();
     let mut backoff = Backoff::default();
-    let mut last_message = std::time::Instant::now();
+    let mut last_message = Instant::now();
+    let mut acks = AckBatch::default();
     loop {
         let mut conn = Connection::open(mqtt_options.clone(), 64);
         let error = loop {
-            if opts.count.is_some_and(|c| stats.results >= c) {
-                conn.close(Duration::from_secs(5)).await;
-                return Ok(stats);
-            }
-            if opts.stop.load(Ordering::Relaxed)
+            let done = opts.count.is_some_and(|c| decryptor.stats.results >= c)
+                || opts.stop.load(Ordering::Relaxed)
                 || opts
                     .idle_timeout
-                    .is_some_and(|t| last_message.elapsed() > t)
-            {
-                conn.close(Duration::from_secs(1)).await;
-                return Ok(stats);
+                    .is_some_and(|t| last_message.elapsed() > t);
+            if done || acks.due() {
+                send_acks(&mut acks, &mut conn, opts, out)?;
+            }
+            if done {
+                conn.close(Duration::from_secs(5)).await;
+                return Ok(());
             }
             let event = tokio::select! {
                 e = conn.next() => e,
-                _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
+                _ = tokio::time::sleep(Duration::from_millis(50)) => continue,
             };
             match event {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
@@ -106,8 +430,10 @@ async fn subscribe(
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
-                    last_message = std::time::Instant::now();
-                    handle(keys, &p, &mut seen, &mut stats, out)?;
+                    last_message = Instant::now();
+                    let device = topic_device(&opts.mqtt.topic, &p.topic);
+                    let outcome = decryptor.handle(device, &p.payload, out)?;
+                    acks.add(&outcome);
                     // Only once the line is written: a crash before this redelivers.
                     conn.ack(&p);
                 }
@@ -121,55 +447,76 @@ async fn subscribe(
     }
 }
 
-/// Decrypt one result message into its JSON line (the same fields from the broker and from
-/// files).
-pub fn decrypt_message(bytes: &[u8], keys: &SecretKeys) -> Result<serde_json::Value> {
-    let m = ResultMessage::decode(bytes).map_err(crate::transport::TransportError::from)?;
-    let d = decrypt(&m.result, keys)?;
-    Ok(line(&m, &d))
-}
-
-fn line(m: &ResultMessage, d: &crate::engine::Decrypted) -> serde_json::Value {
-    serde_json::json!({
-        "device": m.device_id,
-        "seq": m.seq,
-        "timestamp_ms": m.timestamp_ms,
-        "infer_ms": m.infer_us as f64 / 1e3,
-        "extract_ms": m.extract_us as f64 / 1e3,
-        "bundle": m.bundle_id,
-        "class": d.class,
-        "scores": d.float_scores,
-        "noise_margin_bits": (d.noise_margin_bits * 10.0).round() / 10.0,
-    })
-}
-
-/// Decrypt one message and write its line (or count it as a duplicate or a rejection).
-fn handle(
-    keys: &SecretKeys,
-    p: &rumqttc::Publish,
-    seen: &mut HashSet<(String, u64)>,
-    stats: &mut Stats,
-    out: &mut dyn Write,
+/// Sync the output, then tell each board what is recorded.
+fn send_acks(
+    acks: &mut AckBatch,
+    conn: &mut Connection,
+    opts: &SubscribeOptions,
+    out: &mut dyn Output,
 ) -> Result<()> {
-    let decoded = ResultMessage::decode(&p.payload)
-        .map_err(|e| BackendError::from(crate::transport::TransportError::from(e)))
-        .and_then(|m| Ok(decrypt(&m.result, keys).map(|d| (m, d))?));
-    match decoded {
-        Ok((m, d)) => {
-            if seen.insert((m.device_id.clone(), m.seq)) {
-                writeln!(out, "{}", line(&m, &d))
-                    .and_then(|_| out.flush())
-                    .map_err(|e| IoError::new("output", e))?;
-                stats.results += 1;
-            } else {
-                stats.duplicates += 1;
-                log::debug!("duplicate {}#{} dropped", m.device_id, m.seq);
-            }
-        }
-        Err(e) => {
-            stats.rejected += 1;
-            log::warn!("rejected a message on {}: {e}", p.topic);
+    if acks.since.is_none() {
+        return Ok(());
+    }
+    out.sync().map_err(|e| IoError::new("output", e))?;
+    for ack in acks.take() {
+        if let Some(key) = &opts.ack_key {
+            conn.publish(&opts.mqtt.ack_topic_for(&ack.device_id), ack.encode(key));
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_topic_names_the_device() {
+        let t = "hedge/{device}/results";
+        assert_eq!(topic_device(t, "hedge/board-1/results"), Some("board-1"));
+        assert_eq!(topic_device(t, "hedge/a/b/results"), None);
+        assert_eq!(topic_device("results", "results"), None);
+    }
+
+    #[test]
+    fn acknowledgements_batch_per_device() {
+        let mut b = AckBatch::default();
+        assert!(!b.due());
+        for seq in [3, 1, 2] {
+            b.add(&Outcome::Recorded {
+                device: "a".into(),
+                seq,
+            });
+        }
+        b.add(&Outcome::Duplicate {
+            device: "b".into(),
+            seq: 9,
+        });
+        b.add(&Outcome::Refused {
+            reason: "x".into(),
+            from: Some(("a".into(), 7)),
+        });
+        b.add(&Outcome::Refused {
+            reason: "forged".into(),
+            from: None,
+        });
+        b.add(&Outcome::Withheld {
+            device: "c".into(),
+            seq: 1,
+        });
+        std::thread::sleep(ACK_DELAY);
+        assert!(b.due());
+        let acks = b.take();
+        assert_eq!(acks.len(), 2);
+        assert_eq!(
+            (
+                acks[0].device_id.as_str(),
+                &acks[0].recorded,
+                &acks[0].refused
+            ),
+            ("a", &vec![(1, 3)], &vec![(7, 7)])
+        );
+        assert_eq!(acks[1].recorded, vec![(9, 9)]);
+        assert!(!b.due());
+    }
 }

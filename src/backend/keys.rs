@@ -89,6 +89,18 @@ pub fn keygen(params: ParameterSet, dir: &Path, progress: &dyn Progress) -> Resu
     })
 }
 
+/// Record a key set in the registry: its id, level and where its secret key lives (the key
+/// itself stays in its 0600 file).
+pub fn record(keys: &BackendKeys, dir: &Path, registry: &Path) -> Result<()> {
+    let secret_key = std::fs::canonicalize(dir.join(SECRET_KEY))
+        .map_err(|e| crate::files::IoError::new(dir.join(SECRET_KEY), e))?;
+    super::registry::Registry::open(registry)?.add_key_set(&super::registry::KeySetRecord {
+        id: keys.secret.key_id,
+        security: keys.secret.params.security.bits(),
+        secret_key,
+    })
+}
+
 pub fn load_secret(dir: &Path) -> Result<SecretKeys> {
     let path = dir.join(SECRET_KEY);
     SecretKeys::from_bytes(&read(&path)?)

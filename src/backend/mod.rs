@@ -6,9 +6,10 @@ pub mod broker;
 pub mod decryptor;
 pub mod keys;
 pub mod protect;
+pub mod registry;
 
 use crate::bundle::BundleError;
-use crate::engine::EngineError;
+use crate::engine::{EngineError, Refusal};
 use crate::files::IoError;
 use crate::input::InputError;
 use crate::model::ModelError;
@@ -19,6 +20,8 @@ pub enum BackendError {
     /// A key file that is missing a part, undecodable, or from another key generation.
     #[error("keys: {0}")]
     KeyFile(String),
+    #[error("registry: {0}")]
+    Registry(String),
     /// The embedded broker could not start.
     #[error("embedded broker: {0}")]
     Broker(String),
@@ -31,6 +34,9 @@ pub enum BackendError {
     Bundle(#[from] BundleError),
     #[error(transparent)]
     Engine(#[from] EngineError),
+    /// A result refused by the checks before decryption (bench and eval: their own results).
+    #[error("result refused: {0}")]
+    Refused(#[from] Refusal),
     #[error(transparent)]
     Model(#[from] ModelError),
     #[error(transparent)]

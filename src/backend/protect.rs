@@ -2,11 +2,12 @@
 //! edge bundle.
 
 use super::keys::BackendKeys;
+use super::registry::{BundleRecord, Registry};
 use super::Result;
 use crate::bundle::{BundleHeader, EdgeBundle};
 use crate::crypto::keys::EdgeKeys;
 use crate::crypto::lut::Activation;
-use crate::engine::{EncryptedModel, ModelInfo};
+use crate::engine::{Decoding, EncryptedModel, ModelInfo};
 use crate::model::quant::{QuantModel, Variant};
 use crate::model::split::PlainExtractor;
 use crate::model::Classifier;
@@ -67,6 +68,26 @@ pub fn protect(
         quant,
         bytes,
     })
+}
+
+/// Record a protected bundle in the registry, with everything decrypting its results needs
+/// (and its key set, if the registry does not know it yet).
+pub fn record(p: &Protected, keys: &BackendKeys, keys_dir: &Path, registry: &Path) -> Result<u64> {
+    super::keys::record(keys, keys_dir, registry)?;
+    let r = Registry::open(registry)?;
+    let header = &p.bundle.header;
+    let epoch = r.latest_epoch(&header.name)? + 1;
+    r.add_bundle(&BundleRecord {
+        id: crate::bundle::bundle_id(&p.bytes),
+        name: header.name.clone(),
+        variant: header.model.variant,
+        input_dim: header.model.input.dim,
+        hidden_dim: header.model.hidden_dim,
+        out_dim: header.model.out_dim,
+        epoch,
+        decoding: Decoding::new(&p.quant, &header.params, header.key_id)?,
+    })?;
+    Ok(epoch)
 }
 
 /// Where the bundle of a variant goes by default.

@@ -45,6 +45,10 @@ struct Cli {
     broker: Option<String>,
     #[command(flatten)]
     mqtt: MqttArgs,
+    /// Print this board's public identity key (created on first use) for `hedge device add`,
+    /// and exit.
+    #[arg(long)]
+    print_identity: bool,
 }
 
 fn main() {
@@ -56,6 +60,18 @@ fn main() {
         .map(|s| s.start_up.log_level.clone())
         .unwrap_or_else(|_| "info".into());
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
+    if cli.print_identity {
+        let printed = settings.and_then(|s| {
+            let key = hedge::edge::identity::load_or_create(&s.start_up.identity_key)?;
+            println!("{}", hedge::engine::hex(key.verifying_key().as_bytes()));
+            Ok(())
+        });
+        if let Err(e) = printed {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let result = settings.and_then(|settings| {
         let reload_cli = cli.clone();
         let summary = hedge::edge::run(

@@ -140,11 +140,6 @@ impl Delivery {
         true
     }
 
-    /// Whether `seq` is on its way to the broker now (not worth publishing again yet).
-    pub fn in_flight(&self, seq: u64) -> bool {
-        self.to_broker.iter().any(|e| e.0 == seq)
-    }
-
     /// Nothing in flight and nothing awaiting an acknowledgement.
     pub fn is_idle(&self) -> bool {
         self.to_broker.is_empty() && self.to_backend.is_empty()
@@ -240,10 +235,6 @@ mod tests {
         assert!(!d.resend_due(t(9_999)));
         assert!(d.resend_due(t(10_000)));
         assert_eq!((d.resume_after(), d.room()), (None, 8));
-        assert!(
-            d.in_flight(1),
-            "still awaiting the broker from the first send"
-        );
         d.sent(1, t(10_000));
         d.sent(2, t(10_000));
         // Second round: twice the wait.

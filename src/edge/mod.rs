@@ -3,8 +3,9 @@
 //! - [`settings`]: the configuration resolved once, typed, with what a reload may change;
 //! - [`source`] and [`queue`]: the data-stream acquisition thread and its bounded queue;
 //! - [`inference`] and [`scheduler`]: one encrypted inference at a time;
-//! - [`sink`], [`spool`], [`publisher`] and [`delivery`]: results to files, or store and
-//!   forward to the broker;
+//! - [`sink`], [`spool`], [`publisher`] and [`delivery`]: results (signed with the board's
+//!   [`identity`]) to files, or store and forward to the broker until the backend
+//!   acknowledges them;
 //! - [`reload`], [`watchdog`], [`notify`] and [`shutdown`]: SIGHUP, systemd and signals.
 //!
 //! [`run`] wires them: SIGTERM/SIGINT stop taking input, finish the inference in flight, give
@@ -14,12 +15,14 @@
 
 pub mod delivery;
 pub mod error;
+pub mod identity;
 pub mod inference;
 pub mod notify;
 pub mod publisher;
 pub mod queue;
 pub mod reload;
 pub mod scheduler;
+pub mod sequence;
 pub mod settings;
 pub mod shutdown;
 pub mod sink;
@@ -49,7 +52,7 @@ pub fn run(settings: Settings, reloader: Reloader) -> Result<Summary, EdgeError>
     let inference = Inference::load(&settings.reloadable)?;
     let start = &settings.start_up;
     log::info!("device {}: {}", start.device_id, inference.describe());
-    let sink = Sink::open(&start.sink, &start.device_id)?;
+    let sink = Sink::open(&settings)?;
     let queue = Arc::new(BoundedQueue::new(
         start.queue.capacity,
         start.queue.max_bytes,

@@ -1,23 +1,28 @@
 //! Publishing spooled results over MQTT (rumqttc on a single-threaded tokio runtime, in its
 //! own thread).
 //!
-//! QoS 1. Up to `WINDOW` results are in flight; rumqttc numbers each publish when it writes it
-//! (`Outgoing::Publish(pkid)`, in request order), and the matching `PubAck` removes the file
-//! from the spool. On any connection error the connection is rebuilt after a backoff (1 s
-//! doubling to 30 s, jittered; new results do not cut it short) and everything still in the
-//! spool is sent again: at least once, de-duplicated by the decryptor. The event loop is
-//! polled continuously and never cancelled mid-poll ([`Connection`]).
+//! QoS 1, up to `WINDOW` results in flight to the broker. With end-to-end acknowledgement (the
+//! default) a result leaves the spool only when the backend's signed acknowledgement names it,
+//! at most `e2e_window` wait for one, and they are sent again when none comes; otherwise the
+//! broker's PUBACK releases it. The bookkeeping is [`super::delivery`]. On any connection
+//! error the connection is rebuilt after a backoff (1 s doubling to 30 s, jittered; new
+//! results do not cut it short) and everything still in the spool is sent again: at least
+//! once, de-duplicated by the backend. The event loop is polled continuously and never
+//! cancelled mid-poll ([`Connection`]).
 
 use super::delivery::{Delivery, Release};
 use super::error::EdgeError;
 use super::spool::Spool;
 use crate::files::IoError;
+use crate::transport::ack::Ack;
+use crate::transport::message::{MessageError, ResultMessage, MESSAGE_VERSION};
 use crate::transport::mqtt::MqttConfig;
 use crate::transport::{Backoff, Connection};
+use ed25519_dalek::{SigningKey, VerifyingKey};
 use rumqttc::{Event, MqttOptions, Outgoing, Packet, QoS};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const WINDOW: usize = 16;
 
@@ -36,14 +41,38 @@ struct Flags {
     abort: AtomicBool,
 }
 
+/// Who the publisher is and whom it trusts.
+pub struct Identity {
+    pub device: String,
+    /// Signs results an older hedged spooled unsigned.
+    pub key: Arc<SigningKey>,
+    /// Verifies the backend's end-to-end acknowledgements (the bundles' trust anchor).
+    pub backend: VerifyingKey,
+}
+
 impl Publisher {
     pub fn start(
         config: &MqttConfig,
         client_id: &str,
-        topic: String,
+        identity: Identity,
         spool: Arc<Spool>,
     ) -> Result<Self, EdgeError> {
         let options = config.options(client_id)?;
+        let route = Route {
+            results: config.topic_for(&identity.device),
+            acks: config
+                .end_to_end
+                .then(|| config.ack_topic_for(&identity.device)),
+            release: if config.end_to_end {
+                Release::EndToEnd {
+                    backend_window: config.e2e_window.max(1),
+                    timeout: Duration::from_secs(config.e2e_timeout_s.max(1)),
+                }
+            } else {
+                Release::OnBrokerAck
+            },
+            identity,
+        };
         let (wake, rx) = tokio::sync::mpsc::unbounded_channel();
         let flags = Arc::new(Flags::default());
         let f = flags.clone();
@@ -54,7 +83,7 @@ impl Publisher {
                     .enable_all()
                     .build()
                 {
-                    Ok(rt) => rt.block_on(run(options, topic, spool, rx, f)),
+                    Ok(rt) => rt.block_on(run(options, route, spool, rx, f)),
                     Err(e) => log::error!("publisher cannot start its runtime: {e}"),
                 }
             })
@@ -103,9 +132,29 @@ impl Publisher {
     }
 }
 
+/// Where results go and acknowledgements come from.
+struct Route {
+    results: String,
+    /// None: results leave the spool at the broker's PUBACK.
+    acks: Option<String>,
+    release: Release,
+    identity: Identity,
+}
+
+/// A spooled message ready to publish: entries an older hedged wrote are signed now, so an
+/// upgrade loses nothing.
+fn publishable(payload: Vec<u8>, key: &SigningKey) -> Result<Vec<u8>, MessageError> {
+    if payload.first() == Some(&MESSAGE_VERSION) {
+        return Ok(payload);
+    }
+    let mut m = ResultMessage::decode(&payload)?;
+    m.sign(key);
+    Ok(m.encode())
+}
+
 async fn run(
     options: MqttOptions,
-    topic: String,
+    route: Route,
     spool: Arc<Spool>,
     mut wake: tokio::sync::mpsc::UnboundedReceiver<()>,
     flags: Arc<Flags>,
@@ -113,7 +162,7 @@ async fn run(
     let mut backoff = Backoff::default();
     loop {
         let mut conn = Connection::open(options.clone(), WINDOW * 2);
-        let mut delivery = Delivery::new(Release::OnBrokerAck, WINDOW);
+        let mut delivery = Delivery::new(route.release, WINDOW);
         let mut up = false;
         let error = loop {
             let drained =
@@ -125,24 +174,14 @@ async fn run(
                 return;
             }
             if up {
-                for seq in spool.pending_after(delivery.resume_after(), delivery.room()) {
-                    match spool.read(seq) {
-                        Ok(payload) => {
-                            if conn
-                                .client()
-                                .try_publish(&topic, QoS::AtLeastOnce, false, payload)
-                                .is_err()
-                            {
-                                break;
-                            }
-                            delivery.sent(seq, std::time::Instant::now());
-                        }
-                        Err(e) => {
-                            log::error!("spool: cannot read #{seq}: {e}");
-                            delivery.skipped(seq);
-                        }
-                    }
+                if delivery.resend_due(Instant::now()) {
+                    log::warn!(
+                        "no end-to-end acknowledgement for a while: sending the {} spooled \
+                         result(s) again",
+                        spool.len()
+                    );
                 }
+                publish_from_spool(&mut conn, &mut delivery, &spool, &route);
             }
             let event = tokio::select! {
                 event = conn.next() => event,
@@ -155,13 +194,19 @@ async fn run(
                     log::info!("connected to {host}:{port}");
                     up = true;
                     backoff.reset();
+                    if let Some(acks) = &route.acks {
+                        conn.subscribe(acks, QoS::AtLeastOnce);
+                    }
                 }
                 Ok(Event::Outgoing(Outgoing::Publish(pkid))) => delivery.numbered(pkid),
                 Ok(Event::Incoming(Packet::PubAck(ack))) => {
                     if let Some(seq) = delivery.broker_acked(ack.pkid) {
                         spool.remove(seq);
-                        log::debug!("#{seq} acknowledged");
+                        log::debug!("#{seq} acknowledged by the broker");
                     }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    acknowledged(&p.payload, &route.identity, &mut delivery, &spool)
                 }
                 Ok(_) => {}
                 Err(e) => break e,
@@ -188,5 +233,53 @@ async fn run(
                 _ = wake.recv() => {}
             }
         }
+    }
+}
+
+/// Hand rumqttc as many spooled results as the windows allow, oldest first.
+fn publish_from_spool(
+    conn: &mut Connection,
+    delivery: &mut Delivery,
+    spool: &Spool,
+    route: &Route,
+) {
+    for seq in spool.pending_after(delivery.resume_after(), delivery.room()) {
+        let payload = spool
+            .read(seq)
+            .map_err(|e| e.to_string())
+            .and_then(|p| publishable(p, &route.identity.key).map_err(|e| e.to_string()));
+        match payload {
+            Ok(payload) => {
+                if conn
+                    .client()
+                    .try_publish(&route.results, QoS::AtLeastOnce, false, payload)
+                    .is_err()
+                {
+                    break;
+                }
+                delivery.sent(seq, Instant::now());
+            }
+            Err(e) => {
+                log::error!("spool: cannot publish #{seq}: {e}");
+                delivery.skipped(seq);
+            }
+        }
+    }
+}
+
+/// The backend's end-to-end acknowledgement: what it names leaves the spool.
+fn acknowledged(payload: &[u8], identity: &Identity, delivery: &mut Delivery, spool: &Spool) {
+    match Ack::decode(payload, &identity.backend, &identity.device) {
+        Ok(ack) => {
+            let now = Instant::now();
+            for seq in ack.seqs() {
+                delivery.backend_acked(seq, now);
+                spool.remove(seq);
+            }
+            if !ack.refused.is_empty() {
+                log::warn!("the backend refused result(s) {:?}", ack.refused);
+            }
+        }
+        Err(e) => log::warn!("ignored an acknowledgement: {e}"),
     }
 }

@@ -81,6 +81,7 @@ impl Scheduler {
                 infer_us: inferred.infer.as_micros() as u64,
                 extract_us: inferred.extract.as_micros() as u64,
                 result: inferred.result.clone(),
+                signed: None,
             };
             let stored = self.sink.deliver(message, self.shutdown.stop_flag())?;
             log::info!(

@@ -34,6 +34,10 @@ pub struct StartUp {
     pub log_level: String,
     /// This board's name in topics and results.
     pub device_id: String,
+    /// The board's own state: identity key, sequence numbers (and the spool by default).
+    pub state_dir: PathBuf,
+    /// The key results are signed with ([`super::identity`]).
+    pub identity_key: PathBuf,
     pub queue: QueueSettings,
     pub sink: SinkSettings,
     /// The systemd watchdog is fed while an inference runs for at most this long.
@@ -95,6 +99,8 @@ struct File {
     #[serde(default = "defaults::device_id")]
     device_id: String,
     spool_dir: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
+    identity_key: Option<PathBuf>,
     #[serde(default = "defaults::spool_max_files")]
     spool_max_files: usize,
     #[serde(default = "defaults::spool_max_bytes")]
@@ -167,6 +173,10 @@ impl Settings {
             ("max_frame_bytes", a.max_frame_bytes != b.max_frame_bytes),
             ("log_level", a.log_level != b.log_level),
             ("device_id", a.device_id != b.device_id),
+            (
+                "state_dir, identity_key",
+                a.state_dir != b.state_dir || a.identity_key != b.identity_key,
+            ),
             ("queue", a.queue != b.queue),
             ("output (out_dir, spool, mqtt)", a.sink != b.sink),
             (
@@ -190,11 +200,12 @@ impl File {
                 ))
             })
         };
+        let spool_dir = self.spool_dir.clone();
         let sink = match (self.mqtt, self.out_dir) {
             (Some(mqtt), _) => SinkSettings::Broker {
                 mqtt: Box::new(mqtt),
                 spool: SpoolSettings {
-                    dir: required(self.spool_dir, "spool_dir")?,
+                    dir: required(spool_dir, "spool_dir")?,
                     max_files: self.spool_max_files.max(1),
                     max_bytes: self.spool_max_bytes,
                 },
@@ -208,6 +219,15 @@ impl File {
                 ))
             }
         };
+        let state_dir = match (self.state_dir, &sink) {
+            (Some(dir), _) => dir,
+            (None, SinkSettings::Broker { spool, .. }) => spool.dir.clone(),
+            // Hidden, so that `hedge decrypt OUT/*` takes only results.
+            (None, SinkSettings::Files { out_dir }) => out_dir.join(".hedged"),
+        };
+        let identity_key = self
+            .identity_key
+            .unwrap_or_else(|| state_dir.join("identity.key"));
         Ok(Settings {
             reloadable: Reloadable {
                 bundle: required(self.bundle, "bundle")?,
@@ -219,6 +239,8 @@ impl File {
                 max_frame_bytes: self.max_frame_bytes,
                 log_level: self.log_level,
                 device_id: self.device_id,
+                state_dir,
+                identity_key,
                 queue: QueueSettings {
                     capacity: self.queue_capacity.max(1),
                     max_bytes: self.queue_max_bytes,

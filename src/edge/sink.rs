@@ -1,22 +1,30 @@
 //! Where results go: result files in a directory (no broker), or the spool and the MQTT
-//! publisher. Both write the one result format ([`ResultMessage`]), numbered by a durable
-//! sequence.
+//! publisher. Both write the one result format ([`ResultMessage`]), numbered by the board's
+//! durable [`Sequence`] and signed with its identity key.
 
 use super::error::EdgeError;
-use super::publisher::Publisher;
-use super::settings::SinkSettings;
-use super::spool::{Sequence, Spool};
+use super::publisher::{Identity, Publisher};
+use super::sequence::Sequence;
+use super::settings::{Settings, SinkSettings};
+use super::spool::Spool;
 use crate::files::{write_atomic, IoError};
 use crate::transport::message::ResultMessage;
+use ed25519_dalek::SigningKey;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub enum Sink {
+pub struct Sink {
+    /// Every result is signed with the board's identity key.
+    identity: Arc<SigningKey>,
+    sequence: Sequence,
+    to: To,
+}
+
+enum To {
     Files {
         dir: PathBuf,
-        sequence: Sequence,
     },
     Broker {
         spool: Arc<Spool>,
@@ -25,10 +33,15 @@ pub enum Sink {
 }
 
 impl Sink {
-    pub fn open(settings: &SinkSettings, device: &str) -> Result<Self, EdgeError> {
-        match settings {
+    pub fn open(settings: &Settings) -> Result<Self, EdgeError> {
+        let start = &settings.start_up;
+        let identity = Arc::new(super::identity::load_or_create(&start.identity_key)?);
+        let mut floor = 0;
+        let device = &start.device_id;
+        let to = match &start.sink {
             SinkSettings::Broker { mqtt, spool } => {
                 let spool = Arc::new(Spool::open(&spool.dir, spool.max_files, spool.max_bytes)?);
+                floor = spool.last().unwrap_or(0);
                 if !spool.is_empty() {
                     log::info!(
                         "{} spooled result(s) from a previous run will be published",
@@ -39,38 +52,54 @@ impl Sink {
                     .client_id
                     .clone()
                     .unwrap_or_else(|| format!("hedged-{device}"));
-                let publisher =
-                    Publisher::start(mqtt, &client_id, mqtt.topic_for(device), spool.clone())?;
-                Ok(Sink::Broker { spool, publisher })
+                let backend = crate::bundle::load_verifying_key(&settings.reloadable.verifying_key)
+                    .map_err(|e| EdgeError::Settings(e.to_string()))?;
+                let identity = Identity {
+                    device: device.clone(),
+                    key: identity.clone(),
+                    backend,
+                };
+                let publisher = Publisher::start(mqtt, &client_id, identity, spool.clone())?;
+                To::Broker { spool, publisher }
             }
             SinkSettings::Files { out_dir } => {
                 crate::files::create_dir_all(out_dir)?;
-                Ok(Sink::Files {
-                    // Hidden, so that `hedge decrypt DIR/*` takes only results.
-                    sequence: Sequence::open(&out_dir.join(".next-seq"), 0)?,
+                To::Files {
                     dir: out_dir.clone(),
-                })
+                }
             }
-        }
+        };
+        crate::files::create_dir_all(&start.state_dir)?;
+        let sequence = Sequence::open(&start.state_dir.join("next-seq"), floor)?;
+        Ok(Self {
+            identity,
+            sequence,
+            to,
+        })
     }
 
-    /// Number and store one result (`message` builds it for its sequence number). A spool
-    /// that cannot be written (disk full, I/O error) holds up the scheduler, retrying every
-    /// 5 s, rather than lose the result; `Err(StoppedUnspooled)` if a stop comes first.
+    /// Number, sign and store one result (`message` builds it for its sequence number). A
+    /// spool that cannot be written (disk full, I/O error) holds up the scheduler, retrying
+    /// every 5 s, rather than lose the result; `Err(StoppedUnspooled)` if a stop comes first.
     pub fn deliver(
         &self,
         message: impl Fn(u64) -> ResultMessage,
         stop: &AtomicBool,
     ) -> Result<String, EdgeError> {
-        match self {
-            Sink::Files { dir, sequence } => {
-                let seq = sequence.next()?;
+        let message = |seq| {
+            let mut m = message(seq);
+            m.sign(&self.identity);
+            m
+        };
+        match &self.to {
+            To::Files { dir } => {
+                let seq = self.sequence.next()?;
                 let path = dir.join(format!("result-{seq:06}.bin"));
                 write_atomic(&path, &message(seq).encode(), 0o644)?;
                 Ok(format!("#{seq} → {}", path.display()))
             }
-            Sink::Broker { spool, publisher } => {
-                let seq = spool_with_retry(spool, stop, message)?;
+            To::Broker { spool, publisher } => {
+                let seq = spool_with_retry(spool, &self.sequence, stop, message)?;
                 publisher.notify();
                 Ok(format!("#{seq} spooled ({} pending)", spool.len()))
             }
@@ -80,8 +109,8 @@ impl Sink {
     /// Deliver what is spooled, then stop: at the end of the input as long as it takes, on a
     /// stop signal for 10 s (the rest stays spooled). Returns what is left in the spool.
     pub fn close(self, stopping: bool, stop: &AtomicBool) -> usize {
-        match self {
-            Sink::Broker { publisher, spool } => {
+        match self.to {
+            To::Broker { publisher, spool } => {
                 let timeout = if stopping {
                     Duration::from_secs(10)
                 } else {
@@ -90,7 +119,7 @@ impl Sink {
                 publisher.shutdown_when(timeout, || stop.load(Ordering::Relaxed));
                 spool.len()
             }
-            Sink::Files { .. } => 0,
+            To::Files { .. } => 0,
         }
     }
 }
@@ -98,6 +127,7 @@ impl Sink {
 /// Number and spool one result, retrying every 5 s while the spool cannot be written.
 fn spool_with_retry(
     spool: &Spool,
+    sequence: &Sequence,
     stop: &AtomicBool,
     message: impl Fn(u64) -> ResultMessage,
 ) -> Result<u64, EdgeError> {
@@ -107,7 +137,7 @@ fn spool_with_retry(
         let attempt = (|| {
             let s = match seq {
                 Some(s) => s,
-                None => *seq.insert(spool.next_seq()?),
+                None => *seq.insert(sequence.next()?),
             };
             spool.put(s, &message(s).encode())?;
             Ok::<_, IoError>(s)
@@ -140,7 +170,6 @@ fn spool_with_retry(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crypto::keys::KeyKind;
     use crate::engine::ResultCiphertext;
 
     #[test]
@@ -148,6 +177,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("spool");
         let spool = Spool::open(&path, 10, 1 << 20).unwrap();
+        let sequence = Sequence::open(&dir.path().join("next-seq"), 0).unwrap();
         // The spool directory disappears (as good as a full disk for the writes).
         std::fs::rename(&path, dir.path().join("away")).unwrap();
         std::fs::write(&path, "not a directory").unwrap();
@@ -168,15 +198,12 @@ mod tests {
             extract_us: 0,
             result: ResultCiphertext {
                 key_id: [0; 16],
-                key: KeyKind::Wide,
-                poly_size: 0,
-                delta_out: 1,
-                out_scale: 1.0,
                 parts: Vec::new(),
             },
+            signed: None,
         };
         let stop = AtomicBool::new(false);
-        let seq = spool_with_retry(&spool, &stop, message).expect("saved once writable");
+        let seq = spool_with_retry(&spool, &sequence, &stop, message).expect("saved once writable");
         restore.join().unwrap();
         assert_eq!(seq, 1);
         assert_eq!(spool.len(), 1);
@@ -185,7 +212,7 @@ mod tests {
         std::fs::write(&path, "x").unwrap();
         stop.store(true, Ordering::Relaxed);
         assert!(matches!(
-            spool_with_retry(&spool, &stop, message),
+            spool_with_retry(&spool, &sequence, &stop, message),
             Err(EdgeError::StoppedUnspooled)
         ));
     }

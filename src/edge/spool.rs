@@ -3,8 +3,7 @@
 //! between the two leaves the file, which is published again at the next start: delivery is
 //! at least once, and the decryptor drops duplicates by (device, sequence).
 //!
-//! Files are `<seq, 20 digits>.msg`. Sequence numbers come from a [`Sequence`] in the same
-//! directory, so they keep increasing across restarts even when the spool is empty.
+//! Files are `<seq, 20 digits>.msg`, numbered by the board's [`super::sequence::Sequence`].
 //!
 //! **Bound.** At most `max_files` files and `max_bytes` bytes; when a new result would exceed
 //! either, the *oldest* spooled results are dropped (and counted), on the grounds that a
@@ -16,43 +15,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-/// A durable counter (a file holding the next number, written with fsync before a number is
-/// used), so numbers never repeat across restarts (the backend refuses a sequence number it
-/// has seen).
-pub struct Sequence {
-    path: PathBuf,
-    next: Mutex<u64>,
-}
-
-impl Sequence {
-    /// Continue the counter in file `path`, and at least after `floor`.
-    pub fn open(path: &Path, floor: u64) -> Result<Self, IoError> {
-        let path = path.to_path_buf();
-        let stored: u64 = std::fs::read_to_string(&path)
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(1);
-        Ok(Self {
-            path,
-            next: Mutex::new(stored.max(floor + 1)),
-        })
-    }
-
-    /// Reserve the next number, durably.
-    pub fn next(&self) -> Result<u64, IoError> {
-        let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
-        let seq = *next;
-        write_atomic(&self.path, format!("{}\n", seq + 1).as_bytes(), 0o600)?;
-        *next = seq + 1;
-        Ok(seq)
-    }
-}
-
 pub struct Spool {
     dir: PathBuf,
     max_files: usize,
     max_bytes: u64,
-    sequence: Sequence,
     state: Mutex<State>,
 }
 
@@ -92,13 +58,10 @@ impl Spool {
                 bytes += size;
             }
         }
-        let floor = entries.keys().next_back().copied().unwrap_or(0);
-        let sequence = Sequence::open(&dir.join("next-seq"), floor)?;
         Ok(Self {
             dir: dir.to_path_buf(),
             max_files: max_files.max(1),
             max_bytes,
-            sequence,
             state: Mutex::new(State {
                 entries,
                 bytes,
@@ -111,9 +74,9 @@ impl Spool {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Reserve the next sequence number, durably.
-    pub fn next_seq(&self) -> Result<u64, IoError> {
-        self.sequence.next()
+    /// The highest sequence number spooled (numbers go on above it).
+    pub fn last(&self) -> Option<u64> {
+        self.lock().entries.keys().next_back().copied()
     }
 
     /// Store a message durably; drops the oldest entries if the bound requires it.
@@ -181,11 +144,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn survives_reopen_and_keeps_numbering() {
+    fn survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let s = Spool::open(dir.path(), 10, 1 << 20).unwrap();
-        let a = s.next_seq().unwrap();
-        let b = s.next_seq().unwrap();
+        let (a, b) = (1, 2);
         s.put(a, b"first").unwrap();
         s.put(b, b"second").unwrap();
         s.remove(a);
@@ -194,22 +156,15 @@ mod tests {
         let s = Spool::open(dir.path(), 10, 1 << 20).unwrap();
         assert_eq!(s.pending_after(None, 10), vec![b]);
         assert_eq!(s.read(b).unwrap(), b"second");
-        assert!(s.next_seq().unwrap() > b);
+        assert_eq!(s.last(), Some(b));
         assert!(!dir.path().join(".x.tmp123").exists());
-        // Numbering survives an empty spool too.
-        s.remove(b);
-        let c = s.next_seq().unwrap();
-        drop(s);
-        let s = Spool::open(dir.path(), 10, 1 << 20).unwrap();
-        assert!(s.next_seq().unwrap() > c);
     }
 
     #[test]
     fn bound_drops_oldest_first() {
         let dir = tempfile::tempdir().unwrap();
         let s = Spool::open(dir.path(), 3, 1 << 20).unwrap();
-        for _ in 0..5 {
-            let q = s.next_seq().unwrap();
+        for q in 1..=5 {
             s.put(q, b"x").unwrap();
         }
         assert_eq!(s.pending_after(None, 10), vec![3, 4, 5]);

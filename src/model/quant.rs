@@ -43,6 +43,10 @@ impl Variant {
             Self::Act => "act",
         }
     }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|v| v.name() == name)
+    }
 }
 
 /// The float classifier a variant computes an approximation of: `noact` drops the activation.
@@ -489,6 +493,47 @@ impl QuantModel {
             pre_activation: y,
             hidden,
             out_of_window,
+        }
+    }
+
+    /// Per class, the largest |score| a result of this model can decrypt to: what the weights
+    /// can produce from any accepted input (`last`: the requantised hidden range; `act`: every
+    /// slot of the bootstrap windows, plus the stated noise bound), or for `noact`, whose
+    /// hidden layer is unbounded, what Δ_out can represent. The backend refuses results beyond
+    /// it.
+    pub fn score_limits(&self, params: &ParameterSet) -> Vec<f64> {
+        let weighted = |j: usize, hidden_max: &dyn Fn(usize) -> i64| -> f64 {
+            let row = self.w2_row(j);
+            (row.iter()
+                .enumerate()
+                .map(|(i, w)| w.abs() * hidden_max(i))
+                .sum::<i64>()
+                + self.b2[j].abs()) as f64
+        };
+        match &self.hidden_map {
+            HiddenMap::Requant { lo, hi, .. } => {
+                let amax = lo.abs().max(*hi);
+                (0..self.out_dim).map(|j| weighted(j, &|_| amax)).collect()
+            }
+            HiddenMap::Window {
+                map,
+                units,
+                activation,
+            } => {
+                let top = map.window as i64 - 1;
+                let largest = |i: usize| {
+                    let zero = units[i].zero_slot as i64;
+                    activation
+                        .apply(-zero)
+                        .abs()
+                        .max(activation.apply(top - zero).abs())
+                };
+                let noise = self.act_score_bound(params);
+                (0..self.out_dim)
+                    .map(|j| weighted(j, &largest) + noise[j])
+                    .collect()
+            }
+            HiddenMap::Identity => vec![2.0 * self.z_bound as f64; self.out_dim],
         }
     }
 

@@ -11,7 +11,7 @@ use crate::backend::keys::{keygen, BackendKeys, VERIFYING_KEY};
 use crate::backend::protect::{default_bundle_path, protect, Protected};
 use crate::crypto::lut::Activation;
 use crate::crypto::params::{ParameterSet, SecurityLevel};
-use crate::engine::{decrypt, FeatureMode};
+use crate::engine::{decrypt, Decoding, FeatureMode};
 use crate::files::write_atomic;
 use crate::input::vectors::{format_sample, read_samples};
 use crate::model::quant::{float_reference, Variant};
@@ -121,6 +121,7 @@ pub fn run_edge(
             infer_us: elapsed.as_micros() as u64,
             extract_us: 0,
             result,
+            signed: None,
         }
         .encode();
         out.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
@@ -334,6 +335,7 @@ impl<'a> Bench<'a> {
         let q = &setup.protected.quant;
         let inputs = &setup.inputs;
         let bound = q.act_score_bound(&keys.params);
+        let decoding = Decoding::new(q, &keys.params, keys.keys.secret.key_id)?;
         let exact = setup.variant != Variant::Act;
         let mut decrypt_ms = 0.0;
         let (mut within, mut ref_agree, mut float_agree) = (true, 0usize, 0usize);
@@ -343,7 +345,7 @@ impl<'a> Bench<'a> {
             result_bytes = bytes.len();
             let t = Instant::now();
             let m = ResultMessage::decode(bytes).map_err(crate::transport::TransportError::from)?;
-            let d = decrypt(&m.result, &keys.keys.secret)?;
+            let d = decrypt(&m.result, &decoding, &keys.keys.secret)?;
             decrypt_ms += t.elapsed().as_secs_f64() * 1e3;
             let reference = q.reference(&q.input.quantize(x)?);
             let delta = q.delta_out as f64;

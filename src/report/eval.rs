@@ -7,7 +7,7 @@ use super::{BackendError, Result};
 use crate::crypto::keys::{self, EdgeKeys, KeySet};
 use crate::crypto::lut::Activation;
 use crate::crypto::params::ParameterSet;
-use crate::engine::{decrypt, EdgeEngine, EncryptedModel, ModelInfo};
+use crate::engine::{decrypt, Decoding, EdgeEngine, EncryptedModel, ModelInfo};
 use crate::input::images::{read_idx_images, read_idx_labels, Image};
 use crate::model::argmax;
 use crate::model::network::Network;
@@ -256,6 +256,7 @@ pub fn run(
             &edge_keys,
             &enc,
         )?;
+        let decoding = Decoding::new(&q, &opts.params, keys.secret.key_id)?;
         let sample = &order[..case.encrypted.min(order.len())];
         let bound = q.act_score_bound(&opts.params);
         let (mut agree, mut correct, mut sample_ref_correct, mut ms) = (0, 0, 0, 0.0);
@@ -265,7 +266,7 @@ pub fn run(
             let result = engine.infer_plain(&feats[i])?;
             ms += t.elapsed().as_secs_f64() * 1e3;
             progress.advance(1);
-            let class = decrypt(&result, &keys.secret)?.class;
+            let class = decrypt(&result, &decoding, &keys.secret)?.class;
             let scores = q.reference(&q.input.quantize(&feats[i])?).scores;
             let reference = argmax(&scores);
             agree += (class == reference) as usize;

@@ -28,6 +28,7 @@ const EVENT_BUFFER: usize = 64;
 enum Pending {
     Ack(Publish),
     Subscribe(String, QoS),
+    Publish(String, Vec<u8>),
 }
 
 /// A broker connection whose event loop is polled by its own task.
@@ -85,6 +86,13 @@ impl Connection {
         self.flush();
     }
 
+    /// Publish at QoS 1 (queued while the channel is full).
+    pub fn publish(&mut self, topic: &str, payload: Vec<u8>) {
+        self.outbox
+            .push_back(Pending::Publish(topic.to_string(), payload));
+        self.flush();
+    }
+
     pub fn subscribe(&mut self, filter: &str, qos: QoS) {
         self.outbox
             .push_back(Pending::Subscribe(filter.to_string(), qos));
@@ -102,6 +110,10 @@ impl Connection {
             let sent = match next {
                 Pending::Ack(p) => self.client.try_ack(p),
                 Pending::Subscribe(f, qos) => self.client.try_subscribe(f.clone(), *qos),
+                Pending::Publish(topic, payload) => {
+                    self.client
+                        .try_publish(topic.clone(), QoS::AtLeastOnce, false, payload.clone())
+                }
             };
             match sent {
                 Ok(()) => {

@@ -3,13 +3,31 @@
 //!
 //! Wire format: one version byte, then the postcard encoding of [`ResultMessage`]. postcard
 //! is not self-describing, so any change of the struct takes a new version byte; older
-//! versions still decode (a spool written before an upgrade is published after it).
+//! versions still decode (a spool written before an upgrade is published after it, signed by
+//! the upgraded daemon).
+//!
+//! - 3: the board's Ed25519 signature over the provenance and the ciphertext's hash; the
+//!   ciphertext carries only its key id and raw parts (how to read them is the backend's
+//!   record, not the board's say).
+//! - 2: `extract_us`. 1: the first.
 
+use crate::crypto::keys::{KeyId, KeyKind};
+use crate::crypto::raw::U64s;
 use crate::engine::ResultCiphertext;
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
-/// Why a result message does not decode.
-#[derive(Debug, thiserror::Error)]
+pub const MESSAGE_VERSION: u8 = 3;
+
+/// Largest payload a decryptor accepts (a 256-bit `noact` result is ~640 KB).
+pub const MAX_PAYLOAD: usize = 4 << 20;
+
+/// What a signature covers, after this domain separator.
+const SIGNED_DOMAIN: &[u8] = b"hedge result v3\0";
+
+/// Why a result message does not decode or verify.
+#[derive(Debug, thiserror::Error, PartialEq)]
 pub enum MessageError {
     #[error("result message of {len} bytes exceeds {MAX_PAYLOAD}")]
     Oversized { len: usize },
@@ -19,13 +37,34 @@ pub enum MessageError {
     Version { found: u8 },
     #[error("undecodable result message: {0}")]
     Undecodable(String),
+    #[error("unsigned result message (from a board before version 3, or forged)")]
+    Unsigned,
+    #[error("signed by key {found}, not the device's key {expected}")]
+    WrongSigner { found: String, expected: String },
+    #[error("the signature does not verify: the message was altered or forged")]
+    BadSignature,
 }
 
-/// 2: `extract_us`.
-pub const MESSAGE_VERSION: u8 = 2;
+impl MessageError {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            MessageError::Oversized { .. } => "oversized",
+            MessageError::Empty | MessageError::Undecodable(_) => "undecodable",
+            MessageError::Version { .. } => "version",
+            MessageError::Unsigned => "unsigned",
+            MessageError::WrongSigner { .. } => "wrong signer",
+            MessageError::BadSignature => "bad signature",
+        }
+    }
+}
 
-/// Largest payload a decryptor accepts (a 256-bit `noact` result is ~640 KB).
-pub const MAX_PAYLOAD: usize = 4 << 20;
+/// The board that made a result, and its signature.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Signed {
+    /// The board's identity (Ed25519 public key).
+    pub key: [u8; 32],
+    pub signature: Signature,
+}
 
 /// One encrypted inference result with its provenance.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -42,18 +81,8 @@ pub struct ResultMessage {
     /// How long the plaintext feature extractor took (µs; 0 without one).
     pub extract_us: u64,
     pub result: ResultCiphertext,
-}
-
-/// Version 1 of the message, before `extract_us`.
-#[derive(Deserialize)]
-#[cfg_attr(test, derive(Serialize))]
-struct MessageV1 {
-    device_id: String,
-    bundle_id: String,
-    seq: u64,
-    timestamp_ms: u64,
-    infer_us: u64,
-    result: ResultCiphertext,
+    /// `None` only for a message an older hedged spooled, until it is signed.
+    pub signed: Option<Signed>,
 }
 
 impl ResultMessage {
@@ -70,20 +99,158 @@ impl ResultMessage {
         let malformed = |e: postcard::Error| MessageError::Undecodable(e.to_string());
         match bytes.split_first() {
             Some((&MESSAGE_VERSION, body)) => postcard::from_bytes(body).map_err(malformed),
-            // Spooled by an older hedged: no extractor timing.
-            Some((1, body)) => postcard::from_bytes::<MessageV1>(body)
-                .map(|m| ResultMessage {
-                    device_id: m.device_id,
-                    bundle_id: m.bundle_id,
-                    seq: m.seq,
-                    timestamp_ms: m.timestamp_ms,
-                    infer_us: m.infer_us,
-                    extract_us: 0,
-                    result: m.result,
-                })
+            Some((2, body)) => postcard::from_bytes::<legacy::MessageV2>(body)
+                .map(Into::into)
+                .map_err(malformed),
+            Some((1, body)) => postcard::from_bytes::<legacy::MessageV1>(body)
+                .map(Into::into)
                 .map_err(malformed),
             Some((&found, _)) => Err(MessageError::Version { found }),
             None => Err(MessageError::Empty),
+        }
+    }
+
+    /// The bytes the signature covers: the provenance and a hash of the ciphertext.
+    fn signed_bytes(&self) -> Vec<u8> {
+        let digest: [u8; 32] = Sha256::digest(
+            postcard::to_allocvec(&self.result).expect("serialising to a Vec cannot fail"),
+        )
+        .into();
+        let mut out = SIGNED_DOMAIN.to_vec();
+        out.extend(
+            postcard::to_allocvec(&(
+                &self.device_id,
+                &self.bundle_id,
+                self.seq,
+                self.timestamp_ms,
+                self.infer_us,
+                self.extract_us,
+                digest,
+            ))
+            .expect("serialising to a Vec cannot fail"),
+        );
+        out
+    }
+
+    /// Sign as the board whose identity is `key`.
+    pub fn sign(&mut self, key: &SigningKey) {
+        self.signed = None;
+        let signature = key.sign(&self.signed_bytes());
+        self.signed = Some(Signed {
+            key: key.verifying_key().to_bytes(),
+            signature,
+        });
+    }
+
+    /// The board's key the message claims to be signed by.
+    pub fn signer(&self) -> Option<[u8; 32]> {
+        self.signed.as_ref().map(|s| s.key)
+    }
+
+    /// Check that `device` signed exactly this message.
+    pub fn verify(&self, device: &VerifyingKey) -> Result<(), MessageError> {
+        let signed = self.signed.as_ref().ok_or(MessageError::Unsigned)?;
+        if signed.key != device.to_bytes() {
+            return Err(MessageError::WrongSigner {
+                found: crate::engine::hex(&signed.key),
+                expected: crate::engine::hex(device.as_bytes()),
+            });
+        }
+        device
+            .verify_strict(&self.signed_bytes(), &signed.signature)
+            .map_err(|_| MessageError::BadSignature)
+    }
+}
+
+/// Messages older hedged versions spooled: still read, so an upgrade loses nothing.
+mod legacy {
+    use super::*;
+
+    /// Version 1 and 2 results carried their own decoding parameters (ignored now).
+    #[derive(Deserialize)]
+    #[cfg_attr(test, derive(Serialize))]
+    pub struct ResultV2 {
+        pub key_id: KeyId,
+        pub key: KeyKind,
+        pub poly_size: u32,
+        pub delta_out: u64,
+        pub out_scale: f64,
+        pub parts: Vec<PartV2>,
+    }
+
+    #[derive(Deserialize)]
+    #[cfg_attr(test, derive(Serialize))]
+    pub enum PartV2 {
+        Glwe { data: U64s, slots: Vec<u32> },
+        Lwe { data: U64s },
+    }
+
+    impl From<ResultV2> for ResultCiphertext {
+        fn from(r: ResultV2) -> Self {
+            ResultCiphertext {
+                key_id: r.key_id,
+                parts: r
+                    .parts
+                    .into_iter()
+                    .map(|p| match p {
+                        PartV2::Glwe { data, .. } | PartV2::Lwe { data } => data,
+                    })
+                    .collect(),
+            }
+        }
+    }
+
+    #[derive(Deserialize)]
+    #[cfg_attr(test, derive(Serialize))]
+    pub struct MessageV2 {
+        pub device_id: String,
+        pub bundle_id: String,
+        pub seq: u64,
+        pub timestamp_ms: u64,
+        pub infer_us: u64,
+        pub extract_us: u64,
+        pub result: ResultV2,
+    }
+
+    impl From<MessageV2> for ResultMessage {
+        fn from(m: MessageV2) -> Self {
+            ResultMessage {
+                device_id: m.device_id,
+                bundle_id: m.bundle_id,
+                seq: m.seq,
+                timestamp_ms: m.timestamp_ms,
+                infer_us: m.infer_us,
+                extract_us: m.extract_us,
+                result: m.result.into(),
+                signed: None,
+            }
+        }
+    }
+
+    /// Version 1, before `extract_us`.
+    #[derive(Deserialize)]
+    #[cfg_attr(test, derive(Serialize))]
+    pub struct MessageV1 {
+        pub device_id: String,
+        pub bundle_id: String,
+        pub seq: u64,
+        pub timestamp_ms: u64,
+        pub infer_us: u64,
+        pub result: ResultV2,
+    }
+
+    impl From<MessageV1> for ResultMessage {
+        fn from(m: MessageV1) -> Self {
+            MessageV2 {
+                device_id: m.device_id,
+                bundle_id: m.bundle_id,
+                seq: m.seq,
+                timestamp_ms: m.timestamp_ms,
+                infer_us: m.infer_us,
+                extract_us: 0,
+                result: m.result,
+            }
+            .into()
         }
     }
 }
@@ -98,49 +265,107 @@ pub fn now_ms() -> u64 {
 
 #[cfg(test)]
 mod tests {
+    use super::legacy::*;
     use super::*;
-    use crate::crypto::keys::KeyKind;
-    use crate::engine::ResultPart;
 
-    fn result() -> ResultCiphertext {
-        ResultCiphertext {
-            key_id: [3; 16],
-            key: KeyKind::Wide,
-            poly_size: 4,
-            delta_out: 1 << 40,
-            out_scale: 0.5,
-            parts: vec![ResultPart::Lwe {
-                data: crate::crypto::raw::U64s(vec![1, 2, 3, 4, 5]),
-            }],
-        }
-    }
-
-    #[test]
-    fn round_trip_and_a_version_1_spool_entry() {
-        let m = ResultMessage {
+    fn message() -> ResultMessage {
+        ResultMessage {
             device_id: "board-1".into(),
             bundle_id: "0011223344556677".into(),
             seq: 42,
             timestamp_ms: 1_700_000_000_000,
             infer_us: 1234,
             extract_us: 56,
-            result: result(),
+            result: ResultCiphertext {
+                key_id: [3; 16],
+                parts: vec![U64s(vec![1, 2, 3, 4, 5])],
+            },
+            signed: None,
+        }
+    }
+
+    fn legacy_result() -> ResultV2 {
+        ResultV2 {
+            key_id: [3; 16],
+            key: KeyKind::Wide,
+            poly_size: 4,
+            delta_out: 1 << 40,
+            out_scale: 0.5,
+            parts: vec![PartV2::Lwe {
+                data: U64s(vec![1, 2, 3, 4, 5]),
+            }],
+        }
+    }
+
+    #[test]
+    fn round_trip_signed_and_every_forgery_refused() {
+        let board = SigningKey::from_bytes(&[1; 32]);
+        let other = SigningKey::from_bytes(&[2; 32]);
+        let mut m = message();
+        assert_eq!(
+            m.verify(&board.verifying_key()),
+            Err(MessageError::Unsigned)
+        );
+        m.sign(&board);
+        let back = ResultMessage::decode(&m.encode()).unwrap();
+        assert_eq!(back, m);
+        back.verify(&board.verifying_key()).unwrap();
+        assert!(matches!(
+            back.verify(&other.verifying_key()),
+            Err(MessageError::WrongSigner { .. })
+        ));
+        // Any change to what is signed breaks the signature: provenance or ciphertext.
+        for change in [
+            (|m: &mut ResultMessage| m.seq += 1) as fn(&mut ResultMessage),
+            |m| m.device_id = "board-2".into(),
+            |m| m.bundle_id = "ffffffffffffffff".into(),
+            |m| m.timestamp_ms += 1,
+            |m| m.result.parts[0].0[0] ^= 1,
+        ] {
+            let mut forged = m.clone();
+            change(&mut forged);
+            assert_eq!(
+                forged.verify(&board.verifying_key()),
+                Err(MessageError::BadSignature)
+            );
+        }
+        // Re-signing with another key under the board's name is caught by the key check.
+        let mut resigned = m.clone();
+        resigned.sign(&other);
+        assert!(matches!(
+            resigned.verify(&board.verifying_key()),
+            Err(MessageError::WrongSigner { .. })
+        ));
+    }
+
+    #[test]
+    fn old_spool_entries_decode_unsigned() {
+        let m = message();
+        let v2 = MessageV2 {
+            device_id: m.device_id.clone(),
+            bundle_id: m.bundle_id.clone(),
+            seq: m.seq,
+            timestamp_ms: m.timestamp_ms,
+            infer_us: m.infer_us,
+            extract_us: m.extract_us,
+            result: legacy_result(),
         };
-        assert_eq!(ResultMessage::decode(&m.encode()).unwrap(), m);
-        // What hedged spooled before `extract_us` existed.
+        let mut bytes = vec![2u8];
+        bytes.extend(postcard::to_allocvec(&v2).unwrap());
+        assert_eq!(ResultMessage::decode(&bytes).unwrap(), m);
+        // Version 1, before `extract_us`.
         let v1 = MessageV1 {
             device_id: m.device_id.clone(),
             bundle_id: m.bundle_id.clone(),
             seq: m.seq,
             timestamp_ms: m.timestamp_ms,
             infer_us: m.infer_us,
-            result: m.result.clone(),
+            result: legacy_result(),
         };
         let mut bytes = vec![1u8];
         bytes.extend(postcard::to_allocvec(&v1).unwrap());
-        let old = ResultMessage::decode(&bytes).unwrap();
         assert_eq!(
-            old,
+            ResultMessage::decode(&bytes).unwrap(),
             ResultMessage {
                 extract_us: 0,
                 ..m.clone()
@@ -150,14 +375,11 @@ mod tests {
 
     #[test]
     fn every_refusal_is_typed() {
-        assert!(matches!(
-            ResultMessage::decode(&[]),
-            Err(MessageError::Empty)
-        ));
-        assert!(matches!(
+        assert_eq!(ResultMessage::decode(&[]), Err(MessageError::Empty));
+        assert_eq!(
             ResultMessage::decode(&[9, 1, 2]),
             Err(MessageError::Version { found: 9 })
-        ));
+        );
         assert!(matches!(
             ResultMessage::decode(&[MESSAGE_VERSION, 0xff, 0xff]),
             Err(MessageError::Undecodable(_))

@@ -2,6 +2,7 @@
 //! connection driver, the one versioned result message, and the frames a data source sends
 //! to hedged's socket.
 
+pub mod ack;
 pub mod connection;
 pub mod frame;
 pub mod message;

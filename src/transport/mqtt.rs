@@ -31,6 +31,21 @@ pub struct MqttConfig {
     pub keep_alive_s: u64,
     /// Connect over TLS.
     pub tls: Option<TlsConfig>,
+    /// The backend's end-to-end acknowledgements arrive here (`{device}` replaced).
+    #[serde(default = "default_ack_topic")]
+    pub ack_topic: String,
+    /// Keep each result spooled until the backend acknowledges it end to end (else only until
+    /// the broker's PUBACK, trusting the broker to deliver).
+    #[serde(default = "default_true")]
+    pub end_to_end: bool,
+    /// At most this many results wait for the backend's acknowledgement: a slow backend slows
+    /// the board instead of overflowing the broker's queue for it.
+    #[serde(default = "default_e2e_window")]
+    pub e2e_window: usize,
+    /// Unacknowledged results are sent again after this long (the wait doubles, up to 16×,
+    /// while none comes).
+    #[serde(default = "default_e2e_timeout")]
+    pub e2e_timeout_s: u64,
 }
 
 /// `[mqtt.tls]`: PEM files.
@@ -56,20 +71,35 @@ fn default_keep_alive() -> u64 {
     30
 }
 
+fn default_ack_topic() -> String {
+    "hedge/{device}/acks".into()
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_e2e_window() -> usize {
+    256
+}
+
+fn default_e2e_timeout() -> u64 {
+    30
+}
+
 impl MqttConfig {
-    /// Plain TCP, no credentials, the default topic.
+    /// Plain TCP, no credentials, every other setting at its default.
     pub fn new(host: impl Into<String>, port: u16) -> Self {
-        Self {
-            host: host.into(),
-            port,
-            topic: default_topic(),
-            client_id: None,
-            username: None,
-            password: None,
-            password_file: None,
-            keep_alive_s: default_keep_alive(),
-            tls: None,
-        }
+        let mut table = toml::Table::new();
+        table.insert("host".into(), host.into().into());
+        table.insert("port".into(), i64::from(port).into());
+        table
+            .try_into()
+            .expect("host and port are all a config needs")
+    }
+
+    pub fn ack_topic_for(&self, device: &str) -> String {
+        self.ack_topic.replace("{device}", device)
     }
 
     /// `HOST:PORT`.

@@ -31,18 +31,29 @@ impl Mosquitto {
         Self::start_with(dir, "allow_anonymous true\n")
     }
 
+    /// Anonymous, plain TCP, no persistence: a restart forgets every session and message.
+    pub fn start_volatile(dir: &Path) -> Self {
+        Self::launch(dir, "allow_anonymous true\n", "")
+    }
+
     /// `listener_config` follows the listener line (TLS files, password_file, …).
     pub fn start_with(dir: &Path, listener_config: &str) -> Self {
-        let port = free_port();
-        let conf = dir.join("mosquitto.conf");
         let db = dir.join("mosquitto-db");
         std::fs::create_dir_all(&db).unwrap();
+        let persistence = format!("persistence true\npersistence_location {}/\n", db.display());
+        Self::launch(dir, listener_config, &persistence)
+    }
+
+    fn launch(dir: &Path, listener_config: &str, persistence: &str) -> Self {
+        let port = free_port();
+        let conf = dir.join("mosquitto.conf");
+        let logs = dir.join("mosquitto-db");
+        std::fs::create_dir_all(&logs).unwrap();
         std::fs::write(
             &conf,
             format!(
-                "per_listener_settings true\nlistener {port} 127.0.0.1\n{listener_config}persistence true\npersistence_location {}/\nlog_dest file {}/mosquitto.log\n{}",
-                db.display(),
-                db.display(),
+                "per_listener_settings true\nlistener {port} 127.0.0.1\n{listener_config}{persistence}log_dest file {}/mosquitto.log\n{}",
+                logs.display(),
                 // As root, mosquitto drops to its own user and could not write our temp dir.
                 if is_root() { "user root\n" } else { "" }
             ),
@@ -244,7 +255,9 @@ pub fn reference_classes(st: &Setup) -> Vec<u64> {
     st.vectors.iter().map(|v| class_of(&q, v)).collect()
 }
 
+/// hedged as device "board", enrolled with the backend.
 pub fn hedged_command(st: &Setup, broker: &str, input: &str, spool: &Path) -> Command {
+    enrol(st, spool, "board");
     hedged_device(st, broker, input, spool, "board")
 }
 
@@ -294,6 +307,33 @@ pub fn hedged_args(
 
 pub fn hedged(st: &Setup, broker: &str, input: &str, spool: &Path) -> Child {
     hedged_command(st, broker, input, spool).spawn().unwrap()
+}
+
+/// The public identity key hedged prints for its state directory (`spool`), created there.
+pub fn identity(st: &Setup, spool: &Path, device: &str) -> String {
+    let o = hedged_device(st, "127.0.0.1:1", "-", spool, device)
+        .arg("--print-identity")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8(o.stdout).unwrap().trim().to_string()
+}
+
+/// Enrol the board whose state directory is `spool` as `device`, as an operator does:
+/// `hedged --print-identity` on the board, `hedge device add` on the backend.
+pub fn enrol(st: &Setup, spool: &Path, device: &str) {
+    let key = identity(st, spool, device);
+    hedge(&[
+        "device",
+        "--keys",
+        s(&st.keys),
+        "add",
+        device,
+        "--key",
+        &key,
+    ]);
 }
 
 /// `hedge decrypt --subscribe` with `extra` flags, writing to `out`; returns once it had time

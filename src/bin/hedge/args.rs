@@ -1,6 +1,15 @@
 //! Argument types shared by several subcommands.
 
 use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+
+/// The registry file: as given, else registry.sqlite in the key directory, else in the
+/// working directory.
+pub fn registry(given: &Option<PathBuf>, keys: Option<&Path>) -> PathBuf {
+    given
+        .clone()
+        .unwrap_or_else(|| keys.unwrap_or(Path::new(".")).join("registry.sqlite"))
+}
 use hedge::crypto::lut::Activation;
 use hedge::crypto::params::SecurityLevel;
 

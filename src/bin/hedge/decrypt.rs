@@ -1,9 +1,10 @@
 use anyhow::{bail, Context, Result};
-use hedge::backend::decryptor::{self, SubscribeOptions};
+use hedge::backend::decryptor::{
+    self, Decryptor, Outcome, Output, Policy, Reveal, SubscribeOptions,
+};
 use hedge::backend::keys;
-use hedge::crypto::keys::SecretKeys;
+use hedge::backend::registry::Registry;
 use hedge::transport::mqtt::MqttArgs;
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -11,7 +12,7 @@ use std::sync::Arc;
 #[derive(clap::Args)]
 pub struct Args {
     #[arg(long)]
-    keys: PathBuf,
+    pub keys: PathBuf,
     /// Subscribe to BROKER (HOST:PORT) instead of reading files. With --client-id the
     /// session is persistent: the broker queues results while the decryptor is away.
     #[arg(long, value_name = "BROKER")]
@@ -32,14 +33,35 @@ pub struct Args {
     /// Write JSON lines here instead of stdout.
     #[arg(long)]
     output: Option<PathBuf>,
+    /// What a line shows: the class (default), also the scores, or also noise measurements
+    /// (diagnostics, for the vendor's own bench: never for consumers the boards can reach).
+    #[arg(long, value_enum, default_value = "class")]
+    reveal: Reveal,
+    /// Enrol unknown devices with the key their first result is signed with (trust on first
+    /// use: only while provisioning on a trusted network).
+    #[arg(long)]
+    enrol: bool,
+    /// Quarantine a device after this many refused results it signed.
+    #[arg(long, default_value_t = 10)]
+    quarantine_after: u64,
     /// Result files written by hedged (`out_dir`).
     results: Vec<PathBuf>,
 }
 
-pub fn run(a: Args) -> Result<()> {
+pub fn run(a: Args, registry: &std::path::Path) -> Result<()> {
     let secret = keys::load_secret(&a.keys).context("loading secret key")?;
+    let registry = Registry::open(registry)?;
+    let mut decryptor = Decryptor::new(
+        registry,
+        secret,
+        Policy {
+            reveal: a.reveal,
+            enrol: a.enrol,
+            quarantine_after: a.quarantine_after,
+        },
+    );
     // One JSON line per result, the same fields in both modes.
-    let mut out: Box<dyn Write> = match &a.output {
+    let mut out: Box<dyn Output> = match &a.output {
         Some(path) => Box::new(
             std::fs::OpenOptions::new()
                 .create(true)
@@ -50,12 +72,17 @@ pub fn run(a: Args) -> Result<()> {
         None => Box::new(std::io::stdout().lock()),
     };
     match &a.subscribe {
-        Some(broker) => subscribe(&a, broker, &secret, &mut out),
-        None => files(&a, &secret, &mut out),
+        Some(broker) => subscribe(&a, broker, &mut decryptor, &mut out),
+        None => files(&a, &mut decryptor, &mut out),
     }
 }
 
-fn subscribe(a: &Args, broker: &str, secret: &SecretKeys, out: &mut dyn Write) -> Result<()> {
+fn subscribe(
+    a: &Args,
+    broker: &str,
+    decryptor: &mut Decryptor,
+    out: &mut Box<dyn Output>,
+) -> Result<()> {
     let config = a.mqtt.config_for(broker).context("--subscribe")?;
     // SIGTERM/SIGINT: finish the message in hand, then exit cleanly.
     let stop = Arc::new(AtomicBool::new(false));
@@ -74,34 +101,43 @@ fn subscribe(a: &Args, broker: &str, secret: &SecretKeys, out: &mut dyn Write) -
         idle_timeout: a.idle_timeout.map(std::time::Duration::from_secs),
         ready: None,
         stop,
+        ack_key: Some(
+            keys::load_signing(&a.keys).context("the signing key (for acknowledgements)")?,
+        ),
     };
-    let stats = decryptor::run(secret, &opts, out)?;
+    let stats = decryptor::run(decryptor, &opts, out)?;
     log::info!(
-        "{} results, {} duplicates dropped, {} rejected",
+        "{} results, {} duplicates dropped, {} refused, {} withheld",
         stats.results,
         stats.duplicates,
-        stats.rejected
+        stats.refused,
+        stats.withheld
     );
     Ok(())
 }
 
-fn files(a: &Args, secret: &SecretKeys, out: &mut dyn Write) -> Result<()> {
+fn files(a: &Args, decryptor: &mut Decryptor, out: &mut Box<dyn Output>) -> Result<()> {
     if a.results.is_empty() {
         bail!("name result files, or --subscribe HOST:PORT");
     }
     let mut failed = 0;
     for path in &a.results {
-        let outcome = hedge::files::read(path)
-            .map_err(anyhow::Error::from)
-            .and_then(|b| Ok(decryptor::decrypt_message(&b, secret)?));
-        match outcome {
-            Ok(mut line) => {
-                line["file"] = path.display().to_string().into();
-                writeln!(out, "{line}").context("writing the output")?;
+        let bytes = hedge::files::read(path)?;
+        match decryptor.handle(None, &bytes, out)? {
+            Outcome::Recorded { .. } => {}
+            Outcome::Duplicate { device, seq } => {
+                eprintln!("{}: {device}#{seq} was decrypted before", path.display())
             }
-            Err(e) => {
+            Outcome::Withheld { device, .. } => {
                 failed += 1;
-                eprintln!("error: {}: {e:#}", path.display());
+                eprintln!(
+                    "error: {}: withheld: device {device} is quarantined",
+                    path.display()
+                );
+            }
+            Outcome::Refused { reason, .. } => {
+                failed += 1;
+                eprintln!("error: {}: refused: {reason}", path.display());
             }
         }
     }

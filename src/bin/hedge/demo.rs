@@ -6,7 +6,8 @@
 use crate::args::{parse_security, parse_shape};
 use crate::progress::{Shown, Ui};
 use anyhow::{anyhow, bail, Context, Result};
-use hedge::backend::decryptor::{self, SubscribeOptions};
+use hedge::backend::decryptor::{self, Decryptor, Policy, SubscribeOptions};
+use hedge::backend::registry::Registry;
 use hedge::backend::{keys as backend_keys, protect};
 use hedge::crypto::params::{ParameterSet, SecurityLevel};
 use hedge::engine::FeatureMode;
@@ -58,10 +59,16 @@ pub fn run(a: Args, ui: &Ui) -> Result<()> {
     let shape = parse_shape(&a.shape)?;
     let opts = &a;
     let keys = opts.dir.join("keys");
+    let registry = opts.dir.join("registry.sqlite");
+    // A fresh registry for fresh keys: the demo's boards are new every time.
+    for stale in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{stale}", registry.display()));
+    }
     let t = Instant::now();
     let spinner = Shown(ui.spinner("generating keys"));
     let set = backend_keys::keygen(ParameterSet::for_level(opts.security), &keys, &spinner)?;
     spinner.0.finish_and_clear();
+    backend_keys::record(&set, &keys, &registry)?;
     println!(
         "1. keys ({}-bit) in {} [{:.1} s]",
         opts.security,
@@ -120,6 +127,7 @@ pub fn run(a: Args, ui: &Ui) -> Result<()> {
         )?;
         let bundle_path = protect::default_bundle_path(&opts.dir, variant);
         write_atomic(&bundle_path, &p.bytes, 0o644)?;
+        protect::record(&p, &set, &keys, &registry)?;
         println!(
             "3. {name}: {i}→{h}→{c} model protected into {} ({:.1} MB, {:.1} s)",
             bundle_path.display(),
@@ -141,6 +149,47 @@ pub fn run(a: Args, ui: &Ui) -> Result<()> {
         let spool = opts.dir.join(format!("spool-{name}"));
         let _ = std::fs::remove_dir_all(&spool);
         let device = format!("demo-{name}");
+        let hedged_args = |c: &mut std::process::Command| {
+            c.args(["--bundle", &bundle_path.to_string_lossy()])
+                .args([
+                    "--verifying-key",
+                    &keys.join(backend_keys::VERIFYING_KEY).to_string_lossy(),
+                ])
+                .args(["--input", &input_path.to_string_lossy()])
+                .args(["--features", opts.features.name()])
+                .args(["--broker", &format!("{host}:{port}")])
+                .args(["--spool-dir", &spool.to_string_lossy()])
+                .args(["--device-id", &device])
+                .args(["--log-level", "warn"]);
+        };
+        // Enrol the board: it makes its identity key, the backend records the public half.
+        let mut print = std::process::Command::new(&hedged);
+        hedged_args(&mut print);
+        let printed = print
+            .arg("--print-identity")
+            .output()
+            .with_context(|| hedged.display().to_string())?;
+        if !printed.status.success() {
+            bail!(
+                "hedged --print-identity: {}",
+                String::from_utf8_lossy(&printed.stderr)
+            );
+        }
+        let identity = String::from_utf8_lossy(&printed.stdout).trim().to_string();
+        let identity_key: [u8; 32] = (0..32)
+            .map(|i| {
+                identity
+                    .get(2 * i..2 * i + 2)
+                    .and_then(|b| u8::from_str_radix(b, 16).ok())
+            })
+            .collect::<Option<Vec<u8>>>()
+            .and_then(|b| b.try_into().ok())
+            .with_context(|| format!("hedged printed {identity:?}"))?;
+        Registry::open(&registry)?.add_device(&device, &identity_key)?;
+        println!(
+            "4. {name}: device {device} enrolled (identity key {}…)",
+            &identity[..16]
+        );
         // The decryption agent on the backend side, subscribed before the edge starts.
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let sub = SubscribeOptions {
@@ -152,33 +201,29 @@ pub fn run(a: Args, ui: &Ui) -> Result<()> {
             persistent: false,
             ready: Some(ready_tx),
             stop: Default::default(),
+            ack_key: Some(set.signer.clone()),
         };
-        let secret = &set.secret;
+        let mut agent = Decryptor::new(
+            Registry::open(&registry)?,
+            backend_keys::load_secret(&keys)?,
+            Policy::default(),
+        );
         let (stats, lines, status) = std::thread::scope(|scope| -> Result<_> {
             let agent = scope.spawn(move || {
                 let mut lines = Vec::new();
-                decryptor::run(secret, &sub, &mut lines).map(|s| (s, lines))
+                decryptor::run(&mut agent, &sub, &mut lines).map(|s| (s, lines))
             });
             ready_rx
                 .recv_timeout(Duration::from_secs(30))
                 .map_err(|_| anyhow!("the decryptor could not subscribe"))?;
             // The edge daemon, as a separate process, replaying the vectors.
-            let mut child = std::process::Command::new(&hedged)
-                .args(["--bundle", &bundle_path.to_string_lossy()])
-                .args([
-                    "--verifying-key",
-                    &keys.join(backend_keys::VERIFYING_KEY).to_string_lossy(),
-                ])
-                .args(["--input", &input_path.to_string_lossy()])
-                .args(["--features", opts.features.name()])
-                .args(["--broker", &format!("{host}:{port}")])
-                .args(["--spool-dir", &spool.to_string_lossy()])
-                .args(["--device-id", &device])
-                .args(["--log-level", "warn"])
+            let mut command = std::process::Command::new(&hedged);
+            hedged_args(&mut command);
+            let mut child = command
                 .spawn()
                 .with_context(|| hedged.display().to_string())?;
             println!(
-                "4. {name}: hedged (pid {}) replays {count} vectors with {} features",
+                "5. {name}: hedged (pid {}) replays {count} vectors with {} features",
                 child.id(),
                 opts.features.name()
             );
@@ -210,9 +255,9 @@ pub fn run(a: Args, ui: &Ui) -> Result<()> {
         }
         summary.mean_infer_ms /= summary.results.max(1) as f64;
         println!(
-            "5. {name}: decrypted {} results over MQTT ({} duplicates dropped, {} rejected); class counts {:?}; \
+            "6. {name}: decrypted {} signed results over MQTT ({} duplicates dropped, {} refused); class counts {:?}; \
              agree with the plaintext model {}/{}; {:.1} ms per encrypted inference on the edge",
-            stats.results, stats.duplicates, stats.rejected, summary.classes, summary.agree_float, summary.results, summary.mean_infer_ms
+            stats.results, stats.duplicates, stats.refused, summary.classes, summary.agree_float, summary.results, summary.mean_infer_ms
         );
         if summary.results != count || summary.agree_float * 100 < summary.results * 90 {
             bail!("{name}: results missing or disagreeing with the plaintext model");

@@ -5,6 +5,7 @@ mod args;
 mod bench;
 mod decrypt;
 mod demo;
+mod device;
 mod encrypt_features;
 mod eval;
 mod inspect;
@@ -27,6 +28,10 @@ struct Cli {
     /// No progress bars (they are shown only on a terminal anyway).
     #[arg(long, global = true)]
     quiet: bool,
+    /// The backend registry (key sets, bundles, devices): one SQLite file, created on first
+    /// use. Default: registry.sqlite in the key directory (--keys, or keygen's --out).
+    #[arg(long, global = true, env = "HEDGE_REGISTRY")]
+    registry: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -48,6 +53,8 @@ enum Command {
     EncryptFeatures(encrypt_features::Args),
     /// Decrypt result files, or subscribe to results over MQTT: one JSON line each.
     Decrypt(decrypt::Args),
+    /// The boards the backend accepts results from.
+    Device(device::Args),
     /// Accuracy of a trained network on labelled images: float model, integer reference (every
     /// test image), encrypted path (a fixed-seed sample), per variant and quantisation width.
     Eval(eval::Args),
@@ -72,13 +79,26 @@ fn main() {
     let cli = Cli::parse();
     let ui = progress::Ui::new(cli.quiet);
     let result = match cli.command {
-        Command::Keygen(a) => keygen::run(a, &ui),
+        Command::Keygen(a) => {
+            let registry = args::registry(&cli.registry, Some(&a.out));
+            keygen::run(a, &registry, &ui)
+        }
         Command::Params(a) => params::run(a),
         Command::Synth(a) => synth::run(a),
-        Command::Protect(a) => protect::run(a, &ui),
+        Command::Protect(a) => {
+            let registry = args::registry(&cli.registry, Some(&a.keys));
+            protect::run(a, &registry, &ui)
+        }
         Command::Inspect(a) => inspect::run(a),
         Command::EncryptFeatures(a) => encrypt_features::run(a),
-        Command::Decrypt(a) => decrypt::run(a),
+        Command::Decrypt(a) => {
+            let registry = args::registry(&cli.registry, Some(&a.keys));
+            decrypt::run(a, &registry)
+        }
+        Command::Device(d) => {
+            let registry = args::registry(&cli.registry, d.keys.as_deref());
+            device::run(d.command, &registry)
+        }
         Command::Eval(a) => eval::run(a, &ui),
         Command::Plot(a) => plot::run(a),
         Command::Bench(a) => bench::run(a, &ui),

@@ -4,14 +4,14 @@ use anyhow::{Context, Result};
 use hedge::backend::{keys::BackendKeys, protect};
 use hedge::model::network::Network;
 use hedge::model::quant::Variant;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(clap::Args)]
 pub struct Args {
     #[arg(long)]
     model: PathBuf,
     #[arg(long)]
-    keys: PathBuf,
+    pub keys: PathBuf,
     #[arg(long, value_enum)]
     variant: Variant,
     /// Calibration inputs for the quantisation: vectors, one per line, or an IDX image file
@@ -35,7 +35,7 @@ pub struct Args {
     name: String,
 }
 
-pub fn run(a: Args, ui: &Ui) -> Result<()> {
+pub fn run(a: Args, registry: &Path, ui: &Ui) -> Result<()> {
     let network = Network::load(&a.model, a.encrypt_from.as_deref())
         .with_context(|| format!("importing {}", a.model.display()))?;
     let calib = network
@@ -56,6 +56,7 @@ pub fn run(a: Args, ui: &Ui) -> Result<()> {
         &spinner,
     )?;
     spinner.0.finish_and_clear();
+    protect::record(&p, &keys, &a.keys, registry)?;
     hedge::files::write_atomic(&a.out, &p.bytes, 0o644)
         .with_context(|| format!("writing {}", a.out.display()))?;
     println!(

@@ -1,0 +1,144 @@
+//! End-to-end acknowledgements: the backend tells a board which of its results it has durably
+//! recorded (or refused), so the board keeps a result until then — "nothing lost" no longer
+//! rests on the broker's queues and persistence.
+//!
+//! Wire format: version byte 1, the postcard encoding of [`Ack`], then the backend's Ed25519
+//! signature (64 bytes, the bundle-signing key the board already trusts) over a domain
+//! separator and everything before it. A board acts only on acknowledgements that verify and
+//! name it: a forged one could otherwise make it drop results the backend never received.
+
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use serde::{Deserialize, Serialize};
+
+pub const ACK_VERSION: u8 = 1;
+const DOMAIN: &[u8] = b"hedge ack v1\0";
+/// Far more than a publish window's worth of ranges.
+pub const MAX_ACK_BYTES: usize = 64 << 10;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Ack {
+    pub device_id: String,
+    /// Inclusive sequence ranges the backend has recorded (or already had).
+    pub recorded: Vec<(u64, u64)>,
+    /// Inclusive ranges it refused: the board may drop them too, and says so.
+    pub refused: Vec<(u64, u64)>,
+    pub issued_ms: u64,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum AckError {
+    #[error("acknowledgement of {0} bytes is too large")]
+    Oversized(usize),
+    #[error("acknowledgement version {0}, expected {ACK_VERSION}")]
+    Version(u8),
+    #[error("undecodable acknowledgement: {0}")]
+    Undecodable(String),
+    #[error("acknowledgement signature does not verify (not from the backend)")]
+    BadSignature,
+    #[error("acknowledgement for device {0}, not this one")]
+    OtherDevice(String),
+}
+
+/// Consecutive numbers of `seqs` (in any order, repeats allowed) as inclusive ranges.
+pub fn ranges(seqs: impl IntoIterator<Item = u64>) -> Vec<(u64, u64)> {
+    let mut sorted: Vec<u64> = seqs.into_iter().collect();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for s in sorted {
+        match out.last_mut() {
+            Some((_, hi)) if *hi + 1 == s => *hi = s,
+            _ => out.push((s, s)),
+        }
+    }
+    out
+}
+
+impl Ack {
+    pub fn encode(&self, backend: &SigningKey) -> Vec<u8> {
+        let mut out = vec![ACK_VERSION];
+        out.extend(postcard::to_allocvec(self).expect("serialising to a Vec cannot fail"));
+        let signature = backend.sign(&[DOMAIN, &out].concat());
+        out.extend_from_slice(&signature.to_bytes());
+        out
+    }
+
+    /// Verify and decode an acknowledgement meant for `device`.
+    pub fn decode(bytes: &[u8], backend: &VerifyingKey, device: &str) -> Result<Ack, AckError> {
+        if bytes.len() > MAX_ACK_BYTES {
+            return Err(AckError::Oversized(bytes.len()));
+        }
+        if bytes.len() < 1 + 64 {
+            return Err(AckError::Undecodable("too short".into()));
+        }
+        let (signed, signature) = bytes.split_at(bytes.len() - 64);
+        if signed[0] != ACK_VERSION {
+            return Err(AckError::Version(signed[0]));
+        }
+        let signature = Signature::from_bytes(signature.try_into().expect("64 bytes"));
+        backend
+            .verify_strict(&[DOMAIN, signed].concat(), &signature)
+            .map_err(|_| AckError::BadSignature)?;
+        let ack: Ack =
+            postcard::from_bytes(&signed[1..]).map_err(|e| AckError::Undecodable(e.to_string()))?;
+        if ack.device_id != device {
+            return Err(AckError::OtherDevice(ack.device_id));
+        }
+        Ok(ack)
+    }
+
+    /// Every sequence number it covers, recorded or refused.
+    pub fn seqs(&self) -> impl Iterator<Item = u64> + '_ {
+        self.recorded
+            .iter()
+            .chain(&self.refused)
+            .flat_map(|&(lo, hi)| lo..=hi.min(lo.saturating_add(1 << 20)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_compress_runs() {
+        assert_eq!(
+            ranges([5, 1, 2, 3, 3, 9, 10]),
+            vec![(1, 3), (5, 5), (9, 10)]
+        );
+        assert!(ranges([]).is_empty());
+    }
+
+    #[test]
+    fn only_the_backend_can_acknowledge_and_only_for_its_device() {
+        let backend = SigningKey::from_bytes(&[4; 32]);
+        let ack = Ack {
+            device_id: "board-1".into(),
+            recorded: vec![(1, 3), (7, 7)],
+            refused: vec![(5, 5)],
+            issued_ms: 1,
+        };
+        let bytes = ack.encode(&backend);
+        let back = Ack::decode(&bytes, &backend.verifying_key(), "board-1").unwrap();
+        assert_eq!(back, ack);
+        assert_eq!(back.seqs().collect::<Vec<_>>(), [1, 2, 3, 7, 5]);
+        assert_eq!(
+            Ack::decode(&bytes, &backend.verifying_key(), "board-2"),
+            Err(AckError::OtherDevice("board-1".into()))
+        );
+        let other = SigningKey::from_bytes(&[5; 32]);
+        let forged = ack.encode(&other);
+        assert_eq!(
+            Ack::decode(&forged, &backend.verifying_key(), "board-1"),
+            Err(AckError::BadSignature)
+        );
+        let mut altered = bytes.clone();
+        altered[3] ^= 1;
+        assert_eq!(
+            Ack::decode(&altered, &backend.verifying_key(), "board-1"),
+            Err(AckError::BadSignature)
+        );
+        assert!(Ack::decode(&[1, 2], &backend.verifying_key(), "board-1").is_err());
+        assert!(Ack::decode(&vec![1; MAX_ACK_BYTES + 1], &backend.verifying_key(), "b").is_err());
+    }
+}
