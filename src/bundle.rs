@@ -20,14 +20,15 @@ use crate::engine::{hex, EdgeEngine, EncryptedModel, EngineError, ModelInfo};
 use crate::files::IoError;
 use crate::model::split::{Extractor, PlainExtractor};
 use crate::model::ModelError;
-use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::path::Path;
 
 pub const MAGIC: [u8; 8] = *b"HEDGEBDL";
 /// 2: the optional plaintext feature extractor. 3: the key-switching key modulo 2^32.
-pub const FORMAT_VERSION: u16 = 3;
+/// 4: the epoch (anti-rollback) and the parameter sets of 2026-12 (today's security fits).
+pub const FORMAT_VERSION: u16 = 4;
 const PREFIX: usize = 8 + 2 + 8;
 const TRAILER: usize = 32 + 8 + 64;
 
@@ -41,6 +42,9 @@ pub struct BundleHeader {
     pub created: u64,
     /// A free-form name for logs.
     pub name: String,
+    /// Increases with every bundle the backend protects: a board refuses a bundle older than
+    /// the newest it accepted (anti-rollback).
+    pub epoch: u64,
 }
 
 /// What ships to the edge.
@@ -71,7 +75,11 @@ pub enum BundleError {
     Truncated { len: u64, expected: u64 },
     #[error("bundle rejected: not a hedge bundle (bad magic)")]
     BadMagic,
-    #[error("bundle rejected: format version {found}, this build reads version {FORMAT_VERSION}")]
+    #[error(
+        "bundle rejected: format version {found}, this build reads version {FORMAT_VERSION} \
+         (made by an older hedge: protect the model again, with keys from this version's \
+         hedge keygen)"
+    )]
     Version { found: u16 },
     #[error("bundle rejected: trailing bytes after the signature")]
     TrailingBytes,
@@ -98,20 +106,25 @@ pub enum BundleError {
     Io(#[from] IoError),
 }
 
+/// A bundle file around `body` (the postcard encoding of an [`EdgeBundle`]), signed.
+pub fn sign_body(body: &[u8], signer: &SigningKey) -> Vec<u8> {
+    let mut out = Vec::with_capacity(PREFIX + body.len() + TRAILER);
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    out.extend_from_slice(body);
+    out.extend_from_slice(&Sha256::digest(body));
+    out.extend_from_slice(&fingerprint(&signer.verifying_key()));
+    let signature = signer.sign(&out);
+    out.extend_from_slice(&signature.to_bytes());
+    out
+}
+
 impl EdgeBundle {
     /// Serialise and sign.
     pub fn to_bytes(&self, signer: &SigningKey) -> Vec<u8> {
         let body = postcard::to_allocvec(self).expect("serialising to a Vec cannot fail");
-        let mut out = Vec::with_capacity(PREFIX + body.len() + TRAILER);
-        out.extend_from_slice(&MAGIC);
-        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-        out.extend_from_slice(&(body.len() as u64).to_le_bytes());
-        out.extend_from_slice(&body);
-        out.extend_from_slice(&Sha256::digest(&body));
-        out.extend_from_slice(&fingerprint(&signer.verifying_key()));
-        let signature = signer.sign(&out);
-        out.extend_from_slice(&signature.to_bytes());
-        out
+        sign_body(&body, signer)
     }
 
     /// Verify and decode a bundle signed by `trusted`.
@@ -160,7 +173,7 @@ impl EdgeBundle {
         }
         let signature = Signature::from_bytes(bytes[body_end + 40..].try_into().expect("64 bytes"));
         trusted
-            .verify(&bytes[..body_end + 40], &signature)
+            .verify_strict(&bytes[..body_end + 40], &signature)
             .map_err(|_| BundleError::BadSignature)?;
         let bundle: EdgeBundle =
             postcard::from_bytes(body).map_err(|e| BundleError::Undecodable(e.to_string()))?;
@@ -281,6 +294,7 @@ mod tests {
                 model: ModelInfo::of(&q),
                 created: 0,
                 name: "test".into(),
+                epoch: 1,
             },
             keys: EdgeKeys {
                 public: ks.public.clone(),

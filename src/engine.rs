@@ -125,6 +125,22 @@ impl EncryptedModel {
         }
     }
 
+    /// Fingerprints of the masks of its GLWEs (weights and lookup tables), sorted.
+    pub fn mask_fingerprints(&self) -> Result<Vec<u64>> {
+        let fingerprint = |glwe: &[u64]| mask_fingerprint(&glwe[..glwe.len() / 2]);
+        let first = match self {
+            Self::Last { output, .. } => output,
+            Self::Noact { first, .. } | Self::Act { first, .. } => first,
+        };
+        let mut out: Vec<u64> = first.prepare()?.ciphertexts().map(fingerprint).collect();
+        if let Self::Act { luts, .. } = self {
+            out.extend(luts.prepare()?.ciphertexts().map(fingerprint));
+        }
+        out.sort_unstable();
+        out.dedup();
+        Ok(out)
+    }
+
     /// Encrypt a quantised model under `keys` (backend side).
     pub fn encrypt(q: &QuantModel, keys: &SecretKeys) -> Result<Self> {
         let p = keys.params;
@@ -295,6 +311,10 @@ pub struct Decoding {
     pub exact: bool,
     /// |score| each class can reach ([`QuantModel::score_limits`]).
     pub score_limits: Vec<f64>,
+    /// Fingerprints of the masks of the bundle's own GLWEs (weights, lookup tables), sorted:
+    /// one of them submitted as a result would decrypt to model weights.
+    #[serde(default)]
+    pub own_masks: Vec<u64>,
 }
 
 impl Decoding {
@@ -333,7 +353,14 @@ impl Decoding {
             parts,
             exact: q.variant != Variant::Act,
             score_limits: q.score_limits(params),
+            own_masks: Vec::new(),
         })
+    }
+
+    /// The same, refusing the GLWEs of `model` (the bundle's) as results.
+    pub fn refusing(mut self, model: &EncryptedModel) -> Result<Self> {
+        self.own_masks = model.mask_fingerprints()?;
+        Ok(self)
     }
 
     /// Words of each part's ciphertext.
@@ -363,10 +390,16 @@ pub enum Refusal {
     },
     #[error("part {part} has a trivial or structured mask (not a computed ciphertext)")]
     Mask { part: usize },
+    #[error("part {part} is one of the bundle's own ciphertexts, not a result")]
+    BundleCiphertext { part: usize },
     #[error("score {class} lies 2^{log2_error:.1} off its grid, beyond an honest result's noise")]
     Noise { class: usize, log2_error: f64 },
     #[error("score {class} is outside what the model can produce")]
     OutOfRange { class: usize },
+    /// Every class scores the same (a zero phase, e.g. an encryption of zero or a low gadget
+    /// row of encrypted features): no decision to reveal, and no honest model output.
+    #[error("every class scores the same: not a model output")]
+    Degenerate,
 }
 
 impl Refusal {
@@ -376,9 +409,9 @@ impl Refusal {
             Refusal::WrongKey { .. } => "wrong key",
             Refusal::SecretKey { .. } => "secret key",
             Refusal::PartCount { .. } | Refusal::PartSize { .. } => "shape",
-            Refusal::Mask { .. } => "mask",
+            Refusal::Mask { .. } | Refusal::BundleCiphertext { .. } => "mask",
             Refusal::Noise { .. } => "noise",
-            Refusal::OutOfRange { .. } => "range",
+            Refusal::OutOfRange { .. } | Refusal::Degenerate => "range",
         }
     }
 }
@@ -397,23 +430,46 @@ pub struct Decrypted {
     pub noise_margin_bits: f64,
 }
 
-/// A ciphertext's mask looks computed: at least 3/4 of its coefficients distinct (a fresh or
-/// computed mask is uniform modulo 2^64; zero, constant, monomial or other hand-made masks
-/// are not).
-fn mask_is_plausible(mask: &[u64]) -> bool {
-    let mut sorted = mask.to_vec();
-    sorted.sort_unstable();
-    sorted.dedup();
-    sorted.len() * 4 >= mask.len() * 3
+/// A short fingerprint of a GLWE's mask (its first N words): enough to recognise a verbatim
+/// copy of one of the bundle's ciphertexts (a re-randomised copy is a chosen-input query like
+/// any other, which no check can tell apart: docs/THREATS.md). Not a cryptographic hash: an
+/// honest mask is uniform, and one pass keeps the check off the decryption's cost.
+fn mask_fingerprint(mask: &[u64]) -> u64 {
+    mask.iter().fold(0x9e37_79b9_7f4a_7c15, |h: u64, &w| {
+        (h ^ w).wrapping_mul(0x0100_0000_01b3).rotate_left(29)
+    })
 }
 
-/// Decrypt a result as `decoding` says, after checking that it has the shape and the look of
-/// an honest result of that model; nothing is revealed of a refused one.
-pub fn decrypt(
+/// Coefficient `k` of mask·s in Z[X]/(X^N + 1) modulo 2^64: N multiply-adds for the one
+/// coefficient a class slot needs, instead of the whole product.
+fn negacyclic_coefficient(mask: &[u64], s: &[u64], k: usize) -> u64 {
+    // (a·s)_k = Σ_{i<=k} a_i s_{k−i} − Σ_{i>k} a_i s_{N+k−i}
+    let low = mask[..=k]
+        .iter()
+        .zip(s[..=k].iter().rev())
+        .fold(0u64, |acc, (&a, &b)| acc.wrapping_add(a.wrapping_mul(b)));
+    let high = mask[k + 1..]
+        .iter()
+        .zip(s[k + 1..].iter().rev())
+        .fold(0u64, |acc, (&a, &b)| acc.wrapping_add(a.wrapping_mul(b)));
+    low.wrapping_sub(high)
+}
+
+/// A ciphertext's mask looks computed: a fresh or computed mask is uniform modulo 2^64, where a
+/// zero word or two equal neighbours each have probability 2^-64. Zero, constant, monomial and
+/// other sparse hand-made masks are not (one pass, no allocation).
+fn mask_is_plausible(mask: &[u64]) -> bool {
+    let repeats = mask.windows(2).filter(|w| w[0] == w[1]).count();
+    let zeros = mask.iter().filter(|&&w| w == 0).count();
+    (repeats + zeros) * 4 < mask.len()
+}
+
+/// The result has the shape of `decoding`'s results under the loaded key.
+fn check_shape(
     result: &ResultCiphertext,
     decoding: &Decoding,
     keys: &SecretKeys,
-) -> Result<Decrypted, Refusal> {
+) -> Result<(), Refusal> {
     if keys.key_id != decoding.key_id {
         return Err(Refusal::SecretKey {
             loaded: hex(&keys.key_id),
@@ -432,31 +488,40 @@ pub fn decrypt(
             expected: decoding.parts.len(),
         });
     }
-    let sk = keys.key(decoding.key);
     let n = decoding.poly_size as usize;
-    let mut phases = Vec::new();
     for (i, (data, shape)) in result.parts.iter().zip(&decoding.parts).enumerate() {
         let expected = decoding.part_words(shape);
-        if data.0.len() != expected || sk.polynomial_size().0 != n {
+        if data.0.len() != expected || keys.key(decoding.key).polynomial_size().0 != n {
             return Err(Refusal::PartSize {
                 part: i,
                 found: data.0.len(),
                 expected,
             });
         }
-        if !mask_is_plausible(&data.0[..n]) {
-            return Err(Refusal::Mask { part: i });
-        }
+    }
+    Ok(())
+}
+
+/// The phases of the class slots (shape checked first). No plausibility checks: for the
+/// vendor's diagnostics and benchmarks, never for results from the boards ([`decrypt`]).
+pub fn phases(
+    result: &ResultCiphertext,
+    decoding: &Decoding,
+    keys: &SecretKeys,
+) -> Result<Vec<u64>, Refusal> {
+    check_shape(result, decoding, keys)?;
+    let sk = keys.key(decoding.key);
+    let n = decoding.poly_size as usize;
+    let mut phases = Vec::new();
+    for (data, shape) in result.parts.iter().zip(&decoding.parts) {
         match shape {
             PartShape::Glwe { slots } => {
-                let ct = GlweCiphertext::from_container(
-                    data.0.as_slice(),
-                    PolynomialSize(n),
-                    crate::crypto::modulus(),
-                );
-                let mut out = PlaintextList::new(0u64, PlaintextCount(n));
-                decrypt_glwe_ciphertext(sk, &ct, &mut out);
-                phases.extend(slots.iter().map(|&s| out.as_ref()[s as usize]));
+                // Only the class slots: the body less one coefficient of mask·s each.
+                let (mask, body) = data.0.split_at(n);
+                phases.extend(slots.iter().map(|&k| {
+                    let k = k as usize;
+                    body[k].wrapping_sub(negacyclic_coefficient(mask, sk.as_ref(), k))
+                }));
             }
             PartShape::Lwe => {
                 let ct = LweCiphertext::from_container(data.0.as_slice(), crate::crypto::modulus());
@@ -465,6 +530,33 @@ pub fn decrypt(
             }
         }
     }
+    Ok(phases)
+}
+
+/// Decrypt a result as `decoding` says, after checking that it has the shape and the look of
+/// an honest result of that model; nothing is revealed of a refused one.
+pub fn decrypt(
+    result: &ResultCiphertext,
+    decoding: &Decoding,
+    keys: &SecretKeys,
+) -> Result<Decrypted, Refusal> {
+    check_shape(result, decoding, keys)?;
+    let n = decoding.poly_size as usize;
+    for (i, (data, shape)) in result.parts.iter().zip(&decoding.parts).enumerate() {
+        let mask = &data.0[..n];
+        if !mask_is_plausible(mask) {
+            return Err(Refusal::Mask { part: i });
+        }
+        if matches!(shape, PartShape::Glwe { .. })
+            && decoding
+                .own_masks
+                .binary_search(&mask_fingerprint(mask))
+                .is_ok()
+        {
+            return Err(Refusal::BundleCiphertext { part: i });
+        }
+    }
+    let phases = phases(result, decoding, keys)?;
     let delta = decoding.delta_out;
     let scores: Vec<i64> = phases.iter().map(|&p| decode(p, delta)).collect();
     let errors: Vec<u64> = phases
@@ -482,6 +574,9 @@ pub fn decrypt(
         if z.unsigned_abs() as f64 > limit {
             return Err(Refusal::OutOfRange { class });
         }
+    }
+    if scores.windows(2).all(|w| w[0] == w[1]) {
+        return Err(Refusal::Degenerate);
     }
     let worst = errors.iter().copied().max().unwrap_or(0);
     let float_scores: Vec<f32> = scores
@@ -527,6 +622,11 @@ pub struct EncryptedFeatures {
 impl EncryptedFeatures {
     pub fn byte_len(&self) -> usize {
         self.groups.iter().map(U64s::byte_len).sum()
+    }
+
+    /// The GGSWs, one per column group, in the standard domain.
+    pub fn groups(&self) -> &[U64s] {
+        &self.groups
     }
 }
 

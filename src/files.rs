@@ -55,15 +55,21 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), IoError>
         f.write_all(bytes)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)?;
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
+        sync_dir(dir);
         Ok(())
     })();
     result.map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
         IoError::new(path, e)
     })
+}
+
+/// fsync a directory, so that a rename in it survives a power loss (best effort: some file
+/// systems refuse to sync a directory).
+pub fn sync_dir(dir: &Path) {
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = nix::unistd::fsync(&d);
+    }
 }
 
 /// Create a directory and its parents.

@@ -147,6 +147,25 @@ fn socket_source_reload_and_systemd_notifications() {
     write_config(&bad_bundle);
     signal(h.id(), 1);
     wait_for(|| log().contains("reload refused"), "refused reload");
+    // SIGHUP back to the first bundle (epoch 1, superseded by bundle b's 2): a rollback,
+    // refused.
+    write_config(&st.bundle);
+    signal(h.id(), 1);
+    wait_for(
+        || log().contains("refused (a rollback)"),
+        "refused rollback on reload",
+    );
+    // A second daemon on the same state directory is refused while this one runs.
+    let second = Command::new(env!("CARGO_BIN_EXE_hedged"))
+        .args(["--config", s(&config)])
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    assert!(
+        String::from_utf8_lossy(&second.stderr).contains("in use by another hedged"),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
     send_lines(&socket, &st.root, &st.vectors[8..10]);
     wait_lines(&out, 10);
 
@@ -162,6 +181,17 @@ fn socket_source_reload_and_systemd_notifications() {
     wait_ok(dec, "decryptor");
     std::thread::sleep(Duration::from_millis(200));
     assert!(noted("STOPPING=1"));
+    // Started again on the superseded bundle: refused at start-up as well.
+    let rollback = Command::new(env!("CARGO_BIN_EXE_hedged"))
+        .args(["--config", s(&config)])
+        .output()
+        .unwrap();
+    assert!(!rollback.status.success());
+    let err = String::from_utf8_lossy(&rollback.stderr);
+    assert!(
+        err.contains("bundle epoch 1 is older than epoch 2"),
+        "{err}"
+    );
     let watchdog = notes
         .lock()
         .unwrap()

@@ -172,6 +172,12 @@ fn crafted_results_are_refused_before_anything_is_revealed() {
         with_part(&|p| p[n + 1] = p[n + 1].wrapping_add(delta.wrapping_mul(1 << 20))),
         Err(Refusal::OutOfRange { class: 1 })
     ));
+    // A zero phase everywhere (an encryption of zero): every class ties.
+    let zero = engine.encrypt_features(x).unwrap().groups()[0].0[..2 * n].to_vec();
+    assert_eq!(
+        with_part(&|p| p.copy_from_slice(&zero)),
+        Err(Refusal::Degenerate)
+    );
     // Shapes other than the bundle's.
     let mut more = genuine.clone();
     more.parts.push(more.parts[0].clone());

@@ -160,93 +160,179 @@ fn a_drained_backlog_is_acknowledged_once() {
     );
 }
 
-#[test]
-fn a_fleet_under_broker_restarts_and_a_decryptor_crash_loses_nothing() {
-    const DEVICES: usize = 4;
-    const PER_DEVICE: usize = 400;
+/// A fleet run: `devices` daemons each fed `per_device` vectors, one every `interval`, while
+/// the broker is restarted `broker_restarts` times and the decryptor killed (SIGKILL) and
+/// started again `decryptor_kills` times, evenly spread over the stream.
+struct Plan {
+    devices: usize,
+    per_device: usize,
+    interval: Duration,
+    broker_restarts: usize,
+    decryptor_kills: usize,
+}
+
+/// What reached the decryptor and the control consumer.
+#[derive(Debug)]
+struct Report {
+    results: usize,
+    decrypted: usize,
+    lost: usize,
+    /// Lines written twice (a SIGKILL between writing a line and committing it).
+    written_twice: usize,
+    /// Results each device's registry record says were accepted (each exactly once).
+    accepted: Vec<u64>,
+    control: usize,
+    seconds: f64,
+}
+
+fn run_fleet(plan: &Plan) -> (Setup, Report, BTreeMap<(String, u64), u64>) {
     let st = setup("last");
-    let reference = reference_classes(&st);
     let mut broker = Mosquitto::start_with(&st.root, "allow_anonymous true\nautosave_interval 1\n");
     let control_out = st.root.join("control.bin");
     let control = control_consumer(broker.port, &control_out);
     let session = ["--client-id", "backend-1", "--idle-timeout", "600"];
-    let out1 = st.root.join("dec1.jsonl");
-    let mut dec = decryptor_with(&st, &broker.addr(), &session, &out1);
-
-    let devices: Vec<String> = (1..=DEVICES).map(|d| format!("board-{d}")).collect();
+    let mut outs = vec![st.root.join("dec-0.jsonl")];
+    let mut dec = decryptor_with(&st, &broker.addr(), &session, &outs[0]);
+    let devices: Vec<String> = (1..=plan.devices).map(|d| format!("board-{d}")).collect();
     let mut daemons = Vec::new();
     let mut feeders = Vec::new();
+    let started = Instant::now();
     for d in &devices {
         let spool = st.root.join(format!("spool-{d}"));
         enrol(&st, &spool, d);
-        let mut h = hedged_device(&st, &broker.addr(), "-", &spool, d)
-            .spawn()
-            .unwrap();
-        // ~40 results per second per device, for ~10 s.
+        let mut h = Draining::spawn(&mut hedged_device(&st, &broker.addr(), "-", &spool, d));
         feeders.push(feed_steadily(
-            h.stdin.take().unwrap(),
+            h.child.stdin.take().unwrap(),
             st.vectors.clone(),
-            PER_DEVICE,
-            Duration::from_millis(25),
+            plan.per_device,
+            plan.interval,
         ));
         daemons.push(h);
     }
-    // Faults mid-stream: a broker restart, the decryptor killed and started again, another
-    // broker restart.
-    let started = Instant::now();
-    std::thread::sleep(Duration::from_millis(1500));
-    broker.stop();
-    std::thread::sleep(Duration::from_secs(2));
-    broker.restart();
-    std::thread::sleep(Duration::from_millis(1500));
-    signal(dec.id(), 9);
-    dec.wait().unwrap();
-    std::thread::sleep(Duration::from_millis(500));
-    let out2 = st.root.join("dec2.jsonl");
-    dec = decryptor_with(&st, &broker.addr(), &session, &out2);
-    std::thread::sleep(Duration::from_secs(1));
-    broker.stop();
-    std::thread::sleep(Duration::from_secs(2));
-    broker.restart();
-    eprintln!("faults done after {:?}", started.elapsed());
-
+    // Faults spread over the stream, alternating broker restarts and decryptor kills.
+    let faults = plan.broker_restarts + plan.decryptor_kills;
+    let stream = plan.interval * plan.per_device as u32;
+    let (mut restarts, mut kills) = (0, 0);
+    for i in 0..faults {
+        let at = stream * (i as u32 + 1) / (faults as u32 + 1);
+        std::thread::sleep(at.saturating_sub(started.elapsed()));
+        if (i % 2 == 0 || kills == plan.decryptor_kills) && restarts < plan.broker_restarts {
+            broker.stop();
+            std::thread::sleep(Duration::from_secs(2));
+            broker.restart();
+            restarts += 1;
+        } else {
+            signal(dec.id(), 9);
+            dec.wait().unwrap();
+            std::thread::sleep(Duration::from_millis(500));
+            outs.push(st.root.join(format!("dec-{}.jsonl", outs.len())));
+            dec = decryptor_with(&st, &broker.addr(), &session, outs.last().unwrap());
+            kills += 1;
+        }
+    }
     for f in feeders {
         f.join().unwrap();
     }
     for h in daemons {
-        let log = wait_ok(h, "hedged");
+        let log = h.wait_ok("hedged");
         assert!(log.contains("0 left in the spool"), "{log}");
     }
-    let all = DEVICES * PER_DEVICE;
+    let results = plan.devices * plan.per_device;
+    let paths: Vec<&Path> = outs.iter().map(|p| p.as_path()).collect();
     let t = Instant::now();
-    while decrypted(&[&out1, &out2]).0.len() < all && t.elapsed() < Duration::from_secs(60) {
+    while decrypted(&paths).0.len() < results && t.elapsed() < Duration::from_secs(60) {
         std::thread::sleep(Duration::from_millis(200));
     }
-    let (seen, repeats) = decrypted(&[&out1, &out2]);
-    eprintln!("{} results decrypted, {repeats} written twice", seen.len());
-    check_all(&seen, &devices, PER_DEVICE, &reference);
-    // The registry accepted each exactly once, across the restart. A line can be written twice
-    // only if the SIGKILL fell between writing it and committing it (at least once on output).
-    assert!(repeats <= 1, "{repeats} results written twice");
+    let seconds = started.elapsed().as_secs_f64();
+    let (seen, written_twice) = decrypted(&paths);
     terminate(&dec);
     wait_ok(dec, "decryptor");
-    let list = String::from_utf8(hedge(&["device", "--keys", s(&st.keys), "list"]).stdout).unwrap();
-    for d in &devices {
-        let row = list.lines().find(|l| l.starts_with(d.as_str())).unwrap();
-        let accepted: u64 = row.split_whitespace().nth(3).unwrap().parse().unwrap();
-        assert_eq!(accepted, PER_DEVICE as u64, "{row}");
-    }
-
     std::thread::sleep(Duration::from_millis(500));
     terminate(&control);
     let mut control = control;
     control.wait().unwrap();
-    let had = controlled(&control_out);
+    let list = String::from_utf8(hedge(&["device", "--keys", s(&st.keys), "list"]).stdout).unwrap();
+    let accepted = devices
+        .iter()
+        .map(|d| {
+            let row = list.lines().find(|l| l.starts_with(d.as_str())).unwrap();
+            row.split_whitespace().nth(3).unwrap().parse().unwrap()
+        })
+        .collect();
+    let report = Report {
+        results,
+        decrypted: seen.len(),
+        lost: results.saturating_sub(seen.len()),
+        written_twice,
+        accepted,
+        control: controlled(&control_out).len(),
+        seconds,
+    };
+    (st, report, seen)
+}
+
+#[test]
+fn a_fleet_under_broker_restarts_and_a_decryptor_crash_loses_nothing() {
+    let plan = Plan {
+        devices: 4,
+        per_device: 400,
+        interval: Duration::from_millis(25),
+        broker_restarts: 2,
+        decryptor_kills: 1,
+    };
+    let (st, report, seen) = run_fleet(&plan);
+    eprintln!("{report:?}");
+    let devices: Vec<String> = (1..=plan.devices).map(|d| format!("board-{d}")).collect();
+    check_all(&seen, &devices, plan.per_device, &reference_classes(&st));
+    // The registry accepted each exactly once, across the restart. A line can be written twice
+    // only if the SIGKILL fell between writing it and committing it (at least once on output).
+    assert_eq!(report.accepted, vec![plan.per_device as u64; plan.devices]);
+    assert!(report.written_twice <= 1, "{report:?}");
     assert_eq!(
-        had.len(),
-        all,
-        "the broker delivered every result to the control"
+        report.control, report.results,
+        "the broker delivered every result"
     );
+}
+
+/// The same at a size and duration of your choosing (`scripts/soak.sh`).
+#[test]
+#[ignore = "long: run by scripts/soak.sh"]
+fn soak() {
+    let var = |name: &str, default: usize| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let devices = var("SOAK_DEVICES", 8);
+    let per_device = var("SOAK_RESULTS", 2000);
+    let seconds = var("SOAK_SECONDS", 120);
+    let plan = Plan {
+        devices,
+        per_device,
+        interval: Duration::from_secs_f64(seconds as f64 / per_device as f64),
+        broker_restarts: var("SOAK_BROKER_RESTARTS", 4),
+        decryptor_kills: var("SOAK_DECRYPTOR_KILLS", 2),
+    };
+    let (st, report, seen) = run_fleet(&plan);
+    println!(
+        "soak: {} devices, {} results, {} broker restarts, {} decryptor kills: {} decrypted, \
+         {} lost, {} written twice, control {} of {}, {:.0} s, {:.1} results/s at the decryptor",
+        plan.devices,
+        report.results,
+        plan.broker_restarts,
+        plan.decryptor_kills,
+        report.decrypted,
+        report.lost,
+        report.written_twice,
+        report.control,
+        report.results,
+        report.seconds,
+        report.decrypted as f64 / report.seconds
+    );
+    let devices: Vec<String> = (1..=plan.devices).map(|d| format!("board-{d}")).collect();
+    check_all(&seen, &devices, plan.per_device, &reference_classes(&st));
+    assert_eq!(report.accepted, vec![plan.per_device as u64; plan.devices]);
 }
 
 /// Stream 150 results while the decryptor leaves and a broker without persistence restarts

@@ -9,7 +9,7 @@ use super::{BackendError, Result};
 use crate::bundle::load_verifying_key;
 use crate::crypto::keys::{self, EvaluationKeys, KeySet, PublicKeys, SecretKeys};
 use crate::crypto::params::ParameterSet;
-use crate::files::{create_dir_all, write_atomic};
+use crate::files::write_atomic;
 use crate::progress::Progress;
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use serde::{de::DeserializeOwned, Serialize};
@@ -61,9 +61,65 @@ impl BackendKeys {
     }
 }
 
-/// Generate and write a key directory.
+/// Refuse a secret file that group or others can reach (as ssh does), saying how to fix it.
+fn check_private(path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for (what, p, fix) in [
+        ("file", path, "600"),
+        ("directory", path.parent().unwrap_or(Path::new(".")), "700"),
+    ] {
+        let meta = std::fs::metadata(p).map_err(|e| crate::files::IoError::new(p, e))?;
+        let mode = meta.permissions().mode() & 0o777;
+        // A directory others may traverse but not list or change is fine.
+        let open = if what == "file" { 0o077 } else { 0o066 };
+        if mode & open != 0 {
+            return Err(BackendError::KeyFile(format!(
+                "{}: the secret key's {what} {} is readable by group or others (mode {mode:o}); \
+                 chmod {fix} {}",
+                path.display(),
+                p.display(),
+                p.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Write a secret file: a new file (never an existing one, never through a symlink), 0600,
+/// synced.
+fn write_secret(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+        .open(path)
+        .map_err(|e| crate::files::IoError::new(path, e))?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| crate::files::IoError::new(path, e))?;
+    Ok(())
+}
+
+/// Generate and write a key directory (mode 0700; keys are never overwritten).
 pub fn keygen(params: ParameterSet, dir: &Path, progress: &dyn Progress) -> Result<BackendKeys> {
-    create_dir_all(dir)?;
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.join(SECRET_KEY).exists() || dir.join(SIGNING_KEY).exists() {
+        return Err(BackendError::KeyFile(format!(
+            "{}: keys exist already (keygen never overwrites keys: choose another directory)",
+            dir.display()
+        )));
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| crate::files::IoError::new(dir, e))?;
+    // An existing directory keeps its owner but not a mode others can enter.
+    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .map_err(|e| crate::files::IoError::new(dir, e))?;
     progress.stage("generating the secret, public and evaluation keys");
     let KeySet {
         secret,
@@ -72,8 +128,11 @@ pub fn keygen(params: ParameterSet, dir: &Path, progress: &dyn Progress) -> Resu
     } = keys::generate(params);
     progress.stage("writing the key directory");
     let signer = SigningKey::generate(&mut rand::rngs::OsRng);
-    write_atomic(&dir.join(SECRET_KEY), &secret.to_bytes(), 0o600)?;
-    write_atomic(&dir.join(SIGNING_KEY), &signer.to_bytes(), 0o600)?;
+    write_secret(
+        &dir.join(SECRET_KEY),
+        &zeroize::Zeroizing::new(secret.to_bytes()),
+    )?;
+    write_secret(&dir.join(SIGNING_KEY), signer.to_bytes().as_ref())?;
     write_atomic(&dir.join(PUBLIC_KEY), &encode(&public), 0o644)?;
     write_atomic(&dir.join(EVALUATION_KEY), &encode(&evaluation), 0o644)?;
     write_atomic(
@@ -103,8 +162,28 @@ pub fn record(keys: &BackendKeys, dir: &Path, registry: &Path) -> Result<()> {
 
 pub fn load_secret(dir: &Path) -> Result<SecretKeys> {
     let path = dir.join(SECRET_KEY);
-    SecretKeys::from_bytes(&read(&path)?)
+    check_private(&path)?;
+    SecretKeys::from_bytes(&zeroize::Zeroizing::new(read(&path)?))
         .map_err(|e| BackendError::KeyFile(format!("{}: {e}", path.display())))
+}
+
+/// For the process that holds secret keys: no core dumps or ptrace by other users
+/// (PR_SET_DUMPABLE 0), and the keys' pages locked in memory so they never reach swap (where
+/// RLIMIT_MEMLOCK allows; a refusal is logged, not fatal).
+pub fn harden(keys: &SecretKeys) {
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        log::warn!("cannot mark the process non-dumpable: {e}");
+    }
+    for words in keys.words() {
+        let Some(ptr) = std::ptr::NonNull::new(words.as_ptr() as *mut std::ffi::c_void) else {
+            continue;
+        };
+        // SAFETY: the range is a live allocation of the key; mlock only pins its pages.
+        if let Err(e) = unsafe { nix::sys::mman::mlock(ptr, std::mem::size_of_val(words)) } {
+            log::warn!("cannot lock the secret key in memory: {e}");
+            return;
+        }
+    }
 }
 
 pub fn load_public(dir: &Path) -> Result<PublicKeys> {
@@ -117,7 +196,9 @@ pub fn load_evaluation(dir: &Path) -> Result<EvaluationKeys> {
 
 pub fn load_signing(dir: &Path) -> Result<SigningKey> {
     let path = dir.join(SIGNING_KEY);
-    let bytes: [u8; 32] = read(&path)?.try_into().map_err(|_| {
+    check_private(&path)?;
+    let raw = zeroize::Zeroizing::new(read(&path)?);
+    let bytes: [u8; 32] = raw.as_slice().try_into().map_err(|_| {
         BackendError::KeyFile(format!("{}: not a 32-byte signing key", path.display()))
     })?;
     Ok(SigningKey::from_bytes(&bytes))
@@ -131,5 +212,48 @@ pub fn trusted_key(verifying: Option<&Path>, keys: Option<&Path>) -> Result<Veri
         (None, None) => Err(BackendError::KeyFile(
             "no verifying key: pass --verifying-key or --keys".into(),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn keys_are_private_and_never_overwritten() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("keys");
+        let params = ParameterSet::for_level(crate::crypto::params::SecurityLevel::L128);
+        keygen(params, &dir, &crate::progress::Silent).unwrap();
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&dir.join(SECRET_KEY)), 0o600);
+        assert_eq!(mode(&dir.join(SIGNING_KEY)), 0o600);
+        BackendKeys::load(&dir).unwrap();
+        let again = keygen(params, &dir, &crate::progress::Silent)
+            .err()
+            .unwrap();
+        assert!(again.to_string().contains("never overwrites"), "{again}");
+        // A secret readable by others is refused, with the fix.
+        std::fs::set_permissions(dir.join(SECRET_KEY), PermissionsExt::from_mode(0o644)).unwrap();
+        let e = load_secret(&dir).err().unwrap().to_string();
+        assert!(e.contains("chmod 600"), "{e}");
+        std::fs::set_permissions(dir.join(SECRET_KEY), PermissionsExt::from_mode(0o600)).unwrap();
+        std::fs::set_permissions(&dir, PermissionsExt::from_mode(0o755)).unwrap();
+        let e = load_signing(&dir).err().unwrap().to_string();
+        assert!(e.contains("chmod 700"), "{e}");
+        std::fs::set_permissions(&dir, PermissionsExt::from_mode(0o711)).unwrap();
+        load_signing(&dir).unwrap();
+        // A symlink planted where a secret would go is not followed.
+        let planted = root.path().join("planted");
+        std::fs::create_dir(&planted).unwrap();
+        std::os::unix::fs::symlink(root.path().join("elsewhere"), planted.join(SECRET_KEY))
+            .unwrap();
+        assert!(keygen(params, &planted, &crate::progress::Silent).is_err());
+        assert!(!root.path().join("elsewhere").exists());
     }
 }

@@ -31,6 +31,7 @@ pub fn protect(
     calibration: &[Vec<f32>],
     name: &str,
     extractor: Option<PlainExtractor>,
+    epoch: u64,
     progress: &dyn Progress,
 ) -> Result<Protected> {
     let BackendKeys {
@@ -52,6 +53,7 @@ pub fn protect(
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
             name: name.to_string(),
+            epoch,
         },
         keys: EdgeKeys {
             public: public.clone(),
@@ -70,13 +72,17 @@ pub fn protect(
     })
 }
 
+/// The epoch for the next bundle: one above every bundle the registry recorded.
+pub fn next_epoch(registry: &Path) -> Result<u64> {
+    Ok(Registry::open(registry)?.latest_epoch()? + 1)
+}
+
 /// Record a protected bundle in the registry, with everything decrypting its results needs
 /// (and its key set, if the registry does not know it yet).
-pub fn record(p: &Protected, keys: &BackendKeys, keys_dir: &Path, registry: &Path) -> Result<u64> {
+pub fn record(p: &Protected, keys: &BackendKeys, keys_dir: &Path, registry: &Path) -> Result<()> {
     super::keys::record(keys, keys_dir, registry)?;
     let r = Registry::open(registry)?;
     let header = &p.bundle.header;
-    let epoch = r.latest_epoch(&header.name)? + 1;
     r.add_bundle(&BundleRecord {
         id: crate::bundle::bundle_id(&p.bytes),
         name: header.name.clone(),
@@ -84,10 +90,11 @@ pub fn record(p: &Protected, keys: &BackendKeys, keys_dir: &Path, registry: &Pat
         input_dim: header.model.input.dim,
         hidden_dim: header.model.hidden_dim,
         out_dim: header.model.out_dim,
-        epoch,
-        decoding: Decoding::new(&p.quant, &header.params, header.key_id)?,
+        epoch: header.epoch,
+        decoding: Decoding::new(&p.quant, &header.params, header.key_id)?
+            .refusing(&p.bundle.model)?,
     })?;
-    Ok(epoch)
+    Ok(())
 }
 
 /// Where the bundle of a variant goes by default.

@@ -301,14 +301,12 @@ impl Registry {
             .transpose()
     }
 
-    /// The highest epoch recorded for bundles of `name` (0 if none).
-    pub fn latest_epoch(&self, name: &str) -> Result<u64> {
+    /// The highest epoch recorded (0 if none).
+    pub fn latest_epoch(&self) -> Result<u64> {
         self.conn
-            .query_row(
-                "SELECT COALESCE(MAX(epoch), 0) FROM bundles WHERE name = ?1",
-                [name],
-                |r| r.get::<_, i64>(0),
-            )
+            .query_row("SELECT COALESCE(MAX(epoch), 0) FROM bundles", [], |r| {
+                r.get::<_, i64>(0)
+            })
             .map(|e| e as u64)
             .map_err(sql)
     }
@@ -505,6 +503,7 @@ mod tests {
             parts: vec![PartShape::Lwe; 10],
             exact: true,
             score_limits: vec![1000.0; 10],
+            own_masks: vec![1, 2, 3],
         }
     }
 
@@ -545,7 +544,7 @@ mod tests {
             (b.variant, b.epoch, b.decoding),
             (Variant::Noact, 3, decoding())
         );
-        assert_eq!(r.latest_epoch("model").unwrap(), 3);
+        assert_eq!(r.latest_epoch().unwrap(), 3);
         assert!(r.bundle("ffffffffffffffff").unwrap().is_none());
         assert_eq!(r.devices().unwrap()[0].identity_key, [9; 32]);
         r.add_device("board-1", &[9; 32]).unwrap();

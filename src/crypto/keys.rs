@@ -72,6 +72,16 @@ pub fn packed_lwe(k: &LweSecretKeyOwned<u64>) -> Vec<u8> {
     pack_bits(k.as_ref())
 }
 
+/// Secret keys are wiped from memory when dropped.
+impl Drop for SecretKeys {
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        self.wide.as_mut().zeroize();
+        self.pbs.as_mut().zeroize();
+        self.lwe.as_mut().zeroize();
+    }
+}
+
 impl SecretKeys {
     pub fn to_bytes(&self) -> Vec<u8> {
         postcard::to_allocvec(&SecretKeysFile {
@@ -93,9 +103,11 @@ impl SecretKeys {
         }
         let p = f.params;
         if p != ParameterSet::for_level(p.security) {
-            return Err(CryptoError::SecretKeyFile(
-                "it names an unknown parameter set".into(),
-            ));
+            return Err(CryptoError::SecretKeyFile(format!(
+                "its {}-bit parameter set is not this version's (keys from an older hedge: run \
+                 hedge keygen, then hedge protect)",
+                p.security
+            )));
         }
         Ok(Self {
             params: p,
@@ -110,6 +122,11 @@ impl SecretKeys {
             ),
             lwe: LweSecretKey::from_container(unpack_bits(&f.lwe, p.lwe_dim)?),
         })
+    }
+
+    /// The key words, for locking them in memory.
+    pub fn words(&self) -> [&[u64]; 3] {
+        [self.wide.as_ref(), self.pbs.as_ref(), self.lwe.as_ref()]
     }
 
     pub fn key(&self, kind: KeyKind) -> &GlweSecretKeyOwned<u64> {

@@ -241,6 +241,11 @@ fn add_scaled_rotated(acc: &mut [u64], src: &[u64], v: u64, o: usize) {
 }
 
 impl PreparedMatrix {
+    /// Every GLWE of the matrix, as its 2N words.
+    pub fn ciphertexts(&self) -> impl Iterator<Item = &[u64]> {
+        self.glwes.chunks_exact(2 * self.layout.poly_size)
+    }
+
     fn glwe(&self, b: usize, g: usize) -> GlweCiphertextView<'_, u64> {
         let n = self.layout.poly_size;
         let i = b * self.layout.groups() + g;

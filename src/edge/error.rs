@@ -25,4 +25,10 @@ pub enum EdgeError {
     Transport(#[from] TransportError),
     #[error("stopped while the spool could not be written: the result in flight is lost")]
     StoppedUnspooled,
+    /// A bundle older than the newest this board accepted.
+    #[error(
+        "bundle epoch {epoch} is older than epoch {newest}, which this board already ran: \
+         refused (a rollback)"
+    )]
+    Rollback { epoch: u64, newest: u64 },
 }

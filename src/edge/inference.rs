@@ -3,6 +3,7 @@
 
 use super::error::EdgeError;
 use super::settings::Reloadable;
+use super::state::State;
 use crate::engine::{EdgeEngine, EngineError, FeatureMode, ResultCiphertext};
 use crate::model::error::FeatureFault;
 use crate::model::split::Extractor;
@@ -12,6 +13,8 @@ use std::time::{Duration, Instant};
 
 pub struct Inference {
     engine: EdgeEngine,
+    /// The bundle's epoch (anti-rollback).
+    pub epoch: u64,
     /// The plaintext feature extractor, for bundles split from a CNN.
     extractor: Option<Extractor>,
     pub bundle_id: String,
@@ -27,16 +30,21 @@ pub struct Inferred {
 }
 
 impl Inference {
-    /// Verify and expand the bundle the settings name.
-    pub fn load(settings: &Reloadable) -> Result<Self, EdgeError> {
-        let ready = crate::bundle::open_verified(&settings.bundle, &settings.verifying_key)
-            .and_then(|b| b.ready())
-            .map_err(|e| EdgeError::BundleFile {
-                path: settings.bundle.display().to_string(),
-                cause: e,
-            })?;
+    /// Verify and expand the bundle the settings name; a bundle older than the newest the
+    /// board accepted is refused before it is expanded.
+    pub fn load(settings: &Reloadable, state: &State) -> Result<Self, EdgeError> {
+        let file_error = |e| EdgeError::BundleFile {
+            path: settings.bundle.display().to_string(),
+            cause: e,
+        };
+        let opened = crate::bundle::open_verified(&settings.bundle, &settings.verifying_key)
+            .map_err(file_error)?;
+        let epoch = opened.bundle.header.epoch;
+        state.check_epoch(epoch)?;
+        let ready = opened.ready().map_err(file_error)?;
         Ok(Self {
             engine: ready.engine,
+            epoch,
             extractor: ready.extractor,
             bundle_id: ready.id,
             features: settings.features,
@@ -45,8 +53,9 @@ impl Inference {
 
     pub fn describe(&self) -> String {
         format!(
-            "bundle {} ({} variant, {}-bit, {} features{})",
+            "bundle {} (epoch {}, {} variant, {}-bit, {} features{})",
             self.bundle_id,
+            self.epoch,
             self.engine.info.variant.name(),
             self.engine.params.security,
             match self.features {

@@ -6,7 +6,8 @@
 //! - [`sink`], [`spool`], [`publisher`] and [`delivery`]: results (signed with the board's
 //!   [`identity`]) to files, or store and forward to the broker until the backend
 //!   acknowledges them;
-//! - [`reload`], [`watchdog`], [`notify`] and [`shutdown`]: SIGHUP, systemd and signals.
+//! - [`reload`], [`watchdog`], [`notify`] and [`shutdown`]: SIGHUP, systemd and signals;
+//! - [`state`]: the state directory's lock and the anti-rollback epoch.
 //!
 //! [`run`] wires them: SIGTERM/SIGINT stop taking input, finish the inference in flight, give
 //! the broker 10 s to take what is spooled (the rest stays spooled for the next start) and
@@ -28,6 +29,7 @@ pub mod shutdown;
 pub mod sink;
 pub mod source;
 pub mod spool;
+pub mod state;
 pub mod watchdog;
 
 pub use error::EdgeError;
@@ -42,6 +44,7 @@ use settings::Settings;
 use shutdown::Shutdown;
 use sink::Sink;
 use source::Rejects;
+use state::State;
 use std::sync::Arc;
 use watchdog::Heartbeat;
 
@@ -49,8 +52,10 @@ use watchdog::Heartbeat;
 pub fn run(settings: Settings, reloader: Reloader) -> Result<Summary, EdgeError> {
     let notifier = Arc::new(Notifier::from_env());
     let shutdown = Shutdown::from_signals()?;
-    let inference = Inference::load(&settings.reloadable)?;
     let start = &settings.start_up;
+    let state = Arc::new(State::open(&start.state_dir)?);
+    let inference = Inference::load(&settings.reloadable, &state)?;
+    state.accept_epoch(inference.epoch)?;
     log::info!("device {}: {}", start.device_id, inference.describe());
     let sink = Sink::open(&settings)?;
     let queue = Arc::new(BoundedQueue::new(
@@ -79,7 +84,7 @@ pub fn run(settings: Settings, reloader: Reloader) -> Result<Summary, EdgeError>
         queue,
         rejects,
         sink,
-        reload: Reload::new(reloader),
+        reload: Reload::new(reloader, state),
         shutdown,
         heartbeat,
         notifier,

@@ -6,6 +6,7 @@
 use super::error::EdgeError;
 use super::inference::Inference;
 use super::settings::Settings;
+use super::state::State;
 use crate::files::IoError;
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -15,13 +16,15 @@ pub type Reloader = Box<dyn Fn() -> Result<Settings, EdgeError> + Send + Sync>;
 
 pub struct Reload {
     reloader: Arc<Reloader>,
+    state: Arc<State>,
     pending: Option<mpsc::Receiver<Result<(Settings, Inference), EdgeError>>>,
 }
 
 impl Reload {
-    pub fn new(reloader: Reloader) -> Self {
+    pub fn new(reloader: Reloader, state: Arc<State>) -> Self {
         Self {
             reloader: Arc::new(reloader),
+            state,
             pending: None,
         }
     }
@@ -33,12 +36,12 @@ impl Reload {
         }
         log::info!("SIGHUP: reloading the configuration");
         let (tx, rx) = mpsc::channel();
-        let reloader = self.reloader.clone();
+        let (reloader, state) = (self.reloader.clone(), self.state.clone());
         std::thread::Builder::new()
             .name("reload".into())
             .spawn(move || {
                 let result =
-                    reloader().and_then(|s| Inference::load(&s.reloadable).map(|i| (s, i)));
+                    reloader().and_then(|s| Inference::load(&s.reloadable, &state).map(|i| (s, i)));
                 let _ = tx.send(result);
             })
             .map_err(|e| IoError::new("reload thread", e))?;
@@ -59,6 +62,13 @@ impl Reload {
         self.pending = None;
         match outcome {
             Some(Ok((new_settings, new))) => {
+                if let Err(e) = self.state.accept_epoch(new.epoch) {
+                    log::error!(
+                        "reload refused, still running bundle {}: {e}",
+                        inference.bundle_id
+                    );
+                    return false;
+                }
                 let changed = settings.restart_only_changes(&new_settings);
                 if !changed.is_empty() {
                     log::warn!(

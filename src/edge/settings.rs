@@ -165,6 +165,16 @@ impl Settings {
         file.resolve()
     }
 
+    /// Settings from the text of a configuration file alone.
+    pub fn parse(text: &str) -> Result<Self, EdgeError> {
+        let table = text
+            .parse::<toml::Table>()
+            .map_err(|e| EdgeError::Settings(e.to_string()))?;
+        File::deserialize(table)
+            .map_err(|e| EdgeError::Settings(e.to_string()))?
+            .resolve()
+    }
+
     /// Start-up settings that differ in `new` (they take effect only on a restart).
     pub fn restart_only_changes(&self, new: &Settings) -> Vec<&'static str> {
         let (a, b) = (&self.start_up, &new.start_up);

@@ -44,8 +44,12 @@ fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
 
 /// (dimensions, data) of an unsigned-byte IDX file.
 fn idx(path: &Path) -> Result<(Vec<usize>, Vec<u8>)> {
-    let bytes = read_maybe_gz(path)?;
-    let name = path.display().to_string();
+    parse_idx(&read_maybe_gz(path)?, &path.display().to_string())
+}
+
+/// (dimensions, data) of the bytes of an unsigned-byte IDX file called `name`.
+pub fn parse_idx(bytes: &[u8], name: &str) -> Result<(Vec<usize>, Vec<u8>)> {
+    let name = name.to_string();
     if bytes.len() < 4 || bytes[0] != 0 || bytes[1] != 0 {
         return Err(bad(&name, "not an IDX file"));
     }

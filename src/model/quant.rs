@@ -370,7 +370,9 @@ impl QuantModel {
                 })?;
                 let n = params.pbs_glwe.poly_size;
                 let window = n / out_dim;
-                let guard = (4.0 * params.pbs_input_std_slots()).ceil() as usize;
+                let guard = (crate::crypto::params::WINDOW_GUARD_SIGMAS
+                    * params.pbs_input_std_slots())
+                .ceil() as usize;
                 if window < 2 * guard + 16 {
                     return Err(ModelError::Quantisation(format!(
                         "{out_dim} outputs leave windows of {window} slots: too narrow for one bootstrap"

@@ -241,6 +241,8 @@ impl<'a> Bench<'a> {
     pub fn keys(&self, level: SecurityLevel) -> Result<BenchKeys> {
         let params = ParameterSet::for_level(level);
         let dir = self.opts.work_dir.join(format!("keys-{}", level.bits()));
+        // Scratch keys: a new set every run (keygen never overwrites).
+        let _ = std::fs::remove_dir_all(&dir);
         let t = Instant::now();
         let keys = keygen(params, &dir, &Silent)?;
         log::info!(
@@ -278,7 +280,7 @@ impl<'a> Bench<'a> {
         let inputs = inputs[..count].to_vec();
         let t = Instant::now();
         let protected = protect(
-            &keys.keys, &model, variant, None, &calib, "bench", None, &Silent,
+            &keys.keys, &model, variant, None, &calib, "bench", None, 1, &Silent,
         )?;
         log::info!(
             "{} {}-bit: z bound 2^{:.1}, delta_out 2^{:.1}",

@@ -80,6 +80,14 @@ pub struct CaseReport {
     /// to set beside the measured `disagreements`.
     #[serde(default)]
     pub expected_disagreements: Option<[f64; 2]>,
+    /// Over every accepted test image: hidden units whose pre-activation fell outside the
+    /// calibrated bootstrap window (the table clamps them), and the images with at least one.
+    #[serde(default)]
+    pub hidden_units: usize,
+    #[serde(default)]
+    pub out_of_window_units: usize,
+    #[serde(default)]
+    pub out_of_window_images: usize,
 }
 
 /// One encrypted prediction that differs from the reference's, with the reference's margin
@@ -132,6 +140,8 @@ struct ReferencePass {
     accuracy: f64,
     refused: usize,
     flip: Vec<FlipProbability>,
+    out_of_window_units: usize,
+    out_of_window_images: usize,
 }
 
 fn reference_pass(
@@ -141,10 +151,13 @@ fn reference_pass(
     noise: Option<&ParameterSet>,
 ) -> ReferencePass {
     let (mut correct, mut refused, mut flip) = (0, 0, Vec::new());
+    let (mut out_of_window_units, mut out_of_window_images) = (0, 0);
     for (f, &l) in feats.iter().zip(labels) {
         let p = match q.input.quantize(f) {
             Ok(xq) => {
                 let r = q.reference(&xq);
+                out_of_window_units += r.out_of_window;
+                out_of_window_images += (r.out_of_window > 0) as usize;
                 correct += (argmax(&r.scores) == l as usize) as usize;
                 noise.map(|params| q.act_flip_probability(&r, params))
             }
@@ -161,6 +174,8 @@ fn reference_pass(
         accuracy: correct as f64 / feats.len().max(1) as f64,
         refused,
         flip,
+        out_of_window_units,
+        out_of_window_images,
     }
 }
 
@@ -246,6 +261,8 @@ pub fn run(
             accuracy: reference_accuracy,
             refused: reference_refused,
             flip,
+            out_of_window_units,
+            out_of_window_images,
         } = reference_pass(&q, feats, &labels, Some(&opts.params));
 
         let enc = EncryptedModel::encrypt(&q, &keys.secret)?;
@@ -338,6 +355,9 @@ pub fn run(
                 Some([1.0 - high / n, 1.0 - low / n])
             },
             expected_disagreements: Some(expected_flips(&flip, sample.iter().copied())),
+            hidden_units: q.hidden_dim,
+            out_of_window_units,
+            out_of_window_images,
         };
         on_case(&report);
         reports.push(report);

@@ -11,7 +11,7 @@ use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
 pub const ACK_VERSION: u8 = 1;
-const DOMAIN: &[u8] = b"hedge ack v1\0";
+pub(crate) const DOMAIN: &[u8] = b"hedge ack v1\0";
 /// Far more than a publish window's worth of ranges.
 pub const MAX_ACK_BYTES: usize = 64 << 10;
 

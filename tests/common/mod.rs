@@ -376,6 +376,34 @@ pub fn decryptor(st: &Setup, broker: &str, count: usize, out: &Path) -> Child {
     )
 }
 
+/// A child whose stderr is read as it comes (a chatty child would block on a full pipe long
+/// before anyone waits for it).
+pub struct Draining {
+    pub child: Child,
+    log: std::thread::JoinHandle<String>,
+}
+
+impl Draining {
+    pub fn spawn(command: &mut Command) -> Self {
+        let mut child = command.stderr(Stdio::piped()).spawn().unwrap();
+        let mut stderr = child.stderr.take().unwrap();
+        let log = std::thread::spawn(move || {
+            use std::io::Read;
+            let mut text = String::new();
+            let _ = stderr.read_to_string(&mut text);
+            text
+        });
+        Self { child, log }
+    }
+
+    /// Wait for a successful exit (5 minutes at most); its stderr.
+    pub fn wait_ok(self, what: &str) -> String {
+        let Draining { child, log } = self;
+        wait_ok(child, what);
+        log.join().unwrap()
+    }
+}
+
 /// Wait for `c` to exit successfully (killed and failed after 5 minutes: a hang must not hold up
 /// CI); returns its stderr.
 pub fn wait_ok(mut c: Child, what: &str) -> String {

@@ -50,6 +50,7 @@ pub struct Args {
 
 pub fn run(a: Args, registry: &std::path::Path) -> Result<()> {
     let secret = keys::load_secret(&a.keys).context("loading secret key")?;
+    keys::harden(&secret);
     let registry = Registry::open(registry)?;
     let mut decryptor = Decryptor::new(
         registry,

@@ -60,7 +60,8 @@ pub fn run(a: Args, ui: &Ui) -> Result<()> {
     let opts = &a;
     let keys = opts.dir.join("keys");
     let registry = opts.dir.join("registry.sqlite");
-    // A fresh registry for fresh keys: the demo's boards are new every time.
+    // Fresh keys and a fresh registry: the demo's boards are new every time.
+    let _ = std::fs::remove_dir_all(&keys);
     for stale in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{stale}", registry.display()));
     }
@@ -123,6 +124,7 @@ pub fn run(a: Args, ui: &Ui) -> Result<()> {
             &calib,
             "demo",
             None,
+            protect::next_epoch(&registry)?,
             &hedge::progress::Silent,
         )?;
         let bundle_path = protect::default_bundle_path(&opts.dir, variant);

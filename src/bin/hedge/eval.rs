@@ -181,6 +181,18 @@ fn print_case(r: &CaseReport) {
             r.disagreements.len()
         );
     }
+    if r.variant == "act" {
+        let accepted = (r.test_images - r.reference_refused).max(1);
+        println!(
+            "    outside the calibrated window: {} pre-activations of {} images ({:.2e} per \
+             bootstrap); {} images with at least one ({:.3}%)",
+            r.out_of_window_units,
+            accepted,
+            r.out_of_window_units as f64 / (accepted as f64 * r.hidden_units.max(1) as f64),
+            r.out_of_window_images,
+            100.0 * r.out_of_window_images as f64 / accepted as f64
+        );
+    }
     for d in &r.disagreements {
         println!(
             "    image {}: reference class {}, encrypted {}; reference margin {} \

@@ -35,7 +35,7 @@ pub fn run(a: Args) -> Result<()> {
         "verified    signature ok, checksum ok, format v{}",
         hedge::bundle::FORMAT_VERSION
     );
-    println!("name        {}", b.header.name);
+    println!("name        {} (epoch {})", b.header.name, b.header.epoch);
     println!("variant     {}", m.variant.name());
     println!(
         "shape       {} → {} → {}",

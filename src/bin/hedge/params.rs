@@ -6,9 +6,15 @@ use hedge::crypto::params::{ParameterSet, SecurityLevel};
 pub struct Args {
     #[arg(long, value_parser = parse_security, default_value = "128")]
     security: SecurityLevel,
+    /// Hidden units of the bootstrapped variant, for the failure probability per inference.
+    #[arg(long, default_value_t = 512)]
+    hidden: usize,
 }
 
 pub fn run(a: Args) -> Result<()> {
-    print!("{}", ParameterSet::for_level(a.security).noise_report());
+    print!(
+        "{}",
+        ParameterSet::for_level(a.security).noise_report(a.hidden)
+    );
     Ok(())
 }

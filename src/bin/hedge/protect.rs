@@ -45,6 +45,7 @@ pub fn run(a: Args, registry: &Path, ui: &Ui) -> Result<()> {
         .with_context(|| format!("loading keys from {}", a.keys.display()))?;
     let t = std::time::Instant::now();
     let spinner = Shown(ui.spinner("protecting"));
+    let epoch = protect::next_epoch(registry)?;
     let p = protect::protect(
         &keys,
         &network.head,
@@ -53,6 +54,7 @@ pub fn run(a: Args, registry: &Path, ui: &Ui) -> Result<()> {
         &calib,
         &a.name,
         network.extractor.map(|(plain, _)| plain),
+        epoch,
         &spinner,
     )?;
     spinner.0.finish_and_clear();
@@ -60,7 +62,7 @@ pub fn run(a: Args, registry: &Path, ui: &Ui) -> Result<()> {
     hedge::files::write_atomic(&a.out, &p.bytes, 0o644)
         .with_context(|| format!("writing {}", a.out.display()))?;
     println!(
-        "protected {} ({:?}) into {}: {} bytes, encrypted weights {} bytes, {:.1} s",
+        "protected {} ({:?}, epoch {epoch}) into {}: {} bytes, encrypted weights {} bytes, {:.1} s",
         a.model.display(),
         a.variant,
         a.out.display(),

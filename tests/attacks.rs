@@ -1,0 +1,342 @@
+//! A compromised board attacks the backend, end to end over mosquitto through the real
+//! binaries. The attacker holds what a board holds — the bundle, the public and evaluation
+//! keys, its own identity key — and crafts result messages with the library. Every attack is
+//! refused, nothing of it reaches the output, and the honest results keep flowing
+//! (docs/THREATS.md lists each attack with its defence and this test).
+
+mod common;
+use common::*;
+use ed25519_dalek::SigningKey;
+use hedge::crypto::raw::U64s;
+use hedge::engine::{EncryptedModel, ResultCiphertext};
+use hedge::transport::message::{now_ms, ResultMessage};
+use std::path::Path;
+use std::time::Duration;
+
+/// What a compromised board has, and a connection to publish what it likes.
+struct Attacker {
+    identity: SigningKey,
+    bundle: hedge::bundle::Opened,
+    engine: hedge::engine::EdgeEngine,
+    client: rumqttc::Client,
+    _io: std::thread::JoinHandle<()>,
+}
+
+impl Attacker {
+    fn new(st: &Setup, spool: &Path, port: u16) -> Self {
+        let key: [u8; 32] = std::fs::read(spool.join("identity.key"))
+            .unwrap()
+            .try_into()
+            .unwrap();
+        let bundle =
+            hedge::bundle::open_verified(&st.bundle, &st.keys.join("verifying.key")).unwrap();
+        let engine = bundle.bundle.engine().unwrap();
+        let mut opts = rumqttc::MqttOptions::new("attacker", "127.0.0.1", port);
+        opts.set_max_packet_size(8 << 20, 8 << 20);
+        let (client, mut conn) = rumqttc::Client::new(opts, 64);
+        let io = std::thread::spawn(move || for _ in conn.iter() {});
+        Self {
+            identity: SigningKey::from_bytes(&key),
+            bundle,
+            engine,
+            client,
+            _io: io,
+        }
+    }
+
+    /// A genuine result of its own engine, to start crafting from.
+    fn genuine(&mut self, st: &Setup) -> ResultCiphertext {
+        let x = hedge::input::vectors::parse_line(&st.vectors[0])
+            .unwrap()
+            .unwrap()
+            .values;
+        self.engine.infer_plain(&x).unwrap()
+    }
+
+    /// A message as `device`, signed with `key` (the board's, unless it says otherwise).
+    fn message(&self, device: &str, seq: u64, result: ResultCiphertext) -> ResultMessage {
+        let mut m = ResultMessage {
+            device_id: device.into(),
+            bundle_id: self.bundle.id.clone(),
+            seq,
+            timestamp_ms: now_ms(),
+            infer_us: 1,
+            extract_us: 0,
+            result,
+            signed: None,
+        };
+        m.sign(&self.identity);
+        m
+    }
+
+    fn publish(&self, topic: &str, m: &ResultMessage) {
+        self.client
+            .publish(topic, rumqttc::QoS::AtLeastOnce, false, m.encode())
+            .unwrap();
+    }
+}
+
+fn with_part(mut r: ResultCiphertext, words: Vec<u64>) -> ResultCiphertext {
+    r.parts[0] = U64s(words);
+    r
+}
+
+/// Lines of the decryptor's output with these sequence numbers.
+fn lines_for(out: &Path, seqs: &[u64]) -> Vec<serde_json::Value> {
+    results(out)
+        .into_iter()
+        .filter(|l| seqs.contains(&l["seq"].as_u64().unwrap()))
+        .collect()
+}
+
+#[test]
+fn every_attack_of_a_compromised_board_is_refused() {
+    let st = setup("last");
+    let broker = Mosquitto::start(&st.root);
+    let out = st.root.join("out.jsonl");
+    let spool = st.root.join("spool");
+    // A second board, enrolled: a victim for results published on its topic.
+    let other_spool = st.root.join("other");
+    enrol(&st, &other_spool, "board-b");
+    let dec = decryptor_with(
+        &st,
+        &broker.addr(),
+        &["--client-id", "backend", "--idle-timeout", "600"],
+        &out,
+    );
+    // Honest results first: 5 from the board (enrolled by the helper).
+    let input = st.root.join("in.txt");
+    std::fs::write(&input, st.vectors[..5].join("\n")).unwrap();
+    wait_ok(hedged(&st, &broker.addr(), s(&input), &spool), "hedged");
+    wait_lines(&out, 5);
+    let honest = results(&out);
+
+    let mut a = Attacker::new(&st, &spool, broker.port);
+    let genuine = a.genuine(&st);
+    let n = genuine.parts[0].0.len() / 2;
+    let delta = 1u64 << 40;
+    let own = "hedge/board/results";
+    let mut attacks: Vec<(&str, u64)> = Vec::new();
+    let mut seq = 1000;
+    let mut next = |what: &'static str| {
+        seq += 1;
+        attacks.push((what, seq));
+        seq
+    };
+
+    // 1. The key-extraction shape: a constant mask, so that the phase is the secret key.
+    let mut words = vec![1u64; 2 * n];
+    words[n..].fill(0);
+    let m = a.message(
+        "board",
+        next("constant mask"),
+        with_part(genuine.clone(), words),
+    );
+    a.publish(own, &m);
+    // 2. The bundle's own weight GLWE as a result: it would decrypt to model weights.
+    let EncryptedModel::Last { output, .. } = &a.bundle.bundle.model else {
+        panic!("a last bundle");
+    };
+    let weights = output
+        .prepare()
+        .unwrap()
+        .ciphertexts()
+        .next()
+        .unwrap()
+        .to_vec();
+    let m = a.message(
+        "board",
+        next("weight GLWE"),
+        with_part(genuine.clone(), weights),
+    );
+    a.publish(own, &m);
+    // 3. A data source's encrypted-feature GGSW row as a result: it would decrypt to its
+    //    features (and, in the mask rows, to products with the secret key).
+    let x = hedge::input::vectors::parse_line(&st.vectors[1])
+        .unwrap()
+        .unwrap()
+        .values;
+    let features = a.engine.encrypt_features(&x).unwrap();
+    let row = features.groups()[0].0[..2 * n].to_vec();
+    let m = a.message(
+        "board",
+        next("feature GGSW row"),
+        with_part(genuine.clone(), row),
+    );
+    a.publish(own, &m);
+    // 4. A trivial ciphertext: mask 0, body Δ·z — a forged class.
+    let mut trivial = vec![0u64; 2 * n];
+    trivial[n + 3] = 50 * delta;
+    let m = a.message(
+        "board",
+        next("trivial ciphertext"),
+        with_part(genuine.clone(), trivial),
+    );
+    a.publish(own, &m);
+    // 5. A result from a device the backend does not know.
+    let m = a.message("ghost", next("unknown device"), genuine.clone());
+    a.publish("hedge/ghost/results", &m);
+    // 6. The board's genuine result published on another board's topic.
+    let m = a.message("board", next("another board's topic"), genuine.clone());
+    a.publish("hedge/board-b/results", &m);
+    // 7. A result for a bundle the registry does not know.
+    let mut m = a.message("board", next("unknown bundle"), genuine.clone());
+    m.bundle_id = "ffffffffffffffff".into();
+    m.sign(&a.identity);
+    a.publish(own, &m);
+    // 8. A genuine result with its sequence number changed (a replay under a new number).
+    let mut m = a.message("board", next("renumbered"), genuine.clone());
+    m.seq += 1;
+    a.publish(own, &m);
+    // 9. Unsigned (what an old board or a forger sends).
+    let mut m = a.message("board", next("unsigned"), genuine.clone());
+    m.signed = None;
+    a.publish(own, &m);
+    // 10. The board's genuine result #1 again, after the decryptor restarted.
+    std::thread::sleep(Duration::from_secs(2));
+    terminate(&dec);
+    let first_log = wait_ok(dec, "decryptor");
+    let dec = decryptor_with(
+        &st,
+        &broker.addr(),
+        &["--client-id", "backend", "--idle-timeout", "600"],
+        &out,
+    );
+    let spooled_copy = a.message("board", 1, genuine.clone());
+    a.publish(own, &spooled_copy);
+    // Honest results keep flowing: 5 more.
+    std::fs::write(&input, st.vectors[5..10].join("\n")).unwrap();
+    wait_ok(hedged(&st, &broker.addr(), s(&input), &spool), "hedged");
+    wait_lines(&out, 10);
+    std::thread::sleep(Duration::from_secs(1));
+    terminate(&dec);
+    let log = first_log + &wait_ok(dec, "decryptor");
+
+    // Every attack refused with its reason.
+    for (what, needle) in [
+        ("constant mask", "trivial or structured mask"),
+        ("weight GLWE", "one of the bundle's own ciphertexts"),
+        ("trivial ciphertext", "trivial or structured mask"),
+        ("unknown device", "unknown device ghost"),
+        (
+            "another board's topic",
+            "published on device board-b's topic",
+        ),
+        ("unknown bundle", "unknown bundle ffffffffffffffff"),
+        ("renumbered", "signature does not verify"),
+        ("unsigned", "unsigned result message"),
+    ] {
+        assert!(log.contains(needle), "{what}: no {needle:?} in\n{log}");
+    }
+    // The feature row: its lowest gadget level decrypts to zeros in every class (higher
+    // levels land off the exact variant's grid or out of range): refused either way.
+    assert!(
+        log.contains("board#1003: every class scores the same")
+            || log.contains("board#1003: score"),
+        "feature GGSW row:\n{log}"
+    );
+    assert_eq!(log.matches("refused a result").count(), 9, "{log}");
+    // Nothing of them reached the output: only the 10 honest results, class only.
+    let seqs: Vec<u64> = attacks.iter().map(|a| a.1).collect();
+    assert!(lines_for(&out, &seqs).is_empty());
+    let all = results(&out);
+    assert_eq!(all.len(), 10, "the replayed #1 is not written again");
+    check_result_lines(&st, &all, 10);
+    assert_eq!(all[..5], honest[..]);
+    for line in &all {
+        let mut keys: Vec<&str> = line
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                "bundle",
+                "class",
+                "device",
+                "extract_ms",
+                "infer_ms",
+                "seq",
+                "timestamp_ms"
+            ],
+            "a line reveals the class only"
+        );
+    }
+    // The refusals the board signed count against it; the others could be anyone's.
+    let list = String::from_utf8(hedge(&["device", "--keys", s(&st.keys), "list"]).stdout).unwrap();
+    let board = list.lines().find(|l| l.starts_with("board ")).unwrap();
+    let refused: u64 = board.split_whitespace().nth(2).unwrap().parse().unwrap();
+    assert_eq!(refused, 5, "{list}");
+}
+
+#[test]
+fn a_quarantined_board_is_withheld_until_cleared() {
+    let st = setup("last");
+    let broker = Mosquitto::start(&st.root);
+    let out = st.root.join("out.jsonl");
+    let spool = st.root.join("spool");
+    let dec = decryptor_with(
+        &st,
+        &broker.addr(),
+        &[
+            "--client-id",
+            "backend",
+            "--idle-timeout",
+            "600",
+            "--quarantine-after",
+            "3",
+        ],
+        &out,
+    );
+    let input = st.root.join("in.txt");
+    std::fs::write(&input, st.vectors[..2].join("\n")).unwrap();
+    wait_ok(hedged(&st, &broker.addr(), s(&input), &spool), "hedged");
+    wait_lines(&out, 2);
+    // The board turns: three crafted results, signed by it.
+    let mut a = Attacker::new(&st, &spool, broker.port);
+    let genuine = a.genuine(&st);
+    let n = genuine.parts[0].0.len() / 2;
+    for seq in 500..503 {
+        let mut words = vec![7u64; 2 * n];
+        words[n..].fill(0);
+        a.publish(
+            "hedge/board/results",
+            &a.message("board", seq, with_part(genuine.clone(), words)),
+        );
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let list = String::from_utf8(hedge(&["device", "--keys", s(&st.keys), "list"]).stdout).unwrap();
+    assert!(list.contains("quarantined"), "{list}");
+    // Its genuine results are withheld now: not decrypted, not acknowledged (it keeps them).
+    let config = st.root.join("hedged.toml");
+    std::fs::write(&config, "[mqtt]\nhost = \"127.0.0.1\"\ne2e_timeout_s = 1\n").unwrap();
+    let mut h = hedged_command(&st, &broker.addr(), "-", &spool)
+        .arg("--config")
+        .arg(&config)
+        .spawn()
+        .unwrap();
+    feed(&mut h, &st.vectors[2..5]);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(results(&out).len(), 2, "withheld while quarantined");
+    assert_eq!(
+        spooled(&spool),
+        3,
+        "the board keeps what was not acknowledged"
+    );
+    // An operator clears it: the board's resent results are decrypted.
+    hedge(&["device", "--keys", s(&st.keys), "clear", "board"]);
+    drop(h.stdin.take());
+    let hlog = wait_ok(h, "hedged");
+    assert!(hlog.contains("0 left in the spool"), "{hlog}");
+    wait_lines(&out, 5);
+    terminate(&dec);
+    let dlog = wait_ok(dec, "decryptor");
+    assert!(
+        dlog.contains("withheld: the device is quarantined"),
+        "{dlog}"
+    );
+    check_results(&st, &out, 5);
+}
