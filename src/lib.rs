@@ -30,6 +30,7 @@ pub mod crypto;
 pub mod edge;
 pub mod engine;
 pub mod files;
+pub mod fuzz;
 pub mod input;
 pub mod model;
 pub mod progress;

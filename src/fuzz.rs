@@ -1,0 +1,263 @@
+//! The fuzzing entry points: one function per parser of outside input, each taking arbitrary
+//! bytes. `fuzz/` runs them under libFuzzer; `tests/fuzz_corpus.rs` replays the committed
+//! corpora through the same functions in every `cargo test`. None may panic, and none may
+//! accept input that its own checks should refuse (the assertions below).
+
+use crate::bundle::{sign_body, EdgeBundle};
+use crate::crypto::keys::{self, EdgeKeys, KeySet};
+use crate::crypto::lut::Activation;
+use crate::crypto::params::{ParameterSet, SecurityLevel};
+use crate::engine::{decrypt, Decoding, EdgeEngine, EncryptedModel, ModelInfo};
+use crate::input::{images, vectors};
+use crate::model::quant::{QuantModel, Variant};
+use crate::model::synth;
+use crate::transport::ack::Ack;
+use crate::transport::frame::{self, Input};
+use crate::transport::message::ResultMessage;
+use ed25519_dalek::SigningKey;
+use std::sync::{Mutex, OnceLock};
+
+/// A fuzz target: arbitrary bytes in, nothing out (it must not panic).
+pub type Target = fn(&[u8]);
+
+/// The targets, by the name of their corpus directory.
+pub const TARGETS: [(&str, Target); 11] = [
+    ("frames", frames),
+    ("encrypted_features", encrypted_features),
+    ("result_message", result_message),
+    ("ack", ack),
+    ("bundle", bundle),
+    ("signed_bundle", signed_bundle),
+    ("settings", settings),
+    ("idx", idx),
+    ("image", image),
+    ("onnx", onnx),
+    ("vector_line", vector_line),
+];
+
+/// Keys, the decodings of a small model in every variant and an engine for encrypted
+/// features, made once per process.
+struct Fixture {
+    keys: KeySet,
+    decodings: Vec<Decoding>,
+    engine: Mutex<EdgeEngine>,
+    signer: SigningKey,
+}
+
+fn fixture() -> &'static Fixture {
+    static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        let params = ParameterSet::for_level(SecurityLevel::L128);
+        let keys = keys::generate(params);
+        let task = synth::Task::new(5, 48, 10);
+        let linear = synth::classifier(5, &task, 24, None);
+        let relu = synth::classifier(5, &task, 24, Some(Activation::Relu));
+        let calibration: Vec<Vec<f32>> = task.samples(20, 100).into_iter().map(|s| s.0).collect();
+        let quantised = |variant| {
+            let model = if variant == Variant::Noact {
+                &linear
+            } else {
+                &relu
+            };
+            QuantModel::quantize(model, variant, None, &calibration, &params)
+                .expect("the synthetic model quantises")
+        };
+        let decodings = [Variant::Last, Variant::Noact, Variant::Act]
+            .into_iter()
+            .map(|v| Decoding::new(&quantised(v), &params, keys.secret.key_id).expect("a decoding"))
+            .collect();
+        let q = quantised(Variant::Noact);
+        let encrypted = EncryptedModel::encrypt(&q, &keys.secret).expect("encrypts");
+        let edge_keys = EdgeKeys {
+            public: keys.public.clone(),
+            evaluation: None,
+        };
+        let engine = EdgeEngine::new(
+            ModelInfo::of(&q),
+            params,
+            keys.secret.key_id,
+            &edge_keys,
+            &encrypted,
+        )
+        .expect("an engine");
+        Fixture {
+            keys,
+            decodings,
+            engine: Mutex::new(engine),
+            signer: SigningKey::from_bytes(&[7; 32]),
+        }
+    })
+}
+
+/// Make the shared keys and engine now (libFuzzer's initialisation), so that no input's
+/// time includes them.
+pub fn prepare() {
+    fixture();
+}
+
+/// A stream of length-prefixed frames from a data source, each decoded.
+pub fn frames(data: &[u8]) {
+    let mut stream = data;
+    while let Ok(Some(payload)) = frame::read_frame(&mut stream, 1 << 20) {
+        let _ = frame::decode(&payload);
+    }
+    let _ = frame::decode(data);
+}
+
+/// An encrypted-feature frame's payload, run through the engine's checks and, if they pass,
+/// the first encrypted layer. The key id is set to the engine's so that fuzzing gets past it.
+pub fn encrypted_features(data: &[u8]) {
+    let payload = [&[2u8, 1][..], data].concat();
+    if let Ok(Input::Encrypted(mut features)) = frame::decode(&payload) {
+        let f = fixture();
+        features.key_id = f.keys.secret.key_id;
+        let mut engine = f.engine.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = engine.infer_encrypted(&features);
+    }
+}
+
+/// A result message from the broker, through everything the decryptor does with it: decode,
+/// signature, and the decryption checks of each variant (the key id set to the fixture's).
+pub fn result_message(data: &[u8]) {
+    let Ok(mut message) = ResultMessage::decode(data) else {
+        return;
+    };
+    let f = fixture();
+    let _ = message.verify(&f.signer.verifying_key());
+    message.result.key_id = f.keys.secret.key_id;
+    for decoding in &f.decodings {
+        if let Ok(decrypted) = decrypt(&message.result, decoding, &f.keys.secret) {
+            assert!(decrypted.class < decoding.score_limits.len());
+        }
+    }
+}
+
+/// An end-to-end acknowledgement (the signature is checked before anything is decoded; an
+/// unsigned fuzz input fails there, a signed one gets through to the decoder).
+pub fn ack(data: &[u8]) {
+    let f = fixture();
+    let _ = Ack::decode(data, &f.signer.verifying_key(), "board");
+    if data.len() > 1 {
+        use ed25519_dalek::Signer;
+        let signed = [&[1u8][..], &data[1..]].concat();
+        let signature = f
+            .signer
+            .sign(&[crate::transport::ack::DOMAIN, &signed[..]].concat());
+        let bytes = [&signed[..], &signature.to_bytes()[..]].concat();
+        let _ = Ack::decode(&bytes, &f.signer.verifying_key(), "board");
+    }
+}
+
+/// A bundle file as it arrives (before the signature is checked).
+pub fn bundle(data: &[u8]) {
+    let _ = EdgeBundle::from_bytes(data, &fixture().signer.verifying_key());
+}
+
+/// A bundle body behind a valid signature (what a signing key's holder could ship), through
+/// decoding, its consistency checks and the engine's construction.
+pub fn signed_bundle(data: &[u8]) {
+    let f = fixture();
+    let bytes = sign_body(data, &f.signer);
+    if let Ok(b) = EdgeBundle::from_bytes(&bytes, &f.signer.verifying_key()) {
+        let _ = b.engine();
+    }
+}
+
+/// hedged's configuration file.
+pub fn settings(data: &[u8]) {
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = crate::edge::settings::Settings::parse(text);
+    }
+}
+
+/// An IDX file (images or labels).
+pub fn idx(data: &[u8]) {
+    let _ = images::parse_idx(data, "fuzz.idx");
+}
+
+/// A PGM or PNG image.
+pub fn image(data: &[u8]) {
+    let _ = images::decode(data, "fuzz");
+}
+
+/// An ONNX model given to `hedge protect`.
+pub fn onnx(data: &[u8]) {
+    let _ = crate::model::onnx::from_bytes(data);
+}
+
+/// One line of a vector file or stream.
+pub fn vector_line(data: &[u8]) {
+    if let Ok(line) = std::str::from_utf8(data) {
+        let _ = vectors::parse_line(line);
+    }
+}
+
+/// Seed inputs for each target, made with the library's own encoders (genuine messages,
+/// frames, acknowledgements, files), so that fuzzing starts from well-formed input.
+pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
+    use crate::input::images::Image;
+    let f = fixture();
+    let task = synth::Task::new(5, 48, 10);
+    let x = task.samples(21, 1).remove(0).0;
+    let image = Image {
+        width: 4,
+        height: 3,
+        pixels: (0..12).map(|i| i * 20).collect(),
+    };
+    let mut out = vec![
+        ("frames", frame::encode(&Input::Plain(x.clone()))),
+        ("frames", frame::encode(&Input::Image(image.clone()))),
+        (
+            "vector_line",
+            vectors::format_sample(Some(3), &x).into_bytes(),
+        ),
+        ("vector_line", b"0.5, -1e3, 7".to_vec()),
+        ("image", images::encode_pgm(&image)),
+        ("image", b"P2\n2 2\n255\n0 10\n200 255\n".to_vec()),
+        (
+            "idx",
+            [&[0u8, 0, 8, 1, 0, 0, 0, 3][..], &[1, 2, 3]].concat(),
+        ),
+        (
+            "idx",
+            [
+                &[0u8, 0, 8, 3, 0, 0, 0, 1, 0, 0, 0, 3, 0, 0, 0, 4][..],
+                &image.pixels,
+            ]
+            .concat(),
+        ),
+        ("settings", include_bytes!("../config/hedged.toml").to_vec()),
+        ("bundle", sign_body(b"not a bundle", &f.signer)),
+        ("signed_bundle", b"not a bundle".to_vec()),
+    ];
+    let model = synth::classifier(5, &task, 24, None);
+    for matmul in [false, true] {
+        out.push(("onnx", crate::model::onnx::to_bytes(&model, matmul)));
+    }
+    let mut engine = f.engine.lock().unwrap_or_else(|e| e.into_inner());
+    let features = engine.encrypt_features(&x).expect("encrypts");
+    let bytes = postcard::to_allocvec(&features).expect("serialises");
+    // The whole GGSW is megabytes: its head carries the structure.
+    out.push(("encrypted_features", bytes[..bytes.len().min(256)].to_vec()));
+    let result = engine.infer_encrypted(&features).expect("infers");
+    let mut message = ResultMessage {
+        device_id: "board".into(),
+        bundle_id: "0123456789abcdef".into(),
+        seq: 1,
+        timestamp_ms: 0,
+        infer_us: 0,
+        extract_us: 0,
+        result,
+        signed: None,
+    };
+    message.sign(&f.signer);
+    out.push(("result_message", message.encode()));
+    let ack = Ack {
+        device_id: "board".into(),
+        recorded: vec![(1, 5), (9, 9)],
+        refused: vec![(6, 6)],
+        issued_ms: 1,
+    };
+    out.push(("ack", ack.encode(&f.signer)));
+    out
+}
