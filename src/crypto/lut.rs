@@ -273,6 +273,10 @@ mod tests {
     /// 1.6 %, 2 % and 3.5 % for Gaussian noise; the output noise varies more than that from
     /// one key set to the next: 2^48.80–2^49.00 at 128 over six key sets with 400 rotations).
     #[test]
+    #[cfg_attr(
+        not(target_arch = "x86_64"),
+        ignore = "thousands of bootstraps: ~15 min under qemu (CI's aarch64 step)"
+    )]
     fn the_noise_model_matches_real_bootstraps_at_128() {
         noise_model_matches_real_bootstraps(SecurityLevel::L128, 1200);
     }
@@ -280,6 +284,10 @@ mod tests {
     /// 192 bootstraps at N = 4096, where the FFT term is four times heavier than at 2048: checks
     /// the term's shape, not only the weight fitted at 128.
     #[test]
+    #[cfg_attr(
+        not(target_arch = "x86_64"),
+        ignore = "thousands of bootstraps: ~15 min under qemu (CI's aarch64 step)"
+    )]
     fn the_noise_model_matches_real_bootstraps_at_192() {
         noise_model_matches_real_bootstraps(SecurityLevel::L192, 400);
     }
