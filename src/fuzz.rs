@@ -137,15 +137,8 @@ pub fn result_message(data: &[u8]) {
 pub fn ack(data: &[u8]) {
     let f = fixture();
     let _ = Ack::decode(data, &f.signer.verifying_key(), "board");
-    if data.len() > 1 {
-        use ed25519_dalek::Signer;
-        let signed = [&[1u8][..], &data[1..]].concat();
-        let signature = f
-            .signer
-            .sign(&[crate::transport::ack::DOMAIN, &signed[..]].concat());
-        let bytes = [&signed[..], &signature.to_bytes()[..]].concat();
-        let _ = Ack::decode(&bytes, &f.signer.verifying_key(), "board");
-    }
+    let signed = crate::transport::ack::sign_body(data, &f.signer);
+    let _ = Ack::decode(&signed, &f.signer.verifying_key(), "board");
 }
 
 /// A bundle file as it arrives (before the signature is checked).

@@ -64,12 +64,6 @@ impl SecurityLevel {
             .expect("a curve per level")
     }
 
-    /// Smallest log2(σ) on the 2^64 scale that keeps dimension `dim` at this level.
-    pub fn min_log2_std(self, dim: usize) -> f64 {
-        let c = self.curve();
-        (64.0 + c.slope * dim as f64 + c.bias).max(2.0)
-    }
-
     /// The line itself at dimension `dim`: log2(σ/q), unclamped.
     pub fn line(self, dim: usize) -> f64 {
         let c = self.curve();
@@ -507,7 +501,7 @@ mod tests {
             (SecurityLevel::L192, 1340, -21.05),
             (SecurityLevel::L256, 4096, -55.98),
         ] {
-            let got = level.min_log2_std(d) - 64.0;
+            let got = level.line(d);
             assert!((got - want).abs() < 0.01, "{level} {d}: {got}");
         }
     }

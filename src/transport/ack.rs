@@ -11,7 +11,7 @@ use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
 pub const ACK_VERSION: u8 = 1;
-pub(crate) const DOMAIN: &[u8] = b"hedge ack v1\0";
+const DOMAIN: &[u8] = b"hedge ack v1\0";
 /// Far more than a publish window's worth of ranges.
 pub const MAX_ACK_BYTES: usize = 64 << 10;
 
@@ -54,13 +54,21 @@ pub fn ranges(seqs: impl IntoIterator<Item = u64>) -> Vec<(u64, u64)> {
     out
 }
 
+/// An acknowledgement message around `body` (the postcard encoding of an [`Ack`]), signed.
+pub fn sign_body(body: &[u8], backend: &SigningKey) -> Vec<u8> {
+    let mut out = vec![ACK_VERSION];
+    out.extend_from_slice(body);
+    let signature = backend.sign(&[DOMAIN, &out].concat());
+    out.extend_from_slice(&signature.to_bytes());
+    out
+}
+
 impl Ack {
     pub fn encode(&self, backend: &SigningKey) -> Vec<u8> {
-        let mut out = vec![ACK_VERSION];
-        out.extend(postcard::to_allocvec(self).expect("serialising to a Vec cannot fail"));
-        let signature = backend.sign(&[DOMAIN, &out].concat());
-        out.extend_from_slice(&signature.to_bytes());
-        out
+        sign_body(
+            &postcard::to_allocvec(self).expect("serialising to a Vec cannot fail"),
+            backend,
+        )
     }
 
     /// Verify and decode an acknowledgement meant for `device`.
