@@ -28,7 +28,8 @@ use std::path::Path;
 pub const MAGIC: [u8; 8] = *b"HEDGEBDL";
 /// 2: the optional plaintext feature extractor. 3: the key-switching key modulo 2^32.
 /// 4: the epoch (anti-rollback) and the parameter sets of 2026-12 (today's security fits).
-pub const FORMAT_VERSION: u16 = 4;
+/// 5: `act`'s accuracy settings (class groups per unit, gadget levels) and expected agreement.
+pub const FORMAT_VERSION: u16 = 5;
 const PREFIX: usize = 8 + 2 + 8;
 const TRAILER: usize = 32 + 8 + 64;
 
@@ -45,6 +46,9 @@ pub struct BundleHeader {
     /// Increases with every bundle the backend protects: a board refuses a bundle older than
     /// the newest it accepted (anti-rollback).
     pub epoch: u64,
+    /// Variant `act`: the noise model's agreement with the integer reference over the
+    /// calibration inputs at protection time, [low, high].
+    pub expected_agreement: Option<[f64; 2]>,
 }
 
 /// What ships to the edge.
@@ -183,7 +187,12 @@ impl EdgeBundle {
 
     fn check(&self) -> Result<(), BundleError> {
         let p = self.header.params;
-        if p != ParameterSet::for_level(p.security) || self.keys.public.params != p {
+        // The bootstrap's gadget may be one of the allowed levels (act's accuracy knob); the
+        // keys are the key set's, at the shipped set.
+        if !p.is_shipped()
+            || (p.pbs.level != 1 && self.model.variant() != crate::model::quant::Variant::Act)
+            || self.keys.public.params != ParameterSet::for_level(p.security)
+        {
             return Err(BundleError::Inconsistent(format!(
                 "parameter set does not match the shipped {}-bit set",
                 p.security
@@ -295,6 +304,7 @@ mod tests {
                 created: 0,
                 name: "test".into(),
                 epoch: 1,
+                expected_agreement: None,
             },
             keys: EdgeKeys {
                 public: ks.public.clone(),

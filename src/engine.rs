@@ -325,9 +325,13 @@ impl Decoding {
             HiddenMap::Window { map, .. } => (
                 KeyKind::Pbs,
                 params.pbs_glwe.poly_size,
-                vec![PartShape::Glwe {
-                    slots: (0..out as u32).map(|j| j * map.window as u32).collect(),
-                }],
+                (0..map.groups(out))
+                    .map(|g| PartShape::Glwe {
+                        slots: (0..map.group_classes(g, out).len() as u32)
+                            .map(|w| w * map.window as u32)
+                            .collect(),
+                    })
+                    .collect(),
             ),
             _ if q.variant == Variant::Noact => (
                 KeyKind::Wide,
@@ -727,6 +731,19 @@ impl EdgeEngine {
         })
     }
 
+    /// Variant `act`: what the bootstraps of one inference take on this machine, in seconds,
+    /// from a few measured key switches and blind rotations (the first layer and the sample
+    /// extractions, a few per cent, are left out); `None` for the exact variants.
+    pub fn bootstrap_seconds_per_inference(&self) -> Option<f64> {
+        let Prepared::Act { luts, eval, .. } = &self.prepared else {
+            return None;
+        };
+        let (key_switch, rotation) =
+            crate::crypto::lut::bootstrap_seconds(eval, luts.map.poly_size, 8);
+        let groups = luts.map.groups(luts.out_dim) as f64;
+        Some(self.info.hidden_dim as f64 * (key_switch + groups * rotation))
+    }
+
     fn encrypted_layer_input(&self, x: &[f32]) -> Result<Vec<i64>> {
         let xq = self.info.input.quantize(x)?;
         let mut input = match &self.prepared {
@@ -858,10 +875,11 @@ impl EdgeEngine {
                 .into_iter()
                 .map(|l| U64s(l.into_container()))
                 .collect(),
-            Prepared::Act { first, luts, eval } => {
-                let sum = luts.evaluate(&blocks, first.layout.rows_per_block, eval);
-                vec![U64s(sum.into_container())]
-            }
+            Prepared::Act { first, luts, eval } => luts
+                .evaluate(&blocks, first.layout.rows_per_block, eval)
+                .into_iter()
+                .map(|sum| U64s(sum.into_container()))
+                .collect(),
         };
         ResultCiphertext {
             key_id: self.key_id,

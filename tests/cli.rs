@@ -215,6 +215,133 @@ fn protect_run_decrypt_every_variant_and_mode() {
     }
 }
 
+/// The `act` accuracy knob end to end: a target chosen from the weighed settings, explicit
+/// settings shown by protect and inspect, their bundle run by hedged and decrypted within the
+/// bound of those settings, and settings that cannot be honoured refused.
+#[test]
+fn act_accuracy_is_bought_at_protect_and_shown_by_inspect() {
+    use hedge::model::quant::QuantModel;
+    let f = fixture();
+    let (model_path, calibration) = (f.root.join("model.onnx"), f.root.join("calibration.txt"));
+    let protect_act = |out: &str, extra: &[&str]| {
+        let bundle = f.root.join(out);
+        let mut args = vec![
+            "protect",
+            "--model",
+            s(&model_path),
+            "--keys",
+            s(&f.keys),
+            "--variant",
+            "act",
+            "--calibration",
+            s(&calibration),
+            "--out",
+            s(&bundle),
+        ];
+        args.extend(extra);
+        (hedge(&args), bundle)
+    };
+    let (o, _) = protect_act("cheapest.bundle", &["--act-agreement", "0"]);
+    let text = ok(&o);
+    assert!(text.contains("act settings weighed"), "{text}");
+    assert!(
+        text.contains("act accuracy: 10 class(es) per bootstrap, 1 gadget level(s): 16 bootstraps"),
+        "{text}"
+    );
+    let (o, bundle) = protect_act(
+        "bought.bundle",
+        &["--classes-per-bootstrap", "5", "--gadget-levels", "2"],
+    );
+    let line = "act accuracy: 5 class(es) per bootstrap, 2 gadget level(s): 32 bootstraps";
+    assert!(ok(&o).contains(line));
+    let summary = ok(&hedge(&["inspect", s(&bundle), "--keys", s(&f.keys)]));
+    assert!(summary.contains(line), "{summary}");
+    assert!(summary.contains("expected agreement"), "{summary}");
+
+    // The bundle runs and decrypts within the bound of its own settings.
+    let model = hedge::model::onnx::load(&f.root.join("model.onnx")).unwrap();
+    let read = |name: &str| -> Vec<Vec<f32>> {
+        hedge::input::vectors::read_samples(&f.root.join(name))
+            .unwrap()
+            .into_iter()
+            .map(|s| s.values)
+            .collect()
+    };
+    let params =
+        hedge::crypto::params::ParameterSet::for_level(hedge::crypto::params::SecurityLevel::L128)
+            .with_pbs_levels(2)
+            .unwrap();
+    let q = QuantModel::quantize_act(&model, None, &read("calibration.txt"), &params, 5).unwrap();
+    let bound = q.act_score_bound(&params);
+    let test = read("test.txt");
+    let input: String = test[..2]
+        .iter()
+        .map(|x| hedge::input::vectors::format_sample(None, x) + "\n")
+        .collect();
+    let out = f.root.join("out-bought");
+    ok(&hedged(
+        &[
+            "--bundle",
+            s(&bundle),
+            "--verifying-key",
+            s(&f.keys.join("verifying.key")),
+            "--out-dir",
+            s(&out),
+            "--device-id",
+            "board-bought",
+        ],
+        &input,
+    ));
+    let mut files: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().path().to_str().unwrap().to_string())
+        .filter(|p| p.ends_with(".bin"))
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 2);
+    let mut args = vec![
+        "decrypt",
+        "--keys",
+        s(&f.keys),
+        "--enrol",
+        "--reveal",
+        "scores",
+    ];
+    args.extend(files.iter().map(String::as_str));
+    let decrypted = ok(&hedge(&args));
+    for (d, x) in decrypted.lines().zip(&test) {
+        let v: serde_json::Value = serde_json::from_str(d).unwrap();
+        let z = q.reference(&q.input.quantize(x).unwrap()).scores;
+        for (j, got) in v["scores"].as_array().unwrap().iter().enumerate() {
+            let got = got.as_f64().unwrap() / q.out_scale;
+            assert!((got - z[j] as f64).abs() <= bound[j] + 1.0, "score {j}");
+        }
+    }
+
+    let (o, _) = protect_act("x.bundle", &["--gadget-levels", "4"]);
+    refused(&o, "gadget levels go from 1 to 3");
+    let (o, _) = protect_act("x.bundle", &["--act-agreement", "1.5"]);
+    refused(&o, "share in [0, 1]");
+    let (o, _) = protect_act("x.bundle", &["--classes-per-bootstrap", "0"]);
+    refused(&o, "at least 1");
+    let o = hedge(&[
+        "protect",
+        "--model",
+        s(&f.root.join("model.onnx")),
+        "--keys",
+        s(&f.keys),
+        "--variant",
+        "last",
+        "--classes-per-bootstrap",
+        "2",
+        "--calibration",
+        s(&f.root.join("calibration.txt")),
+        "--out",
+        s(&f.root.join("x.bundle")),
+    ]);
+    refused(&o, "apply to --variant act only");
+}
+
 #[test]
 fn bad_bundles_are_refused_with_the_reason() {
     let f = fixture();

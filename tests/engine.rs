@@ -10,16 +10,37 @@ use hedge::model::{argmax, synth};
 use hedge::transport::frame::{self, Input};
 
 fn run(variant: Variant, activation: Option<Activation>, inputs: usize) {
-    let params = ParameterSet::for_level(SecurityLevel::L128);
-    let ks = keys::generate(params);
+    run_with(variant, activation, inputs, usize::MAX, 1);
+}
+
+/// `act` takes `per_table` classes per bootstrap and `levels` gadget levels.
+fn run_with(
+    variant: Variant,
+    activation: Option<Activation>,
+    inputs: usize,
+    per_table: usize,
+    levels: usize,
+) {
+    let shipped = ParameterSet::for_level(SecurityLevel::L128);
+    let ks = keys::generate(shipped);
+    let params = shipped.with_pbs_levels(levels).unwrap();
     let task = synth::Task::new(5, 48, 10);
     let model = synth::classifier(5, &task, 24, activation);
     let calib: Vec<Vec<f32>> = task.samples(20, 100).into_iter().map(|s| s.0).collect();
-    let q = QuantModel::quantize(&model, variant, None, &calib, &params).unwrap();
+    let q = match variant {
+        Variant::Act => QuantModel::quantize_act(&model, None, &calib, &params, per_table),
+        _ => QuantModel::quantize(&model, variant, None, &calib, &params),
+    }
+    .unwrap();
     let enc = EncryptedModel::encrypt(&q, &ks.secret).unwrap();
+    let evaluation = if levels == 1 {
+        ks.evaluation.clone()
+    } else {
+        ks.evaluation.with_bootstrap_gadget(&ks.secret, &params)
+    };
     let edge_keys = keys::EdgeKeys {
         public: ks.public.clone(),
-        evaluation: Some(ks.evaluation.clone()),
+        evaluation: Some(evaluation),
     };
     let mut engine = EdgeEngine::new(
         ModelInfo::of(&q),
@@ -60,6 +81,10 @@ fn run(variant: Variant, activation: Option<Activation>, inputs: usize) {
             ("plain", engine.infer_plain(&x).unwrap()),
             ("enc", engine.infer_encrypted(&feats).unwrap()),
         ] {
+            let groups = 10usize.div_ceil(per_table.min(10));
+            if variant == Variant::Act {
+                assert_eq!(result.parts.len(), groups, "one GLWE per class group");
+            }
             let d = decrypt(&result, &decoding, &ks.secret).unwrap();
             match variant {
                 Variant::Act => {
@@ -103,6 +128,13 @@ fn full_with_relu_stays_within_bound() {
 #[test]
 fn full_with_square_stays_within_bound() {
     run(Variant::Act, Some(Activation::Square), 2);
+}
+
+/// The accuracy knob: 3 classes per table (4 tables per unit, the last with one class) and a
+/// two-level gadget with its own bootstrapping key.
+#[test]
+fn full_with_relu_in_class_groups_and_two_gadget_levels_stays_within_bound() {
+    run_with(Variant::Act, Some(Activation::Relu), 2, 3, 2);
 }
 
 /// Ciphertexts a board can craft with the public material are refused before decryption

@@ -30,6 +30,9 @@ pub enum BackendError {
     Data(String),
     #[error("plot: {0}")]
     Plot(String),
+    /// An accuracy target or setting for variant `act` that cannot be met.
+    #[error("act accuracy: {0}")]
+    Accuracy(String),
     #[error(transparent)]
     Bundle(#[from] BundleError),
     #[error(transparent)]

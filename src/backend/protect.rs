@@ -3,10 +3,12 @@
 
 use super::keys::BackendKeys;
 use super::registry::{BundleRecord, Registry};
+use super::BackendError;
 use super::Result;
 use crate::bundle::{BundleHeader, EdgeBundle};
 use crate::crypto::keys::EdgeKeys;
 use crate::crypto::lut::Activation;
+use crate::crypto::params::{ParameterSet, MAX_PBS_LEVELS};
 use crate::engine::{Decoding, EncryptedModel, ModelInfo};
 use crate::model::quant::{QuantModel, Variant};
 use crate::model::split::PlainExtractor;
@@ -19,15 +21,142 @@ pub struct Protected {
     pub bundle: EdgeBundle,
     pub quant: QuantModel,
     pub bytes: Vec<u8>,
+    /// Variant `act`: the setting used and what it expects.
+    pub act: Option<ActCandidate>,
 }
 
-/// Quantise, encrypt and sign a classifier for one variant.
+/// How variant `act` spends its bootstraps: classes per lookup table (fewer: wider windows,
+/// less input noise per unit of pre-activation, ⌈classes / it⌉ bootstraps per hidden unit)
+/// and gadget levels of the blind rotation (more: less output noise, that many times the work
+/// per bootstrap).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ActSettings {
+    /// `usize::MAX`: every class in one table (the default).
+    pub classes_per_bootstrap: usize,
+    pub gadget_levels: usize,
+}
+
+impl Default for ActSettings {
+    fn default() -> Self {
+        Self {
+            classes_per_bootstrap: usize::MAX,
+            gadget_levels: 1,
+        }
+    }
+}
+
+/// One setting of variant `act` weighed by the noise model on the calibration inputs.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ActCandidate {
+    /// Classes per table as used (at most the class count).
+    pub classes_per_bootstrap: usize,
+    pub gadget_levels: usize,
+    /// Blind rotations per inference.
+    pub bootstraps: usize,
+    /// Work relative to the default (one table per unit, one level): tables × levels.
+    pub relative_cost: f64,
+    /// Expected agreement with the integer reference, [low, high].
+    pub expected_agreement: [f64; 2],
+}
+
+/// Every setting worth weighing for `model` (distinct table counts × gadget levels), cheapest
+/// first, each with its expected agreement on `calibration`.
+pub fn act_candidates(
+    model: &Classifier,
+    activation: Option<Activation>,
+    calibration: &[Vec<f32>],
+    params: &ParameterSet,
+) -> Result<Vec<ActCandidate>> {
+    let out = model.out_dim();
+    let mut per_table: Vec<usize> = (1..=out).map(|groups| out.div_ceil(groups)).collect();
+    per_table.dedup();
+    let mut candidates = Vec::new();
+    for c in per_table {
+        let q = match QuantModel::quantize_act(model, activation, calibration, params, c) {
+            Ok(q) => q,
+            // Too many classes for one table's windows: fewer will do.
+            Err(crate::model::ModelError::Quantisation(_)) if c > 1 => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let references = reference_sample(&q, calibration);
+        for levels in 1..=MAX_PBS_LEVELS {
+            let p = params
+                .with_pbs_levels(levels)
+                .expect("levels within 1..=MAX_PBS_LEVELS");
+            let groups = out.div_ceil(c);
+            candidates.push(ActCandidate {
+                classes_per_bootstrap: c,
+                gadget_levels: levels,
+                bootstraps: groups * q.hidden_dim,
+                relative_cost: (groups * levels) as f64,
+                expected_agreement: q.expected_agreement(&references, &p),
+            });
+        }
+    }
+    candidates.sort_by(|a, b| {
+        a.relative_cost
+            .total_cmp(&b.relative_cost)
+            .then(b.expected_agreement[0].total_cmp(&a.expected_agreement[0]))
+    });
+    Ok(candidates)
+}
+
+/// The integer reference of every calibration input the quantiser accepts.
+fn reference_sample(
+    q: &QuantModel,
+    calibration: &[Vec<f32>],
+) -> Vec<crate::model::quant::Reference> {
+    calibration
+        .iter()
+        .filter_map(|x| q.input.quantize(x).ok())
+        .map(|x| q.reference(&x))
+        .collect()
+}
+
+/// The cheapest candidate whose expected agreement with the integer reference (the noise
+/// model's lower bound over the calibration inputs) reaches `target`.
+pub fn choose_act(candidates: &[ActCandidate], target: f64) -> Result<ActSettings> {
+    if !(0.0..=1.0).contains(&target) {
+        return Err(BackendError::Accuracy(format!(
+            "an agreement target is a share in [0, 1], not {target}"
+        )));
+    }
+    if let Some(c) = candidates
+        .iter()
+        .find(|c| c.expected_agreement[0] >= target)
+    {
+        return Ok(ActSettings {
+            classes_per_bootstrap: c.classes_per_bootstrap,
+            gadget_levels: c.gadget_levels,
+        });
+    }
+    let best = candidates
+        .iter()
+        .max_by(|a, b| a.expected_agreement[0].total_cmp(&b.expected_agreement[0]));
+    Err(BackendError::Accuracy(match best {
+        Some(b) => format!(
+            "no setting reaches an expected agreement of {:.2} % on these calibration inputs; \
+             the best, {} class(es) per bootstrap with {} gadget level(s) ({}× the default's \
+             work), expects {:.2}–{:.2} %",
+            100.0 * target,
+            b.classes_per_bootstrap,
+            b.gadget_levels,
+            b.relative_cost,
+            100.0 * b.expected_agreement[0],
+            100.0 * b.expected_agreement[1]
+        ),
+        None => "the model leaves no setting to choose from".into(),
+    }))
+}
+
+/// Quantise, encrypt and sign a classifier for one variant (`act` with `settings`).
 #[allow(clippy::too_many_arguments)]
 pub fn protect(
     keys: &BackendKeys,
     model: &Classifier,
     variant: Variant,
     activation: Option<Activation>,
+    settings: ActSettings,
     calibration: &[Vec<f32>],
     name: &str,
     extractor: Option<PlainExtractor>,
@@ -41,11 +170,56 @@ pub fn protect(
         signer,
     } = keys;
     progress.stage("quantising");
-    let quant = QuantModel::quantize(model, variant, activation, calibration, &secret.params)?;
+    let (quant, params, act) = if variant == Variant::Act {
+        let params = secret
+            .params
+            .with_pbs_levels(settings.gadget_levels)
+            .ok_or_else(|| {
+                BackendError::Accuracy(format!(
+                    "gadget levels go from 1 to {MAX_PBS_LEVELS}, not {}",
+                    settings.gadget_levels
+                ))
+            })?;
+        if settings.classes_per_bootstrap == 0 {
+            return Err(BackendError::Accuracy(
+                "classes per bootstrap must be at least 1".into(),
+            ));
+        }
+        let q = QuantModel::quantize_act(
+            model,
+            activation,
+            calibration,
+            &params,
+            settings.classes_per_bootstrap,
+        )?;
+        let crate::model::quant::HiddenMap::Window { map, .. } = q.hidden_map else {
+            unreachable!("quantize_act maps through bootstrap windows")
+        };
+        let candidate = ActCandidate {
+            classes_per_bootstrap: map.per_table,
+            gadget_levels: settings.gadget_levels,
+            bootstraps: map.groups(q.out_dim) * q.hidden_dim,
+            relative_cost: (map.groups(q.out_dim) * settings.gadget_levels) as f64,
+            expected_agreement: q.expected_agreement(&reference_sample(&q, calibration), &params),
+        };
+        (q, params, Some(candidate))
+    } else {
+        let q = QuantModel::quantize(model, variant, activation, calibration, &secret.params)?;
+        (q, secret.params, None)
+    };
     progress.stage("encrypting the model");
+    // Only the bootstrapping variant needs evaluation keys; another gadget, another
+    // bootstrapping key under the same secret keys.
+    let evaluation = act.map(|_| {
+        if params == secret.params {
+            evaluation.clone()
+        } else {
+            evaluation.with_bootstrap_gadget(secret, &params)
+        }
+    });
     let bundle = EdgeBundle {
         header: BundleHeader {
-            params: secret.params,
+            params,
             key_id: secret.key_id,
             model: ModelInfo::of(&quant),
             created: std::time::SystemTime::now()
@@ -54,11 +228,11 @@ pub fn protect(
                 .unwrap_or(0),
             name: name.to_string(),
             epoch,
+            expected_agreement: act.map(|a| a.expected_agreement),
         },
         keys: EdgeKeys {
             public: public.clone(),
-            // Only the bootstrapping variant needs evaluation keys.
-            evaluation: (variant == Variant::Act).then(|| evaluation.clone()),
+            evaluation,
         },
         model: EncryptedModel::encrypt(&quant, secret)?,
         extractor,
@@ -69,6 +243,7 @@ pub fn protect(
         bundle,
         quant,
         bytes,
+        act,
     })
 }
 
@@ -100,4 +275,97 @@ pub fn record(p: &Protected, keys: &BackendKeys, keys_dir: &Path, registry: &Pat
 /// Where the bundle of a variant goes by default.
 pub fn default_bundle_path(dir: &Path, variant: Variant) -> PathBuf {
     dir.join(format!("{}.bundle", variant.name()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::params::SecurityLevel;
+    use crate::model::synth;
+
+    fn candidate(c: usize, levels: usize, low: f64) -> ActCandidate {
+        ActCandidate {
+            classes_per_bootstrap: c,
+            gadget_levels: levels,
+            bootstraps: 10usize.div_ceil(c) * 64,
+            relative_cost: (10usize.div_ceil(c) * levels) as f64,
+            expected_agreement: [low, low + 0.001],
+        }
+    }
+
+    #[test]
+    fn the_cheapest_setting_that_reaches_the_target_is_chosen() {
+        let candidates = [
+            candidate(10, 1, 0.980),
+            candidate(10, 2, 0.985),
+            candidate(5, 1, 0.990),
+            candidate(5, 2, 0.996),
+            candidate(1, 3, 0.999),
+        ];
+        let chosen = |t| choose_act(&candidates, t).unwrap();
+        assert_eq!(
+            chosen(0.0),
+            ActSettings {
+                classes_per_bootstrap: 10,
+                gadget_levels: 1
+            }
+        );
+        assert_eq!(chosen(0.99).classes_per_bootstrap, 5);
+        assert_eq!(chosen(0.995).gadget_levels, 2);
+        let err = choose_act(&candidates, 0.9995).unwrap_err().to_string();
+        assert!(
+            err.contains("the best, 1 class(es) per bootstrap with 3"),
+            "{err}"
+        );
+        assert!(err.contains("99.90–100.00 %"), "{err}");
+        assert!(choose_act(&candidates, 1.5).is_err());
+        assert!(choose_act(&candidates, f64::NAN).is_err());
+    }
+
+    /// On a real model the noise model ranks the knobs as the physics says: fewer classes per
+    /// table or more gadget levels never expect less agreement.
+    #[test]
+    fn fewer_classes_per_table_and_more_levels_expect_no_less_agreement() {
+        let params = ParameterSet::for_level(SecurityLevel::L128);
+        let task = synth::Task::new(5, 48, 10);
+        let model = synth::classifier(5, &task, 64, Some(Activation::Relu));
+        let calib: Vec<Vec<f32>> = task.samples(20, 300).into_iter().map(|s| s.0).collect();
+        let candidates = act_candidates(&model, None, &calib, &params).unwrap();
+        let per_tables: Vec<usize> = {
+            let mut v: Vec<usize> = candidates.iter().map(|c| c.classes_per_bootstrap).collect();
+            v.sort_unstable();
+            v.dedup();
+            v
+        };
+        assert_eq!(per_tables, [1, 2, 3, 4, 5, 10]);
+        assert_eq!(candidates.len(), per_tables.len() * MAX_PBS_LEVELS);
+        assert_eq!(
+            (
+                candidates[0].classes_per_bootstrap,
+                candidates[0].gadget_levels
+            ),
+            (10, 1),
+            "the default is the cheapest"
+        );
+        let find = |c, l| {
+            candidates
+                .iter()
+                .find(|x| x.classes_per_bootstrap == c && x.gadget_levels == l)
+                .unwrap()
+                .expected_agreement[0]
+        };
+        for l in 1..=MAX_PBS_LEVELS {
+            for w in per_tables.windows(2) {
+                assert!(find(w[0], l) >= find(w[1], l) - 1e-4, "{w:?} at {l} levels");
+            }
+        }
+        for c in &per_tables {
+            for l in 1..MAX_PBS_LEVELS {
+                assert!(
+                    find(*c, l + 1) >= find(*c, l) - 1e-4,
+                    "{c} classes, {l} levels"
+                );
+            }
+        }
+    }
 }

@@ -187,6 +187,27 @@ impl EvaluationKeys {
         self.bsk.byte_len() + self.ksk.byte_len()
     }
 
+    /// The same key-switching key with a fresh bootstrapping key under `params`' gadget (the
+    /// backend's, for a bundle that buys accuracy with more gadget levels): the same two
+    /// secret keys, so nothing else about the key set changes.
+    pub fn with_bootstrap_gadget(&self, secret: &SecretKeys, params: &ParameterSet) -> Self {
+        let bsk = allocate_and_generate_new_seeded_lwe_bootstrap_key(
+            &secret.lwe,
+            &secret.pbs,
+            DecompositionBaseLog(params.pbs.base_log),
+            DecompositionLevelCount(params.pbs.level),
+            gaussian(params.pbs_glwe.log2_std),
+            modulus(),
+            &mut OsSeeder,
+        );
+        Self {
+            bsk_seed: bsk.compression_seed(),
+            bsk: U64s(bsk.into_container()),
+            ksk_seed: self.ksk_seed.clone(),
+            ksk: self.ksk.clone(),
+        }
+    }
+
     /// Expand the seeded keys: Fourier bootstrapping key and full key-switching key.
     pub fn prepare(&self, p: &ParameterSet) -> Result<PreparedEvaluationKeys> {
         let n = PolynomialSize(p.pbs_glwe.poly_size);

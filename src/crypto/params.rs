@@ -139,6 +139,10 @@ pub const CURVES: [Curve; 3] = [
 /// at these dimensions (tfhe-rs targets 132 bits for its 128-bit sets).
 pub const MARGIN_BITS: f64 = 0.5;
 
+/// The most gadget levels a bundle's blind rotation may use (each level adds one external
+/// product's worth of time per CMUX).
+pub const MAX_PBS_LEVELS: usize = 3;
+
 impl fmt::Display for SecurityLevel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.bits())
@@ -298,6 +302,38 @@ impl ParameterSet {
         }
     }
 
+    /// The set with the blind rotation's gadget at `levels` digits (variant `act`'s accuracy
+    /// knob, chosen per bundle: the bootstrapping key is the only key it changes, and no keyed
+    /// instance). One level is the shipped gadget; more levels take the base that minimises the
+    /// model's output noise (key, truncation and FFT terms trade against each other). `None`
+    /// outside 1..=[`MAX_PBS_LEVELS`].
+    pub fn with_pbs_levels(self, levels: usize) -> Option<Self> {
+        if !(1..=MAX_PBS_LEVELS).contains(&levels) {
+            return None;
+        }
+        let shipped = Self::for_level(self.security);
+        if levels == shipped.pbs.level {
+            return Some(Self {
+                pbs: shipped.pbs,
+                ..self
+            });
+        }
+        (1..=64 / levels)
+            .map(|base_log| Self {
+                pbs: DecompParams {
+                    base_log,
+                    level: levels,
+                },
+                ..self
+            })
+            .min_by(|a, b| a.pbs_output_std().total_cmp(&b.pbs_output_std()))
+    }
+
+    /// Whether this is a shipped set, with its bootstrap gadget at any allowed level.
+    pub fn is_shipped(&self) -> bool {
+        Self::for_level(self.security).with_pbs_levels(self.pbs.level) == Some(*self)
+    }
+
     /// Each (name, dimension, log2 σ on the 2^64 scale) the security argument must cover. The
     /// key-switching key lives modulo 2^32 with the small key's relative noise (module docs).
     pub fn keyed_instances(&self) -> [(&'static str, usize, f64); 4] {
@@ -367,6 +403,9 @@ impl ParameterSet {
             key,
             truncation,
             fft: n * fft_per_cmux,
+            // Stored lookup tables lose their low bits (crypto::lut): a uniform rounding error
+            // that the rotation carries through unchanged.
+            table: 2f64.powi(2 * TABLE_DROP_BITS as i32) / 12.0,
         }
     }
 
@@ -412,6 +451,15 @@ impl ParameterSet {
             v.truncation.sqrt().log2(),
             v.fft.sqrt().log2()
         );
+        for levels in 1..=MAX_PBS_LEVELS {
+            if let Some(p) = self.with_pbs_levels(levels) {
+                out += &format!(
+                    "    gadget {levels} level(s) of 2^{:<2} (act's accuracy knob): output noise 2^{:.2}, {levels}× the rotation's work\n",
+                    p.pbs.base_log,
+                    p.pbs_output_std().log2()
+                );
+            }
+        }
         let per_bootstrap = log2_gaussian_tail(WINDOW_GUARD_SIGMAS);
         let per_inference = (hidden as f64).log2() + per_bootstrap;
         out += &format!(
@@ -439,6 +487,11 @@ impl ParameterSet {
 /// 2^98.98 vs 2^100.87 at 4096, i.e. 1.79 and 1.89 bits below — the same shape).
 const FFT_SCALING_WEIGHT: f64 = -4.42;
 
+/// Low body bits dropped from stored lookup tables: a rounding error of 2^39 per table, far
+/// below one bootstrap's output noise (2^48.9 at 128 bits with the shipped gadget, 2^41 with
+/// two levels).
+pub const TABLE_DROP_BITS: u8 = 40;
+
 /// The bootstrap window's guard on each side, in standard deviations of the input noise.
 pub const WINDOW_GUARD_SIGMAS: f64 = 4.0;
 
@@ -448,10 +501,16 @@ pub struct OutputNoise {
     pub key: f64,
     pub truncation: f64,
     pub fft: f64,
+    pub table: f64,
 }
 
 impl OutputNoise {
     pub fn total(&self) -> f64 {
+        self.rotation() + self.table
+    }
+
+    /// The blind rotation's own noise (what a noiseless table comes out with).
+    pub fn rotation(&self) -> f64 {
         self.key + self.truncation + self.fft
     }
 }
@@ -520,6 +579,29 @@ mod tests {
             );
         }
         assert!(l.margin(2048, 64.0 - 24.0) > 2.0);
+    }
+
+    #[test]
+    fn more_gadget_levels_buy_less_output_noise_and_change_no_keyed_instance() {
+        for level in SecurityLevel::ALL {
+            let shipped = ParameterSet::for_level(level);
+            assert_eq!(shipped.with_pbs_levels(1), Some(shipped));
+            assert!(shipped.with_pbs_levels(0).is_none());
+            assert!(shipped.with_pbs_levels(MAX_PBS_LEVELS + 1).is_none());
+            let mut last = shipped.pbs_output_std();
+            for levels in 2..=MAX_PBS_LEVELS {
+                let p = shipped.with_pbs_levels(levels).unwrap();
+                assert!(p.is_shipped());
+                assert_eq!(p.keyed_instances(), shipped.keyed_instances());
+                assert!(p.pbs.precision_bits() <= 64);
+                let std = p.pbs_output_std();
+                assert!(std < last / 4.0, "{level} {levels}: 2^{:.2}", std.log2());
+                last = std;
+            }
+        }
+        let mut other = ParameterSet::for_level(SecurityLevel::L128);
+        other.pbs.base_log -= 1;
+        assert!(!other.is_shipped());
     }
 
     #[test]

@@ -269,6 +269,28 @@ impl QuantModel {
         Self::quantize_with_bits(model, variant, activation, calibration, params, bits)
     }
 
+    /// Variant `act` with `per_table` classes in each bootstrap's lookup table (all of them
+    /// when it is at least the class count): fewer classes per table, wider windows, less
+    /// input noise per unit of the pre-activation, and ⌈out / per_table⌉ bootstraps per unit.
+    pub fn quantize_act(
+        model: &Classifier,
+        activation: Option<Activation>,
+        calibration: &[Vec<f32>],
+        params: &ParameterSet,
+        per_table: usize,
+    ) -> Result<Self> {
+        let bits = BitWidths::for_variant(Variant::Act);
+        Self::quantize_full(
+            model,
+            Variant::Act,
+            activation,
+            calibration,
+            params,
+            bits,
+            per_table,
+        )
+    }
+
     /// As [`Self::quantize`] with other bit widths: for accuracy studies of the integer
     /// reference. Only the variant's own widths are sized for its encrypted noise budget.
     pub fn quantize_with_bits(
@@ -278,6 +300,26 @@ impl QuantModel {
         calibration: &[Vec<f32>],
         params: &ParameterSet,
         bits: BitWidths,
+    ) -> Result<Self> {
+        Self::quantize_full(
+            model,
+            variant,
+            activation,
+            calibration,
+            params,
+            bits,
+            usize::MAX,
+        )
+    }
+
+    fn quantize_full(
+        model: &Classifier,
+        variant: Variant,
+        activation: Option<Activation>,
+        calibration: &[Vec<f32>],
+        params: &ParameterSet,
+        bits: BitWidths,
+        per_table: usize,
     ) -> Result<Self> {
         if calibration.is_empty() {
             return Err(ModelError::Quantisation("empty calibration set".into()));
@@ -369,20 +411,19 @@ impl QuantModel {
                     )
                 })?;
                 let n = params.pbs_glwe.poly_size;
-                let window = n / out_dim;
+                let map = WindowMap::new(n, out_dim, per_table);
+                let window = map.window;
                 let guard = (crate::crypto::params::WINDOW_GUARD_SIGMAS
                     * params.pbs_input_std_slots())
                 .ceil() as usize;
                 if window < 2 * guard + 16 {
                     return Err(ModelError::Quantisation(format!(
-                        "{out_dim} outputs leave windows of {window} slots: too narrow for one bootstrap"
+                        "{} classes per bootstrap leave windows of {window} slots: too narrow \
+                         (pass --classes-per-bootstrap with fewer)",
+                        map.per_table
                     )));
                 }
                 let two_n = 2.0 * n as f64;
-                let map = WindowMap {
-                    poly_size: n,
-                    window,
-                };
                 // Per unit: its calibrated range (×1.1, always containing 0) fills the window
                 // between the guards.
                 let mut units = Vec::with_capacity(hidden_dim);
@@ -589,6 +630,22 @@ impl QuantModel {
             params.pbs_input_std_slots(),
             self.act_output_noise(params),
         )
+    }
+
+    /// For `act`: the noise model's agreement with the integer reference over `references`
+    /// (e.g. the calibration inputs'), [low, high] from the flip probabilities' two bounds;
+    /// [1, 1] for the exact variants.
+    pub fn expected_agreement(&self, references: &[Reference], params: &ParameterSet) -> [f64; 2] {
+        if references.is_empty() {
+            return [1.0, 1.0];
+        }
+        let (sigma, out) = (params.pbs_input_std_slots(), self.act_output_noise(params));
+        let (low, high) = references
+            .iter()
+            .map(|r| self.flip_probability_with(r, sigma, out))
+            .fold((0.0, 0.0), |(l, h), p| (l + p.at_most, h + p.at_least));
+        let n = references.len() as f64;
+        [1.0 - low / n, 1.0 - high / n]
     }
 
     /// For `act`: the bootstrap output noise on each score, in score units (`hidden`

@@ -280,7 +280,16 @@ impl<'a> Bench<'a> {
         let inputs = inputs[..count].to_vec();
         let t = Instant::now();
         let protected = protect(
-            &keys.keys, &model, variant, None, &calib, "bench", None, 1, &Silent,
+            &keys.keys,
+            &model,
+            variant,
+            None,
+            Default::default(),
+            &calib,
+            "bench",
+            None,
+            1,
+            &Silent,
         )?;
         log::info!(
             "{} {}-bit: z bound 2^{:.1}, delta_out 2^{:.1}",

@@ -41,6 +41,8 @@ pub struct EvalOptions {
     /// Quantisation widths for the reference-accuracy sweep (empty: none).
     pub widths: Vec<u32>,
     pub encrypt_from: Option<String>,
+    /// How variant `act` spends its bootstraps (classes per table, gadget levels).
+    pub act: crate::backend::protect::ActSettings,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -88,6 +90,11 @@ pub struct CaseReport {
     pub out_of_window_units: usize,
     #[serde(default)]
     pub out_of_window_images: usize,
+    /// Variant `act`: classes per bootstrap's table and the blind rotation's gadget levels.
+    #[serde(default)]
+    pub classes_per_bootstrap: Option<usize>,
+    #[serde(default)]
+    pub gadget_levels: Option<usize>,
 }
 
 /// One encrypted prediction that differs from the reference's, with the reference's margin
@@ -209,9 +216,29 @@ pub fn run(
             .sum(),
     );
     let keys: KeySet = keys::generate(opts.params);
-    let edge_keys = EdgeKeys {
+    // `act`'s parameters: the gadget levels asked for, a bootstrapping key to match.
+    let act_params = opts
+        .params
+        .with_pbs_levels(opts.act.gadget_levels)
+        .ok_or_else(|| {
+            BackendError::Accuracy(format!(
+                "gadget levels go from 1 to {}, not {}",
+                crate::crypto::params::MAX_PBS_LEVELS,
+                opts.act.gadget_levels
+            ))
+        })?;
+    let act_keys = EdgeKeys {
         public: keys.public.clone(),
-        evaluation: Some(keys.evaluation.clone()),
+        evaluation: Some(if act_params == opts.params {
+            keys.evaluation.clone()
+        } else {
+            keys.evaluation
+                .with_bootstrap_gadget(&keys.secret, &act_params)
+        }),
+    };
+    let exact_keys = EdgeKeys {
+        public: keys.public.clone(),
+        evaluation: None,
     };
     let mut order: Vec<usize> = (0..images.len()).collect();
     order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(opts.seed));
@@ -245,13 +272,24 @@ pub fn run(
             .zip(&labels)
             .filter(|(f, &l)| argmax(&float.forward(f)) == l as usize)
             .count();
-        let q = QuantModel::quantize(
-            head,
-            case.variant,
-            case.activation,
-            calibration,
-            &opts.params,
-        )?;
+        let (params, edge_keys) = match case.variant {
+            Variant::Act => (act_params, &act_keys),
+            _ => (opts.params, &exact_keys),
+        };
+        let q = match case.variant {
+            Variant::Act => QuantModel::quantize_act(
+                head,
+                case.activation,
+                calibration,
+                &params,
+                opts.act.classes_per_bootstrap,
+            )?,
+            v => QuantModel::quantize(head, v, case.activation, calibration, &params)?,
+        };
+        let act_map = match &q.hidden_map {
+            crate::model::quant::HiddenMap::Window { map, .. } => Some(*map),
+            _ => None,
+        };
         progress.stage(&format!(
             "{} {}",
             case.variant.name(),
@@ -263,19 +301,19 @@ pub fn run(
             flip,
             out_of_window_units,
             out_of_window_images,
-        } = reference_pass(&q, feats, &labels, Some(&opts.params));
+        } = reference_pass(&q, feats, &labels, Some(&params));
 
         let enc = EncryptedModel::encrypt(&q, &keys.secret)?;
         let mut engine = EdgeEngine::new(
             ModelInfo::of(&q),
-            opts.params,
+            params,
             keys.secret.key_id,
-            &edge_keys,
+            edge_keys,
             &enc,
         )?;
-        let decoding = Decoding::new(&q, &opts.params, keys.secret.key_id)?;
+        let decoding = Decoding::new(&q, &params, keys.secret.key_id)?;
         let sample = &order[..case.encrypted.min(order.len())];
-        let bound = q.act_score_bound(&opts.params);
+        let bound = q.act_score_bound(&params);
         let (mut agree, mut correct, mut sample_ref_correct, mut ms) = (0, 0, 0, 0.0);
         let (mut decided_images, mut decided_agree, mut disagreements) = (0, 0, Vec::new());
         for &i in sample {
@@ -329,8 +367,21 @@ pub fn run(
             case: case.label.clone().unwrap_or_else(|| {
                 let activation = case.activation.or(head.activation);
                 match (case.variant, activation) {
-                    (Variant::Act, Some(Activation::Relu)) => "act (ReLU)".into(),
-                    (Variant::Act, Some(Activation::Square)) => "act (square)".into(),
+                    (Variant::Act, Some(activation)) => {
+                        let name = match activation {
+                            Activation::Relu => "ReLU",
+                            Activation::Square => "square",
+                        };
+                        match act_map {
+                            Some(map) if map.per_table < q.out_dim || params.pbs.level > 1 => {
+                                format!(
+                                    "act ({name}, {} classes/bootstrap, {} gadget levels)",
+                                    map.per_table, params.pbs.level
+                                )
+                            }
+                            _ => format!("act ({name})"),
+                        }
+                    }
                     (v, _) => v.name().into(),
                 }
             }),
@@ -358,6 +409,8 @@ pub fn run(
             hidden_units: q.hidden_dim,
             out_of_window_units,
             out_of_window_images,
+            classes_per_bootstrap: act_map.map(|m| m.per_table),
+            gadget_levels: act_map.map(|_| params.pbs.level),
         };
         on_case(&report);
         reports.push(report);

@@ -121,6 +121,7 @@ pub fn run(a: Args, ui: &Ui) -> Result<()> {
             &model,
             variant,
             None,
+            protect::ActSettings::default(),
             &calib,
             "demo",
             None,

@@ -45,6 +45,12 @@ pub struct Args {
     widths: Vec<u32>,
     #[arg(long)]
     encrypt_from: Option<String>,
+    /// Variant act: classes in each bootstrap's lookup table (default: all), as `hedge protect`.
+    #[arg(long)]
+    classes_per_bootstrap: Option<usize>,
+    /// Variant act: the blind rotation's gadget levels, 1 to 3, as `hedge protect`.
+    #[arg(long, default_value_t = 1)]
+    gadget_levels: usize,
     /// Write the accuracy plot here.
     #[arg(long)]
     plot: Option<PathBuf>,
@@ -115,6 +121,10 @@ pub fn run(a: Args, ui: &Ui) -> Result<()> {
         seed: a.seed,
         widths: a.widths.clone(),
         encrypt_from: a.encrypt_from.clone(),
+        act: hedge::backend::protect::ActSettings {
+            classes_per_bootstrap: a.classes_per_bootstrap.unwrap_or(usize::MAX),
+            gadget_levels: a.gadget_levels,
+        },
     };
     if !a.json {
         println!(

@@ -1,7 +1,8 @@
 use crate::args::ActivationArg;
 use crate::progress::{Shown, Ui};
 use anyhow::{Context, Result};
-use hedge::backend::{keys::BackendKeys, protect};
+use hedge::backend::keys::BackendKeys;
+use hedge::backend::protect::{self, ActSettings};
 use hedge::model::network::Network;
 use hedge::model::quant::Variant;
 use std::path::{Path, PathBuf};
@@ -29,6 +30,19 @@ pub struct Args {
     /// Override the model's activation (variant act): the paper's square, for comparison.
     #[arg(long, value_enum)]
     activation: Option<ActivationArg>,
+    /// Variant act: the cheapest setting whose expected agreement with the integer reference
+    /// on the calibration inputs (the noise model's lower bound) reaches this share, e.g.
+    /// 0.99; prints every setting weighed.
+    #[arg(long, conflicts_with_all = ["classes_per_bootstrap", "gadget_levels"])]
+    act_agreement: Option<f64>,
+    /// Variant act: classes in each bootstrap's lookup table (default: all). Fewer buy
+    /// agreement with time: ⌈classes / this⌉ bootstraps per hidden unit.
+    #[arg(long)]
+    classes_per_bootstrap: Option<usize>,
+    /// Variant act: digits of the blind rotation's gadget, 1 to 3 (default 1). More buy
+    /// agreement with time: each level is one more external product per step.
+    #[arg(long)]
+    gadget_levels: Option<usize>,
     #[arg(long)]
     out: PathBuf,
     #[arg(long, default_value = "model")]
@@ -46,11 +60,32 @@ pub fn run(a: Args, registry: &Path, ui: &Ui) -> Result<()> {
     let t = std::time::Instant::now();
     let spinner = Shown(ui.spinner("protecting"));
     let epoch = protect::next_epoch(registry)?;
+    let activation = a.activation.map(Into::into);
+    let act_options =
+        a.act_agreement.is_some() || a.classes_per_bootstrap.is_some() || a.gadget_levels.is_some();
+    if act_options && a.variant != Variant::Act {
+        anyhow::bail!(
+            "--act-agreement, --classes-per-bootstrap and --gadget-levels apply to --variant act only"
+        );
+    }
+    let settings = match a.act_agreement {
+        Some(target) => {
+            let candidates =
+                protect::act_candidates(&network.head, activation, &calib, &keys.secret.params)?;
+            spinner.0.suspend(|| print_candidates(&candidates, target));
+            protect::choose_act(&candidates, target)?
+        }
+        None => ActSettings {
+            classes_per_bootstrap: a.classes_per_bootstrap.unwrap_or(usize::MAX),
+            gadget_levels: a.gadget_levels.unwrap_or(1),
+        },
+    };
     let p = protect::protect(
         &keys,
         &network.head,
         a.variant,
-        a.activation.map(Into::into),
+        activation,
+        settings,
         &calib,
         &a.name,
         network.extractor.map(|(plain, _)| plain),
@@ -70,5 +105,49 @@ pub fn run(a: Args, registry: &Path, ui: &Ui) -> Result<()> {
         p.bundle.model.encrypted_bytes(),
         t.elapsed().as_secs_f64()
     );
+    if let Some(act) = &p.act {
+        let seconds = p.bundle.engine()?.bootstrap_seconds_per_inference();
+        println!("{}", act_summary(act, seconds));
+    }
     Ok(())
+}
+
+/// One line on what an `act` bundle's setting costs and expects.
+pub fn act_summary(act: &protect::ActCandidate, seconds: Option<f64>) -> String {
+    format!(
+        "act accuracy: {} class(es) per bootstrap, {} gadget level(s): {} bootstraps per \
+         inference{}; expected agreement with the integer reference {:.2}–{:.2} %",
+        act.classes_per_bootstrap,
+        act.gadget_levels,
+        act.bootstraps,
+        seconds
+            .map(|s| format!(", ≈ {s:.1} s on this machine"))
+            .unwrap_or_default(),
+        100.0 * act.expected_agreement[0],
+        100.0 * act.expected_agreement[1]
+    )
+}
+
+fn print_candidates(candidates: &[protect::ActCandidate], target: f64) {
+    println!(
+        "act settings weighed on the calibration inputs (target {:.2} %):",
+        100.0 * target
+    );
+    println!("  classes/bootstrap  gadget levels  bootstraps  work ×  expected agreement");
+    for c in candidates {
+        println!(
+            "  {:>17}  {:>13}  {:>10}  {:>6}  {:.2}–{:.2} %{}",
+            c.classes_per_bootstrap,
+            c.gadget_levels,
+            c.bootstraps,
+            c.relative_cost,
+            100.0 * c.expected_agreement[0],
+            100.0 * c.expected_agreement[1],
+            if c.expected_agreement[0] >= target {
+                "  reaches"
+            } else {
+                ""
+            }
+        );
+    }
 }
