@@ -84,19 +84,25 @@ fn fixture() -> Fixture {
 
 fn protect(f: &Fixture, variant: &str) -> PathBuf {
     let bundle = f.root.join(format!("{variant}.bundle"));
-    ok(&hedge(&[
+    let (model, calibration) = (f.root.join("model.onnx"), f.root.join("calibration.txt"));
+    let mut args = vec![
         "protect",
         "--model",
-        s(&f.root.join("model.onnx")),
+        s(&model),
         "--keys",
         s(&f.keys),
         "--variant",
         variant,
         "--calibration",
-        s(&f.root.join("calibration.txt")),
+        s(&calibration),
         "--out",
         s(&bundle),
-    ]));
+    ];
+    // The fixture's model has a ReLU: noact leaves it out, as asked.
+    if variant == "noact" {
+        args.push("--drop-activation");
+    }
+    ok(&hedge(&args));
     bundle
 }
 
@@ -342,6 +348,40 @@ fn act_accuracy_is_bought_at_protect_and_shown_by_inspect() {
     refused(&o, "apply to --variant act only");
 }
 
+/// `noact` on a model trained with a ReLU would silently compute another function: refused
+/// with the flag that makes it explicit, which then works.
+#[test]
+fn a_silent_change_of_the_model_is_refused() {
+    let f = fixture();
+    let run = |variant: &str, extra: &[&str]| {
+        let (model, calibration) = (f.root.join("model.onnx"), f.root.join("calibration.txt"));
+        let out = f.root.join("x.bundle");
+        let mut args = vec![
+            "protect",
+            "--model",
+            s(&model),
+            "--keys",
+            s(&f.keys),
+            "--variant",
+            variant,
+            "--calibration",
+            s(&calibration),
+            "--out",
+            s(&out),
+        ];
+        args.extend(extra);
+        hedge(&args)
+    };
+    // synth's model has a ReLU.
+    refused(&run("noact", &[]), "pass --drop-activation");
+    ok(&run("noact", &["--drop-activation"]));
+    refused(&run("act", &["--drop-activation"]), "does not apply");
+    refused(
+        &run("noact", &["--activation", "relu"]),
+        "--activation does not apply",
+    );
+}
+
 #[test]
 fn bad_bundles_are_refused_with_the_reason() {
     let f = fixture();
@@ -480,7 +520,7 @@ fn bad_vectors_are_rejected_and_the_rest_processed() {
     ok(&o);
     let err = String::from_utf8_lossy(&o.stderr);
     for reason in [
-        "expected 48 features",
+        "line 2: 10 values, the bundle takes 48",
         "not a number",
         "NaN",
         "out of range",

@@ -30,6 +30,9 @@ pub enum BackendError {
     Data(String),
     #[error("plot: {0}")]
     Plot(String),
+    /// Protection would change the vendor's model without being asked to.
+    #[error("{0}")]
+    ModelChange(String),
     /// An accuracy target or setting for variant `act` that cannot be met.
     #[error("act accuracy: {0}")]
     Accuracy(String),

@@ -149,13 +149,64 @@ pub fn choose_act(candidates: &[ActCandidate], target: f64) -> Result<ActSetting
     }))
 }
 
+/// The hidden activation protection uses: the trained one unless the vendor says otherwise.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum HiddenActivation {
+    #[default]
+    AsTrained,
+    /// `--activation`: this one instead (or where the model has none).
+    Use(Activation),
+    /// `--drop-activation`: none, although the model has one.
+    Drop,
+}
+
+/// The activation `variant` will evaluate for `model`, refusing a change of the vendor's model
+/// that was not asked for: `noact` would silently drop a trained activation, `act` needs one.
+pub fn hidden_activation(
+    model: &Classifier,
+    variant: Variant,
+    choice: HiddenActivation,
+) -> Result<Option<Activation>> {
+    let trained = model.activation;
+    let name = |a: Activation| match a {
+        Activation::Relu => "a ReLU",
+        Activation::Square => "a square",
+    };
+    match (variant, choice, trained) {
+        (Variant::Noact, HiddenActivation::AsTrained, Some(a)) => {
+            Err(BackendError::ModelChange(format!(
+                "the model has {} after its hidden layer; --variant noact would drop it and \
+                 change what the model computes (pass --drop-activation to do so knowingly, or \
+                 use --variant act or last)",
+                name(a)
+            )))
+        }
+        (Variant::Noact, HiddenActivation::Use(_), _) => Err(BackendError::ModelChange(
+            "--variant noact evaluates no activation: --activation does not apply".into(),
+        )),
+        (Variant::Act, HiddenActivation::AsTrained, None) => Err(BackendError::ModelChange(
+            "the model has no activation after its hidden layer; --variant act bootstraps one: \
+             pass --activation relu|square to add it knowingly, or use --variant noact"
+                .into(),
+        )),
+        (Variant::Act, HiddenActivation::Drop, _) => Err(BackendError::ModelChange(
+            "--variant act evaluates an activation: --drop-activation does not apply (use \
+             --variant noact)"
+                .into(),
+        )),
+        (_, HiddenActivation::Use(a), _) => Ok(Some(a)),
+        (_, HiddenActivation::Drop, _) => Ok(None),
+        (_, HiddenActivation::AsTrained, a) => Ok(a),
+    }
+}
+
 /// Quantise, encrypt and sign a classifier for one variant (`act` with `settings`).
 #[allow(clippy::too_many_arguments)]
 pub fn protect(
     keys: &BackendKeys,
     model: &Classifier,
     variant: Variant,
-    activation: Option<Activation>,
+    activation: HiddenActivation,
     settings: ActSettings,
     calibration: &[Vec<f32>],
     name: &str,
@@ -170,6 +221,12 @@ pub fn protect(
         signer,
     } = keys;
     progress.stage("quantising");
+    // The model as it will be evaluated: the quantiser takes its activation from it.
+    let model = &Classifier {
+        activation: hidden_activation(model, variant, activation)?,
+        ..model.clone()
+    };
+    let activation = model.activation;
     let (quant, params, act) = if variant == Variant::Act {
         let params = secret
             .params
@@ -320,6 +377,44 @@ mod tests {
         assert!(err.contains("99.90–100.00 %"), "{err}");
         assert!(choose_act(&candidates, 1.5).is_err());
         assert!(choose_act(&candidates, f64::NAN).is_err());
+    }
+
+    /// What protection evaluates is the trained model unless a flag says otherwise.
+    #[test]
+    fn a_change_of_the_model_must_be_asked_for() {
+        use HiddenActivation::*;
+        let task = synth::Task::new(1, 12, 3);
+        let relu = synth::classifier(1, &task, 6, Some(Activation::Relu));
+        let none = synth::classifier(1, &task, 6, None);
+        let msg = |r: Result<Option<Activation>>| r.unwrap_err().to_string();
+        assert!(
+            msg(hidden_activation(&relu, Variant::Noact, AsTrained)).contains("--drop-activation")
+        );
+        assert!(msg(hidden_activation(&none, Variant::Act, AsTrained))
+            .contains("--activation relu|square"));
+        assert!(hidden_activation(&none, Variant::Act, Drop).is_err());
+        assert!(hidden_activation(&relu, Variant::Noact, Use(Activation::Relu)).is_err());
+        assert_eq!(
+            hidden_activation(&relu, Variant::Noact, Drop).unwrap(),
+            None
+        );
+        assert_eq!(
+            hidden_activation(&none, Variant::Noact, AsTrained).unwrap(),
+            None
+        );
+        assert_eq!(
+            hidden_activation(&relu, Variant::Act, AsTrained).unwrap(),
+            Some(Activation::Relu)
+        );
+        assert_eq!(
+            hidden_activation(&none, Variant::Act, Use(Activation::Square)).unwrap(),
+            Some(Activation::Square)
+        );
+        assert_eq!(
+            hidden_activation(&relu, Variant::Last, AsTrained).unwrap(),
+            Some(Activation::Relu)
+        );
+        assert_eq!(hidden_activation(&relu, Variant::Last, Drop).unwrap(), None);
     }
 
     /// On a real model the noise model ranks the knobs as the physics says: fewer classes per

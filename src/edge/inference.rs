@@ -51,6 +51,13 @@ impl Inference {
         })
     }
 
+    /// Values in one vector line for this bundle: the extractor's input, else the features.
+    pub fn line_width(&self) -> usize {
+        self.extractor
+            .as_ref()
+            .map_or(self.engine.info.input.dim, |e| e.in_dim())
+    }
+
     pub fn describe(&self) -> String {
         format!(
             "bundle {} (epoch {}, {} variant, {}-bit, {} features{})",

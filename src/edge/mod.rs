@@ -64,6 +64,7 @@ pub fn run(settings: Settings, reloader: Reloader) -> Result<Summary, EdgeError>
         start.queue.policy,
     ));
     let rejects = Arc::new(Rejects::default());
+    rejects.expect_line_width(inference.line_width());
     let _acquisition = source::start(
         &start.input,
         queue.clone(),

@@ -53,6 +53,7 @@ impl Scheduler {
                 self.reload.start()?;
             }
             if self.reload.apply(&mut self.settings, &mut self.inference) {
+                self.rejects.expect_line_width(self.inference.line_width());
                 self.notifier
                     .send(&format!("STATUS=running {}", self.inference.describe()));
             }

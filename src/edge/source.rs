@@ -89,14 +89,27 @@ impl TryFrom<String> for Source {
     }
 }
 
-/// Rejected inputs: counted, the first of each kind logged.
+/// Rejected inputs: counted, the first of each kind logged. Also carries the width of a
+/// vector line the running bundle takes, so that a line of another width is refused where its
+/// line number is known.
 #[derive(Default)]
 pub struct Rejects {
     count: AtomicU64,
     logged: Mutex<HashSet<String>>,
+    /// 0: not known yet.
+    line_width: std::sync::atomic::AtomicUsize,
 }
 
 impl Rejects {
+    /// The running bundle takes vector lines of `width` values (set at start and on reload).
+    pub fn expect_line_width(&self, width: usize) {
+        self.line_width.store(width, Ordering::Relaxed);
+    }
+
+    fn line_width(&self) -> Option<usize> {
+        Some(self.line_width.load(Ordering::Relaxed)).filter(|&w| w > 0)
+    }
+
     pub fn reject(&self, kind: &str, what: impl std::fmt::Display) {
         self.count.fetch_add(1, Ordering::Relaxed);
         let first = self
@@ -417,6 +430,20 @@ fn read_lines(
             continue;
         };
         match parse_line(line) {
+            Ok(Some(sample))
+                if rejects
+                    .line_width()
+                    .is_some_and(|w| w != sample.values.len()) =>
+            {
+                rejects.reject(
+                    "width",
+                    format_args!(
+                        "line {number}: {} values, the bundle takes {}",
+                        sample.values.len(),
+                        rejects.line_width().unwrap_or(0)
+                    ),
+                );
+            }
             Ok(Some(sample)) => {
                 if !queue.push(Input::Plain(sample.values)) {
                     return;
@@ -480,6 +507,19 @@ mod tests {
             vec![vec![1.0, 2.0], vec![3.0, 4.0], vec![5.0]]
         );
         assert_eq!(rejects.count(), 3);
+    }
+
+    #[test]
+    fn a_line_of_the_wrong_width_is_refused_with_its_number() {
+        let queue = BoundedQueue::new(16, usize::MAX, QueuePolicy::Block);
+        let rejects = Rejects::default();
+        rejects.expect_line_width(2);
+        read_lines(&b"1,2\n1,2,3\n\n4\n5,6\n"[..], &queue, &rejects, 64);
+        queue.close();
+        assert_eq!(drain(&queue), vec![vec![1.0, 2.0], vec![5.0, 6.0]]);
+        assert_eq!(rejects.count(), 2);
+        // Counted, and logged once for the kind.
+        assert!(rejects.logged.lock().unwrap().contains("width"));
     }
 
     #[test]

@@ -283,7 +283,7 @@ impl<'a> Bench<'a> {
             &keys.keys,
             &model,
             variant,
-            None,
+            Default::default(),
             Default::default(),
             &calib,
             "bench",

@@ -182,19 +182,25 @@ pub fn setup(variant: &str) -> Setup {
 /// `seed` under `root` and protect it as `{name}b.bundle`.
 pub fn model(root: &Path, keys: &Path, name: &str, seed: u64, variant: &str) -> PathBuf {
     let dir = root.join(format!("{name}synth"));
-    hedge(&[
+    let seed = seed.to_string();
+    let mut synth = vec![
         "synth",
         "--out",
         s(&dir),
         "--seed",
-        &seed.to_string(),
+        &seed,
         "--shape",
         "48,16,10",
         "--test",
         "40",
         "--calibration",
         "60",
-    ]);
+    ];
+    // noact is the paper's model without an activation (protect refuses to drop one).
+    if variant == "noact" {
+        synth.push("--no-activation");
+    }
+    hedge(&synth);
     for f in ["model.onnx", "calibration.txt", "test.txt"] {
         std::fs::rename(dir.join(f), root.join(format!("{name}{f}"))).unwrap();
     }

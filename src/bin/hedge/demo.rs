@@ -120,7 +120,7 @@ pub fn run(a: Args, ui: &Ui) -> Result<()> {
             &set,
             &model,
             variant,
-            None,
+            protect::HiddenActivation::AsTrained,
             protect::ActSettings::default(),
             &calib,
             "demo",

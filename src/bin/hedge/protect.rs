@@ -27,9 +27,14 @@ pub struct Args {
     /// edge with tract. Default: the start of the trailing dense layers.
     #[arg(long)]
     encrypt_from: Option<String>,
-    /// Override the model's activation (variant act): the paper's square, for comparison.
-    #[arg(long, value_enum)]
+    /// Evaluate this activation instead of the model's own (variants act and last): the
+    /// paper's square for comparison, or an activation a model without one lacks.
+    #[arg(long, value_enum, conflicts_with = "drop_activation")]
     activation: Option<ActivationArg>,
+    /// Leave out the model's hidden activation (variant noact on a model trained with one):
+    /// the encrypted classifier then computes another function than the trained model.
+    #[arg(long)]
+    drop_activation: bool,
     /// Variant act: the cheapest setting whose expected agreement with the integer reference
     /// on the calibration inputs (the noise model's lower bound) reaches this share, e.g.
     /// 0.99; prints every setting weighed.
@@ -52,6 +57,13 @@ pub struct Args {
 pub fn run(a: Args, registry: &Path, ui: &Ui) -> Result<()> {
     let network = Network::load(&a.model, a.encrypt_from.as_deref())
         .with_context(|| format!("importing {}", a.model.display()))?;
+    let activation = match (a.activation, a.drop_activation) {
+        (Some(act), _) => protect::HiddenActivation::Use(act.into()),
+        (None, true) => protect::HiddenActivation::Drop,
+        (None, false) => protect::HiddenActivation::AsTrained,
+    };
+    // A change of the vendor's model is refused before anything is read or encrypted.
+    let evaluated = protect::hidden_activation(&network.head, a.variant, activation)?;
     let calib = network
         .read_inputs(&a.calibration, a.calibration_count)
         .with_context(|| format!("calibration from {}", a.calibration.display()))?;
@@ -60,7 +72,6 @@ pub fn run(a: Args, registry: &Path, ui: &Ui) -> Result<()> {
     let t = std::time::Instant::now();
     let spinner = Shown(ui.spinner("protecting"));
     let epoch = protect::next_epoch(registry)?;
-    let activation = a.activation.map(Into::into);
     let act_options =
         a.act_agreement.is_some() || a.classes_per_bootstrap.is_some() || a.gadget_levels.is_some();
     if act_options && a.variant != Variant::Act {
@@ -71,7 +82,7 @@ pub fn run(a: Args, registry: &Path, ui: &Ui) -> Result<()> {
     let settings = match a.act_agreement {
         Some(target) => {
             let candidates =
-                protect::act_candidates(&network.head, activation, &calib, &keys.secret.params)?;
+                protect::act_candidates(&network.head, evaluated, &calib, &keys.secret.params)?;
             spinner.0.suspend(|| print_candidates(&candidates, target));
             protect::choose_act(&candidates, target)?
         }
