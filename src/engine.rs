@@ -315,6 +315,10 @@ pub struct Decoding {
     /// one of them submitted as a result would decrypt to model weights.
     #[serde(default)]
     pub own_masks: Vec<u64>,
+    /// The class names, one per class, when the model's export carried them (or the vendor
+    /// named them): kept by the backend only, a board never sees them.
+    #[serde(default)]
+    pub labels: Option<Vec<String>>,
 }
 
 impl Decoding {
@@ -358,12 +362,28 @@ impl Decoding {
             exact: q.variant != Variant::Act,
             score_limits: q.score_limits(params),
             own_masks: Vec::new(),
+            labels: None,
         })
     }
 
     /// The same, refusing the GLWEs of `model` (the bundle's) as results.
     pub fn refusing(mut self, model: &EncryptedModel) -> Result<Self> {
         self.own_masks = model.mask_fingerprints()?;
+        Ok(self)
+    }
+
+    /// The same, naming the classes (one label per class).
+    pub fn labelled(mut self, labels: Option<Vec<String>>) -> Result<Self> {
+        if let Some(l) = &labels {
+            if l.len() != self.score_limits.len() {
+                return Err(EngineError::Malformed(format!(
+                    "{} labels for {} classes",
+                    l.len(),
+                    self.score_limits.len()
+                )));
+            }
+        }
+        self.labels = labels;
         Ok(self)
     }
 

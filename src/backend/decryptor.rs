@@ -252,6 +252,9 @@ impl Decryptor {
             "extract_ms": m.extract_us as f64 / 1e3,
             "class": d.class,
         });
+        if let Some(label) = bundle.decoding.labels.as_ref().and_then(|l| l.get(d.class)) {
+            line["label"] = label.clone().into();
+        }
         if self.policy.reveal >= Reveal::Scores {
             line["scores"] = d.float_scores.into();
         }

@@ -23,6 +23,8 @@ pub struct Protected {
     pub bytes: Vec<u8>,
     /// Variant `act`: the setting used and what it expects.
     pub act: Option<ActCandidate>,
+    /// The class names the registry records for the decryptor (never shipped to a board).
+    pub labels: Option<Vec<String>>,
 }
 
 /// How variant `act` spends its bootstraps: classes per lookup table (fewer: wider windows,
@@ -301,6 +303,7 @@ pub fn protect(
         quant,
         bytes,
         act,
+        labels: model.labels.clone(),
     })
 }
 
@@ -324,7 +327,8 @@ pub fn record(p: &Protected, keys: &BackendKeys, keys_dir: &Path, registry: &Pat
         out_dim: header.model.out_dim,
         epoch: header.epoch,
         decoding: Decoding::new(&p.quant, &header.params, header.key_id)?
-            .refusing(&p.bundle.model)?,
+            .refusing(&p.bundle.model)?
+            .labelled(p.labels.clone())?,
     })?;
     Ok(())
 }

@@ -504,6 +504,7 @@ mod tests {
             exact: true,
             score_limits: vec![1000.0; 10],
             own_masks: vec![1, 2, 3],
+            labels: Some((0..10).map(|i| format!("class {i}")).collect()),
         }
     }
 

@@ -25,6 +25,18 @@ pub struct Dense {
 }
 
 impl Dense {
+    /// The identity map on `dim` values: the hidden layer of an imported linear model.
+    pub fn identity(dim: usize) -> Self {
+        Self {
+            out_dim: dim,
+            in_dim: dim,
+            w: (0..dim * dim)
+                .map(|k| if k / dim == k % dim { 1.0 } else { 0.0 })
+                .collect(),
+            b: vec![0.0; dim],
+        }
+    }
+
     pub fn forward(&self, x: &[f32]) -> Vec<f32> {
         (0..self.out_dim)
             .map(|j| {
@@ -41,6 +53,9 @@ pub struct Classifier {
     pub hidden: Dense,
     pub activation: Option<Activation>,
     pub output: Dense,
+    /// The class names the exporter's post-processing carried, one per score.
+    #[serde(default)]
+    pub labels: Option<Vec<String>>,
 }
 
 impl Classifier {

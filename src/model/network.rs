@@ -2,7 +2,6 @@
 //! layers before its dense head) and the dense head, split by [`crate::model::split`].
 
 use super::error::{ModelError, Result};
-use crate::files::IoError;
 use crate::input::images::{read_idx_images, Image};
 use crate::input::vectors::read_samples;
 use crate::model::split::{split, Extractor, PlainExtractor};
@@ -22,7 +21,7 @@ pub struct Network {
 
 impl Network {
     pub fn load(path: &Path, encrypt_from: Option<&str>) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|e| IoError::new(path, e))?;
+        let bytes = super::onnx::read_model(path)?;
         let cut = split(&bytes, encrypt_from)?;
         let extractor = match cut.extractor {
             None => None,

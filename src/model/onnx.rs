@@ -1,24 +1,161 @@
 //! ONNX import (and export, for fixtures) of a dense classifier head.
 //!
-//! Accepted graphs: an optional Flatten, then Dense → [Relu] → Dense, where each Dense is a
-//! Gemm (alpha = beta = 1, transB 0 or 1, transA 0) or a MatMul followed by an Add of a
-//! constant bias — the forms Keras (tf2onnx) and PyTorch (torch.onnx) export.
+//! The importer follows the data path from the classifier's input to its scores and accepts
+//! what the common exporters write (PyTorch's `torch.onnx.export`, Keras through tf2onnx,
+//! scikit-learn through skl2onnx):
+//!
+//! - before the first dense layer, no-op casts and reshapes (Cast, Reshape, Flatten, Identity,
+//!   Dropout, Squeeze, Unsqueeze);
+//! - one or two dense layers: Gemm (any transA/transB, alpha and beta folded in), MatMul with a
+//!   constant weight on either side followed or not by an Add of a constant bias (either order),
+//!   or ai.onnx.ml's LinearClassifier (scikit-learn's linear models); one layer (a linear
+//!   model) is imported with an identity hidden layer;
+//! - between two layers, the activation: Relu, or the square (Mul(x, x) or Pow(x, 2));
+//! - after the last layer, the classifier's post-processing, which preserves the argmax and is
+//!   dropped for the encrypted head: Softmax, LogSoftmax, Sigmoid, Normalizer (L1, L2), ArgMax,
+//!   ArrayFeatureExtractor and ZipMap (the class labels they carry are kept), Cast, Reshape,
+//!   Identity, Flatten.
+//!
+//! Anything else on the data path is refused with the node's name and operator and what to do.
 
 use super::error::{ModelError, Result};
 use super::{Classifier, Dense};
 use crate::crypto::lut::Activation;
 use crate::files::IoError;
 use prost::Message;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use tract_onnx::pb;
 
 const FLOAT: i32 = 1;
+const STRING: i32 = 8;
+const INT64: i32 = 7;
+
+/// No-ops on a feature vector: before the first layer, between the layers, or after the last.
+const NO_OPS: &[&str] = &[
+    "Cast",
+    "Reshape",
+    "Flatten",
+    "Identity",
+    "Dropout",
+    "Squeeze",
+    "Unsqueeze",
+];
+
+/// Post-processing of the scores that keeps their argmax (and label look-ups).
+const POST_OPS: &[&str] = &[
+    "Softmax",
+    "LogSoftmax",
+    "Sigmoid",
+    "Normalizer",
+    "ArgMax",
+    "ArrayFeatureExtractor",
+    "ZipMap",
+];
+
+/// Every operator the importer understands (the split's vocabulary for a classifier head).
+pub(crate) fn is_head_op(op: &str) -> bool {
+    NO_OPS.contains(&op)
+        || POST_OPS.contains(&op)
+        || is_dense_op(op)
+        || matches!(op, "Add" | "Relu" | "Mul" | "Pow" | "Constant")
+}
+
+/// Operators that start a dense layer.
+pub(crate) fn is_dense_op(op: &str) -> bool {
+    matches!(op, "Gemm" | "MatMul" | "LinearClassifier")
+}
+
+/// Whether every node of `nodes` is a no-op on a feature vector (or a constant): such a
+/// prefix is not a feature extractor.
+pub(crate) fn all_no_ops(nodes: &[pb::NodeProto]) -> bool {
+    nodes
+        .iter()
+        .all(|n| NO_OPS.contains(&n.op_type.as_str()) || n.op_type == "Constant")
+}
 
 /// Read a classifier from an ONNX file.
 pub fn load(path: &Path) -> Result<Classifier> {
+    from_bytes(&read_model(path)?)
+}
+
+/// An ONNX file as one self-contained model: tensors the exporter wrote to an external data
+/// file beside it (PyTorch's default exporter does) are read into the model. The data file
+/// must be a plain file name in the model's directory.
+pub fn read_model(path: &Path) -> Result<Vec<u8>> {
     let bytes = std::fs::read(path).map_err(|e| IoError::new(path, e))?;
-    from_bytes(&bytes)
+    let mut model =
+        pb::ModelProto::decode(&bytes[..]).map_err(|e| err(format!("not an ONNX model: {e}")))?;
+    let Some(graph) = model.graph.as_mut() else {
+        return Ok(bytes);
+    };
+    const EXTERNAL: i32 = 1;
+    if !graph
+        .initializer
+        .iter()
+        .any(|t| t.data_location == Some(EXTERNAL))
+    {
+        return Ok(bytes);
+    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut files: HashMap<String, Vec<u8>> = HashMap::new();
+    for t in graph
+        .initializer
+        .iter_mut()
+        .filter(|t| t.data_location == Some(EXTERNAL))
+    {
+        let entry = |key: &str| {
+            t.external_data
+                .iter()
+                .find(|e| e.key == key)
+                .map(|e| e.value.clone())
+        };
+        let location = entry("location").ok_or_else(|| {
+            err(format!(
+                "tensor {}: external data without a location",
+                t.name
+            ))
+        })?;
+        let plain_name = Path::new(&location)
+            .file_name()
+            .is_some_and(|f| f == location.as_str());
+        if !plain_name {
+            return Err(err(format!(
+                "tensor {}: external data {location:?} is not a file name beside the model",
+                t.name
+            )));
+        }
+        let number = |key: &str| -> Result<Option<usize>> {
+            entry(key)
+                .map(|v| {
+                    v.parse::<usize>()
+                        .map_err(|_| err(format!("tensor {}: bad external {key} {v:?}", t.name)))
+                })
+                .transpose()
+        };
+        let (offset, length) = (number("offset")?.unwrap_or(0), number("length")?);
+        if !files.contains_key(&location) {
+            let file = dir.join(&location);
+            let data = std::fs::read(&file).map_err(|e| IoError::new(&file, e))?;
+            files.insert(location.clone(), data);
+        }
+        let data = &files[&location];
+        let end = match length {
+            Some(l) => offset.checked_add(l),
+            None => Some(data.len()),
+        }
+        .filter(|&end| end <= data.len() && offset <= end)
+        .ok_or_else(|| {
+            err(format!(
+                "tensor {}: external data beyond {location}",
+                t.name
+            ))
+        })?;
+        t.raw_data = data[offset..end].to_vec();
+        t.external_data.clear();
+        t.data_location = None;
+    }
+    Ok(model.encode_to_vec())
 }
 
 fn err(msg: impl Into<String>) -> ModelError {
@@ -56,20 +193,55 @@ fn tensor_f32(t: &pb::TensorProto) -> Result<(Vec<usize>, Vec<f32>)> {
     Ok((dims, data))
 }
 
+/// A string or int64 tensor as labels (a classifier's class table).
+fn tensor_labels(t: &pb::TensorProto) -> Option<Vec<String>> {
+    match t.data_type {
+        STRING => Some(
+            t.string_data
+                .iter()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .collect(),
+        ),
+        INT64 if !t.raw_data.is_empty() => Some(
+            t.raw_data
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")).to_string())
+                .collect(),
+        ),
+        INT64 => Some(t.int64_data.iter().map(i64::to_string).collect()),
+        _ => None,
+    }
+}
+
+fn attr<'a>(node: &'a pb::NodeProto, name: &str) -> Option<&'a pb::AttributeProto> {
+    node.attribute.iter().find(|a| a.name == name)
+}
+
 fn attr_i(node: &pb::NodeProto, name: &str, default: i64) -> i64 {
-    node.attribute
-        .iter()
-        .find(|a| a.name == name)
-        .map(|a| a.i)
-        .unwrap_or(default)
+    attr(node, name).map(|a| a.i).unwrap_or(default)
 }
 
 fn attr_f(node: &pb::NodeProto, name: &str, default: f32) -> f32 {
-    node.attribute
-        .iter()
-        .find(|a| a.name == name)
-        .map(|a| a.f)
-        .unwrap_or(default)
+    attr(node, name).map(|a| a.f).unwrap_or(default)
+}
+
+fn attr_s(node: &pb::NodeProto, name: &str) -> Option<String> {
+    attr(node, name).map(|a| String::from_utf8_lossy(&a.s).into_owned())
+}
+
+/// Class labels an attribute lists (strings or integers), if any.
+fn attr_labels(node: &pb::NodeProto, strings: &str, ints: &str) -> Option<Vec<String>> {
+    if let Some(a) = attr(node, strings).filter(|a| !a.strings.is_empty()) {
+        return Some(
+            a.strings
+                .iter()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .collect(),
+        );
+    }
+    attr(node, ints)
+        .filter(|a| !a.ints.is_empty())
+        .map(|a| a.ints.iter().map(i64::to_string).collect())
 }
 
 /// Parse an ONNX model held in memory.
@@ -77,137 +249,360 @@ pub fn from_bytes(bytes: &[u8]) -> Result<Classifier> {
     let model =
         pb::ModelProto::decode(bytes).map_err(|e| err(format!("not an ONNX model: {e}")))?;
     let graph = model.graph.ok_or_else(|| err("ONNX model has no graph"))?;
-    classifier_from_graph(&graph)
+    let input = graph_input(&graph)?;
+    classifier_from_graph(&graph, &input)
 }
 
-/// The dense head in `graph`'s nodes (in order): dense → [Relu | Mul(x, x)] → dense.
-pub(crate) fn classifier_from_graph(graph: &pb::GraphProto) -> Result<Classifier> {
+/// The graph's one input that is not an initializer.
+pub(crate) fn graph_input(graph: &pb::GraphProto) -> Result<String> {
+    let initializers: HashSet<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
+    let inputs: Vec<&str> = graph
+        .input
+        .iter()
+        .map(|i| i.name.as_str())
+        .filter(|n| !initializers.contains(n))
+        .collect();
+    match inputs.as_slice() {
+        [one] => Ok(one.to_string()),
+        [] => Err(err("the network has no input")),
+        many => Err(err(format!(
+            "the network has {} inputs ({}); hedge takes one feature vector",
+            many.len(),
+            many.join(", ")
+        ))),
+    }
+}
+
+/// Where on the data path a refused node sits, for the advice in its error.
+fn advice(layers: usize, post: bool) -> &'static str {
+    match (layers, post || layers >= 2) {
+        (0, _) => {
+            "hedge encrypts the dense head: compute this before hedge (as part of the features) \
+             or keep it in the plaintext extractor by starting the encrypted part later with \
+             --encrypt-from"
+        }
+        (_, true) => {
+            "after the scores hedge keeps only argmax-preserving post-processing: export the \
+             classifier with its scores or probabilities as the output"
+        }
+        _ => "hedge encrypts dense → (ReLU | square | none) → dense",
+    }
+}
+
+/// A dense layer being assembled: a weight without its bias yet, and the tensor it writes.
+struct Pending {
+    dense: Dense,
+    output: String,
+}
+
+/// The dense head on the data path from `input` through `graph`'s nodes (in order).
+pub(crate) fn classifier_from_graph(graph: &pb::GraphProto, input: &str) -> Result<Classifier> {
     let mut consts: HashMap<String, (Vec<usize>, Vec<f32>)> = HashMap::new();
+    let mut label_tables: HashMap<String, Vec<String>> = HashMap::new();
+    let mut add_const = |t: &pb::TensorProto, name: &str| -> Result<()> {
+        if t.data_type == FLOAT {
+            consts.insert(name.to_string(), tensor_f32(t)?);
+        } else if let Some(labels) = tensor_labels(t) {
+            label_tables.insert(name.to_string(), labels);
+        }
+        Ok(())
+    };
     for t in &graph.initializer {
-        consts.insert(t.name.clone(), tensor_f32(t)?);
+        add_const(t, &t.name)?;
     }
     for n in graph.node.iter().filter(|n| n.op_type == "Constant") {
-        if let (Some(a), Some(out)) = (
-            n.attribute.iter().find(|a| a.name == "value"),
+        if let (Some(t), Some(out)) = (
+            attr(n, "value").and_then(|a| a.t.as_ref()),
             n.output.first(),
         ) {
-            if let Some(t) = &a.t {
-                consts.insert(out.clone(), tensor_f32(t)?);
-            }
+            add_const(t, out)?;
         }
     }
-    let weight = |name: &str| -> Result<&(Vec<usize>, Vec<f32>)> {
-        consts
-            .get(name)
-            .ok_or_else(|| err(format!("{name} is not a constant initializer")))
-    };
+    let weight = |name: &str| -> Option<&(Vec<usize>, Vec<f32>)> { consts.get(name) };
 
-    let mut denses: Vec<Dense> = Vec::new();
+    let mut data: HashSet<String> = HashSet::from([input.to_string()]);
+    let mut layers: Vec<Dense> = Vec::new();
     let mut activation: Option<Activation> = None;
-    let mut pending_matmul: Option<(usize, usize, Vec<f32>)> = None;
-    for node in graph.node.iter().filter(|n| n.op_type != "Constant") {
-        match node.op_type.as_str() {
-            "Flatten" | "Identity" | "Dropout" | "Softmax" => {}
-            "Relu" => {
-                if denses.len() != 1 || activation.is_some() {
-                    return Err(err("Relu must sit between the two dense layers"));
-                }
-                activation = Some(Activation::Relu);
-            }
-            // x·x: the paper's square activation, as PyTorch and Keras export it.
-            "Mul" if node.input.len() == 2 && node.input[0] == node.input[1] => {
-                if denses.len() != 1 || activation.is_some() {
-                    return Err(err("a square must sit between the two dense layers"));
-                }
-                activation = Some(Activation::Square);
-            }
+    let mut pending: Option<Pending> = None;
+    // The last tensor a finished layer wrote (a later Add of a constant is its bias).
+    let mut last_output: Option<String> = None;
+    let mut post = false;
+    let mut labels: Option<Vec<String>> = None;
+    for node in &graph.node {
+        let op = node.op_type.as_str();
+        if op == "Constant" || !node.input.iter().any(|i| data.contains(i)) {
+            continue; // off the data path: constants, shape arithmetic
+        }
+        let (depth, after_scores) = (layers.len() + pending.is_some() as usize, post);
+        let refuse = |why: &str| {
+            err(format!(
+                "node {:?} ({op}) {why}; {}",
+                node.name,
+                advice(depth, after_scores)
+            ))
+        };
+        let on_path_input = node
+            .input
+            .iter()
+            .find(|i| data.contains(*i))
+            .cloned()
+            .unwrap_or_default();
+        let other_const = || {
+            node.input
+                .iter()
+                .filter(|i| !data.contains(*i))
+                .find_map(|i| weight(i).map(|w| (i.clone(), w)))
+        };
+        // A dense layer may not follow post-processing of the scores.
+        if post && (is_dense_op(op) || matches!(op, "Add" | "Relu" | "Mul" | "Pow")) {
+            return Err(refuse("follows the scores' post-processing"));
+        }
+        match op {
             "Gemm" => {
-                if attr_i(node, "transA", 0) != 0
-                    || attr_f(node, "alpha", 1.0) != 1.0
-                    || attr_f(node, "beta", 1.0) != 1.0
-                {
-                    return Err(err("Gemm with transA or alpha/beta != 1 is not supported"));
+                finish(&mut pending, &mut layers, &mut last_output);
+                if node.input.first() != Some(&on_path_input) {
+                    return Err(refuse("takes its weight from the data path"));
                 }
-                let (dims, w) = weight(node.input.get(1).ok_or_else(|| err("Gemm without B"))?)?;
+                let (dims, w) = node
+                    .input
+                    .get(1)
+                    .and_then(|n| weight(n))
+                    .ok_or_else(|| refuse("has no constant weight"))?;
                 if dims.len() != 2 {
-                    return Err(err("Gemm weight is not a matrix"));
+                    return Err(refuse("has a weight that is not a matrix"));
                 }
+                let (alpha, beta) = (attr_f(node, "alpha", 1.0), attr_f(node, "beta", 1.0));
+                // transA transposes the input: for one feature vector the values are the same.
                 let trans_b = attr_i(node, "transB", 0) != 0;
                 let (out_dim, in_dim) = if trans_b {
                     (dims[0], dims[1])
                 } else {
                     (dims[1], dims[0])
                 };
-                let w = if trans_b {
+                let w: Vec<f32> = if trans_b {
                     w.clone()
                 } else {
                     transpose(w, in_dim, out_dim)
                 };
                 let b = match node.input.get(2) {
-                    Some(name) if !name.is_empty() => bias(weight(name)?, out_dim)?,
+                    Some(name) if !name.is_empty() => {
+                        let t = weight(name)
+                            .ok_or_else(|| refuse("has a bias that is not a constant"))?;
+                        bias(t, out_dim)?
+                    }
                     _ => vec![0.0; out_dim],
                 };
-                denses.push(Dense {
+                layers.push(Dense {
                     out_dim,
                     in_dim,
-                    w,
-                    b,
+                    w: w.iter().map(|v| v * alpha).collect(),
+                    b: b.iter().map(|v| v * beta).collect(),
                 });
+                last_output = node.output.first().cloned();
             }
             "MatMul" => {
-                let (dims, w) = weight(node.input.get(1).ok_or_else(|| err("MatMul without B"))?)?;
+                finish(&mut pending, &mut layers, &mut last_output);
+                let (name, (dims, w)) =
+                    other_const().ok_or_else(|| refuse("multiplies by no constant weight"))?;
                 if dims.len() != 2 {
-                    return Err(err("MatMul weight is not a matrix"));
+                    return Err(refuse("has a weight that is not a matrix"));
                 }
-                pending_matmul = Some((dims[1], dims[0], transpose(w, dims[0], dims[1])));
+                // x·W (W: in × out) or W·x (W: out × in).
+                let dense = if node.input.get(1) == Some(&name) {
+                    Dense {
+                        out_dim: dims[1],
+                        in_dim: dims[0],
+                        w: transpose(w, dims[0], dims[1]),
+                        b: vec![0.0; dims[1]],
+                    }
+                } else {
+                    Dense {
+                        out_dim: dims[0],
+                        in_dim: dims[1],
+                        w: w.clone(),
+                        b: vec![0.0; dims[0]],
+                    }
+                };
+                pending = Some(Pending {
+                    dense,
+                    output: node.output.first().cloned().unwrap_or_default(),
+                });
             }
             "Add" => {
-                let (out_dim, in_dim, w) = pending_matmul
-                    .take()
-                    .ok_or_else(|| err("Add without a preceding MatMul"))?;
-                let b_name = node
-                    .input
-                    .iter()
-                    .find(|i| consts.contains_key(*i))
-                    .ok_or_else(|| err("Add without a constant bias"))?;
-                let b = bias(weight(b_name)?, out_dim)?;
-                denses.push(Dense {
-                    out_dim,
+                let (_, t) = other_const().ok_or_else(|| refuse("adds no constant bias"))?;
+                let target = match &mut pending {
+                    Some(p) if p.output == on_path_input => &mut p.dense,
+                    _ if last_output.as_deref() == Some(on_path_input.as_str()) => {
+                        layers.last_mut().expect("a layer wrote last_output")
+                    }
+                    _ => {
+                        return Err(refuse(
+                            "adds to something that is not a dense layer's output",
+                        ))
+                    }
+                };
+                let b = bias(t, target.out_dim)?;
+                target.b.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+                if let Some(p) = pending.take() {
+                    layers.push(p.dense);
+                }
+                last_output = node.output.first().cloned();
+            }
+            "Relu" | "Mul" | "Pow" => {
+                finish(&mut pending, &mut layers, &mut last_output);
+                let found = match op {
+                    "Relu" => Activation::Relu,
+                    "Mul" if node.input.len() == 2 && node.input[0] == node.input[1] => {
+                        Activation::Square
+                    }
+                    "Pow"
+                        if node
+                            .input
+                            .get(1)
+                            .and_then(|e| weight(e))
+                            .is_some_and(|(_, v)| v.len() == 1 && v[0] == 2.0) =>
+                    {
+                        Activation::Square
+                    }
+                    _ => return Err(refuse("is not an activation hedge evaluates (ReLU, x·x)")),
+                };
+                if layers.len() != 1 || activation.is_some() {
+                    return Err(refuse("is not between the two dense layers"));
+                }
+                activation = Some(found);
+                last_output = None;
+            }
+            "LinearClassifier" => {
+                finish(&mut pending, &mut layers, &mut last_output);
+                let coefficients = attr(node, "coefficients")
+                    .map(|a| a.floats.clone())
+                    .unwrap_or_default();
+                let intercepts = attr(node, "intercepts")
+                    .map(|a| a.floats.clone())
+                    .unwrap_or_default();
+                let classes = attr_labels(node, "classlabels_strings", "classlabels_ints")
+                    .ok_or_else(|| refuse("lists no class labels"))?;
+                let rows = intercepts.len().max(1);
+                if coefficients.is_empty() || !coefficients.len().is_multiple_of(rows) {
+                    return Err(refuse("has coefficients that do not fit its intercepts"));
+                }
+                let in_dim = coefficients.len() / rows;
+                let (w, b) = if rows == 1 && classes.len() == 2 {
+                    // Binary: one score s for the second class; scores (−s, s) keep the rule.
+                    let neg: Vec<f32> = coefficients.iter().map(|v| -v).collect();
+                    let b0 = intercepts.first().copied().unwrap_or(0.0);
+                    ([neg, coefficients].concat(), vec![-b0, b0])
+                } else if rows == classes.len() {
+                    (coefficients, intercepts)
+                } else {
+                    return Err(refuse("has a score count that does not match its labels"));
+                };
+                if w.iter().chain(&b).any(|v| !v.is_finite()) {
+                    return Err(refuse("holds NaN or infinity"));
+                }
+                layers.push(Dense {
+                    out_dim: classes.len(),
                     in_dim,
                     w,
                     b,
                 });
+                labels = Some(classes);
+                post = true; // its outputs are the label and the (transformed) scores
             }
-            other => return Err(err(format!("unsupported ONNX operator {other}"))),
+            "Normalizer" => {
+                let norm = attr_s(node, "norm").unwrap_or_default();
+                if !matches!(norm.as_str(), "L1" | "L2") || layers.is_empty() && pending.is_none() {
+                    return Err(refuse("does not keep the scores' order"));
+                }
+                finish(&mut pending, &mut layers, &mut last_output);
+                post = true;
+            }
+            _ if POST_OPS.contains(&op) => {
+                finish(&mut pending, &mut layers, &mut last_output);
+                if layers.is_empty() {
+                    return Err(refuse("comes before any dense layer"));
+                }
+                post = true;
+                let found = match op {
+                    "ArrayFeatureExtractor" => node
+                        .input
+                        .first()
+                        .and_then(|t| label_tables.get(t))
+                        .cloned(),
+                    "ZipMap" => attr_labels(node, "classlabels_strings", "classlabels_int64s"),
+                    _ => None,
+                };
+                if found.is_some() {
+                    labels = found;
+                }
+            }
+            _ if NO_OPS.contains(&op) => {
+                // A Cast to anything but float would change the values.
+                if op == "Cast" && !post && attr_i(node, "to", FLOAT as i64) != FLOAT as i64 {
+                    return Err(refuse("casts the features to another type than float"));
+                }
+                if last_output.as_deref() == Some(on_path_input.as_str()) {
+                    last_output = node.output.first().cloned();
+                }
+            }
+            _ => {
+                return Err(refuse(
+                    "is not part of a dense classifier hedge can encrypt",
+                ))
+            }
         }
+        data.extend(node.output.iter().cloned());
     }
-    if let Some((out_dim, in_dim, w)) = pending_matmul {
-        denses.push(Dense {
-            out_dim,
-            in_dim,
-            w,
-            b: vec![0.0; out_dim],
-        });
-    }
-    if denses.len() != 2 {
-        return Err(err(format!(
-            "expected two dense layers (hidden and output), found {}",
-            denses.len()
-        )));
-    }
-    let output = denses.pop().expect("two layers");
-    let hidden = denses.pop().expect("two layers");
+    finish(&mut pending, &mut layers, &mut last_output);
+    let (hidden, output) = match layers.len() {
+        0 => return Err(err("no dense layer (Gemm, MatMul or LinearClassifier) on the path from the input to the scores")),
+        1 => {
+            if activation.is_some() {
+                return Err(err("an activation after the only dense layer: hedge needs a dense layer after it"));
+            }
+            let output = layers.pop().expect("one layer");
+            (Dense::identity(output.in_dim), output)
+        }
+        2 => {
+            let output = layers.pop().expect("two layers");
+            (layers.pop().expect("two layers"), output)
+        }
+        n => {
+            return Err(err(format!(
+                "{n} dense layers: hedge encrypts one or two (dense → activation → dense); keep \
+                 the earlier ones in the plaintext extractor with --encrypt-from"
+            )))
+        }
+    };
     if output.in_dim != hidden.out_dim {
         return Err(err(format!(
             "layer widths do not chain: {} → {}",
             hidden.out_dim, output.in_dim
         )));
     }
+    if let Some(l) = &labels {
+        if l.len() != output.out_dim {
+            return Err(err(format!(
+                "{} class labels for {} scores",
+                l.len(),
+                output.out_dim
+            )));
+        }
+    }
     Ok(Classifier {
         hidden,
         activation,
         output,
+        labels,
     })
+}
+
+/// A MatMul waiting for its bias is a layer without one when the path moves on.
+fn finish(pending: &mut Option<Pending>, layers: &mut Vec<Dense>, last: &mut Option<String>) {
+    if let Some(p) = pending.take() {
+        *last = Some(p.output);
+        layers.push(p.dense);
+    }
 }
 
 fn bias(t: &(Vec<usize>, Vec<f32>), out_dim: usize) -> Result<Vec<f32>> {
@@ -390,6 +785,80 @@ mod tests {
         for (g, w) in got.iter().zip(&want) {
             assert!((g - w).abs() < 1e-4, "{got:?} vs {want:?}");
         }
+    }
+
+    fn floats_attr(name: &str, v: &[f32]) -> pb::AttributeProto {
+        pb::AttributeProto {
+            name: name.into(),
+            r#type: pb::attribute_proto::AttributeType::Floats as i32,
+            floats: v.to_vec(),
+            ..Default::default()
+        }
+    }
+
+    /// ai.onnx.ml's LinearClassifier with one score row for two labels (the binary form):
+    /// imported as scores (−s, s), with its labels and an identity hidden layer.
+    #[test]
+    fn a_binary_linear_classifier_scores_both_classes() {
+        let mut node = node("LinearClassifier", &["x"], "label", vec![]);
+        node.output.push("scores".into());
+        node.attribute = vec![
+            floats_attr("coefficients", &[1.0, -2.0, 0.5]),
+            floats_attr("intercepts", &[0.25]),
+            pb::AttributeProto {
+                name: "classlabels_strings".into(),
+                r#type: pb::attribute_proto::AttributeType::Strings as i32,
+                strings: vec![b"no".to_vec(), b"yes".to_vec()],
+                ..Default::default()
+            },
+        ];
+        let graph = pb::GraphProto {
+            node: vec![node],
+            input: vec![value_info("x", &[1, 3])],
+            ..Default::default()
+        };
+        let c = classifier_from_graph(&graph, "x").unwrap();
+        assert_eq!(c.labels, Some(vec!["no".to_string(), "yes".to_string()]));
+        assert_eq!(c.hidden, Dense::identity(3));
+        let s = c.forward(&[1.0, 0.0, 2.0]); // 1 + 1 + 0.25 = 2.25
+        assert_eq!(s, vec![-2.25, 2.25]);
+    }
+
+    /// External data must sit beside the model: a path elsewhere is refused, not read.
+    #[test]
+    fn external_data_is_read_only_from_beside_the_model() {
+        let dir = tempfile::tempdir().unwrap();
+        let task = synth::Task::new(1, 4, 2);
+        let m = synth::classifier(1, &task, 3, None);
+        let mut model = pb::ModelProto::decode(&to_bytes(&m, false)[..]).unwrap();
+        let graph = model.graph.as_mut().unwrap();
+        let weight = graph
+            .initializer
+            .iter_mut()
+            .find(|t| t.name == "W0")
+            .unwrap();
+        std::fs::write(dir.path().join("w.data"), &weight.raw_data).unwrap();
+        let length = weight.raw_data.len().to_string();
+        weight.raw_data.clear();
+        weight.data_location = Some(1);
+        let entry = |k: &str, v: &str| pb::StringStringEntryProto {
+            key: k.into(),
+            value: v.into(),
+        };
+        weight.external_data = vec![entry("location", "w.data"), entry("length", &length)];
+        let path = dir.path().join("m.onnx");
+        std::fs::write(&path, model.encode_to_vec()).unwrap();
+        assert_eq!(load(&path).unwrap(), m);
+        let graph = model.graph.as_mut().unwrap();
+        let weight = graph
+            .initializer
+            .iter_mut()
+            .find(|t| t.name == "W0")
+            .unwrap();
+        weight.external_data[0] = entry("location", "../etc/passwd");
+        std::fs::write(&path, model.encode_to_vec()).unwrap();
+        let e = load(&path).unwrap_err().to_string();
+        assert!(e.contains("not a file name beside the model"), "{e}");
     }
 
     #[test]

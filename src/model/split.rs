@@ -7,18 +7,13 @@
 //! operators, or the layer named by `--encrypt-from` (a node name, or the tensor it reads).
 
 use super::error::{FeatureFault, ModelError, Result};
-use super::onnx::classifier_from_graph;
+use super::onnx::{all_no_ops, classifier_from_graph, is_dense_op, is_head_op};
 use super::Classifier;
 use prost::Message;
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use tract_onnx::pb;
 use tract_onnx::prelude::*;
-
-/// Operators a dense head may contain (the importer's vocabulary).
-const HEAD_OPS: &[&str] = &[
-    "Flatten", "Gemm", "MatMul", "Add", "Relu", "Mul", "Identity", "Dropout", "Softmax",
-];
 
 fn err(msg: impl Into<String>) -> ModelError {
     ModelError::Import(msg.into())
@@ -41,50 +36,102 @@ pub fn split(bytes: &[u8], encrypt_from: Option<&str>) -> Result<Split> {
         .clone()
         .ok_or_else(|| err("ONNX model has no graph"))?;
     let nodes = &graph.node;
-    let is_dense = |n: &pb::NodeProto| n.op_type == "Gemm" || n.op_type == "MatMul";
-    let start = match encrypt_from {
-        Some(name) => {
-            let names = |n: &pb::NodeProto| {
-                n.name == name || n.input.first().map(String::as_str) == Some(name)
-            };
-            // A dense layer by that name or reading that tensor; else whatever has the name,
-            // for the error below.
+    let is_dense = |n: &pb::NodeProto| is_dense_op(&n.op_type);
+    let constants: HashSet<&str> = graph
+        .initializer
+        .iter()
+        .map(|t| t.name.as_str())
+        .chain(
             nodes
                 .iter()
-                .position(|n| is_dense(n) && names(n))
-                .or_else(|| nodes.iter().position(|n| n.name == name))
-                .ok_or_else(|| err(format!("--encrypt-from {name}: no such layer or tensor")))?
+                .filter(|n| n.op_type == "Constant")
+                .flat_map(|n| n.output.iter().map(String::as_str)),
+        )
+        .collect();
+    // The tensor a dense layer reads (its input that is not a weight).
+    let data_input = |n: &pb::NodeProto| {
+        n.input
+            .iter()
+            .find(|i| !constants.contains(i.as_str()))
+            .cloned()
+    };
+    let start = match encrypt_from {
+        Some(name) => {
+            let reads = |n: &pb::NodeProto| data_input(n).as_deref() == Some(name);
+            match nodes
+                .iter()
+                .position(|n| is_dense(n) && (n.name == name || reads(n)))
+            {
+                Some(i) => i,
+                None => {
+                    // The name exists but is no dense layer's: say what it is and where the
+                    // next dense layer starts.
+                    let at = nodes.iter().position(|n| {
+                        n.name == name || reads(n) || n.output.iter().any(|o| o == name)
+                    });
+                    let Some(at) = at else {
+                        return Err(err(format!(
+                            "--encrypt-from {name}: no such layer or tensor"
+                        )));
+                    };
+                    let next = nodes[at..]
+                        .iter()
+                        .find(|n| is_dense(n))
+                        .map(|n| format!(" (the next one is {:?})", n.name))
+                        .unwrap_or_default();
+                    return Err(err(format!(
+                        "--encrypt-from {name}: that is node {:?} ({}) or its tensor, not a dense \
+                         layer; the encrypted part must start at a dense layer (Gemm, MatMul or \
+                         LinearClassifier){next}",
+                        nodes[at].name, nodes[at].op_type
+                    )));
+                }
+            }
         }
         None => {
             // The trailing run of head operators, then its first dense layer.
             let mut run_start = nodes.len();
-            while run_start > 0
-                && (HEAD_OPS.contains(&nodes[run_start - 1].op_type.as_str())
-                    || nodes[run_start - 1].op_type == "Constant")
-            {
+            while run_start > 0 && is_head_op(&nodes[run_start - 1].op_type) {
                 run_start -= 1;
             }
-            (run_start..nodes.len())
-                .find(|&i| is_dense(&nodes[i]))
-                .ok_or_else(|| err("no dense layers at the end of the network"))?
+            let first = (run_start..nodes.len()).find(|&i| is_dense(&nodes[i]));
+            match first {
+                Some(i) => i,
+                None => {
+                    let blocker = nodes[..run_start]
+                        .last()
+                        .map(|n| {
+                            format!(
+                                ": node {:?} ({}) is not part of a dense head",
+                                n.name, n.op_type
+                            )
+                        })
+                        .unwrap_or_default();
+                    return Err(err(format!(
+                        "no dense classifier head at the end of the network{blocker}; name where \
+                         the encrypted part starts with --encrypt-from"
+                    )));
+                }
+            }
         }
     };
-    if !is_dense(&nodes[start]) {
-        return Err(err(format!(
-            "the encrypted part must start at a dense layer (Gemm or MatMul), not {}",
-            nodes[start].op_type
-        )));
-    }
-    let point = nodes[start]
-        .input
-        .first()
-        .cloned()
-        .ok_or_else(|| err("dense layer without an input"))?;
+    let input = super::onnx::graph_input(&graph)?;
+    // Casts and reshapes before the first dense layer are not a feature extractor.
+    let start = if encrypt_from.is_none() && all_no_ops(&nodes[..start]) {
+        0
+    } else {
+        start
+    };
+    let point = if start == 0 {
+        input.clone()
+    } else {
+        data_input(&nodes[start]).ok_or_else(|| err("dense layer without an input"))?
+    };
     let head_graph = pb::GraphProto {
         node: nodes[start..].to_vec(),
         ..graph.clone()
     };
-    let head = classifier_from_graph(&head_graph)?;
+    let head = classifier_from_graph(&head_graph, &point)?;
     let graph_inputs: HashSet<&str> = graph.input.iter().map(|i| i.name.as_str()).collect();
     let extractor = if graph_inputs.contains(point.as_str()) {
         None

@@ -94,6 +94,7 @@ pub fn classifier(
             w: vec![0.0; classes * hidden],
             b: vec![0.0; classes],
         },
+        labels: None,
     };
     // Fit the output layer: minimise ‖H·Wᵀ − Y‖² + λ‖W‖² per class by conjugate gradients.
     let train = task.samples(seed.wrapping_add(TRAIN_STREAM), 2000);

@@ -48,6 +48,10 @@ pub struct Args {
     /// agreement with time: each level is one more external product per step.
     #[arg(long)]
     gadget_levels: Option<usize>,
+    /// Class names, one per line in class order (default: those the model's export carries).
+    /// The backend's registry keeps them for the decryptor; the bundle does not carry them.
+    #[arg(long)]
+    labels: Option<PathBuf>,
     #[arg(long)]
     out: PathBuf,
     #[arg(long, default_value = "model")]
@@ -55,8 +59,27 @@ pub struct Args {
 }
 
 pub fn run(a: Args, registry: &Path, ui: &Ui) -> Result<()> {
-    let network = Network::load(&a.model, a.encrypt_from.as_deref())
+    let mut network = Network::load(&a.model, a.encrypt_from.as_deref())
         .with_context(|| format!("importing {}", a.model.display()))?;
+    if let Some(path) = &a.labels {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading labels from {}", path.display()))?;
+        let labels: Vec<String> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect();
+        if labels.len() != network.head.out_dim() {
+            anyhow::bail!(
+                "{}: {} labels for a model of {} classes",
+                path.display(),
+                labels.len(),
+                network.head.out_dim()
+            );
+        }
+        network.head.labels = Some(labels);
+    }
     let activation = match (a.activation, a.drop_activation) {
         (Some(act), _) => protect::HiddenActivation::Use(act.into()),
         (None, true) => protect::HiddenActivation::Drop,

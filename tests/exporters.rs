@@ -1,0 +1,357 @@
+//! Models as the common ML tools export them (tests/data/exporters, made by
+//! scripts/export_models.py, which names the exporter versions): each imports as it comes, its
+//! float head reproduces the exporter's own runtime, and every variant that applies runs
+//! encrypted and agrees with the integer reference and with the exporter's predictions.
+
+use hedge::crypto::keys;
+use hedge::crypto::params::{ParameterSet, SecurityLevel};
+use hedge::engine::{decrypt, Decoding, EdgeEngine, EncryptedModel, ModelInfo};
+use hedge::model::network::Network;
+use hedge::model::quant::{QuantModel, Variant};
+use hedge::model::{argmax, Classifier};
+use std::path::{Path, PathBuf};
+
+fn data(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/exporters")
+        .join(name)
+}
+
+fn vectors(name: &str) -> Vec<(Option<usize>, Vec<f32>)> {
+    hedge::input::vectors::read_samples(&data(name))
+        .unwrap()
+        .into_iter()
+        .map(|s| (s.label, s.values))
+        .collect()
+}
+
+fn softmax(v: &[f32]) -> Vec<f32> {
+    let max = v.iter().copied().fold(f32::MIN, f32::max);
+    let e: Vec<f32> = v.iter().map(|x| (x - max).exp()).collect();
+    let sum: f32 = e.iter().sum();
+    e.iter().map(|x| x / sum).collect()
+}
+
+struct Reference {
+    labels: Option<Vec<String>>,
+    /// The exporter's predicted class per input, as an index.
+    predicted: Vec<usize>,
+    scores: Vec<Vec<f32>>,
+}
+
+fn reference(model: &str) -> Reference {
+    let all: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(data("reference.json")).unwrap()).unwrap();
+    let r = &all[model];
+    let labels: Option<Vec<String>> = r["labels"]
+        .as_array()
+        .map(|a| a.iter().map(|l| l.as_str().unwrap().to_string()).collect());
+    let predicted = r["predicted"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| match (p.as_u64(), &labels) {
+            (Some(i), _) => i as usize,
+            (None, Some(l)) => l.iter().position(|x| x == p.as_str().unwrap()).unwrap(),
+            (None, None) => panic!("{model}: a named prediction without labels"),
+        })
+        .collect();
+    let scores = r["scores"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| {
+            row.as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap() as f32)
+                .collect()
+        })
+        .collect();
+    Reference {
+        labels,
+        predicted,
+        scores,
+    }
+}
+
+/// The float head against the exporter's runtime: the same class on every input, and the
+/// same probabilities where the exporter's output is a softmax.
+fn check_float(model: &str, head: &Classifier, r: &Reference, softmax_out: bool) {
+    for (i, (_, x)) in vectors("inputs.txt").iter().enumerate() {
+        let scores = head.forward(x);
+        assert_eq!(argmax(&scores), r.predicted[i], "{model}: input {i}");
+        if softmax_out {
+            for (got, want) in softmax(&scores).iter().zip(&r.scores[i]) {
+                assert!(
+                    (got - want).abs() < 1e-4,
+                    "{model}: input {i}: {got} vs {want}"
+                );
+            }
+        }
+    }
+}
+
+/// Encrypted inference of `variant` on the first `count` inputs: agreement with the integer
+/// reference and with the exporter's predictions.
+fn encrypted_agreement(
+    set: &keys::KeySet,
+    head: &Classifier,
+    variant: Variant,
+    r: &Reference,
+    count: usize,
+) -> (f64, f64) {
+    let params = ParameterSet::for_level(SecurityLevel::L128);
+    let calibration: Vec<Vec<f32>> = vectors("calibration.txt")
+        .into_iter()
+        .map(|v| v.1)
+        .collect();
+    let q = QuantModel::quantize(head, variant, None, &calibration, &params).unwrap();
+    let enc = EncryptedModel::encrypt(&q, &set.secret).unwrap();
+    let edge_keys = keys::EdgeKeys {
+        public: set.public.clone(),
+        evaluation: (variant == Variant::Act).then(|| set.evaluation.clone()),
+    };
+    let mut engine = EdgeEngine::new(
+        ModelInfo::of(&q),
+        params,
+        set.secret.key_id,
+        &edge_keys,
+        &enc,
+    )
+    .unwrap();
+    let decoding = Decoding::new(&q, &params, set.secret.key_id).unwrap();
+    let (mut with_reference, mut with_exporter) = (0, 0);
+    let inputs = vectors("inputs.txt");
+    for (i, (_, x)) in inputs.iter().take(count).enumerate() {
+        let class = decrypt(&engine.infer_plain(x).unwrap(), &decoding, &set.secret)
+            .unwrap()
+            .class;
+        let reference = argmax(&q.reference(&q.input.quantize(x).unwrap()).scores);
+        with_reference += (class == reference) as usize;
+        with_exporter += (class == r.predicted[i]) as usize;
+    }
+    let n = count.min(inputs.len()) as f64;
+    (with_reference as f64 / n, with_exporter as f64 / n)
+}
+
+#[test]
+fn exported_models_import_as_they_come_and_run_encrypted() {
+    let set = keys::generate(ParameterSet::for_level(SecurityLevel::L128));
+    // (file, variants that apply, whether the exporter's output is a softmax)
+    let cases: &[(&str, &[Variant], bool)] = &[
+        ("torch-mlp", &[Variant::Last, Variant::Act], true),
+        ("torch-mlp-dynamo", &[Variant::Last], true),
+        ("keras-mlp", &[Variant::Last, Variant::Act], true),
+        ("sklearn-mlp-relu", &[Variant::Last, Variant::Act], true),
+        ("sklearn-mlp-relu-nozipmap", &[Variant::Last], true),
+        (
+            "sklearn-mlp-identity",
+            &[Variant::Last, Variant::Noact],
+            true,
+        ),
+        ("sklearn-logistic", &[Variant::Last, Variant::Noact], true),
+        // One score row for two classes: imported as (−s, s).
+        ("sklearn-logistic-binary", &[Variant::Last], false),
+        ("sklearn-linearsvc", &[Variant::Last, Variant::Noact], false),
+        ("sklearn-sgd", &[Variant::Last], false),
+    ];
+    for &(model, variants, softmax_out) in cases {
+        let network = Network::load(&data(&format!("{model}.onnx")), None)
+            .unwrap_or_else(|e| panic!("{model}: {e}"));
+        assert!(
+            network.extractor.is_none(),
+            "{model}: leading casts and reshapes are no feature extractor"
+        );
+        let head = &network.head;
+        let r = reference(model);
+        assert_eq!(
+            (head.in_dim(), head.out_dim()),
+            (16, r.scores[0].len()),
+            "{model}"
+        );
+        assert_eq!(
+            head.labels, r.labels,
+            "{model}: the labels the export carries"
+        );
+        check_float(model, head, &r, softmax_out);
+        for &variant in variants {
+            let count = if variant == Variant::Act { 12 } else { 60 };
+            let (reference, exporter) = encrypted_agreement(&set, head, variant, &r, count);
+            let exact = variant != Variant::Act;
+            assert!(
+                if exact {
+                    reference == 1.0
+                } else {
+                    reference >= 0.9
+                },
+                "{model} {variant:?}: {reference} agreement with the integer reference"
+            );
+            assert!(
+                exporter >= 0.9,
+                "{model} {variant:?}: {exporter} agreement with the exporter"
+            );
+            eprintln!(
+                "{model:>26} {:>5}: reference {:.3}, exporter {:.3}",
+                variant.name(),
+                reference,
+                exporter
+            );
+        }
+    }
+}
+
+/// What cannot be imported is refused with the node's name and operator and what to do.
+#[test]
+fn unsupported_graphs_are_refused_naming_the_node() {
+    use prost::Message;
+    use tract_onnx::pb;
+    let bytes = std::fs::read(data("torch-mlp.onnx")).unwrap();
+    let mut model = pb::ModelProto::decode(&bytes[..]).unwrap();
+    let graph = model.graph.as_mut().unwrap();
+    // A Tanh between the layers instead of the ReLU.
+    let relu = graph.node.iter_mut().find(|n| n.op_type == "Relu").unwrap();
+    relu.op_type = "Tanh".into();
+    let e = hedge::model::onnx::from_bytes(&model.encode_to_vec())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("node \"/0/0.1/Relu\" (Tanh)"), "{e}");
+    assert!(e.contains("dense → (ReLU | square | none) → dense"), "{e}");
+    // A TopK after the scores.
+    let mut model = pb::ModelProto::decode(&bytes[..]).unwrap();
+    let graph = model.graph.as_mut().unwrap();
+    let softmax = graph
+        .node
+        .iter_mut()
+        .find(|n| n.op_type == "Softmax")
+        .unwrap();
+    softmax.op_type = "Hardmax2".into();
+    let e = hedge::model::onnx::from_bytes(&model.encode_to_vec())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("(Hardmax2)"), "{e}");
+    assert!(e.contains("export the classifier with its scores"), "{e}");
+}
+
+fn run(bin: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(bin).args(args).output().unwrap()
+}
+
+fn ok(o: std::process::Output) -> String {
+    assert!(
+        o.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A scikit-learn export through the real binaries: protected as it comes (no extractor for
+/// its leading Cast), run by hedged on labelled vector lines, decrypted with the class names
+/// its post-processing carried (or the vendor's own `--labels`); `--encrypt-from` names a
+/// tensor of the graph, and a node that is no dense layer is refused saying which one is.
+#[test]
+fn a_scikit_learn_export_end_to_end_with_its_labels() {
+    let (hedge, hedged) = (env!("CARGO_BIN_EXE_hedge"), env!("CARGO_BIN_EXE_hedged"));
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let model = data("sklearn-mlp-relu.onnx");
+    let (model, calibration) = (model.to_str().unwrap(), data("calibration.txt"));
+    let calibration = calibration.to_str().unwrap();
+    ok(run(hedge, &["keygen", "--out", &p("keys")]));
+    let protect = |extra: &[&str]| {
+        let mut args = vec![
+            "protect",
+            "--model",
+            model,
+            "--keys",
+            &p("keys"),
+            "--variant",
+            "last",
+            "--calibration",
+            calibration,
+            "--out",
+            &p("b.bundle"),
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run(hedge, &args)
+    };
+    let decrypt_labels = |out: &str| -> Vec<String> {
+        let inputs: String = std::fs::read_to_string(data("inputs.txt"))
+            .unwrap()
+            .lines()
+            .take(6)
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(p("in.txt"), inputs).unwrap();
+        ok(run(
+            hedged,
+            &[
+                "--bundle",
+                &p("b.bundle"),
+                "--verifying-key",
+                &p("keys/verifying.key"),
+                "--out-dir",
+                &p(out),
+                "--input",
+                &p("in.txt"),
+                "--device-id",
+                out,
+            ],
+        ));
+        let mut files: Vec<String> = std::fs::read_dir(p(out))
+            .unwrap()
+            .map(|e| e.unwrap().path().to_str().unwrap().to_string())
+            .filter(|f| f.ends_with(".bin"))
+            .collect();
+        files.sort();
+        let keys = p("keys");
+        let mut args = vec!["decrypt", "--keys", &keys, "--enrol"];
+        args.extend(files.iter().map(String::as_str));
+        ok(run(hedge, &args))
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v["label"].as_str().unwrap_or("(none)").to_string()
+            })
+            .collect()
+    };
+    let r = reference("sklearn-mlp-relu");
+    let names = r.labels.clone().unwrap();
+    let want: Vec<String> = r.predicted[..6].iter().map(|&i| names[i].clone()).collect();
+
+    ok(protect(&[]));
+    let info = ok(run(
+        hedge,
+        &["inspect", &p("b.bundle"), "--keys", &p("keys")],
+    ));
+    assert!(info.contains("extractor   none"), "{info}");
+    assert_eq!(decrypt_labels("out1"), want);
+
+    // The vendor's own names.
+    let mine: Vec<String> = ["a", "b", "c", "d"].map(String::from).to_vec();
+    std::fs::write(p("labels.txt"), mine.join("\n")).unwrap();
+    ok(protect(&["--labels", &p("labels.txt")]));
+    let got = decrypt_labels("out2");
+    let want_mine: Vec<String> = r.predicted[..6].iter().map(|&i| mine[i].clone()).collect();
+    assert_eq!(got, want_mine);
+    std::fs::write(p("labels.txt"), "a\nb\n").unwrap();
+    let o = protect(&["--labels", &p("labels.txt")]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("2 labels for a model of 4 classes"));
+
+    // --encrypt-from: a tensor the second layer reads works (the first layer and its ReLU
+    // then run in plaintext); the Add's output feeds the ReLU, not a dense layer.
+    ok(protect(&["--encrypt-from", "next_activations"]));
+    let o = protect(&["--encrypt-from", "add_result"]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        e.contains("not a dense layer") && e.contains("the next one is \"MatMul1\""),
+        "{e}"
+    );
+}
