@@ -344,6 +344,40 @@ fn a_scikit_learn_export_end_to_end_with_its_labels() {
     let o = protect(&["--labels", &p("labels.txt")]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("2 labels for a model of 4 classes"));
 
+    // hedge eval on the labelled vectors: the float model's accuracy is the exporter's.
+    let report = ok(run(
+        hedge,
+        &[
+            "eval",
+            "--model",
+            model,
+            "--test",
+            data("inputs.txt").to_str().unwrap(),
+            "--calibration",
+            calibration,
+            "--variant",
+            "last",
+            "--encrypted",
+            "20",
+            "--widths",
+            "--json",
+        ],
+    ));
+    let v: serde_json::Value = serde_json::from_str(report.lines().next().unwrap()).unwrap();
+    let truth: Vec<usize> = vectors("inputs.txt")
+        .iter()
+        .map(|(l, _)| l.unwrap())
+        .collect();
+    let exporter_accuracy = truth
+        .iter()
+        .zip(&r.predicted)
+        .filter(|(t, p)| t == p)
+        .count() as f64
+        / truth.len() as f64;
+    assert_eq!(v["test_images"], 60);
+    assert!((v["float_accuracy"].as_f64().unwrap() - exporter_accuracy).abs() < 1e-9);
+    assert_eq!(v["encrypted_agreement"], 1.0);
+
     // --encrypt-from: a tensor the second layer reads works (the first layer and its ReLU
     // then run in plaintext); the Add's output feeds the ReLU, not a dense layer.
     ok(protect(&["--encrypt-from", "next_activations"]));

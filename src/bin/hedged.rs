@@ -59,7 +59,11 @@ fn main() {
         .as_ref()
         .map(|s| s.start_up.log_level.clone())
         .unwrap_or_else(|_| "info".into());
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
+        // tract's operator-set warning was shown, where it applies, when `hedge protect` ran
+        // the extractor on the calibration set; not again on every start of every board.
+        .filter_module("tract_onnx::model", log::LevelFilter::Error)
+        .init();
     if cli.print_identity {
         let printed = settings.and_then(|s| {
             let key = hedge::edge::identity::load_or_create(&s.start_up.identity_key)?;

@@ -407,7 +407,8 @@ impl QuantModel {
             Variant::Act => {
                 let activation = activation.ok_or_else(|| {
                     ModelError::Quantisation(
-                        "variant act needs an activation (the model has none: pass one)".into(),
+                        "variant act needs an activation (the model has none: pass --activation relu|square)"
+                            .into(),
                     )
                 })?;
                 let n = params.pbs_glwe.poly_size;

@@ -30,10 +30,64 @@ pub struct Case {
     pub encrypted: usize,
 }
 
+/// A labelled test set: IDX images with their IDX labels, or a file of labelled vector lines
+/// (`label: v1,v2,…`, the label a class index), through the network's extractor if it has one.
+pub enum TestSet {
+    Idx { images: PathBuf, labels: PathBuf },
+    Vectors(PathBuf),
+}
+
+/// The test set as read: images or vectors, and the class of each.
+enum TestInputs {
+    Images(Vec<Image>),
+    Vectors(Vec<Vec<f32>>),
+}
+
+impl TestSet {
+    fn read(&self) -> Result<(TestInputs, Vec<usize>)> {
+        let (inputs, labels) = match self {
+            TestSet::Idx { images, labels } => {
+                let images = read_idx_images(images)?;
+                let labels: Vec<usize> = read_idx_labels(labels)?
+                    .into_iter()
+                    .map(usize::from)
+                    .collect();
+                (TestInputs::Images(images), labels)
+            }
+            TestSet::Vectors(path) => {
+                let samples = crate::input::vectors::read_samples(path)?;
+                let mut labels = Vec::with_capacity(samples.len());
+                let mut vectors = Vec::with_capacity(samples.len());
+                for (line, s) in samples.into_iter().enumerate() {
+                    labels.push(s.label.ok_or_else(|| {
+                        BackendError::Data(format!(
+                            "{}: test vector {} has no label (`label: v1,v2,…`)",
+                            path.display(),
+                            line + 1
+                        ))
+                    })?);
+                    vectors.push(s.values);
+                }
+                (TestInputs::Vectors(vectors), labels)
+            }
+        };
+        let count = match &inputs {
+            TestInputs::Images(i) => i.len(),
+            TestInputs::Vectors(v) => v.len(),
+        };
+        if count != labels.len() || count == 0 {
+            return Err(BackendError::Data(format!(
+                "{count} test inputs and {} labels",
+                labels.len()
+            )));
+        }
+        Ok((inputs, labels))
+    }
+}
+
 pub struct EvalOptions {
     pub cases: Vec<Case>,
-    pub test_images: PathBuf,
-    pub test_labels: PathBuf,
+    pub test: TestSet,
     pub calibration: PathBuf,
     pub calibration_count: usize,
     pub params: ParameterSet,
@@ -118,17 +172,25 @@ fn decided(scores: &[i64], bound: &[f64]) -> bool {
         .all(|(j, &s)| j == top || (scores[top] - s) as f64 > bound[top] + bound[j])
 }
 
-/// Features of every image through the network's extractor (plus the mean time per image).
-fn features(network: &Network, images: &[Image]) -> Result<(Vec<Vec<f32>>, f64)> {
+/// Features of every test input through the network's extractor, if any (plus the mean time
+/// per input).
+fn features(network: &Network, inputs: &TestInputs) -> Result<(Vec<Vec<f32>>, f64)> {
     let t = Instant::now();
-    let f = images
-        .iter()
-        .map(|im| network.image_features(im))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok((
-        f,
-        t.elapsed().as_secs_f64() * 1e3 / images.len().max(1) as f64,
-    ))
+    let f = match inputs {
+        TestInputs::Images(images) => images
+            .iter()
+            .map(|im| network.image_features(im))
+            .collect::<Result<Vec<_>, _>>()?,
+        TestInputs::Vectors(vectors) => match network.extractor() {
+            Some(e) => vectors
+                .iter()
+                .map(|v| e.run(v))
+                .collect::<Result<Vec<_>, _>>()?,
+            None => vectors.clone(),
+        },
+    };
+    let n = f.len().max(1) as f64;
+    Ok((f, t.elapsed().as_secs_f64() * 1e3 / n))
 }
 
 /// A network with its calibration and test-set features.
@@ -154,7 +216,7 @@ struct ReferencePass {
 fn reference_pass(
     q: &QuantModel,
     feats: &[Vec<f32>],
-    labels: &[u8],
+    labels: &[usize],
     noise: Option<&ParameterSet>,
 ) -> ReferencePass {
     let (mut correct, mut refused, mut flip) = (0, 0, Vec::new());
@@ -165,7 +227,7 @@ fn reference_pass(
                 let r = q.reference(&xq);
                 out_of_window_units += r.out_of_window;
                 out_of_window_images += (r.out_of_window > 0) as usize;
-                correct += (argmax(&r.scores) == l as usize) as usize;
+                correct += (argmax(&r.scores) == l) as usize;
                 noise.map(|params| q.act_flip_probability(&r, params))
             }
             Err(_) => {
@@ -200,19 +262,12 @@ pub fn run(
     progress: &dyn Progress,
     on_case: &mut dyn FnMut(&CaseReport),
 ) -> Result<Vec<CaseReport>> {
-    let images = read_idx_images(&opts.test_images)?;
-    let labels = read_idx_labels(&opts.test_labels)?;
-    if images.len() != labels.len() || images.is_empty() {
-        return Err(BackendError::Data(format!(
-            "{} test images and {} labels",
-            images.len(),
-            labels.len()
-        )));
-    }
+    let (inputs, labels) = opts.test.read()?;
+    let test_count = labels.len();
     progress.total(
         opts.cases
             .iter()
-            .map(|c| c.encrypted.min(images.len()) as u64)
+            .map(|c| c.encrypted.min(test_count) as u64)
             .sum(),
     );
     let keys: KeySet = keys::generate(opts.params);
@@ -240,7 +295,7 @@ pub fn run(
         public: keys.public.clone(),
         evaluation: None,
     };
-    let mut order: Vec<usize> = (0..images.len()).collect();
+    let mut order: Vec<usize> = (0..test_count).collect();
     order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(opts.seed));
     let mut reports = Vec::new();
     // Consecutive cases on the same network share its features.
@@ -249,7 +304,7 @@ pub fn run(
         if loaded.as_ref().map(|l| &l.path) != Some(&case.network) {
             let network = Network::load(&case.network, opts.encrypt_from.as_deref())?;
             let calibration = network.read_inputs(&opts.calibration, opts.calibration_count)?;
-            let (feats, extractor_ms) = features(&network, &images)?;
+            let (feats, extractor_ms) = features(&network, &inputs)?;
             loaded = Some(Loaded {
                 path: case.network.clone(),
                 network,
@@ -270,7 +325,7 @@ pub fn run(
         let float_correct = feats
             .iter()
             .zip(&labels)
-            .filter(|(f, &l)| argmax(&float.forward(f)) == l as usize)
+            .filter(|(f, &l)| argmax(&float.forward(f)) == l)
             .count();
         let (params, edge_keys) = match case.variant {
             Variant::Act => (act_params, &act_keys),
@@ -325,8 +380,8 @@ pub fn run(
             let scores = q.reference(&q.input.quantize(&feats[i])?).scores;
             let reference = argmax(&scores);
             agree += (class == reference) as usize;
-            correct += (class == labels[i] as usize) as usize;
-            sample_ref_correct += (reference == labels[i] as usize) as usize;
+            correct += (class == labels[i]) as usize;
+            sample_ref_correct += (reference == labels[i]) as usize;
             if decided(&scores, &bound) {
                 decided_images += 1;
                 decided_agree += (class == reference) as usize;
@@ -386,8 +441,8 @@ pub fn run(
                 }
             }),
             variant: case.variant.name().to_string(),
-            test_images: images.len(),
-            float_accuracy: float_correct as f64 / images.len() as f64,
+            test_images: test_count,
+            float_accuracy: float_correct as f64 / test_count as f64,
             reference_accuracy,
             reference_refused,
             encrypted_images: sample.len(),

@@ -3,7 +3,7 @@ use crate::progress::{Shown, Ui};
 use anyhow::Result;
 use hedge::crypto::params::{ParameterSet, SecurityLevel};
 use hedge::model::quant::Variant;
-use hedge::report::eval::{self, Case, CaseReport, EvalOptions};
+use hedge::report::eval::{self, Case, CaseReport, EvalOptions, TestSet};
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
@@ -21,10 +21,14 @@ pub struct Args {
     #[arg(long, default_value = "/usr/share/datasets/fashion-mnist")]
     data: PathBuf,
     /// Override the test images / labels / calibration images of --data.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "test")]
     test_images: Option<PathBuf>,
-    #[arg(long)]
+    #[arg(long, conflicts_with = "test")]
     test_labels: Option<PathBuf>,
+    /// A labelled test set of vectors instead of IDX images: one `label: v1,v2,…` per line,
+    /// the label a class index (with --calibration, vectors one per line).
+    #[arg(long)]
+    test: Option<PathBuf>,
     #[arg(long)]
     calibration: Option<PathBuf>,
     #[arg(long, default_value_t = 1000)]
@@ -104,14 +108,19 @@ pub fn run(a: Args, ui: &Ui) -> Result<()> {
     };
     let opts = EvalOptions {
         cases: cases(&a),
-        test_images: a
-            .test_images
-            .clone()
-            .unwrap_or_else(|| in_data("t10k-images-idx3-ubyte")),
-        test_labels: a
-            .test_labels
-            .clone()
-            .unwrap_or_else(|| in_data("t10k-labels-idx1-ubyte")),
+        test: match &a.test {
+            Some(vectors) => TestSet::Vectors(vectors.clone()),
+            None => TestSet::Idx {
+                images: a
+                    .test_images
+                    .clone()
+                    .unwrap_or_else(|| in_data("t10k-images-idx3-ubyte")),
+                labels: a
+                    .test_labels
+                    .clone()
+                    .unwrap_or_else(|| in_data("t10k-labels-idx1-ubyte")),
+            },
+        },
         calibration: a
             .calibration
             .clone()
