@@ -310,13 +310,27 @@ fn a_scikit_learn_export_end_to_end_with_its_labels() {
             .filter(|f| f.ends_with(".bin"))
             .collect();
         files.sort();
-        let keys = p("keys");
-        let mut args = vec!["decrypt", "--keys", &keys, "--enrol"];
+        // File mode writes to --output, with the fields subscribe mode prints.
+        let (keys, lines) = (p("keys"), p(&format!("{out}.jsonl")));
+        let mut args = vec!["decrypt", "--keys", &keys, "--enrol", "--output", &lines];
         args.extend(files.iter().map(String::as_str));
-        ok(run(hedge, &args))
+        assert_eq!(ok(run(hedge, &args)), "", "the lines go to --output");
+        std::fs::read_to_string(&lines)
+            .unwrap()
             .lines()
             .map(|l| {
                 let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                for field in [
+                    "device",
+                    "bundle",
+                    "seq",
+                    "timestamp_ms",
+                    "infer_ms",
+                    "extract_ms",
+                    "class",
+                ] {
+                    assert!(!v[field].is_null(), "{field} missing from {l}");
+                }
                 v["label"].as_str().unwrap_or("(none)").to_string()
             })
             .collect()

@@ -22,7 +22,19 @@ pub struct Network {
 impl Network {
     pub fn load(path: &Path, encrypt_from: Option<&str>) -> Result<Self> {
         let bytes = super::onnx::read_model(path)?;
-        let cut = split(&bytes, encrypt_from)?;
+        let mut cut = split(&bytes, encrypt_from)?;
+        if cut.head.labels.is_none() {
+            if let Some(labels) = super::onnx::metadata_labels(&bytes) {
+                if labels.len() != cut.head.out_dim() {
+                    return Err(ModelError::Import(format!(
+                        "the model's metadata names {} labels for {} classes",
+                        labels.len(),
+                        cut.head.out_dim()
+                    )));
+                }
+                cut.head.labels = Some(labels);
+            }
+        }
         let extractor = match cut.extractor {
             None => None,
             Some(onnx) => {

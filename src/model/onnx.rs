@@ -79,6 +79,27 @@ pub fn load(path: &Path) -> Result<Classifier> {
     from_bytes(&read_model(path)?)
 }
 
+/// Class labels from the model's metadata (`metadata_props` key `labels` or `classes`: a JSON
+/// array of strings, or names separated by commas or new lines), if it has them.
+pub fn metadata_labels(bytes: &[u8]) -> Option<Vec<String>> {
+    let model = pb::ModelProto::decode(bytes).ok()?;
+    let value = model
+        .metadata_props
+        .iter()
+        .find(|p| p.key == "labels" || p.key == "classes")?
+        .value
+        .clone();
+    let labels = serde_json::from_str::<Vec<String>>(&value).unwrap_or_else(|_| {
+        value
+            .split([',', '\n'])
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect()
+    });
+    (!labels.is_empty()).then_some(labels)
+}
+
 /// An ONNX file as one self-contained model: tensors the exporter wrote to an external data
 /// file beside it (PyTorch's default exporter does) are read into the model. The data file
 /// must be a plain file name in the model's directory.
@@ -822,6 +843,26 @@ mod tests {
         assert_eq!(c.hidden, Dense::identity(3));
         let s = c.forward(&[1.0, 0.0, 2.0]); // 1 + 1 + 0.25 = 2.25
         assert_eq!(s, vec![-2.25, 2.25]);
+    }
+
+    /// Labels from the model's metadata, as a JSON array or a list.
+    #[test]
+    fn labels_come_from_metadata_too() {
+        let task = synth::Task::new(1, 4, 2);
+        let m = synth::classifier(1, &task, 3, None);
+        let mut model = pb::ModelProto::decode(&to_bytes(&m, false)[..]).unwrap();
+        assert_eq!(metadata_labels(&model.encode_to_vec()), None);
+        for value in [r#"["cat", "dog"]"#, "cat, dog", "cat\ndog\n"] {
+            model.metadata_props = vec![pb::StringStringEntryProto {
+                key: "labels".into(),
+                value: value.into(),
+            }];
+            assert_eq!(
+                metadata_labels(&model.encode_to_vec()),
+                Some(vec!["cat".to_string(), "dog".to_string()]),
+                "{value}"
+            );
+        }
     }
 
     /// External data must sit beside the model: a path elsewhere is refused, not read.
