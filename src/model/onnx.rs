@@ -53,6 +53,10 @@ const POST_OPS: &[&str] = &[
     "ZipMap",
 ];
 
+/// The widest linear model (one dense layer) imported: its identity hidden layer holds the
+/// square of this many weights (64 MB at 4096).
+const MAX_LINEAR_INPUTS: usize = 4096;
+
 /// Every operator the importer understands (the split's vocabulary for a classifier head).
 pub(crate) fn is_head_op(op: &str) -> bool {
     NO_OPS.contains(&op)
@@ -514,7 +518,13 @@ pub(crate) fn classifier_from_graph(graph: &pb::GraphProto, input: &str) -> Resu
                     let b0 = intercepts.first().copied().unwrap_or(0.0);
                     ([neg, coefficients].concat(), vec![-b0, b0])
                 } else if rows == classes.len() {
-                    (coefficients, intercepts)
+                    // Intercepts are optional (zero).
+                    let b = if intercepts.is_empty() {
+                        vec![0.0; rows]
+                    } else {
+                        intercepts
+                    };
+                    (coefficients, b)
                 } else {
                     return Err(refuse("has a score count that does not match its labels"));
                 };
@@ -578,6 +588,14 @@ pub(crate) fn classifier_from_graph(graph: &pb::GraphProto, input: &str) -> Resu
     let (hidden, output) = match layers.len() {
         0 => return Err(err("no dense layer (Gemm, MatMul or LinearClassifier) on the path from the input to the scores")),
         1 => {
+            // The identity hidden layer holds in_dim² weights.
+            if layers[0].in_dim > MAX_LINEAR_INPUTS {
+                return Err(err(format!(
+                    "a linear model of {} inputs: hedge encrypts it with an identity hidden layer, \
+                     for at most {MAX_LINEAR_INPUTS} inputs",
+                    layers[0].in_dim
+                )));
+            }
             if activation.is_some() {
                 return Err(err("an activation after the only dense layer: hedge needs a dense layer after it"));
             }
@@ -843,6 +861,54 @@ mod tests {
         assert_eq!(c.hidden, Dense::identity(3));
         let s = c.forward(&[1.0, 0.0, 2.0]); // 1 + 1 + 0.25 = 2.25
         assert_eq!(s, vec![-2.25, 2.25]);
+    }
+
+    /// Gemm with transA, alpha and beta, and a MatMul whose Add names the bias first: the
+    /// same function as the plain forms.
+    #[test]
+    fn gemm_attributes_and_either_add_order_fold_in() {
+        let task = synth::Task::new(3, 5, 3);
+        let m = synth::classifier(3, &task, 4, Some(Activation::Relu));
+        let mut model = pb::ModelProto::decode(&to_bytes(&m, false)[..]).unwrap();
+        let graph = model.graph.as_mut().unwrap();
+        // Layer 0: alpha 2 on halved weights, beta 4 on quartered biases, transA 1.
+        for t in graph.initializer.iter_mut() {
+            let (scale, name) = match t.name.as_str() {
+                "W0" => (0.5f32, "W0"),
+                "B0" => (0.25, "B0"),
+                _ => continue,
+            };
+            let (dims, v) = tensor_f32(t).unwrap();
+            let v: Vec<f32> = v.iter().map(|x| x * scale).collect();
+            *t = tensor(name, &dims, &v);
+        }
+        let gemm = graph.node.iter_mut().find(|n| n.name == "dense0").unwrap();
+        gemm.attribute.push(int_attr("transA", 1));
+        gemm.attribute.push(pb::AttributeProto {
+            name: "alpha".into(),
+            r#type: pb::attribute_proto::AttributeType::Float as i32,
+            f: 2.0,
+            ..Default::default()
+        });
+        gemm.attribute.push(pb::AttributeProto {
+            name: "beta".into(),
+            r#type: pb::attribute_proto::AttributeType::Float as i32,
+            f: 4.0,
+            ..Default::default()
+        });
+        let back = from_bytes(&model.encode_to_vec()).unwrap();
+        let x = &task.samples(4, 1)[0].0;
+        for (g, w) in back.forward(x).iter().zip(m.forward(x)) {
+            assert!((g - w).abs() < 1e-5);
+        }
+        // MatMul form with the Adds' inputs swapped: bias first.
+        let mut model = pb::ModelProto::decode(&to_bytes(&m, true)[..]).unwrap();
+        for n in model.graph.as_mut().unwrap().node.iter_mut() {
+            if n.op_type == "Add" {
+                n.input.swap(0, 1);
+            }
+        }
+        assert_eq!(from_bytes(&model.encode_to_vec()).unwrap(), m);
     }
 
     /// Labels from the model's metadata, as a JSON array or a list.
