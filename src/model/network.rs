@@ -10,6 +10,9 @@ use prost::Message;
 use std::path::Path;
 use tract_onnx::pb;
 
+/// The most values one input may have (a 4096×4096 image).
+const MAX_INPUT_VALUES: usize = 1 << 24;
+
 /// Raw 8-bit pixels become inputs in [0, 1].
 pub const PIXEL_SCALE: f32 = 1.0 / 255.0;
 
@@ -148,6 +151,16 @@ fn input_shape(bytes: &[u8]) -> Result<Vec<usize>> {
             _ => 0,
         })
         .collect();
+    if shape
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .is_none_or(|n| n > MAX_INPUT_VALUES)
+    {
+        return Err(ModelError::Import(format!(
+            "input {} has shape {shape:?}: more values than hedge takes ({MAX_INPUT_VALUES})",
+            input.name
+        )));
+    }
     if shape.contains(&0) {
         return Err(ModelError::Import(format!(
             "input {} has a symbolic dimension",

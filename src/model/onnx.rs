@@ -191,8 +191,22 @@ fn tensor_f32(t: &pb::TensorProto) -> Result<(Vec<usize>, Vec<f32>)> {
     if t.data_type != FLOAT {
         return Err(err(format!("tensor {} is not float32", t.name)));
     }
-    let dims: Vec<usize> = t.dims.iter().map(|&d| d as usize).collect();
-    let count: usize = dims.iter().product();
+    let dims: Vec<usize> = t
+        .dims
+        .iter()
+        .map(|&d| usize::try_from(d))
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|_| err(format!("tensor {} has a negative dimension", t.name)))?;
+    // A crafted shape must not wrap around to the length of the data it holds.
+    let count = dims
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| {
+            err(format!(
+                "tensor {} has an impossible shape {dims:?}",
+                t.name
+            ))
+        })?;
     let data: Vec<f32> = if !t.raw_data.is_empty() {
         if t.raw_data.len() != count * 4 {
             return Err(err(format!("tensor {} has truncated data", t.name)));
@@ -966,6 +980,20 @@ mod tests {
         std::fs::write(&path, model.encode_to_vec()).unwrap();
         let e = load(&path).unwrap_err().to_string();
         assert!(e.contains("not a file name beside the model"), "{e}");
+    }
+
+    /// A shape whose product wraps around 2^64 to the (empty) data's length: refused, where a
+    /// wrapping product accepted a 2^32 × 2^32 weight with no values (found by fuzzing).
+    #[test]
+    fn a_wrapping_tensor_shape_is_refused() {
+        let mut t = tensor("W", &[1, 1], &[]);
+        t.dims = vec![1 << 32, 1 << 32];
+        assert!(tensor_f32(&t)
+            .unwrap_err()
+            .to_string()
+            .contains("impossible shape"));
+        t.dims = vec![-1, 0];
+        assert!(tensor_f32(&t).unwrap_err().to_string().contains("negative"));
     }
 
     #[test]
