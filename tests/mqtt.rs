@@ -410,3 +410,116 @@ fn full_disk_pauses_inference_and_loses_nothing() {
     check_results(&st, &out, 8);
     assert_eq!(spooled(&spool), 0, "spool emptied after acknowledgements");
 }
+
+/// `hedge fleet --broker … --listen 2`: its table's row for `device` (state and the rest).
+fn fleet_row(st: &Setup, broker: &str, device: &str) -> String {
+    let o = hedge(&[
+        "fleet",
+        "--keys",
+        s(&st.keys),
+        "--broker",
+        broker,
+        "--listen",
+        "2",
+    ]);
+    let table = String::from_utf8_lossy(&o.stdout).into_owned();
+    table
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(device))
+        .unwrap_or_else(|| panic!("{device} missing from:\n{table}"))
+        .to_string()
+}
+
+/// The board's health as any MQTT tool sees it: a retained "online" status naming its bundle,
+/// metrics at the configured interval, "offline" through its last will when SIGKILLed and
+/// online again after a restart, "offline" from the board itself on a clean stop; `hedge
+/// fleet` records it in the registry and lists it.
+#[test]
+fn status_with_last_will_metrics_and_the_fleet_view() {
+    let st = setup("last");
+    let broker = Mosquitto::start(&st.root);
+    let spool = st.root.join("spool");
+    enrol(&st, &spool, "board");
+    let config = st.root.join("hedged.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[mqtt]\nhost = \"127.0.0.1\"\nport = {}\nkeep_alive_s = 5\nmetrics_interval_s = 1\n",
+            broker.port
+        ),
+    )
+    .unwrap();
+    let start = || {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_hedged"));
+        c.args(["--config", s(&config), "--bundle", s(&st.bundle)])
+            .args(["--verifying-key", s(&st.keys.join("verifying.key"))])
+            .args([
+                "--input",
+                "-",
+                "--spool-dir",
+                s(&spool),
+                "--device-id",
+                "board",
+            ])
+            .env("RUST_LOG", "info")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null());
+        Draining::spawn(&mut c)
+    };
+    let bundle_id = hedge(&["inspect", s(&st.bundle), "--keys", s(&st.keys)]);
+    let bundle_id = String::from_utf8_lossy(&bundle_id.stdout)
+        .lines()
+        .find_map(|l| {
+            l.split("(id ")
+                .nth(1)
+                .map(|r| r.trim_end_matches(')').to_string())
+        })
+        .unwrap();
+
+    let mut h = start();
+    feed(&mut h.child, &st.vectors[..3]);
+    // Retained: a subscriber that comes later still gets it.
+    wait_for(
+        || fleet_row(&st, &broker.addr(), "board").contains("online"),
+        "online status",
+    );
+    let row = fleet_row(&st, &broker.addr(), "board");
+    assert!(row.contains(&bundle_id), "{row}");
+    let sub = std::process::Command::new("mosquitto_sub")
+        .args([
+            "-p",
+            &broker.port.to_string(),
+            "-t",
+            "hedge/board/metrics",
+            "-C",
+            "1",
+        ])
+        .args(["-W", "10"])
+        .output()
+        .unwrap();
+    let metrics: serde_json::Value = serde_json::from_slice(&sub.stdout).unwrap();
+    assert_eq!(metrics["device"], "board");
+    assert_eq!(metrics["inferences"], 3, "{metrics}");
+    assert!(metrics["spool_depth"].is_u64() && metrics["queue_depth"].is_u64());
+
+    // Vanished: the broker publishes the last will (1.5 keep-alives, here 7.5 s).
+    signal(h.child.id(), 9);
+    h.child.wait().unwrap();
+    wait_for(
+        || fleet_row(&st, &broker.addr(), "board").contains("offline"),
+        "offline by the last will",
+    );
+    let h = start();
+    wait_for(
+        || fleet_row(&st, &broker.addr(), "board").contains("online"),
+        "online again after a restart",
+    );
+    // A clean stop (SIGTERM; its results stay spooled, no decryptor runs) says so itself.
+    terminate(&h.child);
+    h.wait_ok("hedged");
+    let row = fleet_row(&st, &broker.addr(), "board");
+    assert!(row.contains("offline"), "{row}");
+    // Without a broker, the registry's last record.
+    let o = hedge(&["fleet", "--keys", s(&st.keys)]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("offline"));
+}

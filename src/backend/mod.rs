@@ -4,6 +4,7 @@
 
 pub mod broker;
 pub mod decryptor;
+pub mod fleet;
 pub mod keys;
 pub mod protect;
 pub mod registry;
@@ -22,6 +23,9 @@ pub enum BackendError {
     KeyFile(String),
     #[error("registry: {0}")]
     Registry(String),
+    /// The broker cannot be reached (or dropped the connection).
+    #[error("broker connection: {0}")]
+    Connection(String),
     /// The embedded broker could not start.
     #[error("embedded broker: {0}")]
     Broker(String),

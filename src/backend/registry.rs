@@ -58,7 +58,35 @@ const MIGRATIONS: &[&str] = &[
         seq INTEGER NOT NULL,
         PRIMARY KEY (device, seq)
     ) WITHOUT ROWID;",
+    // 2: the boards' health as they last reported it (status and metrics topics).
+    "CREATE TABLE health (
+        device TEXT PRIMARY KEY,
+        online INTEGER NOT NULL,
+        version TEXT,
+        bundle TEXT,
+        epoch INTEGER,
+        started_ms INTEGER,
+        status_ms INTEGER NOT NULL,
+        metrics TEXT,
+        metrics_ms INTEGER
+    );",
 ];
+
+/// A board's health as it last reported it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct HealthRecord {
+    pub device: String,
+    pub online: bool,
+    pub version: Option<String>,
+    pub bundle: Option<String>,
+    pub epoch: Option<u64>,
+    pub started_ms: Option<u64>,
+    /// When the backend received its last status (ms since the epoch).
+    pub status_ms: u64,
+    /// Its latest metrics (JSON) and when they came.
+    pub metrics: Option<String>,
+    pub metrics_ms: Option<u64>,
+}
 
 /// A key set: its id, level and where its secret key file is.
 #[derive(Clone, Debug, PartialEq)]
@@ -399,6 +427,72 @@ impl Registry {
             return Err(BackendError::Registry(format!("no device {id}")));
         }
         Ok(())
+    }
+
+    /// Record a board's status (its metrics are kept).
+    pub fn record_status(&self, h: &HealthRecord) -> Result<()> {
+        self.conn
+            .execute(
+                "INSERT INTO health (device, online, version, bundle, epoch, started_ms, status_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT(device) DO UPDATE SET online = ?2,
+                     version = COALESCE(?3, version), bundle = COALESCE(?4, bundle),
+                     epoch = COALESCE(?5, epoch), started_ms = COALESCE(?6, started_ms),
+                     status_ms = ?7",
+                params![
+                    h.device,
+                    h.online,
+                    h.version,
+                    h.bundle,
+                    h.epoch.map(|e| e as i64),
+                    h.started_ms.map(|e| e as i64),
+                    h.status_ms as i64
+                ],
+            )
+            .map_err(sql)?;
+        Ok(())
+    }
+
+    /// Record a board's latest metrics (JSON); a board seen only by its metrics is online.
+    pub fn record_metrics(&self, device: &str, metrics: &str, at_ms: u64) -> Result<()> {
+        self.conn
+            .execute(
+                "INSERT INTO health (device, online, status_ms, metrics, metrics_ms)
+                 VALUES (?1, 1, ?3, ?2, ?3)
+                 ON CONFLICT(device) DO UPDATE SET metrics = ?2, metrics_ms = ?3",
+                params![device, metrics, at_ms as i64],
+            )
+            .map_err(sql)?;
+        Ok(())
+    }
+
+    /// Every board's health, by device id.
+    pub fn health(&self) -> Result<Vec<HealthRecord>> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT device, online, version, bundle, epoch, started_ms, status_ms, metrics,
+                        metrics_ms FROM health ORDER BY device",
+            )
+            .map_err(sql)?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(HealthRecord {
+                    device: r.get(0)?,
+                    online: r.get(1)?,
+                    version: r.get(2)?,
+                    bundle: r.get(3)?,
+                    epoch: r.get::<_, Option<i64>>(4)?.map(|v| v as u64),
+                    started_ms: r.get::<_, Option<i64>>(5)?.map(|v| v as u64),
+                    status_ms: r.get::<_, i64>(6)? as u64,
+                    metrics: r.get(7)?,
+                    metrics_ms: r.get::<_, Option<i64>>(8)?.map(|v| v as u64),
+                })
+            })
+            .map_err(sql)?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(sql)?;
+        Ok(rows)
     }
 
     /// An operator clears a quarantined device: it is active again, its count reset.

@@ -16,6 +16,7 @@
 
 pub mod delivery;
 pub mod error;
+pub mod health;
 pub mod identity;
 pub mod inference;
 pub mod notify;
@@ -57,7 +58,6 @@ pub fn run(settings: Settings, reloader: Reloader) -> Result<Summary, EdgeError>
     let inference = Inference::load(&settings.reloadable, &state)?;
     state.accept_epoch(inference.epoch)?;
     log::info!("device {}: {}", start.device_id, inference.describe());
-    let sink = Sink::open(&settings)?;
     let queue = Arc::new(BoundedQueue::new(
         start.queue.capacity,
         start.queue.max_bytes,
@@ -65,6 +65,13 @@ pub fn run(settings: Settings, reloader: Reloader) -> Result<Summary, EdgeError>
     ));
     let rejects = Arc::new(Rejects::default());
     rejects.expect_line_width(inference.line_width());
+    let health = Arc::new(health::Health::new(
+        &start.device_id,
+        (&inference.bundle_id, inference.epoch),
+        queue.clone(),
+        rejects.clone(),
+    ));
+    let sink = Sink::open(&settings, health.clone())?;
     let _acquisition = source::start(
         &start.input,
         queue.clone(),
@@ -85,6 +92,7 @@ pub fn run(settings: Settings, reloader: Reloader) -> Result<Summary, EdgeError>
         queue,
         rejects,
         sink,
+        health,
         reload: Reload::new(reloader, state),
         shutdown,
         heartbeat,

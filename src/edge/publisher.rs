@@ -9,9 +9,16 @@
 //! results do not cut it short) and everything still in the spool is sent again: at least
 //! once, de-duplicated by the backend. The event loop is polled continuously and never
 //! cancelled mid-poll ([`Connection`]).
+//!
+//! Health ([`Health`]): every connection registers a retained "offline" status as its last
+//! will, then publishes the retained "online" status (again when the bundle changes) and
+//! metrics every `metrics_interval_s`; a clean stop publishes "offline" itself. They go at
+//! QoS 0, so that rumqttc numbers only results (a QoS 0 publish has packet id 0, which the
+//! delivery bookkeeping skips).
 
 use super::delivery::{Delivery, Release};
 use super::error::EdgeError;
+use super::health::Health;
 use super::spool::Spool;
 use crate::files::IoError;
 use crate::transport::ack::Ack;
@@ -19,7 +26,7 @@ use crate::transport::message::{MessageError, ResultMessage, MESSAGE_VERSION};
 use crate::transport::mqtt::MqttConfig;
 use crate::transport::{Backoff, Connection};
 use ed25519_dalek::{SigningKey, VerifyingKey};
-use rumqttc::{Event, MqttOptions, Outgoing, Packet, QoS};
+use rumqttc::{Event, LastWill, MqttOptions, Outgoing, Packet, QoS};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -56,9 +63,24 @@ impl Publisher {
         client_id: &str,
         identity: Identity,
         spool: Arc<Spool>,
+        health: Arc<Health>,
     ) -> Result<Self, EdgeError> {
-        let options = config.options(client_id)?;
+        let mut options = config.options(client_id)?;
+        let status = config.status_topic.replace("{device}", &identity.device);
+        options.set_last_will(LastWill::new(
+            &status,
+            health.status(false),
+            QoS::AtLeastOnce,
+            true,
+        ));
         let route = Route {
+            health: HealthRoute {
+                health,
+                status,
+                metrics: config.metrics_topic.replace("{device}", &identity.device),
+                interval: (config.metrics_interval_s > 0)
+                    .then(|| Duration::from_secs(config.metrics_interval_s)),
+            },
             results: config.topic_for(&identity.device),
             acks: config
                 .end_to_end
@@ -132,8 +154,38 @@ impl Publisher {
     }
 }
 
+/// Where the board's status and metrics go.
+struct HealthRoute {
+    health: Arc<Health>,
+    status: String,
+    metrics: String,
+    interval: Option<Duration>,
+}
+
+impl HealthRoute {
+    /// QoS 0 (see the module docs); a full request channel skips one message, nothing more.
+    fn status(&self, conn: &Connection, online: bool) {
+        let _ = conn.client().try_publish(
+            &self.status,
+            QoS::AtMostOnce,
+            true,
+            self.health.status(online),
+        );
+    }
+
+    fn metrics(&self, conn: &Connection, spool: &Spool) {
+        let _ = conn.client().try_publish(
+            &self.metrics,
+            QoS::AtMostOnce,
+            false,
+            self.health.metrics(spool),
+        );
+    }
+}
+
 /// Where results go and acknowledgements come from.
 struct Route {
+    health: HealthRoute,
     results: String,
     /// None: results leave the spool at the broker's PUBACK.
     acks: Option<String>,
@@ -164,16 +216,28 @@ async fn run(
         let mut conn = Connection::open(options.clone(), WINDOW * 2);
         let mut delivery = Delivery::new(route.release, WINDOW);
         let mut up = false;
+        let mut next_metrics = Instant::now();
         let error = loop {
             let drained =
                 flags.drain.load(Ordering::Relaxed) && spool.is_empty() && delivery.is_idle();
             if drained || flags.abort.load(Ordering::Relaxed) {
                 if up {
+                    // A clean stop: no last will, so say it.
+                    route.health.status(&conn, false);
                     conn.close(Duration::from_millis(200)).await;
                 }
                 return;
             }
             if up {
+                if route.health.health.take_changed() {
+                    route.health.status(&conn, true);
+                }
+                if let Some(interval) = route.health.interval {
+                    if Instant::now() >= next_metrics {
+                        route.health.metrics(&conn, &spool);
+                        next_metrics = Instant::now() + interval;
+                    }
+                }
                 if delivery.resend_due(Instant::now()) {
                     log::warn!(
                         "no end-to-end acknowledgement for a while: sending the {} spooled \
@@ -197,8 +261,12 @@ async fn run(
                     if let Some(acks) = &route.acks {
                         conn.subscribe(acks, QoS::AtLeastOnce);
                     }
+                    route.health.status(&conn, true);
                 }
-                Ok(Event::Outgoing(Outgoing::Publish(pkid))) => delivery.numbered(pkid),
+                // Packet id 0: a QoS 0 status or metrics message, not a result.
+                Ok(Event::Outgoing(Outgoing::Publish(pkid))) if pkid != 0 => {
+                    delivery.numbered(pkid)
+                }
                 Ok(Event::Incoming(Packet::PubAck(ack))) => {
                     if let Some(seq) = delivery.broker_acked(ack.pkid) {
                         spool.remove(seq);

@@ -145,6 +145,15 @@ impl<T: Weighed> BoundedQueue<T> {
     pub fn dropped(&self) -> u64 {
         self.lock().dropped
     }
+
+    /// Items waiting.
+    pub fn len(&self) -> usize {
+        self.lock().items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 #[cfg(test)]

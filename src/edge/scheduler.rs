@@ -22,6 +22,8 @@ pub struct Scheduler {
     pub queue: Arc<BoundedQueue<Input>>,
     pub rejects: Arc<Rejects>,
     pub sink: Sink,
+    /// The board's status and metrics, as the publisher reports them.
+    pub health: Arc<super::health::Health>,
     pub reload: Reload,
     pub shutdown: Arc<Shutdown>,
     pub heartbeat: Arc<Heartbeat>,
@@ -54,6 +56,8 @@ impl Scheduler {
             }
             if self.reload.apply(&mut self.settings, &mut self.inference) {
                 self.rejects.expect_line_width(self.inference.line_width());
+                self.health
+                    .bundle_changed(&self.inference.bundle_id, self.inference.epoch);
                 self.notifier
                     .send(&format!("STATUS=running {}", self.inference.describe()));
             }
@@ -73,6 +77,7 @@ impl Scheduler {
                 }
             };
             done += 1;
+            self.health.inferred(inferred.extract + inferred.infer);
             let bundle_id = &self.inference.bundle_id;
             let message = |seq| ResultMessage {
                 device_id: device.clone(),

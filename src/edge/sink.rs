@@ -33,7 +33,11 @@ enum To {
 }
 
 impl Sink {
-    pub fn open(settings: &Settings) -> Result<Self, EdgeError> {
+    /// `health`: what the publisher reports as the board's status and metrics.
+    pub fn open(
+        settings: &Settings,
+        health: Arc<super::health::Health>,
+    ) -> Result<Self, EdgeError> {
         let start = &settings.start_up;
         let identity = Arc::new(super::identity::load_or_create(&start.identity_key)?);
         let mut floor = 0;
@@ -59,7 +63,8 @@ impl Sink {
                     key: identity.clone(),
                     backend,
                 };
-                let publisher = Publisher::start(mqtt, &client_id, identity, spool.clone())?;
+                let publisher =
+                    Publisher::start(mqtt, &client_id, identity, spool.clone(), health)?;
                 To::Broker { spool, publisher }
             }
             SinkSettings::Files { out_dir } => {

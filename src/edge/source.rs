@@ -26,7 +26,7 @@ use crate::files::IoError;
 use crate::input::images::{self, read_idx_images};
 use crate::input::vectors::parse_line;
 use crate::transport::frame::{self, FrameError, Input};
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::io::{BufRead, Read};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -95,7 +95,8 @@ impl TryFrom<String> for Source {
 #[derive(Default)]
 pub struct Rejects {
     count: AtomicU64,
-    logged: Mutex<HashSet<String>>,
+    /// Rejections per kind; the first of a kind is logged.
+    logged: Mutex<HashMap<String, u64>>,
     /// 0: not known yet.
     line_width: std::sync::atomic::AtomicUsize,
 }
@@ -112,11 +113,12 @@ impl Rejects {
 
     pub fn reject(&self, kind: &str, what: impl std::fmt::Display) {
         self.count.fetch_add(1, Ordering::Relaxed);
-        let first = self
-            .logged
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(kind.to_string());
+        let first = {
+            let mut kinds = self.logged.lock().unwrap_or_else(|p| p.into_inner());
+            let n = kinds.entry(kind.to_string()).or_insert(0);
+            *n += 1;
+            *n == 1
+        };
         if first {
             log::warn!("rejected {what} (further rejections of this kind are only counted)");
         }
@@ -124,6 +126,14 @@ impl Rejects {
 
     pub fn count(&self) -> u64 {
         self.count.load(Ordering::Relaxed)
+    }
+
+    /// Rejections so far, by kind.
+    pub fn by_kind(&self) -> HashMap<String, u64> {
+        self.logged
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 
@@ -519,7 +529,7 @@ mod tests {
         assert_eq!(drain(&queue), vec![vec![1.0, 2.0], vec![5.0, 6.0]]);
         assert_eq!(rejects.count(), 2);
         // Counted, and logged once for the kind.
-        assert!(rejects.logged.lock().unwrap().contains("width"));
+        assert_eq!(rejects.by_kind().get("width"), Some(&2));
     }
 
     #[test]

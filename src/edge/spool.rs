@@ -137,6 +137,11 @@ impl Spool {
     pub fn dropped(&self) -> u64 {
         self.lock().dropped
     }
+
+    /// Bytes of the spooled results.
+    pub fn bytes(&self) -> u64 {
+        self.lock().bytes
+    }
 }
 
 #[cfg(test)]

@@ -46,6 +46,15 @@ pub struct MqttConfig {
     /// while none comes).
     #[serde(default = "default_e2e_timeout")]
     pub e2e_timeout_s: u64,
+    /// The board's retained status (`{device}` replaced): online, or offline by its last will.
+    #[serde(default = "default_status_topic")]
+    pub status_topic: String,
+    /// Periodic metrics (`{device}` replaced).
+    #[serde(default = "default_metrics_topic")]
+    pub metrics_topic: String,
+    /// Seconds between metrics messages; 0: none.
+    #[serde(default = "default_metrics_interval")]
+    pub metrics_interval_s: u64,
 }
 
 /// `[mqtt.tls]`: PEM files.
@@ -65,6 +74,18 @@ fn default_port() -> u16 {
 
 fn default_topic() -> String {
     "hedge/{device}/results".into()
+}
+
+fn default_status_topic() -> String {
+    "hedge/{device}/status".into()
+}
+
+fn default_metrics_topic() -> String {
+    "hedge/{device}/metrics".into()
+}
+
+fn default_metrics_interval() -> u64 {
+    60
 }
 
 fn default_keep_alive() -> u64 {

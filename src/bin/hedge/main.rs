@@ -8,6 +8,7 @@ mod demo;
 mod device;
 mod encrypt_features;
 mod eval;
+mod fleet;
 mod inspect;
 mod keygen;
 mod params;
@@ -55,6 +56,9 @@ enum Command {
     Decrypt(decrypt::Args),
     /// The boards the backend accepts results from.
     Device(device::Args),
+    /// The boards' health: online state (retained status, last will), running bundle, latest
+    /// metrics — taken from the broker into the registry, then listed.
+    Fleet(fleet::Args),
     /// Accuracy of a trained network on labelled images: float model, integer reference (every
     /// test image), encrypted path (a fixed-seed sample), per variant and quantisation width.
     Eval(eval::Args),
@@ -94,6 +98,10 @@ fn main() {
         Command::Decrypt(a) => {
             let registry = args::registry(&cli.registry, Some(&a.keys));
             decrypt::run(a, &registry)
+        }
+        Command::Fleet(f) => {
+            let registry = args::registry(&cli.registry, f.keys.as_deref());
+            fleet::run(f, &registry)
         }
         Command::Device(d) => {
             let registry = args::registry(&cli.registry, d.keys.as_deref());

@@ -1,0 +1,171 @@
+//! The fleet's health: the boards' retained status and their metrics, taken from the broker
+//! into the registry (`hedge fleet`).
+//!
+//! These messages are unsigned and advisory (what a board says of itself); every one is parsed
+//! with a size limit and must name the device of its topic, and nothing in them reaches
+//! decryption. With mutual TLS, the broker's ACLs bind a board to its own topics (as for
+//! results, docs/THREATS.md).
+
+use super::decryptor::topic_device;
+use super::registry::{HealthRecord, Registry};
+use super::Result;
+use crate::files::IoError;
+use crate::transport::mqtt::MqttConfig;
+use crate::transport::Connection;
+use rumqttc::{Event, Packet, QoS};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Larger status or metrics messages are ignored.
+const MAX_HEALTH_MESSAGE: usize = 16 * 1024;
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A JSON object of at most [`MAX_HEALTH_MESSAGE`] bytes that names `device`.
+fn object_for(device: &str, payload: &[u8]) -> Result<serde_json::Value, String> {
+    if payload.len() > MAX_HEALTH_MESSAGE {
+        return Err(format!("{} bytes", payload.len()));
+    }
+    let v: serde_json::Value = serde_json::from_slice(payload).map_err(|e| e.to_string())?;
+    if !v.is_object() {
+        return Err("not a JSON object".into());
+    }
+    if v["device"].as_str() != Some(device) {
+        return Err("names another device than its topic".into());
+    }
+    Ok(v)
+}
+
+/// A status message of `device`'s topic.
+pub fn parse_status(device: &str, payload: &[u8], at_ms: u64) -> Result<HealthRecord, String> {
+    let v = object_for(device, payload)?;
+    let online = match v["state"].as_str() {
+        Some("online") => true,
+        Some("offline") => false,
+        _ => return Err("state is neither online nor offline".into()),
+    };
+    let text = |k: &str| {
+        v[k].as_str()
+            .map(|s| s.chars().take(128).collect::<String>())
+    };
+    Ok(HealthRecord {
+        device: device.to_string(),
+        online,
+        version: text("version"),
+        bundle: text("bundle"),
+        epoch: v["epoch"].as_u64(),
+        started_ms: v["started_ms"].as_u64(),
+        status_ms: at_ms,
+        metrics: None,
+        metrics_ms: None,
+    })
+}
+
+/// The device a topic names under `template` (every other level must match).
+fn device_of<'t>(template: &str, topic: &'t str) -> Option<&'t str> {
+    let device = topic_device(template, topic)?;
+    (template.replace("{device}", device) == topic).then_some(device)
+}
+
+/// What one listening pass took in.
+#[derive(Debug, Default)]
+pub struct Heard {
+    pub statuses: u64,
+    pub metrics: u64,
+    pub ignored: u64,
+}
+
+/// Listen for `duration` to the status and metrics topics of every board and record what
+/// arrives (retained statuses arrive at once).
+pub fn listen(config: &MqttConfig, registry: &Registry, duration: Duration) -> Result<Heard> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| IoError::new("tokio runtime", e))?;
+    rt.block_on(listen_async(config, registry, duration))
+}
+
+async fn listen_async(
+    config: &MqttConfig,
+    registry: &Registry,
+    duration: Duration,
+) -> Result<Heard> {
+    let options = config.options(&format!("hedge-fleet-{}", std::process::id()))?;
+    let mut conn = Connection::open(options, 16);
+    let mut heard = Heard::default();
+    let until = Instant::now() + duration;
+    while Instant::now() < until {
+        let event = tokio::select! {
+            e = conn.next() => e,
+            _ = tokio::time::sleep_until(until.into()) => break,
+        };
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                for template in [&config.status_topic, &config.metrics_topic] {
+                    conn.subscribe(&template.replace("{device}", "+"), QoS::AtLeastOnce);
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                let at = now_ms();
+                let recorded = if let Some(device) = device_of(&config.status_topic, &p.topic) {
+                    parse_status(device, &p.payload, at)
+                        .map(|h| registry.record_status(&h).map(|_| heard.statuses += 1))
+                } else if let Some(device) = device_of(&config.metrics_topic, &p.topic) {
+                    object_for(device, &p.payload).map(|v| {
+                        registry
+                            .record_metrics(device, &v.to_string(), at)
+                            .map(|_| heard.metrics += 1)
+                    })
+                } else {
+                    Err(format!("unexpected topic {}", p.topic))
+                };
+                match recorded {
+                    Ok(r) => r?,
+                    Err(why) => {
+                        heard.ignored += 1;
+                        log::warn!("ignored a message on {}: {why}", p.topic);
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(e) => return Err(super::BackendError::Connection(e.to_string())),
+        }
+    }
+    conn.close(Duration::from_millis(200)).await;
+    Ok(heard)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_are_checked_before_they_are_recorded() {
+        let ok = br#"{"device":"b1","state":"online","version":"0.1.0","bundle":"aa","epoch":3}"#;
+        let h = parse_status("b1", ok, 5).unwrap();
+        assert!(h.online);
+        assert_eq!(
+            (h.bundle.as_deref(), h.epoch, h.status_ms),
+            (Some("aa"), Some(3), 5)
+        );
+        assert!(
+            !parse_status("b1", br#"{"device":"b1","state":"offline"}"#, 5)
+                .unwrap()
+                .online
+        );
+        // Another board's name, no state, not JSON, too large.
+        assert!(parse_status("b2", ok, 5).is_err());
+        assert!(parse_status("b1", br#"{"device":"b1"}"#, 5).is_err());
+        assert!(parse_status("b1", b"\xff\xfe", 5).is_err());
+        assert!(parse_status("b1", b"[1,2]", 5).is_err());
+        let big = format!(
+            r#"{{"device":"b1","state":"online","pad":"{}"}}"#,
+            "x".repeat(20000)
+        );
+        assert!(parse_status("b1", big.as_bytes(), 5).is_err());
+    }
+}
