@@ -33,11 +33,7 @@ fn run_with(
     }
     .unwrap();
     let enc = EncryptedModel::encrypt(&q, &ks.secret).unwrap();
-    let evaluation = if levels == 1 {
-        ks.evaluation.clone()
-    } else {
-        ks.evaluation.with_bootstrap_gadget(&ks.secret, &params)
-    };
+    let evaluation = ks.evaluation.with_bootstrap_gadget(&ks.secret, &params);
     let edge_keys = keys::EdgeKeys {
         public: ks.public.clone(),
         evaluation: Some(evaluation),

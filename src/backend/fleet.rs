@@ -10,20 +10,14 @@ use super::decryptor::topic_device;
 use super::registry::{HealthRecord, Registry};
 use super::Result;
 use crate::files::IoError;
+use crate::transport::message::now_ms;
 use crate::transport::mqtt::MqttConfig;
 use crate::transport::Connection;
 use rumqttc::{Event, Packet, QoS};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// Larger status or metrics messages are ignored.
 const MAX_HEALTH_MESSAGE: usize = 16 * 1024;
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 /// A JSON object of at most [`MAX_HEALTH_MESSAGE`] bytes that names `device`.
 fn object_for(device: &str, payload: &[u8]) -> Result<serde_json::Value, String> {

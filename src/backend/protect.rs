@@ -7,7 +7,7 @@ use super::BackendError;
 use super::Result;
 use crate::bundle::{BundleHeader, EdgeBundle};
 use crate::crypto::keys::EdgeKeys;
-use crate::crypto::lut::Activation;
+use crate::crypto::lut::{Activation, WindowMap};
 use crate::crypto::params::{ParameterSet, MAX_PBS_LEVELS};
 use crate::engine::{Decoding, EncryptedModel, ModelInfo};
 use crate::model::quant::{QuantModel, Variant};
@@ -61,6 +61,26 @@ pub struct ActCandidate {
     pub expected_agreement: [f64; 2],
 }
 
+impl ActCandidate {
+    /// The setting of a model mapped through `map` with `levels` gadget levels.
+    pub fn new(
+        map: &WindowMap,
+        out: usize,
+        hidden: usize,
+        levels: usize,
+        expected_agreement: [f64; 2],
+    ) -> Self {
+        let groups = map.groups(out);
+        Self {
+            classes_per_bootstrap: map.per_table,
+            gadget_levels: levels,
+            bootstraps: groups * hidden,
+            relative_cost: (groups * levels) as f64,
+            expected_agreement,
+        }
+    }
+}
+
 /// Every setting worth weighing for `model` (distinct table counts × gadget levels), cheapest
 /// first, each with its expected agreement on `calibration`.
 pub fn act_candidates(
@@ -85,14 +105,13 @@ pub fn act_candidates(
             let p = params
                 .with_pbs_levels(levels)
                 .expect("levels within 1..=MAX_PBS_LEVELS");
-            let groups = out.div_ceil(c);
-            candidates.push(ActCandidate {
-                classes_per_bootstrap: c,
-                gadget_levels: levels,
-                bootstraps: groups * q.hidden_dim,
-                relative_cost: (groups * levels) as f64,
-                expected_agreement: q.expected_agreement(&references, &p),
-            });
+            candidates.push(ActCandidate::new(
+                &window_map(&q),
+                out,
+                q.hidden_dim,
+                levels,
+                q.expected_agreement(&references, &p),
+            ));
         }
     }
     candidates.sort_by(|a, b| {
@@ -101,6 +120,14 @@ pub fn act_candidates(
             .then(b.expected_agreement[0].total_cmp(&a.expected_agreement[0]))
     });
     Ok(candidates)
+}
+
+/// The bootstrap windows of a model quantised for `act`.
+fn window_map(q: &QuantModel) -> WindowMap {
+    match q.hidden_map {
+        crate::model::quant::HiddenMap::Window { map, .. } => map,
+        _ => unreachable!("quantize_act maps through bootstrap windows"),
+    }
 }
 
 /// The integer reference of every calibration input the quantiser accepts.
@@ -251,16 +278,13 @@ pub fn protect(
             &params,
             settings.classes_per_bootstrap,
         )?;
-        let crate::model::quant::HiddenMap::Window { map, .. } = q.hidden_map else {
-            unreachable!("quantize_act maps through bootstrap windows")
-        };
-        let candidate = ActCandidate {
-            classes_per_bootstrap: map.per_table,
-            gadget_levels: settings.gadget_levels,
-            bootstraps: map.groups(q.out_dim) * q.hidden_dim,
-            relative_cost: (map.groups(q.out_dim) * settings.gadget_levels) as f64,
-            expected_agreement: q.expected_agreement(&reference_sample(&q, calibration), &params),
-        };
+        let candidate = ActCandidate::new(
+            &window_map(&q),
+            q.out_dim,
+            q.hidden_dim,
+            settings.gadget_levels,
+            q.expected_agreement(&reference_sample(&q, calibration), &params),
+        );
         (q, params, Some(candidate))
     } else {
         let q = QuantModel::quantize(model, variant, activation, calibration, &secret.params)?;
@@ -269,13 +293,7 @@ pub fn protect(
     progress.stage("encrypting the model");
     // Only the bootstrapping variant needs evaluation keys; another gadget, another
     // bootstrapping key under the same secret keys.
-    let evaluation = act.map(|_| {
-        if params == secret.params {
-            evaluation.clone()
-        } else {
-            evaluation.with_bootstrap_gadget(secret, &params)
-        }
-    });
+    let evaluation = act.map(|_| evaluation.with_bootstrap_gadget(secret, &params));
     let bundle = EdgeBundle {
         header: BundleHeader {
             params,

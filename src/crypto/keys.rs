@@ -187,10 +187,14 @@ impl EvaluationKeys {
         self.bsk.byte_len() + self.ksk.byte_len()
     }
 
-    /// The same key-switching key with a fresh bootstrapping key under `params`' gadget (the
-    /// backend's, for a bundle that buys accuracy with more gadget levels): the same two
-    /// secret keys, so nothing else about the key set changes.
+    /// The evaluation keys for `params`' bootstrap gadget: these, if it is the key set's own;
+    /// else the same key-switching key with a fresh bootstrapping key (the backend's, for a
+    /// bundle that buys accuracy with more gadget levels) under the same two secret keys, so
+    /// nothing else about the key set changes.
     pub fn with_bootstrap_gadget(&self, secret: &SecretKeys, params: &ParameterSet) -> Self {
+        if params.pbs == secret.params.pbs {
+            return self.clone();
+        }
         let bsk = allocate_and_generate_new_seeded_lwe_bootstrap_key(
             &secret.lwe,
             &secret.pbs,

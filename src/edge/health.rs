@@ -8,17 +8,11 @@ use super::queue::BoundedQueue;
 use super::source::Rejects;
 use super::spool::Spool;
 use crate::transport::frame::Input;
+use crate::transport::message::now_ms;
 use serde_json::json;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+use std::time::Duration;
 
 /// What the scheduler and the acquisition report, read by the publisher.
 pub struct Health {

@@ -284,12 +284,10 @@ pub fn run(
         })?;
     let act_keys = EdgeKeys {
         public: keys.public.clone(),
-        evaluation: Some(if act_params == opts.params {
-            keys.evaluation.clone()
-        } else {
+        evaluation: Some(
             keys.evaluation
-                .with_bootstrap_gadget(&keys.secret, &act_params)
-        }),
+                .with_bootstrap_gadget(&keys.secret, &act_params),
+        ),
     };
     let exact_keys = EdgeKeys {
         public: keys.public.clone(),

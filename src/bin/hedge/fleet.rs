@@ -2,7 +2,7 @@ use anyhow::{Context, Result};
 use hedge::backend::fleet;
 use hedge::backend::registry::Registry;
 use hedge::transport::mqtt::MqttArgs;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -32,10 +32,7 @@ pub fn run(a: Args, registry: &std::path::Path) -> Result<()> {
             heard.ignored
         );
     }
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
+    let now = hedge::transport::message::now_ms();
     let enrolled: Vec<String> = registry.devices()?.into_iter().map(|d| d.id).collect();
     let health = registry.health()?;
     println!(

@@ -67,13 +67,13 @@ pub fn run(a: Args) -> Result<()> {
             .unwrap_or(0)
     );
     if let hedge::engine::EncryptedModel::Act { luts, .. } = &b.model {
-        let act = hedge::backend::protect::ActCandidate {
-            classes_per_bootstrap: luts.map.per_table,
-            gadget_levels: b.header.params.pbs.level,
-            bootstraps: luts.map.groups(m.out_dim) * m.hidden_dim,
-            relative_cost: (luts.map.groups(m.out_dim) * b.header.params.pbs.level) as f64,
-            expected_agreement: b.header.expected_agreement.unwrap_or([f64::NAN; 2]),
-        };
+        let act = hedge::backend::protect::ActCandidate::new(
+            &luts.map,
+            m.out_dim,
+            m.hidden_dim,
+            b.header.params.pbs.level,
+            b.header.expected_agreement.unwrap_or([f64::NAN; 2]),
+        );
         let seconds = b.engine()?.bootstrap_seconds_per_inference();
         println!("{}", crate::protect::act_summary(&act, seconds));
     }
