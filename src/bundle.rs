@@ -112,8 +112,13 @@ pub enum BundleError {
 
 /// A bundle file around `body` (the postcard encoding of an [`EdgeBundle`]), signed.
 pub fn sign_body(body: &[u8], signer: &SigningKey) -> Vec<u8> {
+    frame(MAGIC, body, signer)
+}
+
+/// `magic | version | length | body | checksum | signer | signature`.
+fn frame(magic: [u8; 8], body: &[u8], signer: &SigningKey) -> Vec<u8> {
     let mut out = Vec::with_capacity(PREFIX + body.len() + TRAILER);
-    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&magic);
     out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
     out.extend_from_slice(&(body.len() as u64).to_le_bytes());
     out.extend_from_slice(body);
@@ -122,6 +127,62 @@ pub fn sign_body(body: &[u8], signer: &SigningKey) -> Vec<u8> {
     let signature = signer.sign(&out);
     out.extend_from_slice(&signature.to_bytes());
     out
+}
+
+/// The body of a framed file, once size, magic, version, length, checksum, signer and
+/// signature check, in that order.
+fn unframe<'a>(
+    magic: [u8; 8],
+    bytes: &'a [u8],
+    trusted: &VerifyingKey,
+) -> Result<&'a [u8], BundleError> {
+    if bytes.len() < PREFIX + TRAILER {
+        return Err(BundleError::Truncated {
+            len: bytes.len() as u64,
+            expected: (PREFIX + TRAILER) as u64,
+        });
+    }
+    if bytes[..8] != magic {
+        return Err(BundleError::BadMagic);
+    }
+    let version = u16::from_le_bytes([bytes[8], bytes[9]]);
+    if version != FORMAT_VERSION {
+        return Err(BundleError::Version { found: version });
+    }
+    let body_len = u64::from_le_bytes(bytes[10..18].try_into().expect("8 bytes"));
+    let expected = (PREFIX as u64)
+        .checked_add(body_len)
+        .and_then(|v| v.checked_add(TRAILER as u64));
+    match expected {
+        Some(e) if e == bytes.len() as u64 => {}
+        Some(e) if e > bytes.len() as u64 => {
+            return Err(BundleError::Truncated {
+                len: bytes.len() as u64,
+                expected: e,
+            });
+        }
+        _ => return Err(BundleError::TrailingBytes),
+    }
+    let body_end = PREFIX + body_len as usize;
+    let body = &bytes[PREFIX..body_end];
+    if Sha256::digest(body)[..] != bytes[body_end..body_end + 32] {
+        return Err(BundleError::Checksum);
+    }
+    let signer = &bytes[body_end + 32..body_end + 40];
+    if signer == [0u8; 8] {
+        return Err(BundleError::Unsigned);
+    }
+    if signer != fingerprint(trusted) {
+        return Err(BundleError::WrongSigner {
+            signer: hex(signer),
+            trusted: hex(&fingerprint(trusted)),
+        });
+    }
+    let signature = Signature::from_bytes(bytes[body_end + 40..].try_into().expect("64 bytes"));
+    trusted
+        .verify_strict(&bytes[..body_end + 40], &signature)
+        .map_err(|_| BundleError::BadSignature)?;
+    Ok(body)
 }
 
 impl EdgeBundle {
@@ -133,52 +194,7 @@ impl EdgeBundle {
 
     /// Verify and decode a bundle signed by `trusted`.
     pub fn from_bytes(bytes: &[u8], trusted: &VerifyingKey) -> Result<Self, BundleError> {
-        if bytes.len() < PREFIX + TRAILER {
-            return Err(BundleError::Truncated {
-                len: bytes.len() as u64,
-                expected: (PREFIX + TRAILER) as u64,
-            });
-        }
-        if bytes[..8] != MAGIC {
-            return Err(BundleError::BadMagic);
-        }
-        let version = u16::from_le_bytes([bytes[8], bytes[9]]);
-        if version != FORMAT_VERSION {
-            return Err(BundleError::Version { found: version });
-        }
-        let body_len = u64::from_le_bytes(bytes[10..18].try_into().expect("8 bytes"));
-        let expected = (PREFIX as u64)
-            .checked_add(body_len)
-            .and_then(|v| v.checked_add(TRAILER as u64));
-        match expected {
-            Some(e) if e == bytes.len() as u64 => {}
-            Some(e) if e > bytes.len() as u64 => {
-                return Err(BundleError::Truncated {
-                    len: bytes.len() as u64,
-                    expected: e,
-                });
-            }
-            _ => return Err(BundleError::TrailingBytes),
-        }
-        let body_end = PREFIX + body_len as usize;
-        let body = &bytes[PREFIX..body_end];
-        if Sha256::digest(body)[..] != bytes[body_end..body_end + 32] {
-            return Err(BundleError::Checksum);
-        }
-        let signer = &bytes[body_end + 32..body_end + 40];
-        if signer == [0u8; 8] {
-            return Err(BundleError::Unsigned);
-        }
-        if signer != fingerprint(trusted) {
-            return Err(BundleError::WrongSigner {
-                signer: hex(signer),
-                trusted: hex(&fingerprint(trusted)),
-            });
-        }
-        let signature = Signature::from_bytes(bytes[body_end + 40..].try_into().expect("64 bytes"));
-        trusted
-            .verify_strict(&bytes[..body_end + 40], &signature)
-            .map_err(|_| BundleError::BadSignature)?;
+        let body = unframe(MAGIC, bytes, trusted)?;
         let bundle: EdgeBundle =
             postcard::from_bytes(body).map_err(|e| BundleError::Undecodable(e.to_string()))?;
         bundle.check()?;
@@ -223,6 +239,67 @@ impl EdgeBundle {
     }
 }
 
+/// Magic of a model update: a bundle without its keys.
+pub const UPDATE_MAGIC: [u8; 8] = *b"HEDGEUPD";
+
+/// Keys once, models many: a bundle's header, encrypted model and extractor, to run under
+/// the keys of a bundle the board already holds (same key set, same parameters). Framed and
+/// signed like a bundle, under its own magic, so neither can pass for the other.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ModelUpdate {
+    /// The id of the full bundle it was cut from: results name it, and the registry knows it.
+    pub bundle_id: String,
+    pub header: BundleHeader,
+    pub model: EncryptedModel,
+    pub extractor: Option<PlainExtractor>,
+}
+
+impl ModelUpdate {
+    /// The update carrying `bundle` (whose signed bytes have id `bundle_id`).
+    pub fn of(bundle: EdgeBundle, bundle_id: String) -> Self {
+        Self {
+            bundle_id,
+            header: bundle.header,
+            model: bundle.model,
+            extractor: bundle.extractor,
+        }
+    }
+
+    pub fn to_bytes(&self, signer: &SigningKey) -> Vec<u8> {
+        let body = postcard::to_allocvec(self).expect("serialising to a Vec cannot fail");
+        frame(UPDATE_MAGIC, &body, signer)
+    }
+
+    pub fn from_bytes(bytes: &[u8], trusted: &VerifyingKey) -> Result<Self, BundleError> {
+        let body = unframe(UPDATE_MAGIC, bytes, trusted)?;
+        postcard::from_bytes(body).map_err(|e| BundleError::Undecodable(e.to_string()))
+    }
+
+    /// The full bundle: this model under `base`'s keys, if they are the ones it was made for.
+    pub fn compose(self, base: EdgeBundle) -> Result<EdgeBundle, BundleError> {
+        if base.header.key_id != self.header.key_id || base.header.params != self.header.params {
+            return Err(BundleError::Inconsistent(format!(
+                "the model update needs key set {} with its {}-bit parameters (gadget level {}); \
+                 the board holds {} ({}-bit, level {}): deploy the full bundle",
+                hex(&self.header.key_id),
+                self.header.params.security,
+                self.header.params.pbs.level,
+                hex(&base.header.key_id),
+                base.header.params.security,
+                base.header.params.pbs.level,
+            )));
+        }
+        let bundle = EdgeBundle {
+            header: self.header,
+            keys: base.keys,
+            model: self.model,
+            extractor: self.extractor,
+        };
+        bundle.check()?;
+        Ok(bundle)
+    }
+}
+
 /// A verified bundle, as read from its file.
 pub struct Opened {
     pub bundle: EdgeBundle,
@@ -247,6 +324,23 @@ pub fn open(path: &Path, trusted: &VerifyingKey) -> Result<Opened, BundleError> 
     Ok(Opened {
         bundle,
         id: bundle_id(&bytes),
+        len: bytes.len(),
+    })
+}
+
+/// Read a model update and the bundle whose keys it runs under, both verified against
+/// `trusted`, as the bundle they make.
+pub fn open_update(
+    update: &Path,
+    base: &Path,
+    trusted: &VerifyingKey,
+) -> Result<Opened, BundleError> {
+    let bytes = crate::files::read(update)?;
+    let update = ModelUpdate::from_bytes(&bytes, trusted)?;
+    let base = open(base, trusted)?;
+    Ok(Opened {
+        id: update.bundle_id.clone(),
+        bundle: update.compose(base.bundle)?,
         len: bytes.len(),
     })
 }
@@ -322,6 +416,46 @@ mod tests {
             Ok(_) => panic!("accepted a bad bundle"),
             Err(e) => e,
         }
+    }
+
+    #[test]
+    fn a_model_update_runs_only_under_the_keys_it_was_made_for() {
+        let (bytes, signer, _) = fixture();
+        let key = signer.verifying_key();
+        let full = EdgeBundle::from_bytes(&bytes, &key).unwrap();
+        let update = ModelUpdate::of(full.clone(), bundle_id(&bytes));
+        let update_bytes = update.to_bytes(&signer);
+        // No keys: a fraction of the bundle.
+        assert!(
+            update_bytes.len() * 2 < bytes.len(),
+            "{} vs {}",
+            update_bytes.len(),
+            bytes.len()
+        );
+        // Neither passes for the other.
+        assert!(matches!(
+            EdgeBundle::from_bytes(&update_bytes, &key),
+            Err(BundleError::BadMagic)
+        ));
+        assert!(matches!(
+            ModelUpdate::from_bytes(&bytes, &key),
+            Err(BundleError::BadMagic)
+        ));
+        let other = SigningKey::from_bytes(&[9u8; 32]);
+        assert!(matches!(
+            ModelUpdate::from_bytes(&update.to_bytes(&other), &key),
+            Err(BundleError::WrongSigner { .. })
+        ));
+        let composed = ModelUpdate::from_bytes(&update_bytes, &key)
+            .unwrap()
+            .compose(full.clone())
+            .unwrap();
+        composed.engine().unwrap();
+        // Under another key set: refused, naming what to do.
+        let (other_bytes, _, _) = fixture();
+        let other_base = EdgeBundle::from_bytes(&other_bytes, &key).unwrap();
+        let e = update.compose(other_base).err().unwrap().to_string();
+        assert!(e.contains("deploy the full bundle"), "{e}");
     }
 
     #[test]

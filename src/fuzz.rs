@@ -137,7 +137,12 @@ pub fn result_message(data: &[u8]) {
 pub fn ack(data: &[u8]) {
     let f = fixture();
     let _ = Ack::decode(data, &f.signer.verifying_key(), "board");
-    let signed = crate::transport::ack::sign_body(data, &f.signer);
+    let signed = crate::transport::sealed::seal(
+        crate::transport::ack::DOMAIN,
+        crate::transport::ack::ACK_VERSION,
+        data,
+        &f.signer,
+    );
     let _ = Ack::decode(&signed, &f.signer.verifying_key(), "board");
 }
 

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 const MAX_HEALTH_MESSAGE: usize = 16 * 1024;
 
 /// A JSON object of at most [`MAX_HEALTH_MESSAGE`] bytes that names `device`.
-fn object_for(device: &str, payload: &[u8]) -> Result<serde_json::Value, String> {
+pub(crate) fn object_for(device: &str, payload: &[u8]) -> Result<serde_json::Value, String> {
     if payload.len() > MAX_HEALTH_MESSAGE {
         return Err(format!("{} bytes", payload.len()));
     }
@@ -60,7 +60,7 @@ pub fn parse_status(device: &str, payload: &[u8], at_ms: u64) -> Result<HealthRe
 }
 
 /// The device a topic names under `template` (every other level must match).
-fn device_of<'t>(template: &str, topic: &'t str) -> Option<&'t str> {
+pub(crate) fn device_of<'t>(template: &str, topic: &'t str) -> Option<&'t str> {
     let device = topic_device(template, topic)?;
     (template.replace("{device}", device) == topic).then_some(device)
 }

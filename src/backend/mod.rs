@@ -4,6 +4,7 @@
 
 pub mod broker;
 pub mod decryptor;
+pub mod deploy;
 pub mod fleet;
 pub mod keys;
 pub mod protect;

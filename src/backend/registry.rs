@@ -70,7 +70,61 @@ const MIGRATIONS: &[&str] = &[
         metrics TEXT,
         metrics_ms INTEGER
     );",
+    // 3: device groups, deployments and where each target stands.
+    "ALTER TABLE devices ADD COLUMN grp TEXT;
+    CREATE TABLE deployments (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        bundle TEXT NOT NULL,
+        epoch INTEGER NOT NULL,
+        file TEXT NOT NULL,
+        update_file TEXT,
+        chunk_size INTEGER NOT NULL,
+        created_ms INTEGER NOT NULL,
+        cancelled INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE deployment_targets (
+        deployment INTEGER NOT NULL REFERENCES deployments(id),
+        device TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        received INTEGER NOT NULL DEFAULT 0,
+        reason TEXT,
+        running TEXT,
+        updated_ms INTEGER NOT NULL,
+        PRIMARY KEY (deployment, device)
+    );",
 ];
+
+/// A deployment as the backend made it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DeploymentRecord {
+    pub id: u64,
+    pub bundle: String,
+    pub epoch: u64,
+    /// The signed bundle, and the model update cut from it (if a target takes one).
+    pub file: PathBuf,
+    pub update_file: Option<PathBuf>,
+    pub chunk_size: u32,
+    pub created_ms: u64,
+    pub cancelled: bool,
+}
+
+/// One board's part in a deployment, as it last reported it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TargetRecord {
+    pub deployment: u64,
+    pub device: String,
+    /// "bundle" or "model-update".
+    pub payload: String,
+    pub size: u64,
+    pub state: String,
+    pub received: u64,
+    pub reason: Option<String>,
+    /// The bundle the board said it runs.
+    pub running: Option<String>,
+    pub updated_ms: u64,
+}
 
 /// A board's health as it last reported it.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -493,6 +547,180 @@ impl Registry {
             .collect::<rusqlite::Result<Vec<_>>>()
             .map_err(sql)?;
         Ok(rows)
+    }
+
+    /// Put an enrolled device in a group (deployments can target groups).
+    pub fn set_group(&self, device: &str, group: &str) -> Result<()> {
+        let n = self
+            .conn
+            .execute(
+                "UPDATE devices SET grp = ?2 WHERE id = ?1",
+                params![device, group],
+            )
+            .map_err(sql)?;
+        if n == 0 {
+            return Err(BackendError::Registry(format!("no device {device}")));
+        }
+        Ok(())
+    }
+
+    /// The devices of a group (none revoked), by id.
+    pub fn group(&self, group: &str) -> Result<Vec<String>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id FROM devices WHERE grp = ?1 AND state != 'revoked' ORDER BY id")
+            .map_err(sql)?;
+        let rows = stmt
+            .query_map([group], |r| r.get(0))
+            .map_err(sql)?
+            .collect::<rusqlite::Result<Vec<String>>>()
+            .map_err(sql)?;
+        Ok(rows)
+    }
+
+    /// The key set a recorded bundle was made under.
+    pub fn bundle_key_id(&self, bundle: &str) -> Result<Option<String>> {
+        self.conn
+            .query_row("SELECT key_id FROM bundles WHERE id = ?1", [bundle], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(sql)
+    }
+
+    /// A new deployment of `bundle`; its files are named once its id is known.
+    pub fn add_deployment(&self, bundle: &str, epoch: u64, chunk_size: u32) -> Result<u64> {
+        self.conn
+            .execute(
+                "INSERT INTO deployments (bundle, epoch, file, chunk_size, created_ms)
+                 VALUES (?1, ?2, '', ?3, ?4)",
+                params![bundle, epoch as i64, chunk_size, now_ms()],
+            )
+            .map_err(sql)?;
+        Ok(self.conn.last_insert_rowid() as u64)
+    }
+
+    pub fn set_deployment_files(&self, id: u64, file: &Path, update: Option<&Path>) -> Result<()> {
+        self.conn
+            .execute(
+                "UPDATE deployments SET file = ?2, update_file = ?3 WHERE id = ?1",
+                params![
+                    id as i64,
+                    file.to_string_lossy(),
+                    update.map(|u| u.to_string_lossy().into_owned())
+                ],
+            )
+            .map_err(sql)?;
+        Ok(())
+    }
+
+    pub fn add_target(
+        &self,
+        deployment: u64,
+        device: &str,
+        payload: &str,
+        size: u64,
+    ) -> Result<()> {
+        self.conn
+            .execute(
+                "INSERT INTO deployment_targets (deployment, device, payload, size, state,
+                 updated_ms) VALUES (?1, ?2, ?3, ?4, 'offered', ?5)",
+                params![deployment as i64, device, payload, size as i64, now_ms()],
+            )
+            .map_err(sql)?;
+        Ok(())
+    }
+
+    pub fn deployment(&self, id: u64) -> Result<Option<DeploymentRecord>> {
+        self.conn
+            .query_row(
+                "SELECT id, bundle, epoch, file, update_file, chunk_size, created_ms, cancelled
+                 FROM deployments WHERE id = ?1",
+                [id as i64],
+                |r| {
+                    Ok(DeploymentRecord {
+                        id: r.get::<_, i64>(0)? as u64,
+                        bundle: r.get(1)?,
+                        epoch: r.get::<_, i64>(2)? as u64,
+                        file: PathBuf::from(r.get::<_, String>(3)?),
+                        update_file: r.get::<_, Option<String>>(4)?.map(PathBuf::from),
+                        chunk_size: r.get(5)?,
+                        created_ms: r.get::<_, i64>(6)? as u64,
+                        cancelled: r.get(7)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(sql)
+    }
+
+    pub fn cancel_deployment(&self, id: u64) -> Result<()> {
+        self.conn
+            .execute(
+                "UPDATE deployments SET cancelled = 1 WHERE id = ?1",
+                [id as i64],
+            )
+            .map_err(sql)?;
+        Ok(())
+    }
+
+    /// Targets of one deployment, or of all (newest deployment first).
+    pub fn targets(&self, deployment: Option<u64>) -> Result<Vec<TargetRecord>> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT deployment, device, payload, size, state, received, reason, running,
+                        updated_ms FROM deployment_targets
+                 WHERE ?1 IS NULL OR deployment = ?1 ORDER BY deployment DESC, device",
+            )
+            .map_err(sql)?;
+        let rows = stmt
+            .query_map([deployment.map(|d| d as i64)], |r| {
+                Ok(TargetRecord {
+                    deployment: r.get::<_, i64>(0)? as u64,
+                    device: r.get(1)?,
+                    payload: r.get(2)?,
+                    size: r.get::<_, i64>(3)? as u64,
+                    state: r.get(4)?,
+                    received: r.get::<_, i64>(5)? as u64,
+                    reason: r.get(6)?,
+                    running: r.get(7)?,
+                    updated_ms: r.get::<_, i64>(8)? as u64,
+                })
+            })
+            .map_err(sql)?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(sql)?;
+        Ok(rows)
+    }
+
+    /// What a board reported; false if it is no target of that deployment.
+    pub fn record_target_state(
+        &self,
+        deployment: u64,
+        device: &str,
+        state: &str,
+        received: u64,
+        reason: Option<&str>,
+        running: &str,
+    ) -> Result<bool> {
+        let n = self
+            .conn
+            .execute(
+                "UPDATE deployment_targets SET state = ?3, received = ?4, reason = ?5,
+                 running = ?6, updated_ms = ?7 WHERE deployment = ?1 AND device = ?2",
+                params![
+                    deployment as i64,
+                    device,
+                    state,
+                    received as i64,
+                    reason,
+                    running,
+                    now_ms()
+                ],
+            )
+            .map_err(sql)?;
+        Ok(n > 0)
     }
 
     /// An operator clears a quarantined device: it is active again, its count reset.

@@ -55,6 +55,15 @@ impl Health {
         self.changed.store(true, Ordering::Relaxed);
     }
 
+    /// The running bundle's id.
+    pub fn bundle_id(&self) -> String {
+        self.bundle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .clone()
+    }
+
     /// One inference done, taking `took`.
     pub fn inferred(&self, took: Duration) {
         self.inferences.fetch_add(1, Ordering::Relaxed);

@@ -1,6 +1,7 @@
 //! The running model: a verified bundle expanded into its engine and extractor, and the
 //! feature mode, turning one input into an encrypted result.
 
+use super::deploy::installed::BundleRef;
 use super::error::EdgeError;
 use super::settings::Reloadable;
 use super::state::State;
@@ -18,6 +19,8 @@ pub struct Inference {
     /// The plaintext feature extractor, for bundles split from a CNN.
     extractor: Option<Extractor>,
     pub bundle_id: String,
+    /// Where the bundle came from (the configuration, or a deployment).
+    pub source: BundleRef,
     features: FeatureMode,
 }
 
@@ -30,15 +33,21 @@ pub struct Inferred {
 }
 
 impl Inference {
-    /// Verify and expand the bundle the settings name; a bundle older than the newest the
-    /// board accepted is refused before it is expanded.
-    pub fn load(settings: &Reloadable, state: &State) -> Result<Self, EdgeError> {
+    /// Verify and expand `source` against the settings' trust anchor; a bundle older than the
+    /// newest the board accepted is refused before it is expanded (the expansion is the test
+    /// load).
+    pub fn load(
+        source: &BundleRef,
+        settings: &Reloadable,
+        state: &State,
+    ) -> Result<Self, EdgeError> {
         let file_error = |e| EdgeError::BundleFile {
-            path: settings.bundle.display().to_string(),
+            path: source.file.display().to_string(),
             cause: e,
         };
-        let opened = crate::bundle::open_verified(&settings.bundle, &settings.verifying_key)
-            .map_err(file_error)?;
+        let trusted =
+            crate::bundle::load_verifying_key(&settings.verifying_key).map_err(file_error)?;
+        let opened = source.open(&trusted).map_err(file_error)?;
         let epoch = opened.bundle.header.epoch;
         state.check_epoch(epoch)?;
         let ready = opened.ready().map_err(file_error)?;
@@ -47,6 +56,7 @@ impl Inference {
             epoch,
             extractor: ready.extractor,
             bundle_id: ready.id,
+            source: source.clone(),
             features: settings.features,
         })
     }

@@ -15,6 +15,7 @@
 //! STATUS= lines, WATCHDOG=1 while the scheduler is responsive, STOPPING=1 on a stop signal.
 
 pub mod delivery;
+pub mod deploy;
 pub mod error;
 pub mod health;
 pub mod identity;
@@ -36,11 +37,13 @@ pub mod watchdog;
 pub use error::EdgeError;
 pub use scheduler::Summary;
 
+use deploy::installed::{BundleRef, Installed};
+use deploy::Deployments;
 use inference::Inference;
 use notify::Notifier;
 use queue::BoundedQueue;
 use reload::{Reload, Reloader};
-use scheduler::Scheduler;
+use scheduler::{Probation, Scheduler};
 use settings::Settings;
 use shutdown::Shutdown;
 use sink::Sink;
@@ -55,8 +58,10 @@ pub fn run(settings: Settings, reloader: Reloader) -> Result<Summary, EdgeError>
     let shutdown = Shutdown::from_signals()?;
     let start = &settings.start_up;
     let state = Arc::new(State::open(&start.state_dir)?);
-    let inference = Inference::load(&settings.reloadable, &state)?;
-    state.accept_epoch(inference.epoch)?;
+    let (inference, previous) = load_running(&settings, &state)?;
+    if previous.is_none() {
+        state.accept_epoch(inference.epoch)?;
+    }
     log::info!("device {}: {}", start.device_id, inference.describe());
     let queue = Arc::new(BoundedQueue::new(
         start.queue.capacity,
@@ -71,7 +76,12 @@ pub fn run(settings: Settings, reloader: Reloader) -> Result<Summary, EdgeError>
         queue.clone(),
         rejects.clone(),
     ));
-    let sink = Sink::open(&settings, health.clone())?;
+    let deployments = Arc::new(Deployments::new(
+        &start.device_id,
+        state.clone(),
+        health.clone(),
+    ));
+    let sink = Sink::open(&settings, health.clone(), deployments.clone())?;
     let _acquisition = source::start(
         &start.input,
         queue.clone(),
@@ -85,6 +95,10 @@ pub fn run(settings: Settings, reloader: Reloader) -> Result<Summary, EdgeError>
         shutdown.clone(),
         start.watchdog_max_inference,
     )?;
+    let rollback_after = match &start.sink {
+        settings::SinkSettings::Broker { mqtt, .. } => mqtt.rollback_after_failures.max(1),
+        settings::SinkSettings::Files { .. } => 1,
+    };
     notifier.send(&format!("READY=1\nSTATUS=running {}", inference.describe()));
     Scheduler {
         settings,
@@ -93,10 +107,72 @@ pub fn run(settings: Settings, reloader: Reloader) -> Result<Summary, EdgeError>
         rejects,
         sink,
         health,
-        reload: Reload::new(reloader, state),
+        reload: Reload::new(reloader, state, deployments.clone()),
+        rollback_after,
+        probation: previous.map(|(deployment, previous)| Probation {
+            deployment,
+            previous: Box::new(previous),
+            rejected_before: 0,
+        }),
+        deployments,
         shutdown,
         heartbeat,
         notifier,
     }
     .run()
+}
+
+/// The bundle to run: the deployed one if installed (with the one it replaced, while it has
+/// not yet inferred), else — or if the deployed one no longer loads — the configured one.
+#[allow(clippy::type_complexity)]
+fn load_running(
+    settings: &Settings,
+    state: &State,
+) -> Result<(Inference, Option<(u64, Inference)>), EdgeError> {
+    let configured = &settings.reloadable.bundle;
+    let installed = Installed::new(state.dir());
+    let Some(active) = installed.active() else {
+        return Ok((
+            Inference::load(
+                &BundleRef::configured(configured),
+                &settings.reloadable,
+                state,
+            )?,
+            None,
+        ));
+    };
+    let deployed = match Inference::load(&active.bundle, &settings.reloadable, state) {
+        Ok(i) => i,
+        Err(e) => {
+            log::error!(
+                "the deployed bundle does not load ({e}); running the configured {}",
+                configured.display()
+            );
+            let configured = BundleRef::configured(configured);
+            let _ = installed.roll_back(&configured);
+            return Ok((
+                Inference::load(&configured, &settings.reloadable, state)?,
+                None,
+            ));
+        }
+    };
+    log::info!(
+        "running deployed bundle {} (deployment {}) instead of the configured {}",
+        deployed.bundle_id,
+        active.bundle.deployment.unwrap_or(0),
+        configured.display()
+    );
+    // Restarted before the new bundle inferred: it is still on probation.
+    let previous = match (
+        active.confirmed,
+        installed.previous(),
+        active.bundle.deployment,
+    ) {
+        (false, Some(p), Some(deployment)) => Inference::load(&p, &settings.reloadable, state)
+            .map_err(|e| log::warn!("the previous bundle does not load ({e}): no rollback"))
+            .ok()
+            .map(|p| (deployment, p)),
+        _ => None,
+    };
+    Ok((deployed, previous))
 }

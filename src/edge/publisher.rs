@@ -17,6 +17,7 @@
 //! delivery bookkeeping skips).
 
 use super::delivery::{Delivery, Release};
+use super::deploy::{Deployer, Deployments, Transfer};
 use super::error::EdgeError;
 use super::health::Health;
 use super::spool::Spool;
@@ -64,6 +65,7 @@ impl Publisher {
         identity: Identity,
         spool: Arc<Spool>,
         health: Arc<Health>,
+        deployments: Arc<Deployments>,
     ) -> Result<Self, EdgeError> {
         let mut options = config.options(client_id)?;
         let status = config.status_topic.replace("{device}", &identity.device);
@@ -80,6 +82,22 @@ impl Publisher {
                 metrics: config.metrics_topic.replace("{device}", &identity.device),
                 interval: (config.metrics_interval_s > 0)
                     .then(|| Duration::from_secs(config.metrics_interval_s)),
+            },
+            deploy: DeployRoute {
+                offer: config.deploy_topic_for(&identity.device, "offer"),
+                data: config.deploy_topic_for(&identity.device, "data"),
+                get: config.deploy_topic_for(&identity.device, "get"),
+                state: config.deploy_topic_for(&identity.device, "state"),
+                deployer: std::cell::RefCell::new(Deployer::new(
+                    deployments.clone(),
+                    identity.backend,
+                    Transfer {
+                        window: config.deploy_window.max(1),
+                        max_bytes: config.deploy_max_bytes,
+                        timeout: Duration::from_secs(config.deploy_timeout_s.max(1)),
+                    },
+                )),
+                deployments,
             },
             results: config.topic_for(&identity.device),
             acks: config
@@ -183,9 +201,60 @@ impl HealthRoute {
     }
 }
 
+/// Deployments: offers and chunks in, chunk requests and states out (QoS 0 out, so that
+/// only results are numbered).
+struct DeployRoute {
+    offer: String,
+    data: String,
+    get: String,
+    state: String,
+    deployer: std::cell::RefCell<Deployer>,
+    deployments: Arc<Deployments>,
+}
+
+impl DeployRoute {
+    fn connected(&self, conn: &mut Connection) {
+        conn.subscribe(&self.offer, QoS::AtLeastOnce);
+        conn.subscribe(&self.data, QoS::AtLeastOnce);
+        self.deployer.borrow_mut().reconnected();
+        if let Some(report) = self.deployments.last_report() {
+            let _ = conn
+                .client()
+                .try_publish(&self.state, QoS::AtMostOnce, true, report);
+        }
+    }
+
+    /// States to report and chunks to ask for.
+    fn outgoing(&self, conn: &Connection) {
+        if let Some(report) = self.deployments.take_report() {
+            let _ = conn
+                .client()
+                .try_publish(&self.state, QoS::AtMostOnce, true, report);
+        }
+        for request in self.deployer.borrow_mut().requests(Instant::now()) {
+            let _ = conn
+                .client()
+                .try_publish(&self.get, QoS::AtMostOnce, false, request);
+        }
+    }
+
+    /// True if the message was a deployment's.
+    fn incoming(&self, topic: &str, payload: &[u8]) -> bool {
+        if topic == self.offer {
+            self.deployer.borrow_mut().offered(payload);
+        } else if topic == self.data {
+            self.deployer.borrow_mut().chunk(payload);
+        } else {
+            return false;
+        }
+        true
+    }
+}
+
 /// Where results go and acknowledgements come from.
 struct Route {
     health: HealthRoute,
+    deploy: DeployRoute,
     results: String,
     /// None: results leave the spool at the broker's PUBACK.
     acks: Option<String>,
@@ -246,6 +315,7 @@ async fn run(
                     );
                 }
                 publish_from_spool(&mut conn, &mut delivery, &spool, &route);
+                route.deploy.outgoing(&conn);
             }
             let event = tokio::select! {
                 event = conn.next() => event,
@@ -262,6 +332,7 @@ async fn run(
                         conn.subscribe(acks, QoS::AtLeastOnce);
                     }
                     route.health.status(&conn, true);
+                    route.deploy.connected(&mut conn);
                 }
                 // Packet id 0: a QoS 0 status or metrics message, not a result.
                 Ok(Event::Outgoing(Outgoing::Publish(pkid))) if pkid != 0 => {
@@ -274,7 +345,9 @@ async fn run(
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
-                    acknowledged(&p.payload, &route.identity, &mut delivery, &spool)
+                    if !route.deploy.incoming(&p.topic, &p.payload) {
+                        acknowledged(&p.payload, &route.identity, &mut delivery, &spool)
+                    }
                 }
                 Ok(_) => {}
                 Err(e) => break e,

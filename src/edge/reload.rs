@@ -1,98 +1,203 @@
-//! SIGHUP: re-read the settings and load the bundle they name on a helper thread, so
-//! inference goes on meanwhile; the scheduler switches between two inferences once the new
-//! bundle verifies. A bundle that fails leaves the old one running; start-up settings that
-//! changed are named and keep their old value.
+//! Bundle swaps: a SIGHUP (re-read the settings) or a fetched deployment. The new bundle is
+//! verified and loaded on a helper thread, so inference goes on meanwhile; the scheduler
+//! switches between two inferences once it is ready. A bundle that fails leaves the old one
+//! running; start-up settings that changed are named and keep their old value.
 
+use super::deploy::installed::BundleRef;
+use super::deploy::{Candidate, Deployments};
 use super::error::EdgeError;
 use super::inference::Inference;
 use super::settings::Settings;
 use super::state::State;
 use crate::files::IoError;
+use crate::transport::deploy::Payload;
 use std::sync::mpsc;
 use std::sync::Arc;
 
 /// Re-reads the settings for a SIGHUP (the file, with the command line's overrides).
 pub type Reloader = Box<dyn Fn() -> Result<Settings, EdgeError> + Send + Sync>;
 
+type Loaded = Result<(Option<Settings>, Inference), EdgeError>;
+
+struct Pending {
+    /// None: a SIGHUP.
+    deployment: Option<u64>,
+    rx: mpsc::Receiver<Loaded>,
+}
+
+/// What [`Reload::apply`] did.
+pub enum Applied {
+    Nothing,
+    /// A SIGHUP switched bundle or settings.
+    Reloaded,
+    /// A deployment's bundle runs now; `previous` is kept until it proves itself.
+    Deployed {
+        deployment: u64,
+        previous: Box<Inference>,
+    },
+    /// A deployment's bundle failed verification or its test load.
+    Refused {
+        deployment: u64,
+        why: String,
+    },
+}
+
 pub struct Reload {
     reloader: Arc<Reloader>,
     state: Arc<State>,
-    pending: Option<mpsc::Receiver<Result<(Settings, Inference), EdgeError>>>,
+    deployments: Arc<Deployments>,
+    pending: Option<Pending>,
 }
 
 impl Reload {
-    pub fn new(reloader: Reloader, state: Arc<State>) -> Self {
+    pub fn new(reloader: Reloader, state: Arc<State>, deployments: Arc<Deployments>) -> Self {
         Self {
             reloader: Arc::new(reloader),
             state,
+            deployments,
             pending: None,
         }
     }
 
-    /// Start a reload unless one is under way.
+    fn spawn(
+        &mut self,
+        deployment: Option<u64>,
+        load: impl FnOnce() -> Loaded + Send + 'static,
+    ) -> Result<(), EdgeError> {
+        let (tx, rx) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("reload".into())
+            .spawn(move || {
+                let _ = tx.send(load());
+            })
+            .map_err(|e| IoError::new("reload thread", e))?;
+        self.pending = Some(Pending { deployment, rx });
+        Ok(())
+    }
+
+    /// A SIGHUP: start a reload unless one is under way. A deployed bundle stays the bundle
+    /// (the configured one is where the board started from).
     pub fn start(&mut self) -> Result<(), EdgeError> {
         if self.pending.is_some() {
             return Ok(());
         }
         log::info!("SIGHUP: reloading the configuration");
-        let (tx, rx) = mpsc::channel();
         let (reloader, state) = (self.reloader.clone(), self.state.clone());
-        std::thread::Builder::new()
-            .name("reload".into())
-            .spawn(move || {
-                let result =
-                    reloader().and_then(|s| Inference::load(&s.reloadable, &state).map(|i| (s, i)));
-                let _ = tx.send(result);
-            })
-            .map_err(|e| IoError::new("reload thread", e))?;
-        self.pending = Some(rx);
-        Ok(())
+        let deployments = self.deployments.clone();
+        self.spawn(None, move || {
+            let settings = reloader()?;
+            let source = deployments.installed.source_or(&settings.reloadable.bundle);
+            let inference = Inference::load(&source, &settings.reloadable, &state)?;
+            Ok((Some(settings), inference))
+        })
     }
 
-    /// Apply a finished reload to `settings` and `inference`; true if it switched.
-    pub fn apply(&mut self, settings: &mut Settings, inference: &mut Inference) -> bool {
-        let Some(rx) = &self.pending else {
-            return false;
-        };
-        let outcome = match rx.try_recv() {
-            Err(mpsc::TryRecvError::Empty) => return false,
-            Err(mpsc::TryRecvError::Disconnected) => None,
-            Ok(outcome) => Some(outcome),
-        };
-        self.pending = None;
-        match outcome {
-            Some(Ok((new_settings, new))) => {
-                if let Err(e) = self.state.accept_epoch(new.epoch) {
-                    log::error!(
-                        "reload refused, still running bundle {}: {e}",
-                        inference.bundle_id
-                    );
-                    return false;
-                }
-                let changed = settings.restart_only_changes(&new_settings);
-                if !changed.is_empty() {
-                    log::warn!(
-                        "reload: {} changed but take effect only on a restart",
-                        changed.join(", ")
-                    );
-                }
-                log::info!(
-                    "reloaded: {} replaces {}",
-                    new.describe(),
-                    inference.bundle_id
-                );
-                settings.reloadable = new_settings.reloadable;
-                *inference = new;
-                true
-            }
-            Some(Err(e)) => {
-                log::error!(
-                    "reload refused, still running bundle {}: {e}",
-                    inference.bundle_id
-                );
-                false
-            }
-            None => false,
+    /// Verify and load a fetched deployment (after a reload under way, if any). A model update
+    /// runs under the keys of the bundle running now.
+    pub fn start_deployment(
+        &mut self,
+        candidate: Candidate,
+        settings: &Settings,
+        running: &BundleRef,
+    ) -> Result<(), EdgeError> {
+        if self.pending.is_some() {
+            self.deployments.hand_over(candidate);
+            return Ok(());
         }
+        let source = BundleRef {
+            file: candidate.file,
+            base: (candidate.payload == Payload::ModelUpdate)
+                .then(|| running.key_bundle().to_path_buf()),
+            deployment: Some(candidate.deployment),
+        };
+        let (reloadable, state) = (settings.reloadable.clone(), self.state.clone());
+        self.spawn(Some(candidate.deployment), move || {
+            Ok((None, Inference::load(&source, &reloadable, &state)?))
+        })
+    }
+
+    /// Record that a bundle of `epoch` runs (see [`State::accept_epoch`]).
+    pub fn accept_epoch(&self, epoch: u64) -> Result<(), EdgeError> {
+        self.state.accept_epoch(epoch)
+    }
+
+    /// Apply a finished load to `settings` and `inference`.
+    pub fn apply(&mut self, settings: &mut Settings, inference: &mut Inference) -> Applied {
+        let Some(pending) = &self.pending else {
+            return Applied::Nothing;
+        };
+        let outcome = match pending.rx.try_recv() {
+            Err(mpsc::TryRecvError::Empty) => return Applied::Nothing,
+            Err(mpsc::TryRecvError::Disconnected) => Err(EdgeError::Settings(
+                "the loading thread ended without a result".into(),
+            )),
+            Ok(outcome) => outcome,
+        };
+        let deployment = pending.deployment;
+        self.pending = None;
+        let refused = |e: &dyn std::fmt::Display| {
+            log::error!(
+                "{} refused, still running bundle {}: {e}",
+                deployment.map_or("reload".into(), |d| format!("deployment {d}")),
+                inference.bundle_id
+            );
+        };
+        let (new_settings, new) = match outcome {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                refused(&e);
+                return match deployment {
+                    Some(deployment) => Applied::Refused {
+                        deployment,
+                        why: e.to_string(),
+                    },
+                    None => Applied::Nothing,
+                };
+            }
+        };
+        if let Some(deployment) = deployment {
+            if let Err(e) = self
+                .deployments
+                .installed
+                .install(&new.source, &inference.source)
+            {
+                refused(&e);
+                return Applied::Refused {
+                    deployment,
+                    why: e.to_string(),
+                };
+            }
+            log::info!(
+                "deployment {deployment}: {} replaces {} (kept until the new one infers)",
+                new.describe(),
+                inference.bundle_id
+            );
+            let previous = Box::new(std::mem::replace(inference, new));
+            return Applied::Deployed {
+                deployment,
+                previous,
+            };
+        }
+        if let Err(e) = self.state.accept_epoch(new.epoch) {
+            refused(&e);
+            return Applied::Nothing;
+        }
+        if let Some(new_settings) = new_settings {
+            let changed = settings.restart_only_changes(&new_settings);
+            if !changed.is_empty() {
+                log::warn!(
+                    "reload: {} changed but take effect only on a restart",
+                    changed.join(", ")
+                );
+            }
+            settings.reloadable = new_settings.reloadable;
+        }
+        log::info!(
+            "reloaded: {} replaces {}",
+            new.describe(),
+            inference.bundle_id
+        );
+        *inference = new;
+        Applied::Reloaded
     }
 }

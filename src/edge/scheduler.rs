@@ -1,16 +1,18 @@
 //! The scheduler: one encrypted inference at a time on this thread (no thread pool), from
 //! the acquisition queue to the sink, switching bundles between two inferences on a reload.
 
+use super::deploy::Deployments;
 use super::error::EdgeError;
 use super::inference::Inference;
 use super::notify::Notifier;
 use super::queue::{BoundedQueue, Pop};
-use super::reload::Reload;
+use super::reload::{Applied, Reload};
 use super::settings::Settings;
 use super::shutdown::Shutdown;
 use super::sink::Sink;
 use super::source::Rejects;
 use super::watchdog::Heartbeat;
+use crate::transport::deploy::DeployState;
 use crate::transport::frame::Input;
 use crate::transport::message::{now_ms, ResultMessage};
 use std::sync::Arc;
@@ -25,9 +27,23 @@ pub struct Scheduler {
     /// The board's status and metrics, as the publisher reports them.
     pub health: Arc<super::health::Health>,
     pub reload: Reload,
+    pub deployments: Arc<Deployments>,
+    /// A deployed bundle whose first this-many inputs all fail is rolled back.
+    pub rollback_after: u32,
+    /// A deployed bundle not yet proven, with the one it replaced.
+    pub probation: Option<Probation>,
     pub shutdown: Arc<Shutdown>,
     pub heartbeat: Arc<Heartbeat>,
     pub notifier: Arc<Notifier>,
+}
+
+/// A newly deployed bundle until its first inference succeeds.
+pub struct Probation {
+    pub deployment: u64,
+    /// What a rollback returns to.
+    pub previous: Box<Inference>,
+    /// Rejected inputs counted before it took over.
+    pub rejected_before: u64,
 }
 
 /// How a run ended.
@@ -42,6 +58,56 @@ pub struct Summary {
 }
 
 impl Scheduler {
+    /// Another bundle runs now: the source's width, the status, systemd.
+    fn switched(&mut self) {
+        self.rejects.expect_line_width(self.inference.line_width());
+        self.health
+            .bundle_changed(&self.inference.bundle_id, self.inference.epoch);
+        self.notifier
+            .send(&format!("STATUS=running {}", self.inference.describe()));
+    }
+
+    /// A deployed bundle's first inference succeeded: it stays, and its epoch becomes the
+    /// board's newest.
+    fn confirm_deployment(&mut self) -> Result<(), EdgeError> {
+        let Some(p) = self.probation.take() else {
+            return Ok(());
+        };
+        self.reload.accept_epoch(self.inference.epoch)?;
+        self.deployments.installed.confirm()?;
+        self.deployments
+            .report(p.deployment, DeployState::Active, (0, 0), None);
+        Ok(())
+    }
+
+    /// A deployed bundle whose first inputs all failed gives way to the one it replaced.
+    fn roll_back_if_failing(&mut self) {
+        let Some(p) = &self.probation else {
+            return;
+        };
+        let failed = self.rejects.count().saturating_sub(p.rejected_before);
+        if failed < self.rollback_after as u64 {
+            return;
+        }
+        let p = self.probation.take().expect("probation");
+        let bad = std::mem::replace(&mut self.inference, *p.previous);
+        let why = format!(
+            "its first {failed} input(s) failed; back to bundle {}",
+            self.inference.bundle_id
+        );
+        log::error!(
+            "deployment {}: bundle {} rolled back: {why}",
+            p.deployment,
+            bad.bundle_id
+        );
+        if let Err(e) = self.deployments.installed.roll_back(&self.inference.source) {
+            log::error!("cannot record the rollback: {e}");
+        }
+        self.switched();
+        self.deployments
+            .report(p.deployment, DeployState::RolledBack, (0, 0), Some(why));
+    }
+
     pub fn run(mut self) -> Result<Summary, EdgeError> {
         let device = self.settings.start_up.device_id.clone();
         let mut done = 0u64;
@@ -54,13 +120,30 @@ impl Scheduler {
             if self.shutdown.take_reload() {
                 self.reload.start()?;
             }
-            if self.reload.apply(&mut self.settings, &mut self.inference) {
-                self.rejects.expect_line_width(self.inference.line_width());
-                self.health
-                    .bundle_changed(&self.inference.bundle_id, self.inference.epoch);
-                self.notifier
-                    .send(&format!("STATUS=running {}", self.inference.describe()));
+            if let Some(candidate) = self.deployments.take_candidate() {
+                self.reload
+                    .start_deployment(candidate, &self.settings, &self.inference.source)?;
             }
+            match self.reload.apply(&mut self.settings, &mut self.inference) {
+                Applied::Nothing => {}
+                Applied::Reloaded => self.switched(),
+                Applied::Deployed {
+                    deployment,
+                    previous,
+                } => {
+                    self.probation = Some(Probation {
+                        deployment,
+                        previous,
+                        rejected_before: self.rejects.count(),
+                    });
+                    self.switched();
+                }
+                Applied::Refused { deployment, why } => {
+                    self.deployments
+                        .report(deployment, DeployState::Failed, (0, 0), Some(why))
+                }
+            }
+            self.roll_back_if_failing();
             let input = match self.queue.pop(Duration::from_millis(200)) {
                 Pop::Item(v) => v,
                 Pop::Empty => continue,
@@ -77,6 +160,7 @@ impl Scheduler {
                 }
             };
             done += 1;
+            self.confirm_deployment()?;
             self.health.inferred(inferred.extract + inferred.infer);
             let bundle_id = &self.inference.bundle_id;
             let message = |seq| ResultMessage {

@@ -34,9 +34,11 @@ enum To {
 
 impl Sink {
     /// `health`: what the publisher reports as the board's status and metrics.
+    /// `deployments`: fetched by the publisher over the same connection.
     pub fn open(
         settings: &Settings,
         health: Arc<super::health::Health>,
+        deployments: Arc<super::deploy::Deployments>,
     ) -> Result<Self, EdgeError> {
         let start = &settings.start_up;
         let identity = Arc::new(super::identity::load_or_create(&start.identity_key)?);
@@ -63,8 +65,14 @@ impl Sink {
                     key: identity.clone(),
                     backend,
                 };
-                let publisher =
-                    Publisher::start(mqtt, &client_id, identity, spool.clone(), health)?;
+                let publisher = Publisher::start(
+                    mqtt,
+                    &client_id,
+                    identity,
+                    spool.clone(),
+                    health,
+                    deployments,
+                )?;
                 To::Broker { spool, publisher }
             }
             SinkSettings::Files { out_dir } => {

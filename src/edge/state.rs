@@ -36,6 +36,10 @@ impl State {
         })
     }
 
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     fn epoch_path(&self) -> PathBuf {
         self.dir.join("epoch")
     }

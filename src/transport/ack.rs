@@ -7,11 +7,12 @@
 //! separator and everything before it. A board acts only on acknowledgements that verify and
 //! name it: a forged one could otherwise make it drop results the backend never received.
 
-use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use super::sealed::{open, seal, SealError};
+use ed25519_dalek::{SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
 pub const ACK_VERSION: u8 = 1;
-const DOMAIN: &[u8] = b"hedge ack v1\0";
+pub const DOMAIN: &[u8] = b"hedge ack v1\0";
 /// Far more than a publish window's worth of ranges.
 pub const MAX_ACK_BYTES: usize = 64 << 10;
 
@@ -27,14 +28,8 @@ pub struct Ack {
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum AckError {
-    #[error("acknowledgement of {0} bytes is too large")]
-    Oversized(usize),
-    #[error("acknowledgement version {0}, expected {ACK_VERSION}")]
-    Version(u8),
-    #[error("undecodable acknowledgement: {0}")]
-    Undecodable(String),
-    #[error("acknowledgement signature does not verify (not from the backend)")]
-    BadSignature,
+    #[error("acknowledgement rejected: {0}")]
+    Sealed(#[from] SealError),
     #[error("acknowledgement for device {0}, not this one")]
     OtherDevice(String),
 }
@@ -54,18 +49,11 @@ pub fn ranges(seqs: impl IntoIterator<Item = u64>) -> Vec<(u64, u64)> {
     out
 }
 
-/// An acknowledgement message around `body` (the postcard encoding of an [`Ack`]), signed.
-pub fn sign_body(body: &[u8], backend: &SigningKey) -> Vec<u8> {
-    let mut out = vec![ACK_VERSION];
-    out.extend_from_slice(body);
-    let signature = backend.sign(&[DOMAIN, &out].concat());
-    out.extend_from_slice(&signature.to_bytes());
-    out
-}
-
 impl Ack {
     pub fn encode(&self, backend: &SigningKey) -> Vec<u8> {
-        sign_body(
+        seal(
+            DOMAIN,
+            ACK_VERSION,
             &postcard::to_allocvec(self).expect("serialising to a Vec cannot fail"),
             backend,
         )
@@ -73,22 +61,9 @@ impl Ack {
 
     /// Verify and decode an acknowledgement meant for `device`.
     pub fn decode(bytes: &[u8], backend: &VerifyingKey, device: &str) -> Result<Ack, AckError> {
-        if bytes.len() > MAX_ACK_BYTES {
-            return Err(AckError::Oversized(bytes.len()));
-        }
-        if bytes.len() < 1 + 64 {
-            return Err(AckError::Undecodable("too short".into()));
-        }
-        let (signed, signature) = bytes.split_at(bytes.len() - 64);
-        if signed[0] != ACK_VERSION {
-            return Err(AckError::Version(signed[0]));
-        }
-        let signature = Signature::from_bytes(signature.try_into().expect("64 bytes"));
-        backend
-            .verify_strict(&[DOMAIN, signed].concat(), &signature)
-            .map_err(|_| AckError::BadSignature)?;
+        let body = open(DOMAIN, ACK_VERSION, bytes, MAX_ACK_BYTES, backend)?;
         let ack: Ack =
-            postcard::from_bytes(&signed[1..]).map_err(|e| AckError::Undecodable(e.to_string()))?;
+            postcard::from_bytes(body).map_err(|e| SealError::Undecodable(e.to_string()))?;
         if ack.device_id != device {
             return Err(AckError::OtherDevice(ack.device_id));
         }
@@ -138,13 +113,13 @@ mod tests {
         let forged = ack.encode(&other);
         assert_eq!(
             Ack::decode(&forged, &backend.verifying_key(), "board-1"),
-            Err(AckError::BadSignature)
+            Err(AckError::Sealed(SealError::BadSignature))
         );
         let mut altered = bytes.clone();
         altered[3] ^= 1;
         assert_eq!(
             Ack::decode(&altered, &backend.verifying_key(), "board-1"),
-            Err(AckError::BadSignature)
+            Err(AckError::Sealed(SealError::BadSignature))
         );
         assert!(Ack::decode(&[1, 2], &backend.verifying_key(), "board-1").is_err());
         assert!(Ack::decode(&vec![1; MAX_ACK_BYTES + 1], &backend.verifying_key(), "b").is_err());

@@ -28,7 +28,8 @@ const EVENT_BUFFER: usize = 64;
 enum Pending {
     Ack(Publish),
     Subscribe(String, QoS),
-    Publish(String, Vec<u8>),
+    /// Topic, payload, retain.
+    Publish(String, Vec<u8>, bool),
 }
 
 /// A broker connection whose event loop is polled by its own task.
@@ -87,9 +88,17 @@ impl Connection {
     }
 
     /// Publish at QoS 1 (queued while the channel is full).
+    /// Publish at QoS 1.
     pub fn publish(&mut self, topic: &str, payload: Vec<u8>) {
         self.outbox
-            .push_back(Pending::Publish(topic.to_string(), payload));
+            .push_back(Pending::Publish(topic.to_string(), payload, false));
+        self.flush();
+    }
+
+    /// Publish at QoS 1, retained (the broker keeps it for later subscribers).
+    pub fn publish_retained(&mut self, topic: &str, payload: Vec<u8>) {
+        self.outbox
+            .push_back(Pending::Publish(topic.to_string(), payload, true));
         self.flush();
     }
 
@@ -110,10 +119,12 @@ impl Connection {
             let sent = match next {
                 Pending::Ack(p) => self.client.try_ack(p),
                 Pending::Subscribe(f, qos) => self.client.try_subscribe(f.clone(), *qos),
-                Pending::Publish(topic, payload) => {
-                    self.client
-                        .try_publish(topic.clone(), QoS::AtLeastOnce, false, payload.clone())
-                }
+                Pending::Publish(topic, payload, retain) => self.client.try_publish(
+                    topic.clone(),
+                    QoS::AtLeastOnce,
+                    *retain,
+                    payload.clone(),
+                ),
             };
             match sent {
                 Ok(()) => {

@@ -4,9 +4,11 @@
 
 pub mod ack;
 pub mod connection;
+pub mod deploy;
 pub mod frame;
 pub mod message;
 pub mod mqtt;
+pub mod sealed;
 
 pub use connection::{Backoff, Connection};
 pub use message::{MessageError, ResultMessage};

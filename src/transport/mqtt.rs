@@ -55,6 +55,21 @@ pub struct MqttConfig {
     /// Seconds between metrics messages; 0: none.
     #[serde(default = "default_metrics_interval")]
     pub metrics_interval_s: u64,
+    /// Deployments (`{device}` replaced): `…/offer`, `…/get`, `…/data`, `…/state` below it.
+    #[serde(default = "default_deploy_topic")]
+    pub deploy_topic: String,
+    /// Chunks of a deployment asked for and not yet come.
+    #[serde(default = "default_deploy_window")]
+    pub deploy_window: usize,
+    /// Largest deployment payload a board accepts, in bytes.
+    #[serde(default = "default_deploy_max_bytes")]
+    pub deploy_max_bytes: u64,
+    /// A chunk not come after this many seconds is asked for again.
+    #[serde(default = "default_deploy_timeout")]
+    pub deploy_timeout_s: u64,
+    /// A deployed bundle whose first this-many inputs all fail is rolled back.
+    #[serde(default = "default_rollback_after")]
+    pub rollback_after_failures: u32,
 }
 
 /// `[mqtt.tls]`: PEM files.
@@ -86,6 +101,26 @@ fn default_metrics_topic() -> String {
 
 fn default_metrics_interval() -> u64 {
     60
+}
+
+fn default_deploy_topic() -> String {
+    "hedge/{device}/deploy".into()
+}
+
+fn default_deploy_window() -> usize {
+    8
+}
+
+fn default_deploy_max_bytes() -> u64 {
+    512 << 20
+}
+
+fn default_deploy_timeout() -> u64 {
+    10
+}
+
+fn default_rollback_after() -> u32 {
+    3
 }
 
 fn default_keep_alive() -> u64 {
@@ -131,6 +166,11 @@ impl MqttConfig {
             .ok_or_else(|| {
                 TransportError::Settings(format!("broker address {addr:?} is not HOST:PORT"))
             })
+    }
+
+    /// `deploy_topic/<leaf>` for `device` (offer, get, data, state).
+    pub fn deploy_topic_for(&self, device: &str, leaf: &str) -> String {
+        format!("{}/{leaf}", self.deploy_topic.replace("{device}", device))
     }
 
     pub fn topic_for(&self, device: &str) -> String {

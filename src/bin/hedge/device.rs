@@ -19,6 +19,9 @@ pub enum Command {
         /// The board's public identity key (64 hex digits).
         #[arg(long)]
         key: String,
+        /// Put it in a group (`hedge deploy --group`).
+        #[arg(long)]
+        group: Option<String>,
     },
     /// Every enrolled board: its state, refused results, highest sequence, last result.
     List,
@@ -49,9 +52,15 @@ fn parse_key(hex: &str) -> Result<[u8; 32]> {
 pub fn run(command: Command, registry: &Path) -> Result<()> {
     let r = Registry::open(registry)?;
     match command {
-        Command::Add { id, key } => {
+        Command::Add { id, key, group } => {
             r.add_device(&id, &parse_key(&key)?)?;
-            println!("enrolled {id}");
+            if let Some(g) = &group {
+                r.set_group(&id, g)?;
+            }
+            println!(
+                "enrolled {id}{}",
+                group.map(|g| format!(" in group {g}")).unwrap_or_default()
+            );
         }
         Command::List => {
             println!(

@@ -5,6 +5,7 @@ mod args;
 mod bench;
 mod decrypt;
 mod demo;
+mod deploy;
 mod device;
 mod encrypt_features;
 mod eval;
@@ -59,6 +60,9 @@ enum Command {
     /// The boards' health: online state (retained status, last will), running bundle, latest
     /// metrics — taken from the broker into the registry, then listed.
     Fleet(fleet::Args),
+    /// Deliver a protected bundle to boards over MQTT (`hedge deploy --bundle B --device D
+    /// --broker H:P`), serve the transfers (`serve`), follow (`status`) or cancel them.
+    Deploy(deploy::Args),
     /// Accuracy of a trained network on labelled images: float model, integer reference (every
     /// test image), encrypted path (a fixed-seed sample), per variant and quantisation width.
     Eval(eval::Args),
@@ -102,6 +106,10 @@ fn main() {
         Command::Fleet(f) => {
             let registry = args::registry(&cli.registry, f.keys.as_deref());
             fleet::run(f, &registry)
+        }
+        Command::Deploy(d) => {
+            let registry = args::registry(&cli.registry, Some(&d.keys));
+            deploy::run(d, &registry)
         }
         Command::Device(d) => {
             let registry = args::registry(&cli.registry, d.keys.as_deref());
