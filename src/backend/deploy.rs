@@ -24,6 +24,7 @@ use rumqttc::{Event, Packet, QoS};
 use sha2::{Digest, Sha256};
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 pub const DEFAULT_CHUNK: u32 = 256 << 10;
@@ -306,6 +307,7 @@ pub fn serve(
     registry: &Registry,
     duration: Option<Duration>,
     rate: Option<u64>,
+    stop: &AtomicBool,
 ) -> Result<Served> {
     let until = duration.map(|d| Instant::now() + d);
     let mut served = Served::default();
@@ -316,18 +318,19 @@ pub fn serve(
             rate,
             ..Outgoing::default()
         };
-        match rt.block_on(serve_once(
-            config,
-            registry,
-            until,
-            &mut served,
-            &mut outgoing,
-        )) {
+        let pass = serve_once(config, registry, until, stop, &mut served, &mut outgoing);
+        match rt.block_on(pass) {
             Ok(()) => return Ok(served),
             Err(e) => {
                 let delay = backoff.next_delay();
                 log::warn!("deployment agent: {e}; reconnecting in {delay:.1?}");
-                std::thread::sleep(delay);
+                let t = Instant::now();
+                while t.elapsed() < delay {
+                    if stop.load(Ordering::Relaxed) {
+                        return Ok(served);
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
             }
         }
     }
@@ -337,6 +340,7 @@ async fn serve_once(
     config: &MqttConfig,
     registry: &Registry,
     until: Option<Instant>,
+    stop: &AtomicBool,
     served: &mut Served,
     outgoing: &mut Outgoing,
 ) -> Result<()> {
@@ -345,10 +349,11 @@ async fn serve_once(
     let get = config.deploy_topic_for("{device}", "get");
     let state = config.deploy_topic_for("{device}", "state");
     let far = Instant::now() + Duration::from_secs(86_400 * 365);
-    loop {
+    while !stop.load(Ordering::Relaxed) {
         let resume = outgoing.send(&mut conn, served);
         let event = tokio::select! {
             e = conn.next() => e,
+            _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
             _ = tokio::time::sleep_until(resume.unwrap_or(far).into()), if resume.is_some() => continue,
             _ = tokio::time::sleep_until(until.unwrap_or(far).into()), if until.is_some() => break,
         };

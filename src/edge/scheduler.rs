@@ -67,16 +67,19 @@ impl Scheduler {
             .send(&format!("STATUS=running {}", self.inference.describe()));
     }
 
-    /// A deployed bundle's first inference succeeded: it stays, and its epoch becomes the
-    /// board's newest.
+    /// A deployed bundle's first inference succeeded: it stays (the previous one is let go),
+    /// and its epoch becomes the board's newest.
     fn confirm_deployment(&mut self) -> Result<(), EdgeError> {
         let Some(p) = self.probation.take() else {
             return Ok(());
         };
         self.reload.accept_epoch(self.inference.epoch)?;
         self.deployments.installed.confirm()?;
-        self.deployments
-            .report(p.deployment, DeployState::Active, (0, 0), None);
+        log::info!(
+            "deployment {}: bundle {} confirmed by its first inference",
+            p.deployment,
+            self.inference.bundle_id
+        );
         Ok(())
     }
 
@@ -137,6 +140,8 @@ impl Scheduler {
                         rejected_before: self.rejects.count(),
                     });
                     self.switched();
+                    self.deployments
+                        .report(deployment, DeployState::Active, (0, 0), None);
                 }
                 Applied::Refused { deployment, why } => {
                     self.deployments

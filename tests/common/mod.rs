@@ -402,6 +402,13 @@ impl Draining {
         Self { child, log }
     }
 
+    /// Its stderr, once it has exited however it exits (after a kill).
+    pub fn finish(self) -> String {
+        let Draining { mut child, log } = self;
+        let _ = child.wait();
+        log.join().unwrap()
+    }
+
     /// Wait for a successful exit (5 minutes at most); its stderr.
     pub fn wait_ok(self, what: &str) -> String {
         let Draining { child, log } = self;

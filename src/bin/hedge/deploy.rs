@@ -5,10 +5,11 @@ use hedge::backend::registry::Registry;
 use hedge::transport::message::now_ms;
 use hedge::transport::mqtt::MqttArgs;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(clap::Args)]
-#[command(args_conflicts_with_subcommands = true)]
 pub struct Args {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -86,7 +87,13 @@ pub fn run(a: Args, registry: &Path) -> Result<()> {
             mqtt,
         }) => {
             let config = mqtt.config_for(&broker).context("--broker")?;
-            let served = deploy::serve(&config, &r, duration.map(Duration::from_secs), rate)?;
+            // SIGTERM/SIGINT: stop serving and exit cleanly (boards ask again later).
+            let stop = Arc::new(AtomicBool::new(false));
+            for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+                signal_hook::flag::register(signal, stop.clone()).context("signal handler")?;
+            }
+            let duration = duration.map(Duration::from_secs);
+            let served = deploy::serve(&config, &r, duration, rate, &stop)?;
             println!(
                 "served {} chunk(s), {} bytes; {} report(s) recorded, {} message(s) ignored",
                 served.chunks, served.bytes, served.reports, served.refused
