@@ -579,3 +579,37 @@ fn a_model_update_of_act_moves_a_fraction_of_the_bundle() {
     terminate(&decryptor);
     let _ = wait_ok(decryptor, "decryptor");
 }
+
+/// `hedge demo` (on its embedded broker) ends by deploying a second model to a running board:
+/// results switch bundle id between two inferences, none lost.
+#[test]
+fn the_demo_ends_by_deploying_a_second_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = hedge(&[
+        "demo",
+        "--quiet",
+        "--dir",
+        s(dir.path()),
+        "--variant",
+        "last",
+        "--shape",
+        "48,16,10",
+        "--count",
+        "8",
+    ]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    let ids: Vec<&str> = text
+        .lines()
+        .find(|l| l.starts_with("9. rollout: 8 results: 4 by bundle"))
+        .unwrap_or_else(|| panic!("no rollout summary in:\n{text}"))
+        .split("bundle ")
+        .skip(1)
+        .map(|r| r.split([',', ';']).next().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 2, "{text}");
+    assert_ne!(ids[0], ids[1], "{text}");
+    assert!(
+        text.contains("none lost or repeated") && text.contains("demo finished"),
+        "{text}"
+    );
+}

@@ -74,14 +74,17 @@ fn offer_for(
     }
 }
 
-/// Record a deployment of the bundle at `path` to `devices` and sign an offer for each. The
-/// bundle must be this backend's (signed by `signer`, recorded by `hedge protect`). Unless
-/// `full`, a board that last reported running a bundle of the same key set gets the model
-/// update.
+/// Record a deployment of the bundle at `path` to `devices` and sign an offer for each; its
+/// payloads are kept in `dir` (the agents serve them from there: with agents on several
+/// hosts, a directory they share). The bundle must be this backend's (signed by `signer`,
+/// recorded by `hedge protect`). Unless `full`, a board that last reported running a bundle of
+/// the same key set gets the model update.
+#[allow(clippy::too_many_arguments)]
 pub fn create(
     registry: &Registry,
     config: &MqttConfig,
     signer: &SigningKey,
+    dir: &Path,
     path: &Path,
     devices: &[String],
     chunk_size: u32,
@@ -134,12 +137,7 @@ pub fn create(
         .any(|(_, u)| *u)
         .then(|| ModelUpdate::of(bundle, id.clone()).to_bytes(signer));
     let deployment = registry.add_deployment(&id, epoch, chunk_size)?;
-    let dir = registry
-        .path()
-        .parent()
-        .unwrap_or(Path::new("."))
-        .join("deployments");
-    crate::files::create_dir_all(&dir)?;
+    crate::files::create_dir_all(dir)?;
     let file = dir.join(format!("{deployment}.bundle"));
     crate::files::write_atomic(&file, &bytes, 0o644)?;
     let update_file = match &update {
@@ -359,7 +357,7 @@ async fn serve_once(
         };
         match event {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                log::info!("deployment agent connected");
+                log::debug!("deployment agent connected");
                 for template in [&get, &state] {
                     conn.subscribe(&template.replace("{device}", "+"), QoS::AtMostOnce);
                 }

@@ -534,3 +534,115 @@ pub fn spooled(dir: &Path) -> usize {
         })
         .unwrap_or(0)
 }
+
+/// A private PostgreSQL server (Debian's binaries) in a temporary directory, trusting local
+/// connections: the registry's scale-out store. As root (as `.ci/run` runs), the server runs
+/// as the `postgres` user the package creates, since it refuses to run as root.
+pub struct Postgres {
+    child: Child,
+    dir: PathBuf,
+    /// `pg_ctl stop`, as the server's user.
+    stop: Command,
+    pub port: u16,
+}
+
+impl Postgres {
+    pub fn start() -> Self {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()
+            .and_then(|d| d.flatten().map(|e| e.path().join("bin")).max())
+            .filter(|b| b.join("postgres").exists())
+            .expect("PostgreSQL is not installed (apt-get install postgresql; .ci/run does)");
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = PathBuf::from(format!("/tmp/hedge-pg-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let as_server = |program: &Path| {
+            if is_root() {
+                let mut c = Command::new("runuser");
+                c.args(["-u", "postgres", "--"]).arg(program);
+                c
+            } else {
+                Command::new(program)
+            }
+        };
+        if is_root() {
+            let ok = Command::new("chown")
+                .args(["postgres:postgres", s(&dir)])
+                .status()
+                .unwrap();
+            assert!(ok.success(), "chown postgres {}", dir.display());
+        }
+        let data = dir.join("data");
+        let init = as_server(&bin.join("initdb"))
+            .args(["-D", s(&data), "-A", "trust", "-U", "hedge", "--no-sync"])
+            .stdout(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            init.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&init.stderr)
+        );
+        let port = free_port();
+        let child = as_server(&bin.join("postgres"))
+            .args(["-D", s(&data), "-p", &port.to_string(), "-k", s(&dir)])
+            .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut stop = as_server(&bin.join("pg_ctl"));
+        stop.args(["-D", s(&data), "-m", "fast", "-w", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let pg = Self {
+            child,
+            dir,
+            stop,
+            port,
+        };
+        let t = Instant::now();
+        while !pg.psql("postgres", "SELECT 1").status.success() {
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "PostgreSQL did not start"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        pg
+    }
+
+    fn psql(&self, db: &str, sql: &str) -> std::process::Output {
+        Command::new("psql")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "hedge",
+                "-d",
+                db,
+            ])
+            .args(["-v", "ON_ERROR_STOP=1", "-c", sql])
+            .output()
+            .unwrap()
+    }
+
+    /// A new, empty database: its URL (a registry location).
+    pub fn database(&self, name: &str) -> PathBuf {
+        let o = self.psql("postgres", &format!("CREATE DATABASE {name}"));
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        PathBuf::from(format!("postgres://hedge@127.0.0.1:{}/{name}", self.port))
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ = self.stop.status();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

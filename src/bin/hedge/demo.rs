@@ -266,6 +266,230 @@ pub fn run(a: Args, ui: &Ui) -> Result<()> {
             bail!("{name}: results missing or disagreeing with the plaintext model");
         }
     }
+    let rollout_variant = [Variant::Last, Variant::Noact, Variant::Act]
+        .into_iter()
+        .find(|v| variants.contains(v))
+        .expect("at least one variant");
+    rollout(
+        &Rollout {
+            dir: &opts.dir,
+            keys: &keys,
+            registry: &registry,
+            broker: (&host, port),
+            hedged: &hedged,
+            variant: rollout_variant,
+            count: opts.count.clamp(2, test.len()),
+        },
+        &set,
+        &task,
+        h,
+        &calib,
+        &test,
+    )?;
     println!("demo finished: every result decrypted and checked");
+    Ok(())
+}
+
+/// Where the rollout step runs.
+struct Rollout<'a> {
+    dir: &'a std::path::Path,
+    keys: &'a std::path::Path,
+    registry: &'a std::path::Path,
+    broker: (&'a str, u16),
+    hedged: &'a std::path::Path,
+    variant: Variant,
+    count: usize,
+}
+
+/// A second model deployed to a running board over MQTT: results switch bundle id between two
+/// inferences, none lost. The board holds the key set already, so it takes the model alone.
+fn rollout(
+    r: &Rollout,
+    set: &backend_keys::BackendKeys,
+    task: &synth::Task,
+    hidden: usize,
+    calib: &[Vec<f32>],
+    test: &[(Vec<f32>, usize)],
+) -> Result<()> {
+    use hedge::backend::{deploy, fleet};
+    use std::io::Write;
+    let name = r.variant.name();
+    let act = (r.variant != Variant::Noact).then_some(hedge::crypto::lut::Activation::Relu);
+    let protect_seeded = |seed: u64, file: &str| -> Result<(PathBuf, String)> {
+        let model = synth::classifier(seed, task, hidden, act);
+        let p = protect::protect(
+            set,
+            &model,
+            r.variant,
+            protect::HiddenActivation::AsTrained,
+            protect::ActSettings::default(),
+            calib,
+            "demo",
+            None,
+            protect::next_epoch(r.registry)?,
+            &hedge::progress::Silent,
+        )?;
+        let path = r.dir.join(file);
+        write_atomic(&path, &p.bytes, 0o644)?;
+        protect::record(&p, set, r.keys, r.registry)?;
+        Ok((path, hedge::bundle::bundle_id(&p.bytes)))
+    };
+    let (first, first_id) = protect_seeded(42, &format!("rollout-{name}-1.bundle"))?;
+    let device = format!("demo-rollout-{name}");
+    let spool = r.dir.join(format!("spool-rollout-{name}"));
+    let _ = std::fs::remove_dir_all(&spool);
+    let config = MqttConfig::new(r.broker.0, r.broker.1);
+    let args = |c: &mut std::process::Command| {
+        c.args(["--bundle", &first.to_string_lossy()])
+            .args([
+                "--verifying-key",
+                &r.keys.join(backend_keys::VERIFYING_KEY).to_string_lossy(),
+            ])
+            .args(["--input", "-"])
+            .args(["--broker", &format!("{}:{}", r.broker.0, r.broker.1)])
+            .args(["--spool-dir", &spool.to_string_lossy()])
+            .args(["--device-id", &device])
+            .args(["--log-level", "warn"]);
+    };
+    let mut print = std::process::Command::new(r.hedged);
+    args(&mut print);
+    let printed = print.arg("--print-identity").output()?;
+    let identity = String::from_utf8_lossy(&printed.stdout).trim().to_string();
+    let key: [u8; 32] = (0..32)
+        .map(|i| {
+            identity
+                .get(2 * i..2 * i + 2)
+                .and_then(|b| u8::from_str_radix(b, 16).ok())
+        })
+        .collect::<Option<Vec<u8>>>()
+        .and_then(|b| b.try_into().ok())
+        .with_context(|| format!("hedged printed {identity:?}"))?;
+    let registry = Registry::open(r.registry)?;
+    registry.add_device(&device, &key)?;
+
+    let half = r.count / 2;
+    let lines: Vec<String> = test
+        .iter()
+        .take(r.count)
+        .map(|(x, _)| format_sample(None, x) + "\n")
+        .collect();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let sub = SubscribeOptions {
+        mqtt: config.clone(),
+        client_id: format!("demo-decryptor-rollout-{}", std::process::id()),
+        filter: format!("hedge/{device}/results"),
+        count: Some(r.count),
+        idle_timeout: Some(Duration::from_secs(300)),
+        persistent: false,
+        ready: Some(ready_tx),
+        stop: Default::default(),
+        ack_key: Some(set.signer.clone()),
+    };
+    let mut decryptor = Decryptor::new(
+        Registry::open(r.registry)?,
+        backend_keys::load_secret(r.keys)?,
+        Policy::default(),
+    );
+    let stop_agent = std::sync::atomic::AtomicBool::new(false);
+    let out = std::thread::scope(|scope| -> Result<Vec<u8>> {
+        let results = scope.spawn(move || {
+            let mut out = Vec::new();
+            decryptor::run(&mut decryptor, &sub, &mut out).map(|_| out)
+        });
+        let agent_registry = Registry::open(r.registry)?;
+        let (agent_config, stop) = (config.clone(), &stop_agent);
+        let agent =
+            scope.spawn(move || deploy::serve(&agent_config, &agent_registry, None, None, stop));
+        ready_rx
+            .recv_timeout(Duration::from_secs(30))
+            .map_err(|_| anyhow!("the decryptor could not subscribe"))?;
+        let mut command = std::process::Command::new(r.hedged);
+        args(&mut command);
+        let mut board = command.stdin(std::process::Stdio::piped()).spawn()?;
+        let mut stdin = board.stdin.take().context("hedged's stdin")?;
+        stdin.write_all(lines[..half].concat().as_bytes())?;
+        stdin.flush()?;
+        let wait = |what: &str, done: &dyn Fn() -> Result<bool>| -> Result<()> {
+            let t = Instant::now();
+            while !done()? {
+                if t.elapsed() > Duration::from_secs(120) {
+                    bail!("timed out waiting for {what}");
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Ok(())
+        };
+        let accepted =
+            || -> Result<u64> { Ok(registry.device(&device)?.map_or(0, |d| d.accepted)) };
+        wait("the first results", &|| Ok(accepted()? >= half as u64))?;
+        println!("7. rollout: device {device} runs bundle {first_id}; {half} results decrypted");
+        // The registry learns what the board runs (its retained status): same key set.
+        fleet::listen(&config, &registry, Duration::from_secs(1))?;
+        let (second, second_id) = protect_seeded(43, &format!("rollout-{name}-2.bundle"))?;
+        let created = deploy::create(
+            &registry,
+            &config,
+            &set.signer,
+            &r.keys.join("deployments"),
+            &second,
+            std::slice::from_ref(&device),
+            deploy::DEFAULT_CHUNK,
+            false,
+        )?;
+        deploy::publish(&config, &created.offers)?;
+        let offered = &created.offers[0];
+        println!(
+            "8. rollout: deployment {} offers bundle {second_id} as a {} of {} bytes (the \
+             bundle is {} bytes)",
+            created.deployment,
+            offered.payload.name(),
+            offered.size,
+            std::fs::metadata(&second)?.len()
+        );
+        wait("the board to switch", &|| {
+            Ok(registry
+                .targets(Some(created.deployment))?
+                .iter()
+                .any(|t| t.state == "active"))
+        })?;
+        stdin.write_all(lines[half..].concat().as_bytes())?;
+        drop(stdin);
+        let status = board.wait()?;
+        if !status.success() {
+            bail!("hedged exited with {status}");
+        }
+        let out = results
+            .join()
+            .map_err(|_| anyhow!("decryptor thread panicked"))??;
+        stop_agent.store(true, std::sync::atomic::Ordering::Relaxed);
+        agent
+            .join()
+            .map_err(|_| anyhow!("deployment agent panicked"))??;
+        Ok(out)
+    })?;
+    let mut by_bundle: std::collections::BTreeMap<String, Vec<u64>> = Default::default();
+    for line in String::from_utf8_lossy(&out).lines() {
+        let v: serde_json::Value = serde_json::from_str(line).context("a decrypted line")?;
+        by_bundle
+            .entry(v["bundle"].as_str().unwrap_or("?").to_string())
+            .or_default()
+            .push(v["seq"].as_u64().unwrap_or(0));
+    }
+    let mut seqs: Vec<u64> = by_bundle.values().flatten().copied().collect();
+    seqs.sort();
+    let before = by_bundle.get(&first_id).map_or(0, Vec::len);
+    println!(
+        "9. rollout: {} results: {before} by bundle {first_id}, {} by bundle {}; none lost or \
+         repeated",
+        seqs.len(),
+        seqs.len() - before,
+        by_bundle
+            .keys()
+            .find(|k| **k != first_id)
+            .map_or("-", String::as_str)
+    );
+    if seqs != (1..=r.count as u64).collect::<Vec<_>>() || before != half {
+        bail!("rollout: results lost, repeated or from the wrong bundle: {by_bundle:?}");
+    }
     Ok(())
 }

@@ -136,7 +136,17 @@ fn create(c: Create, keys_dir: &Path, r: &Registry) -> Result<()> {
     };
     let config = c.mqtt.config_for(broker).context("--broker")?;
     let signer = keys::load_signing(keys_dir)?;
-    let created = deploy::create(r, &config, &signer, bundle, &devices, c.chunk_size, c.full)?;
+    let dir = keys_dir.join("deployments");
+    let created = deploy::create(
+        r,
+        &config,
+        &signer,
+        &dir,
+        bundle,
+        &devices,
+        c.chunk_size,
+        c.full,
+    )?;
     deploy::publish(&config, &created.offers)?;
     println!(
         "deployment {}: bundle {} offered to {} board(s)",

@@ -1,0 +1,188 @@
+//! The registry on a real PostgreSQL server (Debian's, started privately): the same behaviour
+//! as on SQLite, and two decryption agents on one shared subscription, sharing it, that never
+//! both accept a result — also when the broker and the board deliver it again.
+
+mod common;
+
+use common::*;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+#[test]
+fn the_registry_behaves_the_same_on_postgres() {
+    use hedge::backend::registry::conformance as c;
+    let pg = Postgres::start();
+    c::records_survive_reopening_and_migrations_are_versioned(&pg.database("records"));
+    c::each_result_is_accepted_once_within_the_window(&pg.database("replay_window"));
+    c::refusals_quarantine_until_cleared(&pg.database("quarantine"));
+    c::two_agents_never_both_accept_a_result(&pg.database("agents"));
+    c::fleet_and_deployments_are_recorded(&pg.database("fleet"));
+}
+
+fn hedge_on(registry: &Path, args: &[&str]) -> std::process::Output {
+    let mut all = vec!["--registry", s(registry)];
+    all.extend_from_slice(args);
+    hedge(&all)
+}
+
+fn agent(registry: &Path, keys: &Path, broker: &str, i: usize, out: &Path) -> Draining {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_hedge"));
+    c.args(["--registry", s(registry), "decrypt", "--keys", s(keys)])
+        .args([
+            "--subscribe",
+            broker,
+            "--topic",
+            "$share/decryptors/hedge/+/results",
+        ])
+        .args(["--client-id", &format!("agent-{i}"), "--output", s(out)])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null());
+    Draining::spawn(&mut c)
+}
+
+/// Two agents on two hosts' worth of processes, one PostgreSQL registry: one is SIGKILLed
+/// mid-stream (what it held unacknowledged goes to the other, and the board sends again what
+/// nobody acknowledged) and comes back; every result is decrypted exactly once in all.
+#[test]
+fn two_agents_on_one_shared_subscription_accept_each_result_once() {
+    let pg = Postgres::start();
+    let registry = pg.database("fleet");
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let keys = root.join("keys");
+    hedge_on(&registry, &["keygen", "--out", s(&keys)]);
+    let synth = root.join("synth");
+    hedge(&[
+        "synth",
+        "--out",
+        s(&synth),
+        "--seed",
+        "1",
+        "--shape",
+        "48,16,10",
+        "--test",
+        "200",
+    ]);
+    let bundle = root.join("b.bundle");
+    hedge_on(
+        &registry,
+        &[
+            "protect",
+            "--model",
+            s(&synth.join("model.onnx")),
+            "--keys",
+            s(&keys),
+            "--variant",
+            "last",
+            "--calibration",
+            s(&synth.join("calibration.txt")),
+            "--out",
+            s(&bundle),
+        ],
+    );
+    let broker = Mosquitto::start(root);
+    let addr = broker.addr();
+    let spool = root.join("spool");
+    let config = root.join("hedged.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[mqtt]\nhost = \"127.0.0.1\"\nport = {}\ne2e_timeout_s = 2\ne2e_window = 32\n",
+            broker.port
+        ),
+    )
+    .unwrap();
+    let hedged = |extra: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_hedged"));
+        c.args(["--config", s(&config), "--bundle", s(&bundle)])
+            .args(["--verifying-key", s(&keys.join("verifying.key"))])
+            .args(["--spool-dir", s(&spool), "--device-id", "board"])
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        c
+    };
+    let printed = hedged(&["--input", "-", "--print-identity"])
+        .output()
+        .unwrap();
+    let key = String::from_utf8(printed.stdout)
+        .unwrap()
+        .trim()
+        .to_string();
+    hedge_on(
+        &registry,
+        &["device", "--keys", s(&keys), "add", "board", "--key", &key],
+    );
+
+    let outs = [
+        root.join("a.jsonl"),
+        root.join("b.jsonl"),
+        root.join("a2.jsonl"),
+    ];
+    let mut first = agent(&registry, &keys, &addr, 0, &outs[0]);
+    let second = agent(&registry, &keys, &addr, 1, &outs[1]);
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    let test = synth.join("test.txt");
+    let board = Draining::spawn(hedged(&["--input", s(&test)]).stdin(Stdio::null()));
+    wait_lines(&outs[0], 20);
+    signal(first.child.id(), 9);
+    first.child.wait().unwrap();
+    first = agent(&registry, &keys, &addr, 0, &outs[2]);
+    board.wait_ok("hedged");
+    let lines = || {
+        outs.iter()
+            .flat_map(|o| {
+                std::fs::read_to_string(o)
+                    .unwrap_or_default()
+                    .lines()
+                    .map(String::from)
+                    .collect::<Vec<_>>()
+            })
+            .collect::<Vec<String>>()
+    };
+    wait_for(|| lines().len() >= 200, "200 results decrypted in all");
+    std::thread::sleep(std::time::Duration::from_secs(3)); // anything more would come now
+    let mut duplicates = 0;
+    for a in [first, second] {
+        terminate(&a.child);
+        let log = a.wait_ok("decryption agent");
+        // "N results, M duplicates dropped, …"
+        duplicates += log
+            .lines()
+            .filter_map(|l| {
+                l.split(" results, ")
+                    .nth(1)?
+                    .split(' ')
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .sum::<u64>();
+    }
+    eprintln!("duplicates dropped by the two agents after the kill: {duplicates}");
+    let mut seqs: Vec<u64> = lines()
+        .iter()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    seqs.sort();
+    assert_eq!(
+        seqs,
+        (1..=200).collect::<Vec<_>>(),
+        "each result exactly once, in all"
+    );
+    let shares: Vec<usize> = outs
+        .iter()
+        .map(|o| {
+            std::fs::read_to_string(o)
+                .unwrap_or_default()
+                .lines()
+                .count()
+        })
+        .collect();
+    assert!(shares[1] > 0, "the second agent took a share: {shares:?}");
+}
