@@ -250,7 +250,34 @@ fn a_group_rollout_survives_a_killed_board_and_a_broker_restart() {
     for b in [0, 2] {
         boards[b].feed(&v[4..8]);
     }
+    // The killed board shows offline through its last will (1.5 keep-alives).
+    let fleet_row = |device: &str| {
+        let o = hedge(&[
+            "fleet",
+            "--keys",
+            s(&st.keys),
+            "--broker",
+            &addr,
+            "--listen",
+            "1",
+        ]);
+        let table = String::from_utf8_lossy(&o.stdout).into_owned();
+        table
+            .lines()
+            .find(|l| l.starts_with(device))
+            .unwrap_or_default()
+            .to_string()
+    };
+    wait_for(
+        || fleet_row("b2").contains("offline"),
+        "b2 offline by its last will",
+    );
     // The broker goes away mid-transfer (its persistence keeps the retained offers).
+    let under_way = status(&st, 1);
+    assert!(
+        under_way.values().any(|row| row[4] != "active"),
+        "the transfers ended before the broker stopped: {under_way:?}"
+    );
     broker.stop();
     std::thread::sleep(Duration::from_secs(2));
     broker.restart();
@@ -259,6 +286,7 @@ fn a_group_rollout_survives_a_killed_board_and_a_broker_restart() {
     for b in &boards {
         wait_state(&st, 1, &b.device, "active");
     }
+    assert!(fleet_row("b2").contains("online"));
     for b in &mut boards {
         b.feed(&v[8..12]);
     }
@@ -489,6 +517,17 @@ fn tampered_foreign_older_and_failing_bundles_leave_the_board_serving() {
     wait_for(|| !partial.exists(), "the partial file dropped");
     serving = agent(&st, &addr, None);
     wait_state(&st, 5, "b", "cancelled");
+
+    // 7. Offered while the board is off: it takes it when it comes back.
+    board.stop();
+    deploy(&st.keys, &third, &["--device", "b"], &addr, &["--full"]);
+    board.start(&st);
+    wait_state(&st, 6, "b", "active");
+    let third_id = bundle_id(&third, &st.keys);
+    let before = results(&out).len();
+    board.feed(&v[1..2]);
+    wait_lines(&out, before + 1);
+    assert_eq!(last_bundle(&out), third_id.as_str());
 
     board.stop();
     terminate(&serving.child);
