@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 runs=${1:-1000000}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(frames encrypted_features result_message ack bundle
+[ ${#targets[@]} -gt 0 ] || targets=(frames encrypted_features result_message ack deploy_offer deploy_messages bundle
   signed_bundle settings idx image onnx vector_line)
 
 cargo test --release --test fuzz_corpus -- --ignored write_seeds >/dev/null

@@ -21,11 +21,13 @@ use std::sync::{Mutex, OnceLock};
 pub type Target = fn(&[u8]);
 
 /// The targets, by the name of their corpus directory.
-pub const TARGETS: [(&str, Target); 11] = [
+pub const TARGETS: [(&str, Target); 13] = [
     ("frames", frames),
     ("encrypted_features", encrypted_features),
     ("result_message", result_message),
     ("ack", ack),
+    ("deploy_offer", deploy_offer),
+    ("deploy_messages", deploy_messages),
     ("bundle", bundle),
     ("signed_bundle", signed_bundle),
     ("settings", settings),
@@ -146,6 +148,64 @@ pub fn ack(data: &[u8]) {
     let _ = Ack::decode(&signed, &f.signer.verifying_key(), "board");
 }
 
+/// An offer for board "board" of `size` bytes in chunks of `chunk_size` (dummy digests).
+fn offer(
+    deployment: u64,
+    payload: crate::transport::deploy::Payload,
+    size: u64,
+    chunk_size: u32,
+) -> crate::transport::deploy::Offer {
+    crate::transport::deploy::Offer {
+        deployment,
+        device_id: "board".into(),
+        bundle_id: "0123456789abcdef".into(),
+        payload,
+        epoch: 2,
+        size,
+        chunk_size,
+        chunks: vec![[1; 32]; size.div_ceil(chunk_size as u64) as usize],
+        digest: [2; 32],
+        cancelled: false,
+        issued_ms: 1,
+    }
+}
+
+/// A deployment offer as it arrives on the board (signed or not), and a model update file.
+pub fn deploy_offer(data: &[u8]) {
+    use crate::transport::deploy::{Offer, OFFER_DOMAIN, OFFER_VERSION};
+    let f = fixture();
+    let key = f.signer.verifying_key();
+    let _ = Offer::peek_deployment(data);
+    let _ = Offer::decode(data, &key, "board");
+    let signed = crate::transport::sealed::seal(OFFER_DOMAIN, OFFER_VERSION, data, &f.signer);
+    if let Ok(offer) = Offer::decode(&signed, &key, "board") {
+        // What decoding lets through is consistent: one digest per chunk, none empty.
+        assert_eq!(offer.chunks.len() as u64, offer.chunk_count());
+        for i in 0..offer.chunks.len() as u32 {
+            assert!(offer.chunk_len(i) > 0);
+        }
+    }
+    let _ = crate::bundle::ModelUpdate::from_bytes(data, &key);
+}
+
+/// A chunk request as the deployment agent gets it, a chunk and a state report as they
+/// arrive (the chunk through a transfer's checks).
+pub fn deploy_messages(data: &[u8]) {
+    use crate::transport::deploy::{Chunk, ChunkRequest, Payload};
+    let _ = ChunkRequest::decode(data);
+    let _ = serde_json::from_slice::<crate::transport::deploy::Report>(data);
+    if let Ok(chunk) = Chunk::decode(data) {
+        let dir = std::env::temp_dir().join(format!("hedge-fuzz-deploy-{}", std::process::id()));
+        let offer = offer(1, Payload::Bundle, 3000, 1024);
+        let timeout = std::time::Duration::from_secs(1);
+        if let Ok(mut d) = crate::edge::deploy::download::Download::resume(offer, &dir, 4, timeout)
+        {
+            let _ = d.arrived(chunk.index, &chunk.bytes);
+            d.discard();
+        }
+    }
+}
+
 /// A bundle file as it arrives (before the signature is checked).
 pub fn bundle(data: &[u8]) {
     let _ = EdgeBundle::from_bytes(data, &fixture().signer.verifying_key());
@@ -257,5 +317,24 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         issued_ms: 1,
     };
     out.push(("ack", ack.encode(&f.signer)));
+    let update = offer(
+        3,
+        crate::transport::deploy::Payload::ModelUpdate,
+        5000,
+        2048,
+    );
+    out.push(("deploy_offer", update.encode(&f.signer)));
+    let request = crate::transport::deploy::ChunkRequest {
+        deployment: 3,
+        first: 1,
+        count: 8,
+    };
+    out.push(("deploy_messages", request.encode()));
+    let chunk = crate::transport::deploy::Chunk {
+        deployment: 1,
+        index: 2,
+        bytes: vec![5; 952],
+    };
+    out.push(("deploy_messages", chunk.encode()));
     out
 }
