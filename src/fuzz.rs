@@ -175,7 +175,6 @@ pub fn deploy_offer(data: &[u8]) {
     use crate::transport::deploy::{Offer, OFFER_DOMAIN, OFFER_VERSION};
     let f = fixture();
     let key = f.signer.verifying_key();
-    let _ = Offer::peek_deployment(data);
     let _ = Offer::decode(data, &key, "board");
     let signed = crate::transport::sealed::seal(OFFER_DOMAIN, OFFER_VERSION, data, &f.signer);
     if let Ok(offer) = Offer::decode(&signed, &key, "board") {

@@ -529,6 +529,26 @@ fn tampered_foreign_older_and_failing_bundles_leave_the_board_serving() {
     wait_lines(&out, before + 1);
     assert_eq!(last_bundle(&out), third_id.as_str());
 
+    // 8. A bundle that takes the daemon down before its first result (here: killed four times
+    //    before any input): rolled back at the next start.
+    let fourth = model(&st.root, &st.keys, "v5", 5, "noact");
+    deploy(&st.keys, &fourth, &["--device", "b"], &addr, &[]);
+    wait_state(&st, 7, "b", "active");
+    for _ in 0..4 {
+        board.kill();
+        board.start(&st);
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+    let row = wait_state(&st, 7, "b", "rolled_back");
+    assert!(
+        row.join(" ").contains("starts without a first result"),
+        "{row:?}"
+    );
+    let before = results(&out).len();
+    board.feed(&v[2..3]);
+    wait_lines(&out, before + 1);
+    assert_eq!(last_bundle(&out), third_id.as_str());
+
     board.stop();
     terminate(&serving.child);
     serving.wait_ok("deployment agent");

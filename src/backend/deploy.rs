@@ -14,7 +14,8 @@ use crate::bundle::{bundle_id, EdgeBundle, ModelUpdate};
 use crate::engine::hex;
 use crate::files::IoError;
 use crate::transport::deploy::{
-    Chunk, ChunkRequest, DeployState, Offer, Payload, MAX_CHUNK_BYTES, MIN_CHUNK_BYTES,
+    Chunk, ChunkRequest, DeployState, Offer, Payload, MAX_CHUNK_BYTES, MAX_OFFER_BYTES,
+    MIN_CHUNK_BYTES,
 };
 use crate::transport::message::now_ms;
 use crate::transport::mqtt::MqttConfig;
@@ -156,12 +157,21 @@ pub fn create(
             _ => (Payload::Bundle, bytes.as_slice()),
         };
         let offer = offer_for(deployment, &device, &id, epoch, payload, chunk_size);
+        let message = offer.encode(signer);
+        if message.len() > MAX_OFFER_BYTES {
+            return Err(BackendError::Data(format!(
+                "{} chunks of {chunk_size} bytes make an offer of {} bytes, over {MAX_OFFER_BYTES}: \
+                 use a larger --chunk-size",
+                offer.chunks.len(),
+                message.len()
+            )));
+        }
         registry.add_target(deployment, &device, payload.0.name(), offer.size)?;
         offers.push(Offered {
             topic: config.deploy_topic_for(&device, "offer"),
             payload: payload.0,
             size: offer.size,
-            message: offer.encode(signer),
+            message,
             device,
         });
     }
@@ -185,6 +195,10 @@ pub fn cancel(
     registry.cancel_deployment(deployment)?;
     let mut out = Vec::new();
     for t in registry.targets(Some(deployment))? {
+        // A newer offer already replaced this one on the board's retained topic: leave it.
+        if registry.latest_deployment_for(&t.device)? > deployment {
+            continue;
+        }
         let mut offer = offer_for(
             deployment,
             &t.device,
@@ -253,23 +267,40 @@ pub struct Served {
     pub refused: u64,
 }
 
+/// Chunk bytes the agent holds for sending at most; requests beyond are dropped (the boards
+/// ask again), so no number of requests can exhaust the agent's memory.
+const MAX_QUEUED_BYTES: usize = 64 << 20;
+/// Chunks handed to the connection and not yet taken by it.
+const MAX_HANDED: usize = 8;
+
 /// Chunks waiting for their turn under the rate limit (a board asking again for one still
 /// waiting is not served twice).
 #[derive(Default)]
 struct Outgoing {
     queue: std::collections::VecDeque<(String, Chunk)>,
     queued: std::collections::HashSet<(String, u64, u32)>,
+    bytes: usize,
     /// Bytes per second for all boards together (None: as fast as the broker takes them).
     rate: Option<u64>,
     next: Option<Instant>,
 }
 
 impl Outgoing {
+    fn has_room(&self, len: usize) -> bool {
+        self.bytes + len <= MAX_QUEUED_BYTES
+    }
+
+    fn is_queued(&self, topic: &str, deployment: u64, index: u32) -> bool {
+        self.queued
+            .contains(&(topic.to_string(), deployment, index))
+    }
+
     fn push(&mut self, topic: String, chunk: Chunk) {
         if self
             .queued
             .insert((topic.clone(), chunk.deployment, chunk.index))
         {
+            self.bytes += chunk.bytes.len();
             self.queue.push_back((topic, chunk));
         }
     }
@@ -278,12 +309,16 @@ impl Outgoing {
     fn send(&mut self, conn: &mut Connection, served: &mut Served) -> Option<Instant> {
         loop {
             let now = Instant::now();
+            if !self.queue.is_empty() && conn.outbox_len() >= MAX_HANDED {
+                return Some(now + Duration::from_millis(10));
+            }
             if self.next.is_some_and(|n| n > now) && !self.queue.is_empty() {
                 return self.next;
             }
             let (topic, chunk) = self.queue.pop_front()?;
             self.queued
                 .remove(&(topic.clone(), chunk.deployment, chunk.index));
+            self.bytes -= chunk.bytes.len();
             let len = chunk.bytes.len() as u64;
             served.chunks += 1;
             served.bytes += len;
@@ -419,6 +454,14 @@ fn serve_request(
             break;
         }
         let len = (size - start).min(d.chunk_size as u64) as usize;
+        if outgoing.is_queued(&topic, d.id, index) {
+            continue;
+        }
+        if !outgoing.has_room(len) {
+            return Err(format!(
+                "{MAX_QUEUED_BYTES} bytes of chunks already wait: request dropped"
+            ));
+        }
         let mut bytes = vec![0; len];
         f.seek(SeekFrom::Start(start))
             .and_then(|_| f.read_exact(&mut bytes))

@@ -37,6 +37,7 @@ pub mod watchdog;
 pub use error::EdgeError;
 pub use scheduler::Summary;
 
+use crate::transport::deploy::DeployState;
 use deploy::installed::{BundleRef, Installed};
 use deploy::Deployments;
 use inference::Inference;
@@ -58,7 +59,11 @@ pub fn run(settings: Settings, reloader: Reloader) -> Result<Summary, EdgeError>
     let shutdown = Shutdown::from_signals()?;
     let start = &settings.start_up;
     let state = Arc::new(State::open(&start.state_dir)?);
-    let (inference, previous) = load_running(&settings, &state)?;
+    let Running {
+        inference,
+        probation: previous,
+        rolled_back,
+    } = load_running(&settings, &state)?;
     if previous.is_none() {
         state.accept_epoch(inference.epoch)?;
     }
@@ -81,6 +86,9 @@ pub fn run(settings: Settings, reloader: Reloader) -> Result<Summary, EdgeError>
         state.clone(),
         health.clone(),
     ));
+    if let Some((deployment, why)) = rolled_back {
+        deployments.report(deployment, DeployState::RolledBack, (0, 0), Some(why));
+    }
     let sink = Sink::open(&settings, health.clone(), deployments.clone())?;
     let _acquisition = source::start(
         &start.input,
@@ -112,7 +120,8 @@ pub fn run(settings: Settings, reloader: Reloader) -> Result<Summary, EdgeError>
         probation: previous.map(|(deployment, previous)| Probation {
             deployment,
             previous: Box::new(previous),
-            rejected_before: 0,
+            width_rejects_before: 0,
+            failed_inferences: 0,
         }),
         deployments,
         shutdown,
@@ -122,45 +131,67 @@ pub fn run(settings: Settings, reloader: Reloader) -> Result<Summary, EdgeError>
     .run()
 }
 
+/// Starts with a deployed bundle that has not yet produced a result, before it is rolled
+/// back: it may be what brings the daemon down (a crash, the OOM killer).
+const MAX_PROBATION_STARTS: u32 = 3;
+
 /// The bundle to run: the deployed one if installed (with the one it replaced, while it has
-/// not yet inferred), else — or if the deployed one no longer loads — the configured one.
-#[allow(clippy::type_complexity)]
-fn load_running(
-    settings: &Settings,
-    state: &State,
-) -> Result<(Inference, Option<(u64, Inference)>), EdgeError> {
-    let configured = &settings.reloadable.bundle;
+/// not yet inferred), else the configured one. A deployed bundle that no longer loads, or that
+/// keeps the daemon from getting to its first result, gives way to the previous bundle, else to
+/// the configured one.
+fn load_running(settings: &Settings, state: &State) -> Result<Running, EdgeError> {
+    let configured = BundleRef::configured(&settings.reloadable.bundle);
     let installed = Installed::new(state.dir());
+    let load = |r: &BundleRef| Inference::load(r, &settings.reloadable, state);
     let Some(active) = installed.active() else {
-        return Ok((
-            Inference::load(
-                &BundleRef::configured(configured),
-                &settings.reloadable,
-                state,
-            )?,
-            None,
-        ));
+        return Ok(Running {
+            inference: load(&configured)?,
+            probation: None,
+            rolled_back: None,
+        });
     };
-    let deployed = match Inference::load(&active.bundle, &settings.reloadable, state) {
-        Ok(i) => i,
-        Err(e) => {
-            log::error!(
-                "the deployed bundle does not load ({e}); running the configured {}",
-                configured.display()
-            );
-            let configured = BundleRef::configured(configured);
-            let _ = installed.roll_back(&configured);
-            return Ok((
-                Inference::load(&configured, &settings.reloadable, state)?,
-                None,
+    let fall_back = |why: String| -> Result<Running, EdgeError> {
+        log::error!(
+            "the deployed bundle {}: {why}",
+            active.bundle.file.display()
+        );
+        for candidate in installed.previous().into_iter().chain([configured.clone()]) {
+            match load(&candidate) {
+                Ok(running) => {
+                    installed.roll_back(&candidate)?;
+                    log::warn!("running {} instead", running.describe());
+                    let rolled_back = active.bundle.deployment.map(|d| (d, why.clone()));
+                    return Ok(Running {
+                        inference: running,
+                        probation: None,
+                        rolled_back,
+                    });
+                }
+                Err(e) => log::error!("{}: {e}", candidate.file.display()),
+            }
+        }
+        Err(EdgeError::Settings(format!(
+            "no bundle loads (the deployed one: {why})"
+        )))
+    };
+    if !active.confirmed {
+        let starts = installed.count_start()?;
+        if starts > MAX_PROBATION_STARTS {
+            return fall_back(format!(
+                "{} starts without a first result: rolled back",
+                starts - 1
             ));
         }
+    }
+    let deployed = match load(&active.bundle) {
+        Ok(i) => i,
+        Err(e) => return fall_back(format!("does not load ({e})")),
     };
     log::info!(
         "running deployed bundle {} (deployment {}) instead of the configured {}",
         deployed.bundle_id,
         active.bundle.deployment.unwrap_or(0),
-        configured.display()
+        configured.file.display()
     );
     // Restarted before the new bundle inferred: it is still on probation.
     let previous = match (
@@ -168,11 +199,24 @@ fn load_running(
         installed.previous(),
         active.bundle.deployment,
     ) {
-        (false, Some(p), Some(deployment)) => Inference::load(&p, &settings.reloadable, state)
+        (false, Some(p), Some(deployment)) => load(&p)
             .map_err(|e| log::warn!("the previous bundle does not load ({e}): no rollback"))
             .ok()
             .map(|p| (deployment, p)),
         _ => None,
     };
-    Ok((deployed, previous))
+    Ok(Running {
+        inference: deployed,
+        probation: previous,
+        rolled_back: None,
+    })
+}
+
+/// What hedged starts with.
+struct Running {
+    inference: Inference,
+    /// A deployed bundle not yet proven: its deployment and the bundle it replaced.
+    probation: Option<(u64, Inference)>,
+    /// A deployment rolled back at start-up, and why (reported once connected).
+    rolled_back: Option<(u64, String)>,
 }

@@ -226,7 +226,7 @@ impl DeployRoute {
 
     /// States to report and chunks to ask for.
     fn outgoing(&self, conn: &Connection) {
-        if let Some(report) = self.deployments.take_report() {
+        for report in self.deployments.take_reports() {
             let _ = conn
                 .client()
                 .try_publish(&self.state, QoS::AtMostOnce, true, report);

@@ -92,18 +92,19 @@ impl Reload {
         })
     }
 
-    /// Verify and load a fetched deployment (after a reload under way, if any). A model update
-    /// runs under the keys of the bundle running now.
+    /// No load under way.
+    pub fn is_idle(&self) -> bool {
+        self.pending.is_none()
+    }
+
+    /// Verify and load a fetched deployment (the caller waits until [`Self::is_idle`]). A model
+    /// update runs under the keys of the bundle running now.
     pub fn start_deployment(
         &mut self,
         candidate: Candidate,
         settings: &Settings,
         running: &BundleRef,
     ) -> Result<(), EdgeError> {
-        if self.pending.is_some() {
-            self.deployments.hand_over(candidate);
-            return Ok(());
-        }
         let source = BundleRef {
             file: candidate.file,
             base: (candidate.payload == Payload::ModelUpdate)
@@ -178,9 +179,19 @@ impl Reload {
                 previous,
             };
         }
-        if let Err(e) = self.state.accept_epoch(new.epoch) {
-            refused(&e);
-            return Applied::Nothing;
+        // A deployed bundle still on probation keeps running through a SIGHUP, but its epoch
+        // becomes the board's only once it has inferred (or a rollback could not go back).
+        let on_probation = new.source.deployment.is_some()
+            && self
+                .deployments
+                .installed
+                .active()
+                .is_some_and(|a| !a.confirmed);
+        if !on_probation {
+            if let Err(e) = self.state.accept_epoch(new.epoch) {
+                refused(&e);
+                return Applied::Nothing;
+            }
         }
         if let Some(new_settings) = new_settings {
             let changed = settings.restart_only_changes(&new_settings);

@@ -42,8 +42,10 @@ pub struct Probation {
     pub deployment: u64,
     /// What a rollback returns to.
     pub previous: Box<Inference>,
-    /// Rejected inputs counted before it took over.
-    pub rejected_before: u64,
+    /// Inputs the source refused for their width before it took over: those refused after
+    /// count against it (the bundle does not fit the data), other malformed input does not.
+    pub width_rejects_before: u64,
+    pub failed_inferences: u64,
 }
 
 /// How a run ended.
@@ -83,12 +85,17 @@ impl Scheduler {
         Ok(())
     }
 
+    fn width_rejects(&self) -> u64 {
+        self.rejects.by_kind().get("width").copied().unwrap_or(0)
+    }
+
     /// A deployed bundle whose first inputs all failed gives way to the one it replaced.
     fn roll_back_if_failing(&mut self) {
         let Some(p) = &self.probation else {
             return;
         };
-        let failed = self.rejects.count().saturating_sub(p.rejected_before);
+        let failed =
+            p.failed_inferences + self.width_rejects().saturating_sub(p.width_rejects_before);
         if failed < self.rollback_after as u64 {
             return;
         }
@@ -123,9 +130,16 @@ impl Scheduler {
             if self.shutdown.take_reload() {
                 self.reload.start()?;
             }
-            if let Some(candidate) = self.deployments.take_candidate() {
-                self.reload
-                    .start_deployment(candidate, &self.settings, &self.inference.source)?;
+            // One deployment at a time: the next waits until this one has proved itself (or
+            // rolled back) and no load is under way.
+            if self.probation.is_none() && self.reload.is_idle() {
+                if let Some(candidate) = self.deployments.take_candidate() {
+                    self.reload.start_deployment(
+                        candidate,
+                        &self.settings,
+                        &self.inference.source,
+                    )?;
+                }
             }
             match self.reload.apply(&mut self.settings, &mut self.inference) {
                 Applied::Nothing => {}
@@ -137,7 +151,8 @@ impl Scheduler {
                     self.probation = Some(Probation {
                         deployment,
                         previous,
-                        rejected_before: self.rejects.count(),
+                        width_rejects_before: self.width_rejects(),
+                        failed_inferences: 0,
                     });
                     self.switched();
                     self.deployments
@@ -161,6 +176,9 @@ impl Scheduler {
                 Ok(r) => r,
                 Err(e) => {
                     self.rejects.reject(e.kind(), format_args!("an input: {e}"));
+                    if let Some(p) = &mut self.probation {
+                        p.failed_inferences += 1;
+                    }
                     continue;
                 }
             };

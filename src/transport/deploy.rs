@@ -103,14 +103,6 @@ impl Offer {
         Ok(offer)
     }
 
-    /// The deployment number of an offer that failed its checks, to say so (never acted on).
-    pub fn peek_deployment(bytes: &[u8]) -> Option<u64> {
-        let body = bytes.get(1..bytes.len().checked_sub(64)?)?;
-        postcard::take_from_bytes::<u64>(body)
-            .ok()
-            .map(|(id, _)| id)
-    }
-
     pub fn chunk_count(&self) -> u64 {
         self.size.div_ceil(self.chunk_size as u64)
     }

@@ -192,6 +192,8 @@ pub fn fleet_and_deployments_are_recorded(path: &Path) {
     assert!(!r
         .record_target_state(one, "zz", "active", 0, None, "")
         .unwrap());
+    assert_eq!(r.latest_deployment_for("a").unwrap(), two);
+    assert_eq!(r.latest_deployment_for("b").unwrap(), 0);
     r.cancel_deployment(two).unwrap();
     let d = r.deployment(one).unwrap().unwrap();
     assert_eq!(

@@ -609,6 +609,17 @@ impl Registry {
         .transpose()
     }
 
+    /// The newest deployment that targets `device` (0: none).
+    pub fn latest_deployment_for(&self, device: &str) -> Result<u64> {
+        match self.one(
+            "SELECT COALESCE(MAX(deployment), 0) FROM deployment_targets WHERE device = $1",
+            params![device],
+        )? {
+            Some(r) => r.uint(0),
+            None => Ok(0),
+        }
+    }
+
     pub fn cancel_deployment(&self, id: u64) -> Result<()> {
         self.store.execute(
             "UPDATE deployments SET cancelled = 1 WHERE id = $1",

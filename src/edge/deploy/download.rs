@@ -16,8 +16,9 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// A chunk whose bytes fail their digest this often (from the backend's store, not a stray
-/// forgery) fails the deployment.
+/// A chunk whose bytes fail their digest in this many requests in a row fails the deployment
+/// (the backend's store is bad). Counted once per request: a forger cannot run the count up
+/// faster than the board asks, and the genuine chunk, which comes too, is still taken.
 pub const MAX_BAD_CHUNKS: u32 = 3;
 
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +52,8 @@ pub struct Download {
     /// Asked for and not yet come, with when.
     asked: HashMap<u32, Instant>,
     bad: HashMap<u32, u32>,
+    /// Chunks already counted bad for their current request.
+    bad_this_request: std::collections::HashSet<u32>,
     window: usize,
     timeout: Duration,
     /// Chunks found in the partial file at start (resumed, not fetched).
@@ -102,6 +105,7 @@ impl Download {
             received,
             asked: HashMap::new(),
             bad: HashMap::new(),
+            bad_this_request: Default::default(),
             window: window.max(1),
             timeout,
             resumed,
@@ -139,6 +143,7 @@ impl Download {
         let mut runs: Vec<(u32, u32)> = Vec::new();
         for i in wanted {
             self.asked.insert(i, now);
+            self.bad_this_request.remove(&i);
             match runs.last_mut() {
                 Some((first, count)) if *first + *count == i => *count += 1,
                 _ => runs.push((i, 1)),
@@ -156,14 +161,17 @@ impl Download {
             return Ok(Arrival::Duplicate);
         }
         if bytes.len() != self.offer.chunk_len(index) || Sha256::digest(bytes)[..] != digest[..] {
-            self.asked.remove(&index);
-            let times = self.bad.entry(index).or_insert(0);
-            *times += 1;
-            if *times >= MAX_BAD_CHUNKS {
-                return Err(DownloadError::BadChunk {
-                    index,
-                    times: *times,
-                });
+            // The request stays open (the genuine chunk may be on its way); asked again at
+            // the timeout.
+            if self.asked.contains_key(&index) && self.bad_this_request.insert(index) {
+                let times = self.bad.entry(index).or_insert(0);
+                *times += 1;
+                if *times >= MAX_BAD_CHUNKS {
+                    return Err(DownloadError::BadChunk {
+                        index,
+                        times: *times,
+                    });
+                }
             }
             return Ok(Arrival::Refused);
         }
@@ -270,21 +278,31 @@ mod tests {
     fn forged_chunks_are_refused_and_a_persistent_one_fails() {
         let dir = tempfile::tempdir().unwrap();
         let data = vec![5u8; 3000];
-        let mut d = Download::resume(
-            offer_for(&data, 1024),
-            dir.path(),
-            4,
-            Duration::from_secs(5),
-        )
-        .unwrap();
-        assert_eq!(d.arrived(0, &[6u8; 1024]).unwrap(), Arrival::Refused);
-        assert_eq!(d.arrived(0, &[5u8; 10]).unwrap(), Arrival::Refused);
+        let timeout = Duration::from_secs(5);
+        let mut d = Download::resume(offer_for(&data, 1024), dir.path(), 4, timeout).unwrap();
+        // Unasked: refused, not counted.
+        for _ in 0..5 {
+            assert_eq!(d.arrived(0, &[6u8; 1024]).unwrap(), Arrival::Refused);
+        }
+        let t0 = Instant::now();
+        assert_eq!(d.requests(t0), vec![(0, 3)]);
+        // A flood of forgeries counts once per request, and the genuine chunk is still taken.
+        for _ in 0..10 {
+            assert_eq!(d.arrived(1, &[6u8; 1024]).unwrap(), Arrival::Refused);
+        }
+        assert_eq!(d.arrived(1, &[5u8; 10]).unwrap(), Arrival::Refused);
+        assert_eq!(d.arrived(1, &data[1024..2048]).unwrap(), Arrival::Stored);
         assert_eq!(d.arrived(7, &[5u8; 1024]).unwrap(), Arrival::Unknown);
+        // Chunk 0 bad in three requests in a row: the store is bad.
+        assert_eq!(d.arrived(0, &[6u8; 1024]).unwrap(), Arrival::Refused);
+        assert_eq!(d.requests(t0 + timeout), vec![(0, 1), (2, 1)]);
+        assert_eq!(d.arrived(0, &[6u8; 1024]).unwrap(), Arrival::Refused);
+        assert_eq!(d.requests(t0 + timeout * 2), vec![(0, 1), (2, 1)]);
         assert!(matches!(
             d.arrived(0, &[6u8; 1024]),
             Err(DownloadError::BadChunk { index: 0, times: 3 })
         ));
-        assert_eq!(d.progress(), (0, 3000));
+        assert_eq!(d.progress(), (1024, 3000));
     }
 
     #[test]

@@ -50,6 +50,10 @@ pub struct Active {
     pub bundle: BundleRef,
     /// It has inferred at least once (its epoch is then the board's newest).
     pub confirmed: bool,
+    /// Daemon starts while it was not yet confirmed (a bundle that brings the board down
+    /// before its first result is rolled back after a few).
+    #[serde(default)]
+    pub starts: u32,
 }
 
 pub struct Installed {
@@ -114,8 +118,19 @@ impl Installed {
             &Active {
                 bundle: new.clone(),
                 confirmed: false,
+                starts: 0,
             },
         )
+    }
+
+    /// One more start with the active bundle unconfirmed: how many so far.
+    pub fn count_start(&self) -> Result<u32, IoError> {
+        let Some(mut active) = self.active() else {
+            return Ok(0);
+        };
+        active.starts += 1;
+        write_json(&self.dir.join("active.json"), &active)?;
+        Ok(active.starts)
     }
 
     /// The active bundle has inferred: it stays.
@@ -137,6 +152,7 @@ impl Installed {
                 &Active {
                     bundle: previous.clone(),
                     confirmed: true,
+                    starts: 0,
                 },
             )?;
         } else if active.exists() {
@@ -145,6 +161,26 @@ impl Installed {
         let _ = std::fs::remove_file(self.dir.join("previous.json"));
         self.prune();
         Ok(())
+    }
+
+    /// The highest epoch of an offer the board took (0: none).
+    pub fn offered_epoch(&self) -> u64 {
+        std::fs::read_to_string(self.dir.join("offered-epoch"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    pub fn set_offered_epoch(&self, epoch: u64) -> Result<(), IoError> {
+        if epoch <= self.offered_epoch() {
+            return Ok(());
+        }
+        crate::files::create_dir_all(&self.dir)?;
+        write_atomic(
+            &self.dir.join("offered-epoch"),
+            format!("{epoch}\n").as_bytes(),
+            0o600,
+        )
     }
 
     pub fn outcome(&self, deployment: u64) -> Option<Report> {
@@ -174,7 +210,15 @@ impl Installed {
         };
         for entry in entries.flatten() {
             let path = entry.path();
-            if !keep.contains(&path) {
+            // `<deployment>-<bundle>.<ext>`: a deployment not yet decided may still need it.
+            let pending = entry
+                .file_name()
+                .to_string_lossy()
+                .split('-')
+                .next()
+                .and_then(|d| d.parse::<u64>().ok())
+                .is_some_and(|d| self.outcome(d).is_none());
+            if !keep.contains(&path) && !pending {
                 log::info!("removing {} (no longer needed)", path.display());
                 let _ = std::fs::remove_file(&path);
             }
@@ -185,6 +229,7 @@ impl Installed {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::transport::deploy::DeployState;
 
     #[test]
     fn install_confirm_roll_back_and_prune() {
@@ -195,10 +240,25 @@ mod tests {
         let first = i.payload_path(1, "aa", false);
         let second = i.payload_path(2, "bb", true);
         let stale = i.payload_path(0, "zz", false);
-        for p in [&first, &second, &stale] {
+        let pending = i.payload_path(3, "cc", false);
+        for p in [&first, &second, &stale, &pending] {
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
             std::fs::write(p, b"x").unwrap();
         }
+        let decided = |deployment, state| Report {
+            device: "b".into(),
+            deployment,
+            state,
+            received: 0,
+            total: 0,
+            running: "aa".into(),
+            reason: None,
+            at_ms: 0,
+        };
+        i.record_outcome(&decided(0, DeployState::Failed)).unwrap();
+        i.record_outcome(&decided(2, DeployState::Cancelled))
+            .unwrap();
+        assert_eq!(i.outcome(2).unwrap().state, DeployState::Cancelled);
         let one = BundleRef {
             file: first.clone(),
             base: None,
@@ -209,12 +269,20 @@ mod tests {
             i.active().unwrap(),
             Active {
                 bundle: one.clone(),
-                confirmed: false
+                confirmed: false,
+                starts: 0
             }
         );
+        assert_eq!(i.count_start().unwrap(), 1);
+        assert_eq!(i.offered_epoch(), 0);
+        i.set_offered_epoch(4).unwrap();
+        i.set_offered_epoch(2).unwrap(); // never goes down
+        assert_eq!(i.offered_epoch(), 4);
         i.confirm().unwrap();
         assert!(i.active().unwrap().confirmed);
-        assert!(!stale.exists() && first.exists() && !second.exists());
+        // Decided and unreferenced: removed; a deployment still to be decided keeps its file.
+        assert!(!stale.exists() && first.exists() && !second.exists() && pending.exists());
+        i.record_outcome(&decided(1, DeployState::Active)).unwrap();
         // A model update on the first's keys, rolled back.
         std::fs::write(&second, b"x").unwrap();
         let two = BundleRef {

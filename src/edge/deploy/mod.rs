@@ -10,9 +10,7 @@ pub mod installed;
 
 use super::health::Health;
 use super::state::State;
-use crate::transport::deploy::{
-    Chunk, ChunkRequest, DeployState, Offer, OfferError, Payload, Report,
-};
+use crate::transport::deploy::{Chunk, ChunkRequest, DeployState, Offer, Payload, Report};
 use crate::transport::message::now_ms;
 use download::{Arrival, Download};
 use ed25519_dalek::VerifyingKey;
@@ -40,9 +38,12 @@ pub struct Deployments {
 
 #[derive(Default)]
 struct Inner {
+    /// The latest report, and those not yet published (in order: the agent sees each state).
     report: Option<Report>,
-    changed: bool,
+    unsent: Vec<Report>,
     candidate: Option<Candidate>,
+    /// The deployment handed to the scheduler and not yet decided (active, failed, …).
+    handed: Option<u64>,
 }
 
 impl Deployments {
@@ -93,19 +94,19 @@ impl Deployments {
             }
         }
         let mut inner = self.lock();
+        if state.is_final() && inner.handed == Some(deployment) {
+            inner.handed = None;
+        }
+        inner.unsent.push(report.clone());
         inner.report = Some(report);
-        inner.changed = true;
     }
 
-    /// The latest report if it changed since the last call.
-    pub fn take_report(&self) -> Option<Vec<u8>> {
-        let mut inner = self.lock();
-        let changed = std::mem::take(&mut inner.changed);
-        inner
-            .report
-            .as_ref()
-            .filter(|_| changed)
+    /// The reports made since the last call, oldest first.
+    pub fn take_reports(&self) -> Vec<Vec<u8>> {
+        std::mem::take(&mut self.lock().unsent)
+            .iter()
             .map(Report::encode)
+            .collect()
     }
 
     /// The latest report again (a new connection).
@@ -113,8 +114,10 @@ impl Deployments {
         self.lock().report.as_ref().map(Report::encode)
     }
 
-    pub fn hand_over(&self, candidate: Candidate) {
-        self.lock().candidate = Some(candidate);
+    fn hand_over(&self, candidate: Candidate) {
+        let mut inner = self.lock();
+        inner.handed = Some(candidate.deployment);
+        inner.candidate = Some(candidate);
     }
 
     /// A payload ready for verification, once.
@@ -164,14 +167,9 @@ impl Deployer {
         let offer = match Offer::decode(bytes, &self.trusted, &self.shared.device) {
             Ok(o) => o,
             Err(e) => {
-                // Not the backend's (or not for this board): nothing is fetched. Its number is
-                // only used to say so.
+                // Not the backend's (or not for this board): nothing is fetched, and nothing is
+                // recorded — an unsigned message must not decide what happens to a deployment.
                 log::warn!("refused a deployment offer: {e}");
-                if let (OfferError::Sealed(_), Some(id)) = (&e, Offer::peek_deployment(bytes)) {
-                    if self.shared.installed.outcome(id).is_none() {
-                        self.fail(id, (0, 0), e.to_string());
-                    }
-                }
                 return;
             }
         };
@@ -190,8 +188,14 @@ impl Deployer {
             }
             return;
         }
-        if self.shared.installed.outcome(id).is_some() || current.is_some_and(|c| c >= id) {
-            return; // done before, or the retained offer again, or older than the one under way
+        let handed = self.shared.lock().handed;
+        if self.shared.installed.outcome(id).is_some()
+            || current.is_some_and(|c| c >= id)
+            || handed.is_some_and(|h| h >= id)
+        {
+            // Done before, or the retained offer again (also while it is being verified), or
+            // older than the one under way.
+            return;
         }
         if let Some(old) = self.current.take() {
             let (old_id, progress) = (old.offer.deployment, old.progress());
@@ -205,13 +209,20 @@ impl Deployer {
         }
         self.shared
             .report(id, DeployState::Offered, (0, offer.size), None);
-        let newest = self.shared.state.epoch();
+        // Older than what the board runs, or than a newer offer it took (a replayed offer
+        // must not bring back a superseded bundle while the newer one is on probation).
+        let newest = self
+            .shared
+            .state
+            .epoch()
+            .max(self.shared.installed.offered_epoch());
         if offer.epoch < newest {
             return self.fail(
                 id,
                 (0, offer.size),
                 format!(
-                    "bundle epoch {} is older than epoch {newest}, which this board already ran",
+                    "bundle epoch {} is older than epoch {newest}, which this board already ran \
+                     or was offered",
                     offer.epoch
                 ),
             );
@@ -225,6 +236,9 @@ impl Deployer {
                     offer.size, self.transfer.max_bytes
                 ),
             );
+        }
+        if let Err(e) = self.shared.installed.set_offered_epoch(offer.epoch) {
+            return self.fail(id, (0, offer.size), e.to_string());
         }
         match Download::resume(
             offer,
