@@ -38,21 +38,18 @@ struct Board {
 impl Board {
     fn new(st: &Setup, port: u16, device: &str, group: Option<&str>) -> Self {
         let spool = st.root.join(format!("{device}-state"));
-        enrol(st, &spool, device);
-        if let Some(g) = group {
-            let key = identity(st, &spool, device);
-            hedge(&[
-                "device",
-                "--keys",
-                s(&st.keys),
-                "add",
-                device,
-                "--key",
-                &key,
-                "--group",
-                g,
-            ]);
-        }
+        let key = identity(st, &spool, device);
+        let mut add = vec![
+            "device",
+            "--keys",
+            s(&st.keys),
+            "add",
+            device,
+            "--key",
+            &key,
+        ];
+        add.extend(group.iter().flat_map(|g| ["--group", *g]));
+        hedge(&add);
         Self {
             device: device.into(),
             config: board_config(&st.root, port, device),

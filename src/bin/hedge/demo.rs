@@ -166,29 +166,7 @@ pub fn run(a: Args, ui: &Ui) -> Result<()> {
                 .args(["--log-level", "warn"]);
         };
         // Enrol the board: it makes its identity key, the backend records the public half.
-        let mut print = std::process::Command::new(&hedged);
-        hedged_args(&mut print);
-        let printed = print
-            .arg("--print-identity")
-            .output()
-            .with_context(|| hedged.display().to_string())?;
-        if !printed.status.success() {
-            bail!(
-                "hedged --print-identity: {}",
-                String::from_utf8_lossy(&printed.stderr)
-            );
-        }
-        let identity = String::from_utf8_lossy(&printed.stdout).trim().to_string();
-        let identity_key: [u8; 32] = (0..32)
-            .map(|i| {
-                identity
-                    .get(2 * i..2 * i + 2)
-                    .and_then(|b| u8::from_str_radix(b, 16).ok())
-            })
-            .collect::<Option<Vec<u8>>>()
-            .and_then(|b| b.try_into().ok())
-            .with_context(|| format!("hedged printed {identity:?}"))?;
-        Registry::open(&registry)?.add_device(&device, &identity_key)?;
+        let identity = enrol(&hedged, &hedged_args, &Registry::open(&registry)?, &device)?;
         println!(
             "4. {name}: device {device} enrolled (identity key {}…)",
             &identity[..16]
@@ -351,21 +329,8 @@ fn rollout(
             .args(["--device-id", &device])
             .args(["--log-level", "warn"]);
     };
-    let mut print = std::process::Command::new(r.hedged);
-    args(&mut print);
-    let printed = print.arg("--print-identity").output()?;
-    let identity = String::from_utf8_lossy(&printed.stdout).trim().to_string();
-    let key: [u8; 32] = (0..32)
-        .map(|i| {
-            identity
-                .get(2 * i..2 * i + 2)
-                .and_then(|b| u8::from_str_radix(b, 16).ok())
-        })
-        .collect::<Option<Vec<u8>>>()
-        .and_then(|b| b.try_into().ok())
-        .with_context(|| format!("hedged printed {identity:?}"))?;
     let registry = Registry::open(r.registry)?;
-    registry.add_device(&device, &key)?;
+    enrol(r.hedged, &args, &registry, &device)?;
 
     let half = r.count / 2;
     let lines: Vec<String> = test
@@ -492,4 +457,38 @@ fn rollout(
         bail!("rollout: results lost, repeated or from the wrong bundle: {by_bundle:?}");
     }
     Ok(())
+}
+
+/// Enrol a demo board: `hedged --print-identity` (with the board's own flags, `args`) makes its
+/// identity key, and the registry records the public half, which is returned (hex).
+fn enrol(
+    hedged: &std::path::Path,
+    args: &dyn Fn(&mut std::process::Command),
+    registry: &Registry,
+    device: &str,
+) -> Result<String> {
+    let mut print = std::process::Command::new(hedged);
+    args(&mut print);
+    let printed = print
+        .arg("--print-identity")
+        .output()
+        .with_context(|| hedged.display().to_string())?;
+    if !printed.status.success() {
+        bail!(
+            "hedged --print-identity: {}",
+            String::from_utf8_lossy(&printed.stderr)
+        );
+    }
+    let identity = String::from_utf8_lossy(&printed.stdout).trim().to_string();
+    let identity_key: [u8; 32] = (0..32)
+        .map(|i| {
+            identity
+                .get(2 * i..2 * i + 2)
+                .and_then(|b| u8::from_str_radix(b, 16).ok())
+        })
+        .collect::<Option<Vec<u8>>>()
+        .and_then(|b| b.try_into().ok())
+        .with_context(|| format!("hedged printed {identity:?}"))?;
+    registry.add_device(device, &identity_key)?;
+    Ok(identity)
 }
