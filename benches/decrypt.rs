@@ -33,8 +33,8 @@ fn decryption(c: &mut Criterion) {
         let model = synth::classifier(42, &task, 512, activation);
         let q = QuantModel::quantize(&model, variant, None, &calibration, &params)
             .expect("the fixed-seed model quantises");
-        let encrypted = EncryptedModel::encrypt(&q, &ks.secret).expect("encrypts");
-        let decoding = Decoding::new(&q, &params, ks.secret.key_id)
+        let (encrypted, checks) = EncryptedModel::encrypt(&q, &ks.secret).expect("encrypts");
+        let decoding = Decoding::new(&q, &params, ks.secret.key_id, &checks)
             .and_then(|d| d.refusing(&encrypted))
             .expect("decoding");
         let mut engine = EdgeEngine::new(

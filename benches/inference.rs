@@ -35,7 +35,7 @@ fn inference(c: &mut Criterion) {
         let model = synth::classifier(42, &task, 512, activation);
         let q = QuantModel::quantize(&model, variant, None, &calibration, &params)
             .expect("the fixed-seed model quantises");
-        let encrypted = EncryptedModel::encrypt(&q, &ks.secret).expect("encrypts");
+        let (encrypted, _checks) = EncryptedModel::encrypt(&q, &ks.secret).expect("encrypts");
         let mut engine = EdgeEngine::new(
             ModelInfo::of(&q),
             params,

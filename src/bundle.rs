@@ -404,7 +404,7 @@ mod tests {
                 public: ks.public.clone(),
                 evaluation: Some(ks.evaluation.clone()),
             },
-            model: EncryptedModel::encrypt(&q, &ks.secret).unwrap(),
+            model: EncryptedModel::encrypt(&q, &ks.secret).unwrap().0,
             extractor: None,
         };
         let signer = SigningKey::from_bytes(&[7u8; 32]);

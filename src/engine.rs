@@ -141,13 +141,33 @@ impl EncryptedModel {
         Ok(out)
     }
 
-    /// Encrypt a quantised model under `keys` (backend side).
-    pub fn encrypt(q: &QuantModel, keys: &SecretKeys) -> Result<Self> {
+    /// Encrypt a quantised model under `keys` (backend side), with fresh secret check outputs
+    /// for the variants that carry them: the checks go to the registry's [`Decoding`], never
+    /// into the bundle.
+    pub fn encrypt(q: &QuantModel, keys: &SecretKeys) -> Result<(Self, ResultChecks)> {
+        let checks = ResultChecks::draw(q, &keys.params, &mut rand::rngs::OsRng)?;
+        Ok((Self::encrypt_with(q, keys, &checks)?, checks))
+    }
+
+    /// [`Self::encrypt`] with the given checks.
+    pub fn encrypt_with(q: &QuantModel, keys: &SecretKeys, checks: &ResultChecks) -> Result<Self> {
         let p = keys.params;
         let (hidden, out) = (q.hidden_dim, q.out_dim);
+        if q.variant != Variant::Last && !checks.rows.is_empty() {
+            return Err(CryptoError::Unsupported(format!(
+                "check outputs for variant {}",
+                q.variant.name()
+            ))
+            .into());
+        }
         Ok(match q.variant {
             Variant::Last => {
-                let layout = PackedLayout::new(p.wide.poly_size, out, hidden + 1)?;
+                let rows = out + checks.rows.len();
+                let layout = PackedLayout::new(p.wide.poly_size, rows, hidden + 1)?;
+                let mut weights = q.w2_with_bias();
+                weights.extend(checks.combine(&weights[..out * (hidden + 1)], hidden + 1));
+                let mut scales = vec![q.delta_out; out];
+                scales.extend(checks.deltas());
                 Self::Last {
                     first: PlainLayer {
                         w: q.w1.clone(),
@@ -158,9 +178,9 @@ impl EncryptedModel {
                         &keys.wide,
                         KeyKind::Wide,
                         p.wide,
-                        &q.w2_with_bias(),
+                        &weights,
                         layout,
-                        &vec![q.delta_out; layout.out_dim],
+                        &scales,
                         &vec![0; layout.out_dim],
                         WIDE_DROP_BITS,
                     ),
@@ -246,6 +266,114 @@ impl EncryptedModel {
     }
 }
 
+/// Bits of each secret check coefficient, and check rows per result of variant `last`: a
+/// result changed in any way passes one row with probability at most 2^-CHECK_BITS, all of
+/// them with at most 2^-(CHECK_BITS·CHECK_ROWS) = 2^-20 (docs/THREATS.md).
+pub const CHECK_BITS: u32 = 5;
+pub const CHECK_ROWS: usize = 4;
+
+/// Secret check outputs of a protected model: extra output rows, each a secret random
+/// combination Σ_c r_c·(row c) of the class rows (weights and bias) plus a secret odd offset ρ
+/// on the bias column, encrypted like them and encoded at a power-of-two Δ of their own so
+/// that the combination's whole range fits. The board cannot compute the rows' values without
+/// r and ρ; an honest result satisfies check_k = Σ_c r_{k,c}·score_c + ρ_k exactly. The offset
+/// pins the bias input to 1: the bundle's weight ciphertexts on their own (bias 0), sums and
+/// differences of results (bias 2, 0) fail it. Kept in the backend's registry ([`Decoding`])
+/// only: the bundle carries the encrypted rows, never r or ρ.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ResultChecks {
+    /// One coefficient per class and check row, each in [0, 2^CHECK_BITS).
+    pub rows: Vec<Vec<i64>>,
+    /// log2 Δ of each check row.
+    pub log2_deltas: Vec<u32>,
+    /// ρ of each check row: odd, in [1, 2^CHECK_BITS).
+    #[serde(default)]
+    pub offsets: Vec<i64>,
+}
+
+impl ResultChecks {
+    /// Fresh checks for `q` (none for the variants that do not carry them yet).
+    pub fn draw(
+        q: &QuantModel,
+        params: &ParameterSet,
+        rng: &mut (impl rand::RngCore + rand::CryptoRng),
+    ) -> Result<Self> {
+        use rand::Rng;
+        let mut checks = Self::default();
+        if q.variant != Variant::Last {
+            return Ok(checks);
+        }
+        let limits = q.score_limits(params);
+        while checks.rows.len() < CHECK_ROWS {
+            let r: Vec<i64> = (0..q.out_dim)
+                .map(|_| rng.gen_range(0..1i64 << CHECK_BITS))
+                .collect();
+            if r.iter().all(|&c| c == 0) {
+                continue;
+            }
+            let offset = rng.gen_range(0..1i64 << (CHECK_BITS - 1)) * 2 + 1;
+            let bound: f64 = r
+                .iter()
+                .zip(&limits)
+                .map(|(&c, &l)| c as f64 * l)
+                .sum::<f64>()
+                + offset as f64;
+            // Δ·bound ≤ 2^62, as for the classes: a quarter of the torus each side.
+            let log2_delta = (62.0 - bound.log2()).floor().min(62.0);
+            if log2_delta < 16.0 {
+                return Err(EngineError::Malformed(format!(
+                    "model: scores of up to 2^{:.0} leave no room for check outputs",
+                    bound.log2()
+                )));
+            }
+            checks.rows.push(r);
+            checks.log2_deltas.push(log2_delta as u32);
+            checks.offsets.push(offset);
+        }
+        Ok(checks)
+    }
+
+    /// Δ of each check row.
+    pub fn deltas(&self) -> impl Iterator<Item = u64> + '_ {
+        self.log2_deltas.iter().map(|&l| 1u64 << l)
+    }
+
+    /// The check rows of a matrix whose rows are the classes' (row-major, `cols` wide, the
+    /// bias last).
+    pub fn combine(&self, class_rows: &[i64], cols: usize) -> Vec<i64> {
+        let mut out = vec![0i64; self.rows.len() * cols];
+        for (k, r) in self.rows.iter().enumerate() {
+            let row = &mut out[k * cols..(k + 1) * cols];
+            for (&rc, class) in r.iter().zip(class_rows.chunks_exact(cols)) {
+                for (o, &w) in row.iter_mut().zip(class) {
+                    *o += rc * w;
+                }
+            }
+            row[cols - 1] += self.offset(k);
+        }
+        out
+    }
+
+    /// What check row `k` must decrypt to for these class scores.
+    pub fn expected(&self, k: usize, scores: &[i64]) -> i128 {
+        self.rows[k]
+            .iter()
+            .zip(scores)
+            .map(|(&c, &s)| c as i128 * s as i128)
+            .sum::<i128>()
+            + self.offset(k) as i128
+    }
+
+    fn offset(&self, k: usize) -> i64 {
+        self.offsets.get(k).copied().unwrap_or(0)
+    }
+
+    /// −log2 of the largest probability that a changed result passes every row.
+    pub fn strength_bits(&self) -> u32 {
+        CHECK_BITS * self.rows.len() as u32
+    }
+}
+
 /// Public facts about a protected model that the edge and the decryptor need.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ModelInfo {
@@ -319,11 +447,20 @@ pub struct Decoding {
     /// named them): kept by the backend only, a board never sees them.
     #[serde(default)]
     pub labels: Option<Vec<String>>,
+    /// The secret check outputs, read after the classes (none in records made before them).
+    #[serde(default)]
+    pub checks: ResultChecks,
 }
 
 impl Decoding {
-    /// The decoding of `q`'s results under `params` and the key set `key_id`.
-    pub fn new(q: &QuantModel, params: &ParameterSet, key_id: KeyId) -> Result<Self> {
+    /// The decoding of `q`'s results under `params` and the key set `key_id`, with the checks
+    /// its model was encrypted with.
+    pub fn new(
+        q: &QuantModel,
+        params: &ParameterSet,
+        key_id: KeyId,
+        checks: &ResultChecks,
+    ) -> Result<Self> {
         let out = q.out_dim;
         let (key, poly_size, parts) = match &q.hidden_map {
             HiddenMap::Window { map, .. } => (
@@ -343,7 +480,8 @@ impl Decoding {
                 vec![PartShape::Lwe; out],
             ),
             _ => {
-                let layout = PackedLayout::new(params.wide.poly_size, out, q.hidden_dim + 1)?;
+                let rows = out + checks.rows.len();
+                let layout = PackedLayout::new(params.wide.poly_size, rows, q.hidden_dim + 1)?;
                 let parts = (0..layout.blocks())
                     .map(|b| PartShape::Glwe {
                         slots: (0..layout.rows_in(b) as u32).collect(),
@@ -363,7 +501,19 @@ impl Decoding {
             score_limits: q.score_limits(params),
             own_masks: Vec::new(),
             labels: None,
+            checks: checks.clone(),
         })
+    }
+
+    /// Variant `last` is verifiable only with its check outputs: a record made before them
+    /// cannot tell a crafted result from an honest one.
+    fn verifiable(&self) -> bool {
+        let last = self.key == KeyKind::Wide
+            && self
+                .parts
+                .iter()
+                .all(|p| matches!(p, PartShape::Glwe { .. }));
+        !last || !self.checks.rows.is_empty()
     }
 
     /// The same, refusing the GLWEs of `model` (the bundle's) as results.
@@ -424,6 +574,14 @@ pub enum Refusal {
     /// row of encrypted features): no decision to reveal, and no honest model output.
     #[error("every class scores the same: not a model output")]
     Degenerate,
+    /// A check output disagrees with the scores: the result was changed or forged.
+    #[error("check output {row} disagrees with the scores: not computed from this bundle")]
+    Check { row: usize },
+    #[error(
+        "results of this bundle cannot be verified (protected before check outputs): protect \
+         the model again (hedge protect) and deploy the new bundle"
+    )]
+    Unverifiable,
 }
 
 impl Refusal {
@@ -436,6 +594,8 @@ impl Refusal {
             Refusal::Mask { .. } | Refusal::BundleCiphertext { .. } => "mask",
             Refusal::Noise { .. } => "noise",
             Refusal::OutOfRange { .. } | Refusal::Degenerate => "range",
+            Refusal::Check { .. } => "check",
+            Refusal::Unverifiable => "unverifiable",
         }
     }
 }
@@ -580,13 +740,27 @@ pub fn decrypt(
             return Err(Refusal::BundleCiphertext { part: i });
         }
     }
+    if !decoding.verifiable() {
+        return Err(Refusal::Unverifiable);
+    }
     let phases = phases(result, decoding, keys)?;
+    let classes = decoding.score_limits.len();
+    if phases.len() != classes + decoding.checks.rows.len() {
+        return Err(Refusal::PartCount {
+            found: phases.len(),
+            expected: classes + decoding.checks.rows.len(),
+        });
+    }
+    let (class_phases, check_phases) = phases.split_at(classes);
     let delta = decoding.delta_out;
-    let scores: Vec<i64> = phases.iter().map(|&p| decode(p, delta)).collect();
-    let errors: Vec<u64> = phases
+    let error = |p: u64, z: i64, delta: u64| {
+        (p.wrapping_sub((z as u64).wrapping_mul(delta)) as i64).unsigned_abs()
+    };
+    let scores: Vec<i64> = class_phases.iter().map(|&p| decode(p, delta)).collect();
+    let errors: Vec<u64> = class_phases
         .iter()
         .zip(&scores)
-        .map(|(&p, &z)| (p.wrapping_sub((z as u64).wrapping_mul(delta)) as i64).unsigned_abs())
+        .map(|(&p, &z)| error(p, z, delta))
         .collect();
     for (class, (&z, &limit)) in scores.iter().zip(&decoding.score_limits).enumerate() {
         if decoding.exact && errors[class] > delta / 8 {
@@ -599,18 +773,30 @@ pub fn decrypt(
             return Err(Refusal::OutOfRange { class });
         }
     }
+    // Each check is exact: on its grid, and equal to its secret combination of the scores
+    // (both sides within a quarter of its torus, so equal as integers iff equal modulo it).
+    let mut margin = (delta as f64 / 2.0).log2()
+        - (errors.iter().copied().max().unwrap_or(0).max(1) as f64).log2();
+    let checks = &decoding.checks;
+    for (row, (&p, check_delta)) in check_phases.iter().zip(checks.deltas()).enumerate() {
+        let z = decode(p, check_delta);
+        let e = error(p, z, check_delta);
+        if e > check_delta / 8 || z as i128 != checks.expected(row, &scores) {
+            return Err(Refusal::Check { row });
+        }
+        margin = margin.min((check_delta as f64 / 2.0).log2() - (e.max(1) as f64).log2());
+    }
     if scores.windows(2).all(|w| w[0] == w[1]) {
         return Err(Refusal::Degenerate);
     }
-    let worst = errors.iter().copied().max().unwrap_or(0);
     let float_scores: Vec<f32> = scores
         .iter()
         .map(|&z| (z as f64 * decoding.out_scale) as f32)
         .collect();
     Ok(Decrypted {
         class: crate::model::argmax(&scores),
-        noise_margin_bits: (delta as f64 / 2.0).log2() - (worst.max(1) as f64).log2(),
-        phases,
+        noise_margin_bits: margin,
+        phases: class_phases.to_vec(),
         scores,
         float_scores,
     })

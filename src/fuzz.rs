@@ -66,10 +66,15 @@ fn fixture() -> &'static Fixture {
         };
         let decodings = [Variant::Last, Variant::Noact, Variant::Act]
             .into_iter()
-            .map(|v| Decoding::new(&quantised(v), &params, keys.secret.key_id).expect("a decoding"))
+            .map(|v| {
+                let q = quantised(v);
+                let checks = crate::engine::ResultChecks::draw(&q, &params, &mut rand::rngs::OsRng)
+                    .expect("checks");
+                Decoding::new(&q, &params, keys.secret.key_id, &checks).expect("a decoding")
+            })
             .collect();
         let q = quantised(Variant::Noact);
-        let encrypted = EncryptedModel::encrypt(&q, &keys.secret).expect("encrypts");
+        let (encrypted, _) = EncryptedModel::encrypt(&q, &keys.secret).expect("encrypts");
         let edge_keys = EdgeKeys {
             public: keys.public.clone(),
             evaluation: None,
@@ -311,8 +316,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     out.push(("result_message", message.encode()));
     let ack = Ack {
         device_id: "board".into(),
-        recorded: vec![(1, 5), (9, 9)],
-        refused: vec![(6, 6)],
+        received: vec![(1, 6), (9, 9)],
         issued_ms: 1,
     };
     out.push(("ack", ack.encode(&f.signer)));

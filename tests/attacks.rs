@@ -228,11 +228,10 @@ fn every_attack_of_a_compromised_board_is_refused() {
     ] {
         assert!(log.contains(needle), "{what}: no {needle:?} in\n{log}");
     }
-    // The feature row: its lowest gadget level decrypts to zeros in every class (higher
-    // levels land off the exact variant's grid or out of range): refused either way.
+    // The feature row: its lowest gadget level decrypts to zeros in every class and check
+    // (higher levels land off the grid or out of range): refused either way.
     assert!(
-        log.contains("board#1003: every class scores the same")
-            || log.contains("board#1003: score"),
+        log.contains("board#1003: check output") || log.contains("board#1003: score"),
         "feature GGSW row:\n{log}"
     );
     assert_eq!(log.matches("refused a result").count(), 9, "{log}");
@@ -310,28 +309,23 @@ fn a_quarantined_board_is_withheld_until_cleared() {
     std::thread::sleep(Duration::from_secs(2));
     let list = String::from_utf8(hedge(&["device", "--keys", s(&st.keys), "list"]).stdout).unwrap();
     assert!(list.contains("quarantined"), "{list}");
-    // Its genuine results are withheld now: not decrypted, not acknowledged (it keeps them).
-    let config = st.root.join("hedged.toml");
-    std::fs::write(&config, "[mqtt]\nhost = \"127.0.0.1\"\ne2e_timeout_s = 1\n").unwrap();
+    // Its genuine results are withheld now: not decrypted, but kept by the backend and
+    // acknowledged like any other (an acknowledgement tells a board nothing of outcomes).
     let mut h = hedged_command(&st, &broker.addr(), "-", &spool)
-        .arg("--config")
-        .arg(&config)
         .spawn()
         .unwrap();
     feed(&mut h, &st.vectors[2..5]);
-    std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(results(&out).len(), 2, "withheld while quarantined");
-    assert_eq!(
-        spooled(&spool),
-        3,
-        "the board keeps what was not acknowledged"
-    );
-    // An operator clears it: the board's resent results are decrypted.
-    hedge(&["device", "--keys", s(&st.keys), "clear", "board"]);
     drop(h.stdin.take());
     let hlog = wait_ok(h, "hedged");
     assert!(hlog.contains("0 left in the spool"), "{hlog}");
+    assert_eq!(results(&out).len(), 2, "withheld while quarantined");
+    let registry =
+        hedge::backend::registry::Registry::open(&st.keys.join("registry.sqlite")).unwrap();
+    assert_eq!(registry.withheld_count("board").unwrap(), 3);
+    // An operator clears it: the agent decrypts what it kept.
+    hedge(&["device", "--keys", s(&st.keys), "clear", "board"]);
     wait_lines(&out, 5);
+    assert_eq!(registry.withheld_count("board").unwrap(), 0);
     terminate(&dec);
     let dlog = wait_ok(dec, "decryptor");
     assert!(
@@ -339,4 +333,184 @@ fn a_quarantined_board_is_withheld_until_cleared() {
         "{dlog}"
     );
     check_results(&st, &out, 5);
+}
+
+/// One query of the class-oracle key recovery: an encryption of chosen scores (public key)
+/// with 2Δ added to mask coefficient N − j, so that class slot k's score moves by
+/// 2·s_{j+k}. Classes 0 and 1 get H + 1 and H (or H and H + 1), every other class 0: the
+/// decrypted class says whether (s_j, s_{j+1}) is (0, 1) (or (1, 0)). Two queries give
+/// s_j ⊕ s_{j+1}; the chain of them, the whole key up to one bit.
+fn key_query(
+    pk: &mut hedge::crypto::pke::PreparedPublicKey,
+    delta: u64,
+    j: usize,
+    flip: bool,
+) -> Vec<u64> {
+    let n = pk.poly_size();
+    let high = 20u64;
+    let mut scores = vec![0u64; n];
+    let (z0, z1) = if flip {
+        (high, high + 1)
+    } else {
+        (high + 1, high)
+    };
+    scores[0] = z0.wrapping_mul(delta);
+    scores[1] = z1.wrapping_mul(delta);
+    let mut words = pk.encrypt_glwe(&scores).into_container();
+    let i = n - j;
+    words[i] = words[i].wrapping_add(2u64.wrapping_mul(delta));
+    words
+}
+
+/// The attack of issue 21, end to end: a compromised board that sees the class of every
+/// result it sends (the board's owner buys the classifications) crafts results whose class
+/// depends on secret-key bits. Before the check outputs it recovered one key relation per
+/// two results, none refused; now every crafted result is refused, the board is quarantined
+/// at the tenth, the rest are withheld, every one is acknowledged alike, and it recovers
+/// nothing. `HEDGE_ATTACK_PAIRS` sets the size (default 30 pairs, 60 results).
+#[test]
+fn a_board_that_sees_its_classes_learns_nothing_of_the_key() {
+    let st = setup("last");
+    let broker = Mosquitto::start(&st.root);
+    let out = st.root.join("out.jsonl");
+    let spool = st.root.join("spool");
+    let dec = decryptor_with(
+        &st,
+        &broker.addr(),
+        &["--client-id", "backend", "--idle-timeout", "600"],
+        &out,
+    );
+    let input = st.root.join("in.txt");
+    std::fs::write(&input, st.vectors[..2].join("\n")).unwrap();
+    wait_ok(hedged(&st, &broker.addr(), s(&input), &spool), "hedged");
+    wait_lines(&out, 2);
+
+    let a = Attacker::new(&st, &spool, broker.port);
+    // What comes back to the board: its acknowledgements.
+    let mut opts = rumqttc::MqttOptions::new("attacker-acks", "127.0.0.1", broker.port);
+    opts.set_max_packet_size(1 << 20, 1 << 20);
+    let (acks_client, mut acks_conn) = rumqttc::Client::new(opts, 64);
+    acks_client
+        .subscribe("hedge/board/acks", rumqttc::QoS::AtLeastOnce)
+        .unwrap();
+    let (tx, acks) = std::sync::mpsc::channel::<Vec<u8>>();
+    std::thread::spawn(move || {
+        for e in acks_conn.iter() {
+            match e {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                    let _ = tx.send(p.payload.to_vec());
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+                _ => {}
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+
+    let pairs: usize = std::env::var("HEDGE_ATTACK_PAIRS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30);
+    let header = &a.bundle.bundle.header;
+    let delta = header.model.delta_out;
+    let mut pk = a
+        .bundle
+        .bundle
+        .keys
+        .public
+        .key(hedge::crypto::keys::KeyKind::Wide)
+        .prepare()
+        .unwrap();
+    let genuine = ResultCiphertext {
+        key_id: header.key_id,
+        parts: vec![U64s(Vec::new())],
+    };
+    let first_seq = 5000;
+    let mut queries = Vec::new(); // (seq, j, flip)
+    for j in 1..=pairs {
+        for flip in [false, true] {
+            let seq = first_seq + queries.len() as u64;
+            let words = key_query(&mut pk, delta, j, flip);
+            a.publish(
+                "hedge/board/results",
+                &a.message("board", seq, with_part(genuine.clone(), words)),
+            );
+            queries.push((seq, j, flip));
+        }
+    }
+    // Every query answered: by a class (the board sees it) or by an acknowledgement.
+    let verifying = hedge::bundle::load_verifying_key(&st.keys.join("verifying.key")).unwrap();
+    let mut acked = std::collections::BTreeSet::new();
+    let seqs: Vec<u64> = queries.iter().map(|q| q.0).collect();
+    let t = std::time::Instant::now();
+    loop {
+        while let Ok(bytes) = acks.try_recv() {
+            if let Ok(ack) = hedge::transport::ack::Ack::decode(&bytes, &verifying, "board") {
+                acked.extend(ack.seqs().filter(|s| seqs.contains(s)));
+            }
+        }
+        let classes = lines_for(&out, &seqs).len();
+        if acked.len() == seqs.len() || classes == seqs.len() {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "{} acked, {classes} classes",
+            acked.len()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    terminate(&dec);
+    let log = wait_ok(dec, "decryptor");
+
+    // What the board learnt: s_j ⊕ s_{j+1} wherever both classes of a pair came back.
+    let class_of: std::collections::HashMap<u64, u64> = lines_for(&out, &seqs)
+        .iter()
+        .map(|l| (l["seq"].as_u64().unwrap(), l["class"].as_u64().unwrap()))
+        .collect();
+    let secret = hedge::crypto::keys::SecretKeys::from_bytes(
+        &std::fs::read(st.keys.join("secret.key")).unwrap(),
+    )
+    .unwrap();
+    let key = secret
+        .key(hedge::crypto::keys::KeyKind::Wide)
+        .as_ref()
+        .to_vec();
+    let mut recovered = 0;
+    for j in 1..=pairs {
+        let seq_of = |flip| queries.iter().find(|q| q.1 == j && q.2 == flip).unwrap().0;
+        let (Some(&c01), Some(&c10)) = (class_of.get(&seq_of(false)), class_of.get(&seq_of(true)))
+        else {
+            continue;
+        };
+        // (0, 1): class 1 wins the first query; (1, 0): class 0 wins the second.
+        let guess = (c01 == 1) || (c10 == 0);
+        if guess == (key[j] != key[j + 1]) {
+            recovered += 1;
+        }
+    }
+    eprintln!(
+        "class-oracle attack on last: {} crafted results, {} classes returned, {} acknowledged, \
+         {recovered} of {pairs} key relations recovered",
+        seqs.len(),
+        class_of.len(),
+        acked.len()
+    );
+    assert!(recovered <= 64, "{recovered} key bits recovered");
+    assert_eq!(recovered, 0, "{recovered} key relations recovered");
+    assert!(class_of.is_empty(), "a crafted result was decrypted");
+    assert_eq!(
+        acked.len(),
+        seqs.len(),
+        "every signed result is acknowledged alike"
+    );
+    let list = String::from_utf8(hedge(&["device", "--keys", s(&st.keys), "list"]).stdout).unwrap();
+    assert!(list.contains("quarantined"), "{list}");
+    assert_eq!(log.matches("check output").count(), 10, "{log}");
+    assert_eq!(
+        log.matches("withheld: the device is quarantined").count(),
+        seqs.len() - 10,
+        "{log}"
+    );
 }

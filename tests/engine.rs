@@ -32,7 +32,7 @@ fn run_with(
         _ => QuantModel::quantize(&model, variant, None, &calib, &params),
     }
     .unwrap();
-    let enc = EncryptedModel::encrypt(&q, &ks.secret).unwrap();
+    let (enc, checks) = EncryptedModel::encrypt(&q, &ks.secret).unwrap();
     let evaluation = ks.evaluation.with_bootstrap_gadget(&ks.secret, &params);
     let edge_keys = keys::EdgeKeys {
         public: ks.public.clone(),
@@ -47,7 +47,7 @@ fn run_with(
     )
     .unwrap();
     let bound = q.act_score_bound(&params);
-    let decoding = Decoding::new(&q, &params, ks.secret.key_id).unwrap();
+    let decoding = Decoding::new(&q, &params, ks.secret.key_id, &checks).unwrap();
     for (x, _) in task.samples(21, inputs) {
         let reference = q.reference(&q.input.quantize(&x).unwrap());
         // The streamed frame is the same bytes as the framed struct (same length, decodes).
@@ -144,7 +144,7 @@ fn crafted_results_are_refused_before_anything_is_revealed() {
     let model = synth::classifier(5, &task, 24, Some(Activation::Relu));
     let calib: Vec<Vec<f32>> = task.samples(20, 100).into_iter().map(|s| s.0).collect();
     let q = QuantModel::quantize(&model, Variant::Last, None, &calib, &params).unwrap();
-    let enc = EncryptedModel::encrypt(&q, &ks.secret).unwrap();
+    let (enc, checks) = EncryptedModel::encrypt(&q, &ks.secret).unwrap();
     let edge_keys = keys::EdgeKeys {
         public: ks.public.clone(),
         evaluation: None,
@@ -157,7 +157,7 @@ fn crafted_results_are_refused_before_anything_is_revealed() {
         &enc,
     )
     .unwrap();
-    let decoding = Decoding::new(&q, &params, ks.secret.key_id).unwrap();
+    let decoding = Decoding::new(&q, &params, ks.secret.key_id, &checks).unwrap();
     let x = &task.samples(21, 1)[0].0;
     let genuine = engine.infer_plain(x).unwrap();
     decrypt(&genuine, &decoding, &ks.secret).unwrap();
@@ -200,11 +200,12 @@ fn crafted_results_are_refused_before_anything_is_revealed() {
         with_part(&|p| p[n + 1] = p[n + 1].wrapping_add(delta.wrapping_mul(1 << 20))),
         Err(Refusal::OutOfRange { class: 1 })
     ));
-    // A zero phase everywhere (an encryption of zero): every class ties.
+    // A zero phase everywhere (an encryption of zero): every class ties, and the checks,
+    // which must read their secret offsets, read zero.
     let zero = engine.encrypt_features(x).unwrap().groups()[0].0[..2 * n].to_vec();
     assert_eq!(
         with_part(&|p| p.copy_from_slice(&zero)),
-        Err(Refusal::Degenerate)
+        Err(Refusal::Check { row: 0 })
     );
     // Shapes other than the bundle's.
     let mut more = genuine.clone();
@@ -225,4 +226,158 @@ fn crafted_results_are_refused_before_anything_is_revealed() {
         decrypt(&foreign, &decoding, &ks.secret),
         Err(Refusal::WrongKey { .. })
     ));
+}
+
+/// A `last` model, its engine and the decoding with its secret checks.
+struct LastFixture {
+    ks: keys::KeySet,
+    q: QuantModel,
+    enc: EncryptedModel,
+    engine: EdgeEngine,
+    decoding: Decoding,
+    task: synth::Task,
+}
+
+fn last_fixture() -> LastFixture {
+    let params = ParameterSet::for_level(SecurityLevel::L128);
+    let ks = keys::generate(params);
+    let task = synth::Task::new(5, 48, 10);
+    let model = synth::classifier(5, &task, 24, Some(Activation::Relu));
+    let calib: Vec<Vec<f32>> = task.samples(20, 100).into_iter().map(|s| s.0).collect();
+    let q = QuantModel::quantize(&model, Variant::Last, None, &calib, &params).unwrap();
+    let (enc, checks) = EncryptedModel::encrypt(&q, &ks.secret).unwrap();
+    assert_eq!(checks.strength_bits(), 20);
+    let edge_keys = keys::EdgeKeys {
+        public: ks.public.clone(),
+        evaluation: None,
+    };
+    let engine = EdgeEngine::new(
+        ModelInfo::of(&q),
+        params,
+        ks.secret.key_id,
+        &edge_keys,
+        &enc,
+    )
+    .unwrap();
+    let decoding = Decoding::new(&q, &params, ks.secret.key_id, &checks).unwrap();
+    LastFixture {
+        ks,
+        q,
+        enc,
+        engine,
+        decoding,
+        task,
+    }
+}
+
+/// What a board that sees its classes would send to learn the key or forge a class: results
+/// changed in their mask or body, fresh public-key encryptions of chosen scores, the bundle's
+/// own weight ciphertexts re-randomised, sums and differences of honest results. Every one
+/// fails the secret checks (each passes with probability at most 2^-20); honest results of
+/// any input pass.
+#[test]
+fn changed_and_forged_results_fail_their_checks() {
+    let mut f = last_fixture();
+    let (n, delta) = (f.ks.secret.params.wide.poly_size, f.q.delta_out);
+    let decrypt_ = |r: &hedge::engine::ResultCiphertext| decrypt(r, &f.decoding, &f.ks.secret);
+    let samples = f.task.samples(21, 3);
+    let honest: Vec<_> = samples
+        .iter()
+        .map(|(x, _)| f.engine.infer_plain(x).unwrap())
+        .collect();
+    let genuine = decrypt_(&honest[0]).unwrap();
+    for r in &honest {
+        decrypt_(r).unwrap();
+    }
+    let changed = |f: &dyn Fn(&mut Vec<u64>)| {
+        let mut r = honest[0].clone();
+        f(&mut r.parts[0].0);
+        r
+    };
+    let is_check =
+        |r: Result<hedge::engine::Decrypted, Refusal>| matches!(r, Err(Refusal::Check { .. }));
+    // The key-recovery move: Δ·c added to one mask coefficient moves every read slot by
+    // c·(one key bit). Refused unless every bit it touches is 0 — then nothing changed.
+    let mut refused = 0;
+    for (i, c) in (n - 40..n - 10).zip([1u64, 2, 3].into_iter().cycle()) {
+        let r = changed(&|p| p[i] = p[i].wrapping_add(c.wrapping_mul(delta)));
+        match decrypt_(&r) {
+            Ok(d) => assert_eq!(d.scores, genuine.scores, "a changed score passed"),
+            Err(e) => {
+                assert!(matches!(e, Refusal::Check { .. }), "{e}");
+                refused += 1;
+            }
+        }
+    }
+    assert!(refused >= 28, "{refused} of 30 refused");
+    // A chosen change of one score (a forged class).
+    assert!(is_check(decrypt_(&changed(&|p| {
+        p[n + 3] = p[n + 3].wrapping_add(delta)
+    }))));
+    // A fresh public-key encryption of chosen scores.
+    let mut pk = f.ks.public.key(keys::KeyKind::Wide).prepare().unwrap();
+    let mut scores = vec![0u64; n];
+    scores[4] = 50u64.wrapping_mul(delta);
+    let forged = pk.encrypt_glwe(&scores).into_container();
+    assert!(is_check(decrypt_(
+        &changed(&|p| p.copy_from_slice(&forged))
+    )));
+    // The bundle's own weight ciphertext, re-randomised: the result of a one-hot input with
+    // no bias.
+    let EncryptedModel::Last { output, .. } = &f.enc else {
+        panic!("a last model");
+    };
+    let weights = output
+        .prepare()
+        .unwrap()
+        .ciphertexts()
+        .next()
+        .unwrap()
+        .to_vec();
+    let zero = pk.encrypt_glwe(&vec![0u64; n]).into_container();
+    let rerandomised: Vec<u64> = weights
+        .iter()
+        .zip(&zero)
+        .map(|(a, b)| a.wrapping_add(*b))
+        .collect();
+    assert!(is_check(decrypt_(&changed(
+        &|p| p.copy_from_slice(&rerandomised)
+    ))));
+    // Sums and differences of honest results: the bias input becomes 2 or 0.
+    let combine = |sign: u64| {
+        changed(&|p| {
+            for (a, b) in p.iter_mut().zip(&honest[1].parts[0].0) {
+                *a = a.wrapping_add(b.wrapping_mul(sign));
+            }
+        })
+    };
+    for sum in [combine(1), combine(u64::MAX)] {
+        assert!(
+            matches!(
+                decrypt_(&sum),
+                Err(Refusal::Check { .. } | Refusal::OutOfRange { .. })
+            ),
+            "a sum or difference of results passed"
+        );
+    }
+    // An affine combination (weights summing to 1) is an honest computation on a combined
+    // input — a chosen-input query, which no check refuses (docs/THREATS.md).
+    let affine = changed(&|p| {
+        for ((a, b), c) in p
+            .iter_mut()
+            .zip(&honest[1].parts[0].0)
+            .zip(&honest[2].parts[0].0)
+        {
+            *a = a.wrapping_add(*b).wrapping_sub(*c);
+        }
+    });
+    if let Err(e) = decrypt_(&affine) {
+        assert!(matches!(e, Refusal::OutOfRange { .. }), "{e}");
+    }
+    // A registry record from before the checks cannot verify: refused, saying what to do.
+    let mut old = f.decoding.clone();
+    old.checks = Default::default();
+    let err = decrypt(&honest[0], &old, &f.ks.secret).unwrap_err();
+    assert_eq!(err, Refusal::Unverifiable);
+    assert!(err.to_string().contains("protect"), "{err}");
 }

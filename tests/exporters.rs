@@ -107,7 +107,7 @@ fn encrypted_agreement(
         .map(|v| v.1)
         .collect();
     let q = QuantModel::quantize(head, variant, None, &calibration, &params).unwrap();
-    let enc = EncryptedModel::encrypt(&q, &set.secret).unwrap();
+    let (enc, checks) = EncryptedModel::encrypt(&q, &set.secret).unwrap();
     let edge_keys = keys::EdgeKeys {
         public: set.public.clone(),
         evaluation: (variant == Variant::Act).then(|| set.evaluation.clone()),
@@ -120,7 +120,7 @@ fn encrypted_agreement(
         &enc,
     )
     .unwrap();
-    let decoding = Decoding::new(&q, &params, set.secret.key_id).unwrap();
+    let decoding = Decoding::new(&q, &params, set.secret.key_id, &checks).unwrap();
     let (mut with_reference, mut with_exporter) = (0, 0);
     let inputs = vectors("inputs.txt");
     for (i, (_, x)) in inputs.iter().take(count).enumerate() {

@@ -5,11 +5,11 @@
 //! 1. the message decodes and its topic names the device it claims to be from;
 //! 2. the device is enrolled (or enrolment mode is on), not revoked, and signed the message
 //!    with its identity key;
-//! 3. a quarantined device's results are withheld (neither decrypted nor acknowledged end to
-//!    end: the board keeps them until an operator clears it);
+//! 3. a quarantined device's results are withheld: kept in the registry, not decrypted, and
+//!    decrypted once an operator clears the device;
 //! 4. the bundle it names is one the registry recorded, whose decoding parameters — not the
 //!    message's — are used, and the ciphertext passes [`crate::engine::decrypt`]'s checks
-//!    (shape, masks, noise for the exact variants, score range);
+//!    (shape, masks, noise for the exact variants, score range, the secret check outputs);
 //! 5. the (device, sequence) has not been accepted before (persistently, across restarts and
 //!    across agents sharing the registry).
 //!
@@ -23,7 +23,10 @@
 //!
 //! Subscribing: manual MQTT acknowledgements after the line is written (a crash redelivers,
 //! [`Connection`] never drops one); end-to-end acknowledgements (signed, per device, in
-//! batches) once the output is synced and the registry committed.
+//! batches) once the output is synced and the registry committed. An acknowledgement says
+//! "received" for everything the device signed — recorded, duplicate, refused or withheld
+//! alike — so it tells a board nothing about the checks: refusals go to the operators (log,
+//! registry, `hedge device list`) only.
 
 use super::registry::{Acceptance, DeviceState, Registry};
 use super::{BackendError, Result};
@@ -107,8 +110,13 @@ pub enum Outcome {
     Recorded { device: String, seq: u64 },
     /// Accepted before (a redelivery): nothing written.
     Duplicate { device: String, seq: u64 },
-    /// From a quarantined device: not decrypted.
-    Withheld { device: String, seq: u64 },
+    /// From a quarantined device: not decrypted. `kept`: stored in the registry to decrypt
+    /// once the device is cleared (false when its store is full: the board keeps it).
+    Withheld {
+        device: String,
+        seq: u64,
+        kept: bool,
+    },
     /// Refused. `from` is set when the device's valid signature vouches for the message.
     Refused {
         reason: String,
@@ -180,9 +188,17 @@ impl Decryptor {
                 self.stats.duplicates += 1;
                 log::debug!("duplicate {device}#{seq} dropped");
             }
-            Outcome::Withheld { device, seq } => {
+            Outcome::Withheld { device, seq, kept } => {
                 self.stats.withheld += 1;
-                log::warn!("{device}#{seq} withheld: the device is quarantined");
+                if *kept {
+                    log::warn!("{device}#{seq} withheld: the device is quarantined");
+                } else {
+                    log::warn!(
+                        "{device}#{seq} withheld and not kept: the device is quarantined with \
+                         {} results waiting; `hedge device clear {device}` once it is trusted",
+                        super::registry::MAX_WITHHELD
+                    );
+                }
             }
             Outcome::Refused { reason, .. } => {
                 self.stats.refused += 1;
@@ -230,18 +246,24 @@ impl Decryptor {
             return refuse(format!("{name}: {e}"));
         }
         if record.state == DeviceState::Quarantined {
-            return Ok(Outcome::Withheld { device, seq });
+            let kept = self.registry.withhold(&device, seq, payload)?;
+            return Ok(Outcome::Withheld { device, seq, kept });
         }
         // From here on the device vouches for the message.
         let Some(bundle) = self.registry.bundle(&m.bundle_id)? else {
-            return self.suspicious(&m, format!("unknown bundle {}", m.bundle_id));
+            return self.suspicious(&m, None, format!("unknown bundle {}", m.bundle_id));
         };
-        let Some(keys) = self.keys.get(&bundle.decoding.key_id, &self.registry)? else {
-            return self.suspicious(&m, format!("no secret key for bundle {}", bundle.id));
+        let key_set = bundle.decoding.key_id;
+        let Some(keys) = self.keys.get(&key_set, &self.registry)? else {
+            return self.suspicious(
+                &m,
+                Some(&key_set),
+                format!("no secret key for bundle {}", bundle.id),
+            );
         };
         let d = match decrypt(&m.result, &bundle.decoding, keys) {
             Ok(d) => d,
-            Err(e) => return self.suspicious(&m, e.to_string()),
+            Err(e) => return self.suspicious(&m, Some(&key_set), e.to_string()),
         };
         let mut line = serde_json::json!({
             "device": device,
@@ -266,20 +288,48 @@ impl Decryptor {
                 .and_then(|_| out.flush())
                 .map_err(|e| IoError::new("output", e).into())
         };
-        Ok(match self.registry.accept(&device, seq, write)? {
-            Acceptance::New => Outcome::Recorded { device, seq },
-            Acceptance::Seen => Outcome::Duplicate { device, seq },
-            Acceptance::TooOld => {
-                return self.suspicious(&m, "older than the replay window".into());
-            }
-        })
+        Ok(
+            match self
+                .registry
+                .accept_under(&device, seq, Some(&key_set), write)?
+            {
+                Acceptance::New => Outcome::Recorded { device, seq },
+                Acceptance::Seen => Outcome::Duplicate { device, seq },
+                Acceptance::TooOld => {
+                    return self.suspicious(&m, None, "older than the replay window".into());
+                }
+            },
+        )
     }
 
-    /// A refusal the device's signature vouches for: counted against it.
-    fn suspicious(&mut self, m: &ResultMessage, why: String) -> Result<Outcome> {
-        let state = self
-            .registry
-            .refused(&m.device_id, self.policy.quarantine_after)?;
+    /// Decrypt up to `limit` withheld results of devices an operator has cleared since; each
+    /// leaves the registry's store once handled (unless its device is quarantined again).
+    pub fn release(&mut self, limit: u64, out: &mut dyn Output) -> Result<Vec<Outcome>> {
+        let mut outcomes = Vec::new();
+        for (device, seq, payload) in self.registry.released(limit)? {
+            let outcome = self.handle(Some(&device), &payload, out)?;
+            if !matches!(outcome, Outcome::Withheld { .. }) {
+                self.registry.forget_withheld(&device, seq)?;
+            }
+            outcomes.push(outcome);
+        }
+        if !outcomes.is_empty() {
+            log::info!("released {} withheld result(s)", outcomes.len());
+        }
+        Ok(outcomes)
+    }
+
+    /// A refusal the device's signature vouches for: counted against it (and against the key
+    /// set of the bundle it named, when known: the key set's query budget).
+    fn suspicious(
+        &mut self,
+        m: &ResultMessage,
+        key_set: Option<&KeyId>,
+        why: String,
+    ) -> Result<Outcome> {
+        let state =
+            self.registry
+                .refused_under(&m.device_id, self.policy.quarantine_after, key_set)?;
         if state == DeviceState::Quarantined {
             log::error!(
                 "device {} quarantined after {} refused results; `hedge device clear` \
@@ -298,47 +348,49 @@ impl Decryptor {
 /// End-to-end acknowledgements waiting to be sent, per device.
 #[derive(Default)]
 struct AckBatch {
-    recorded: BTreeMap<String, Vec<u64>>,
-    refused: BTreeMap<String, Vec<u64>>,
+    received: BTreeMap<String, Vec<u64>>,
     since: Option<Instant>,
 }
 
 /// Acknowledge at most this late, or at this many results.
 const ACK_DELAY: Duration = Duration::from_millis(100);
 const ACK_BATCH: usize = 64;
+/// How often an agent looks for withheld results of devices cleared since.
+const RELEASE_EVERY: Duration = Duration::from_secs(1);
 
 impl AckBatch {
+    /// Whatever the device signed is acknowledged alike, whatever became of it; only what
+    /// cannot be attributed (no valid signature) or could not be kept is not.
     fn add(&mut self, outcome: &Outcome) {
-        let (map, device, seq) = match outcome {
-            Outcome::Recorded { device, seq } | Outcome::Duplicate { device, seq } => {
-                (&mut self.recorded, device, *seq)
+        let (device, seq) = match outcome {
+            Outcome::Recorded { device, seq }
+            | Outcome::Duplicate { device, seq }
+            | Outcome::Withheld {
+                device,
+                seq,
+                kept: true,
             }
-            Outcome::Refused {
+            | Outcome::Refused {
                 from: Some((device, seq)),
                 ..
-            } => (&mut self.refused, device, *seq),
-            Outcome::Refused { from: None, .. } | Outcome::Withheld { .. } => return,
+            } => (device, *seq),
+            Outcome::Refused { from: None, .. } | Outcome::Withheld { kept: false, .. } => return,
         };
-        map.entry(device.clone()).or_default().push(seq);
+        self.received.entry(device.clone()).or_default().push(seq);
         self.since.get_or_insert_with(Instant::now);
     }
 
     fn due(&self) -> bool {
         self.since.is_some_and(|t| t.elapsed() >= ACK_DELAY)
-            || self.recorded.values().any(|v| v.len() >= ACK_BATCH)
+            || self.received.values().any(|v| v.len() >= ACK_BATCH)
     }
 
     fn take(&mut self) -> Vec<Ack> {
         self.since = None;
-        let mut devices: Vec<String> = self.recorded.keys().cloned().collect();
-        devices.extend(self.refused.keys().cloned());
-        devices.sort();
-        devices.dedup();
-        devices
+        std::mem::take(&mut self.received)
             .into_iter()
-            .map(|device| Ack {
-                recorded: ranges(self.recorded.remove(&device).unwrap_or_default()),
-                refused: ranges(self.refused.remove(&device).unwrap_or_default()),
+            .map(|(device, seqs)| Ack {
+                received: ranges(seqs),
                 device_id: device,
                 issued_ms: now_ms(),
             })
@@ -402,6 +454,7 @@ async fn subscribe(
     let mut backoff = Backoff::default();
     let mut last_message = Instant::now();
     let mut acks = AckBatch::default();
+    let mut last_release = Instant::now();
     loop {
         let mut conn = Connection::open(mqtt_options.clone(), 64);
         let error = loop {
@@ -410,6 +463,13 @@ async fn subscribe(
                 || opts
                     .idle_timeout
                     .is_some_and(|t| last_message.elapsed() > t);
+            // Withheld results of devices cleared since: one look a second.
+            if last_release.elapsed() >= RELEASE_EVERY {
+                last_release = Instant::now();
+                for outcome in decryptor.release(ACK_BATCH as u64, out)? {
+                    acks.add(&outcome);
+                }
+            }
             if done || acks.due() {
                 send_acks(&mut acks, &mut conn, opts, out)?;
             }
@@ -506,20 +566,29 @@ mod tests {
         b.add(&Outcome::Withheld {
             device: "c".into(),
             seq: 1,
+            kept: true,
+        });
+        b.add(&Outcome::Withheld {
+            device: "d".into(),
+            seq: 1,
+            kept: false,
         });
         std::thread::sleep(ACK_DELAY);
         assert!(b.due());
         let acks = b.take();
-        assert_eq!(acks.len(), 2);
+        // Recorded, refused and withheld alike: one list, nothing tells them apart.
+        let got: Vec<(&str, &Vec<(u64, u64)>)> = acks
+            .iter()
+            .map(|a| (a.device_id.as_str(), &a.received))
+            .collect();
         assert_eq!(
-            (
-                acks[0].device_id.as_str(),
-                &acks[0].recorded,
-                &acks[0].refused
-            ),
-            ("a", &vec![(1, 3)], &vec![(7, 7)])
+            got,
+            [
+                ("a", &vec![(1, 3), (7, 7)]),
+                ("b", &vec![(9, 9)]),
+                ("c", &vec![(1, 1)])
+            ]
         );
-        assert_eq!(acks[1].recorded, vec![(9, 9)]);
         assert!(!b.due());
     }
 }

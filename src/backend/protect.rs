@@ -9,7 +9,7 @@ use crate::bundle::{BundleHeader, EdgeBundle};
 use crate::crypto::keys::EdgeKeys;
 use crate::crypto::lut::{Activation, WindowMap};
 use crate::crypto::params::{ParameterSet, MAX_PBS_LEVELS};
-use crate::engine::{Decoding, EncryptedModel, ModelInfo};
+use crate::engine::{Decoding, EncryptedModel, ModelInfo, ResultChecks};
 use crate::model::quant::{QuantModel, Variant};
 use crate::model::split::PlainExtractor;
 use crate::model::Classifier;
@@ -25,6 +25,8 @@ pub struct Protected {
     pub act: Option<ActCandidate>,
     /// The class names the registry records for the decryptor (never shipped to a board).
     pub labels: Option<Vec<String>>,
+    /// The secret check outputs the model was encrypted with (registry only, like the labels).
+    pub checks: ResultChecks,
 }
 
 /// How variant `act` spends its bootstraps: classes per lookup table (fewer: wider windows,
@@ -294,6 +296,7 @@ pub fn protect(
     // Only the bootstrapping variant needs evaluation keys; another gadget, another
     // bootstrapping key under the same secret keys.
     let evaluation = act.map(|_| evaluation.with_bootstrap_gadget(secret, &params));
+    let (encrypted, checks) = EncryptedModel::encrypt(&quant, secret)?;
     let bundle = EdgeBundle {
         header: BundleHeader {
             params,
@@ -311,7 +314,7 @@ pub fn protect(
             public: public.clone(),
             evaluation,
         },
-        model: EncryptedModel::encrypt(&quant, secret)?,
+        model: encrypted,
         extractor,
     };
     progress.stage("signing");
@@ -322,6 +325,7 @@ pub fn protect(
         bytes,
         act,
         labels: model.labels.clone(),
+        checks,
     })
 }
 
@@ -344,7 +348,7 @@ pub fn record(p: &Protected, keys: &BackendKeys, keys_dir: &Path, registry: &Pat
         hidden_dim: header.model.hidden_dim,
         out_dim: header.model.out_dim,
         epoch: header.epoch,
-        decoding: Decoding::new(&p.quant, &header.params, header.key_id)?
+        decoding: Decoding::new(&p.quant, &header.params, header.key_id, &p.checks)?
             .refusing(&p.bundle.model)?
             .labelled(p.labels.clone())?,
     })?;

@@ -417,9 +417,6 @@ fn acknowledged(payload: &[u8], identity: &Identity, delivery: &mut Delivery, sp
                 delivery.backend_acked(seq, now);
                 spool.remove(seq);
             }
-            if !ack.refused.is_empty() {
-                log::warn!("the backend refused result(s) {:?}", ack.refused);
-            }
         }
         Err(e) => log::warn!("ignored an acknowledgement: {e}"),
     }

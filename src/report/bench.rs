@@ -346,7 +346,12 @@ impl<'a> Bench<'a> {
         let q = &setup.protected.quant;
         let inputs = &setup.inputs;
         let bound = q.act_score_bound(&keys.params);
-        let decoding = Decoding::new(q, &keys.params, keys.keys.secret.key_id)?;
+        let decoding = Decoding::new(
+            q,
+            &keys.params,
+            keys.keys.secret.key_id,
+            &setup.protected.checks,
+        )?;
         let exact = setup.variant != Variant::Act;
         let mut decrypt_ms = 0.0;
         let (mut within, mut ref_agree, mut float_agree) = (true, 0usize, 0usize);

@@ -356,7 +356,7 @@ pub fn run(
             out_of_window_images,
         } = reference_pass(&q, feats, &labels, Some(&params));
 
-        let enc = EncryptedModel::encrypt(&q, &keys.secret)?;
+        let (enc, checks) = EncryptedModel::encrypt(&q, &keys.secret)?;
         let mut engine = EdgeEngine::new(
             ModelInfo::of(&q),
             params,
@@ -364,7 +364,7 @@ pub fn run(
             edge_keys,
             &enc,
         )?;
-        let decoding = Decoding::new(&q, &params, keys.secret.key_id)?;
+        let decoding = Decoding::new(&q, &params, keys.secret.key_id, &checks)?;
         let sample = &order[..case.encrypted.min(order.len())];
         let bound = q.act_score_bound(&params);
         let (mut agree, mut correct, mut sample_ref_correct, mut ms) = (0, 0, 0, 0.0);

@@ -1,8 +1,13 @@
 //! End-to-end acknowledgements: the backend tells a board which of its results it has durably
-//! recorded (or refused), so the board keeps a result until then — "nothing lost" no longer
-//! rests on the broker's queues and persistence.
+//! received, so the board keeps a result until then — "nothing lost" no longer rests on the
+//! broker's queues and persistence.
 //!
-//! Wire format: version byte 1, the postcard encoding of [`Ack`], then the backend's Ed25519
+//! An acknowledgement says *received*, never what became of a result: recorded, refused or
+//! withheld all look the same, so a board that crafts results learns nothing from them about
+//! the checks (and so about the secret key) — refusals go to the operators only
+//! (docs/THREATS.md, "the refusal oracle").
+//!
+//! Wire format: version byte 2, the postcard encoding of [`Ack`], then the backend's Ed25519
 //! signature (64 bytes, the bundle-signing key the board already trusts) over a domain
 //! separator and everything before it. A board acts only on acknowledgements that verify and
 //! name it: a forged one could otherwise make it drop results the backend never received.
@@ -11,18 +16,16 @@ use super::sealed::{open, seal, SealError};
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
-pub const ACK_VERSION: u8 = 1;
-pub const DOMAIN: &[u8] = b"hedge ack v1\0";
+pub const ACK_VERSION: u8 = 2;
+pub const DOMAIN: &[u8] = b"hedge ack v2\0";
 /// Far more than a publish window's worth of ranges.
 pub const MAX_ACK_BYTES: usize = 64 << 10;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Ack {
     pub device_id: String,
-    /// Inclusive sequence ranges the backend has recorded (or already had).
-    pub recorded: Vec<(u64, u64)>,
-    /// Inclusive ranges it refused: the board may drop them too, and says so.
-    pub refused: Vec<(u64, u64)>,
+    /// Inclusive sequence ranges the backend has durably received, whatever became of them.
+    pub received: Vec<(u64, u64)>,
     pub issued_ms: u64,
 }
 
@@ -70,11 +73,10 @@ impl Ack {
         Ok(ack)
     }
 
-    /// Every sequence number it covers, recorded or refused.
+    /// Every sequence number it covers.
     pub fn seqs(&self) -> impl Iterator<Item = u64> + '_ {
-        self.recorded
+        self.received
             .iter()
-            .chain(&self.refused)
             .flat_map(|&(lo, hi)| lo..=hi.min(lo.saturating_add(1 << 20)))
     }
 }
@@ -97,14 +99,13 @@ mod tests {
         let backend = SigningKey::from_bytes(&[4; 32]);
         let ack = Ack {
             device_id: "board-1".into(),
-            recorded: vec![(1, 3), (7, 7)],
-            refused: vec![(5, 5)],
+            received: vec![(1, 3), (5, 5), (7, 7)],
             issued_ms: 1,
         };
         let bytes = ack.encode(&backend);
         let back = Ack::decode(&bytes, &backend.verifying_key(), "board-1").unwrap();
         assert_eq!(back, ack);
-        assert_eq!(back.seqs().collect::<Vec<_>>(), [1, 2, 3, 7, 5]);
+        assert_eq!(back.seqs().collect::<Vec<_>>(), [1, 2, 3, 5, 7]);
         assert_eq!(
             Ack::decode(&bytes, &backend.verifying_key(), "board-2"),
             Err(AckError::OtherDevice("board-1".into()))

@@ -18,6 +18,11 @@ pub fn decoding() -> Decoding {
         score_limits: vec![1000.0; 10],
         own_masks: vec![1, 2, 3],
         labels: Some((0..10).map(|i| format!("class {i}")).collect()),
+        checks: crate::engine::ResultChecks {
+            rows: vec![vec![3; 10]],
+            log2_deltas: vec![30],
+            offsets: vec![5],
+        },
     }
 }
 

@@ -100,7 +100,24 @@ const MIGRATIONS: &[&str] = &[
         updated_ms INTEGER NOT NULL,
         PRIMARY KEY (deployment, device)
     );",
+    // 4: the query budget — accepted and refused results per key set, refusals per device
+    //    over its life — and results withheld from quarantined devices (acknowledged like any
+    //    other, decrypted once an operator clears the device).
+    "ALTER TABLE key_sets ADD COLUMN accepted INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE key_sets ADD COLUMN refused INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE devices ADD COLUMN refused_total INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE withheld (
+        device TEXT NOT NULL REFERENCES devices(id),
+        seq INTEGER NOT NULL,
+        payload TEXT NOT NULL,
+        received_ms INTEGER NOT NULL,
+        PRIMARY KEY (device, seq)
+    );",
 ];
+
+/// Results kept per quarantined device; beyond, its results are left unacknowledged (the
+/// board keeps them) so that a quarantined board cannot fill the registry.
+pub const MAX_WITHHELD: u64 = 1_000;
 
 /// A deployment as the backend made it.
 #[derive(Clone, Debug, PartialEq)]
@@ -154,6 +171,16 @@ pub struct KeySetRecord {
     pub id: KeyId,
     pub security: u32,
     pub secret_key: PathBuf,
+}
+
+/// How many results a key set has answered: the query budget a rotation resets
+/// (docs/THREATS.md).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeySetUse {
+    pub id: String,
+    pub security: u32,
+    pub accepted: u64,
+    pub refused: u64,
 }
 
 /// A protected bundle, as the backend recorded it.
@@ -212,6 +239,8 @@ pub struct DeviceRecord {
     pub high_water: u64,
     pub accepted: u64,
     pub last_seen_ms: u64,
+    /// Refused results over the device's life (`refused` restarts when it is cleared).
+    pub refused_total: u64,
 }
 
 /// What [`Registry::accept`] found.
@@ -255,6 +284,7 @@ fn parse_device(r: &Row) -> Result<DeviceRecord> {
         high_water: r.uint(4)?,
         accepted: r.uint(5)?,
         last_seen_ms: r.uint(6)?,
+        refused_total: r.uint(7)?,
     })
 }
 
@@ -352,6 +382,25 @@ impl Registry {
         .transpose()
     }
 
+    /// Every key set with the results it answered, oldest first.
+    pub fn key_set_use(&self) -> Result<Vec<KeySetUse>> {
+        self.store
+            .query(
+                "SELECT id, security, accepted, refused FROM key_sets ORDER BY created_ms, id",
+                &[],
+            )?
+            .iter()
+            .map(|r| {
+                Ok(KeySetUse {
+                    id: r.text(0)?,
+                    security: r.int(1)? as u32,
+                    accepted: r.uint(2)?,
+                    refused: r.uint(3)?,
+                })
+            })
+            .collect()
+    }
+
     /// Record a protected bundle (its key set must be recorded).
     pub fn add_bundle(&self, b: &BundleRecord) -> Result<()> {
         let decoding = serde_json::to_string(&b.decoding).expect("a decoding serialises to JSON");
@@ -426,7 +475,7 @@ impl Registry {
     }
 
     const DEVICE_COLUMNS: &'static str =
-        "id, identity_key, state, refused, high_water, accepted, last_seen_ms";
+        "id, identity_key, state, refused, high_water, accepted, last_seen_ms, refused_total";
 
     pub fn device(&self, id: &str) -> Result<Option<DeviceRecord>> {
         self.one(
@@ -682,13 +731,31 @@ impl Registry {
     /// Count a refused result against a device (it carried the device's valid signature);
     /// at `limit` refusals the device is quarantined. Returns its state after.
     pub fn refused(&self, id: &str, limit: u64) -> Result<DeviceState> {
+        self.refused_under(id, limit, None)
+    }
+
+    /// [`Self::refused`], counted against the key set of the bundle it named, if known.
+    pub fn refused_under(
+        &self,
+        id: &str,
+        limit: u64,
+        key_set: Option<&KeyId>,
+    ) -> Result<DeviceState> {
+        let tx = Tx::exclusive(self.store())?;
         self.store.execute(
-            "UPDATE devices SET refused = refused + 1,
+            "UPDATE devices SET refused = refused + 1, refused_total = refused_total + 1,
                  state = CASE WHEN state = 'active' AND refused + 1 >= $2
                               THEN 'quarantined' ELSE state END
              WHERE id = $1",
             params![id, limit],
         )?;
+        if let Some(k) = key_set {
+            self.store.execute(
+                "UPDATE key_sets SET refused = refused + 1 WHERE id = $1",
+                params![hex(k)],
+            )?;
+        }
+        tx.commit()?;
         Ok(self
             .device(id)?
             .map(|d| d.state)
@@ -702,6 +769,17 @@ impl Registry {
         &mut self,
         device: &str,
         seq: u64,
+        record: impl FnOnce() -> Result<()>,
+    ) -> Result<Acceptance> {
+        self.accept_under(device, seq, None, record)
+    }
+
+    /// [`Self::accept`], counting a new result against `key_set` in the same transaction.
+    pub fn accept_under(
+        &mut self,
+        device: &str,
+        seq: u64,
+        key_set: Option<&KeyId>,
         record: impl FnOnce() -> Result<()>,
     ) -> Result<Acceptance> {
         let tx = Tx::exclusive(self.store())?;
@@ -740,10 +818,90 @@ impl Registry {
                 params![device, REPLAY_WINDOW, new_high],
             )?;
         }
+        if let Some(k) = key_set {
+            self.store.execute(
+                "UPDATE key_sets SET accepted = accepted + 1 WHERE id = $1",
+                params![hex(k)],
+            )?;
+        }
         record()?;
         tx.commit()?;
         Ok(Acceptance::New)
     }
+
+    /// Keep a quarantined device's result to decrypt once it is cleared. False if the device
+    /// already has [`MAX_WITHHELD`] waiting (the result is then not kept).
+    pub fn withhold(&self, device: &str, seq: u64, payload: &[u8]) -> Result<bool> {
+        let tx = Tx::exclusive(self.store())?;
+        let waiting = self
+            .one(
+                "SELECT COUNT(*) FROM withheld WHERE device = $1",
+                params![device],
+            )?
+            .map(|r| r.uint(0))
+            .transpose()?
+            .unwrap_or(0);
+        if waiting >= MAX_WITHHELD {
+            return Ok(false);
+        }
+        self.store.execute(
+            "INSERT INTO withheld (device, seq, payload, received_ms) VALUES ($1, $2, $3, $4)
+             ON CONFLICT DO NOTHING",
+            params![device, seq, hex(payload), now_ms()],
+        )?;
+        tx.commit()?;
+        Ok(true)
+    }
+
+    /// Up to `limit` withheld results of devices that are active again: (device, seq,
+    /// message bytes), oldest first.
+    pub fn released(&self, limit: u64) -> Result<Vec<(String, u64, Vec<u8>)>> {
+        self.store
+            .query(
+                "SELECT w.device, w.seq, w.payload FROM withheld w
+                 JOIN devices d ON d.id = w.device
+                 WHERE d.state = 'active' ORDER BY w.received_ms, w.device, w.seq LIMIT $1",
+                params![limit],
+            )?
+            .iter()
+            .map(|r| {
+                let bytes = unhex(&r.text(2)?)
+                    .ok_or_else(|| BackendError::Registry("a withheld result is not hex".into()))?;
+                Ok((r.text(0)?, r.uint(1)?, bytes))
+            })
+            .collect()
+    }
+
+    /// Withheld results waiting, per device.
+    pub fn withheld_count(&self, device: &str) -> Result<u64> {
+        Ok(self
+            .one(
+                "SELECT COUNT(*) FROM withheld WHERE device = $1",
+                params![device],
+            )?
+            .map(|r| r.uint(0))
+            .transpose()?
+            .unwrap_or(0))
+    }
+
+    /// A withheld result has been handled (decrypted, refused or found a duplicate).
+    pub fn forget_withheld(&self, device: &str, seq: u64) -> Result<()> {
+        self.store.execute(
+            "DELETE FROM withheld WHERE device = $1 AND seq = $2",
+            params![device, seq],
+        )?;
+        Ok(())
+    }
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 fn now_ms() -> i64 {

@@ -129,10 +129,15 @@ fn files(a: &Args, decryptor: &mut Decryptor, out: &mut Box<dyn Output>) -> Resu
             Outcome::Duplicate { device, seq } => {
                 eprintln!("{}: {device}#{seq} was decrypted before", path.display())
             }
-            Outcome::Withheld { device, .. } => {
+            Outcome::Withheld { device, kept, .. } => {
                 failed += 1;
+                let then = if kept {
+                    "kept to decrypt once an operator runs `hedge device clear`"
+                } else {
+                    "not kept (too many waiting)"
+                };
                 eprintln!(
-                    "error: {}: withheld: device {device} is quarantined",
+                    "error: {}: withheld: device {device} is quarantined; {then}",
                     path.display()
                 );
             }
