@@ -168,6 +168,16 @@ fn check_board(
     lines: &[serde_json::Value],
     models: &HashMap<String, &str>,
 ) {
+    check_board_variant(st, board, lines, models, "noact");
+}
+
+fn check_board_variant(
+    st: &Setup,
+    board: &Board,
+    lines: &[serde_json::Value],
+    models: &HashMap<String, &str>,
+    variant: &str,
+) {
     let mut seqs: Vec<u64> = Vec::new();
     for v in lines
         .iter()
@@ -178,7 +188,7 @@ fn check_board(
         let line = &board.fed[seq as usize - 1];
         assert_eq!(
             v["class"].as_u64(),
-            Some(reference_class(&st.root, name, "noact", line)),
+            Some(reference_class(&st.root, name, variant, line)),
             "{} #{seq}",
             board.device
         );
@@ -668,4 +678,75 @@ fn the_demo_ends_by_deploying_a_second_model() {
         text.contains("none lost or repeated") && text.contains("demo finished"),
         "{text}"
     );
+}
+
+/// Key rotation (docs/THREATS.md, "query budget"): a new key set, a bundle protected under it
+/// deployed to one board while another keeps the old bundle; results under both key sets
+/// decrypt to their references, and the registry counts each key set's results.
+#[test]
+fn a_rotated_key_set_is_deployed_and_both_key_sets_decrypt() {
+    let st = setup("last");
+    let broker = Mosquitto::start(&st.root);
+    let addr = broker.addr();
+    let mut moved = Board::new(&st, broker.port, "moved", None);
+    let mut stays = Board::new(&st, broker.port, "stays", None);
+    let out = st.root.join("results.jsonl");
+    let decryptor = decryptor_with(&st, &addr, &["--client-id", "decryptor"], &out);
+    moved.start(&st);
+    stays.start(&st);
+    let v = &st.vectors;
+    moved.feed(&v[0..2]);
+    stays.feed(&v[0..2]);
+    wait_lines(&out, 4);
+    let first_id = bundle_id(&st.bundle, &st.keys);
+
+    let rotated =
+        String::from_utf8(hedge(&["keygen", "--out", s(&st.keys), "--rotate"]).stdout).unwrap();
+    assert!(rotated.contains("retired to"), "{rotated}");
+    assert!(rotated.contains("4 results accepted"), "{rotated}");
+    let next = model(&st.root, &st.keys, "v2", 2, "last");
+    let next_id = bundle_id(&next, &st.keys);
+    let serving = agent(&st, &addr, None);
+    deploy(&st.keys, &next, &["--device", "moved"], &addr, &[]);
+    wait_state(&st, 1, "moved", "active");
+    moved.feed(&v[2..5]);
+    stays.feed(&v[2..5]);
+    wait_lines(&out, 10);
+    moved.stop();
+    stays.stop();
+    terminate(&decryptor);
+    wait_ok(decryptor, "decryptor");
+    terminate(&serving.child);
+    serving.finish();
+
+    let lines = results(&out);
+    let models: HashMap<String, &str> =
+        HashMap::from([(first_id.clone(), ""), (next_id.clone(), "v2")]);
+    for board in [&moved, &stays] {
+        check_board_variant(&st, board, &lines, &models, "last");
+    }
+    let bundle_of = |device: &str, seq: u64| {
+        lines
+            .iter()
+            .find(|l| l["device"] == device && l["seq"] == seq)
+            .unwrap()["bundle"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(
+        bundle_of("moved", 5),
+        next_id,
+        "the moved board runs the new key set"
+    );
+    assert_eq!(
+        bundle_of("stays", 5),
+        first_id,
+        "the other still runs the old one"
+    );
+    let list = String::from_utf8(hedge(&["device", "--keys", s(&st.keys), "list"]).stdout).unwrap();
+    let counts: Vec<&str> = list.lines().filter(|l| l.starts_with("key set")).collect();
+    assert_eq!(counts.len(), 2, "{list}");
+    assert!(counts[0].contains("7 accepted"), "{list}");
+    assert!(counts[1].contains("3 accepted"), "{list}");
 }

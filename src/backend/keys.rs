@@ -4,6 +4,7 @@
 //! - `public.key`      public encryption keys
 //! - `evaluation.key`  bootstrapping and key-switching keys
 //! - `verifying.key`   Ed25519 verifying key: the edge's trust anchor for bundles
+//! - `retired/<key id>/` key sets replaced by [`rotate`]: their results still decrypt
 
 use super::{BackendError, Result};
 use crate::bundle::load_verifying_key;
@@ -20,6 +21,12 @@ pub const SIGNING_KEY: &str = "signing.key";
 pub const PUBLIC_KEY: &str = "public.key";
 pub const EVALUATION_KEY: &str = "evaluation.key";
 pub const VERIFYING_KEY: &str = "verifying.key";
+/// Where [`rotate`] moves the key sets it replaces.
+pub const RETIRED: &str = "retired";
+/// Where [`rotate`] writes the new key set before it takes the current one's place.
+const NEXT: &str = "next";
+/// The files of one key set (the signing key is the backend's, not a key set's).
+const KEY_SET_FILES: [&str; 3] = [SECRET_KEY, PUBLIC_KEY, EVALUATION_KEY];
 
 fn read(path: &Path) -> Result<Vec<u8>> {
     Ok(crate::files::read(path)?)
@@ -151,13 +158,88 @@ pub fn keygen(params: ParameterSet, dir: &Path, progress: &dyn Progress) -> Resu
 /// Record a key set in the registry: its id, level and where its secret key lives (the key
 /// itself stays in its 0600 file).
 pub fn record(keys: &BackendKeys, dir: &Path, registry: &Path) -> Result<()> {
+    record_secret(&keys.secret, dir, registry)
+}
+
+fn record_secret(secret: &SecretKeys, dir: &Path, registry: &Path) -> Result<()> {
     let secret_key = std::fs::canonicalize(dir.join(SECRET_KEY))
         .map_err(|e| crate::files::IoError::new(dir.join(SECRET_KEY), e))?;
     super::registry::Registry::open(registry)?.add_key_set(&super::registry::KeySetRecord {
-        id: keys.secret.key_id,
-        security: keys.secret.params.security.bits(),
+        id: secret.key_id,
+        security: secret.params.security.bits(),
         secret_key,
     })
+}
+
+fn private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| crate::files::IoError::new(dir, e).into())
+}
+
+fn rename(from: &Path, to: &Path) -> Result<()> {
+    std::fs::rename(from, to).map_err(|e| crate::files::IoError::new(from, e).into())
+}
+
+/// Key rotation: a new key set (at `params`) takes the place of the one in `dir`, which moves
+/// to `dir/retired/<key id>/` with the registry pointing there, so that its results still
+/// decrypt. The bundle-signing key stays (it is the boards' trust anchor): bundles protected
+/// from now on use the new keys, and a deployment moves boards to them. Returns the retired
+/// key set's id and the new keys.
+pub fn rotate(
+    dir: &Path,
+    params: ParameterSet,
+    registry: &Path,
+    progress: &dyn Progress,
+) -> Result<(keys::KeyId, BackendKeys)> {
+    let current = BackendKeys::load(dir)?;
+    let next = dir.join(NEXT);
+    if next.exists() {
+        return Err(BackendError::KeyFile(format!(
+            "{}: an earlier rotation was interrupted; move its files away (or delete it: it \
+             holds only keys no bundle uses yet) and rotate again",
+            next.display()
+        )));
+    }
+    // The new set, complete and synced, beside the current one.
+    private_dir(&next)?;
+    progress.stage("generating the new secret, public and evaluation keys");
+    let KeySet {
+        secret,
+        public,
+        evaluation,
+    } = keys::generate(params);
+    write_secret(
+        &next.join(SECRET_KEY),
+        &zeroize::Zeroizing::new(secret.to_bytes()),
+    )?;
+    write_atomic(&next.join(PUBLIC_KEY), &encode(&public), 0o644)?;
+    write_atomic(&next.join(EVALUATION_KEY), &encode(&evaluation), 0o644)?;
+    // The current set retired, the registry told where its secret key went.
+    progress.stage("retiring the current key set");
+    let old_id = current.secret.key_id;
+    let retired = dir.join(RETIRED).join(crate::engine::hex(&old_id));
+    private_dir(&retired)?;
+    for f in KEY_SET_FILES {
+        rename(&dir.join(f), &retired.join(f))?;
+    }
+    record_secret(&current.secret, &retired, registry)?;
+    // The new set in its place.
+    for f in KEY_SET_FILES {
+        rename(&next.join(f), &dir.join(f))?;
+    }
+    std::fs::remove_dir(&next).map_err(|e| crate::files::IoError::new(&next, e))?;
+    let keys = BackendKeys {
+        secret,
+        public,
+        evaluation,
+        signer: current.signer,
+    };
+    record(&keys, dir, registry)?;
+    Ok((old_id, keys))
 }
 
 pub fn load_secret(dir: &Path) -> Result<SecretKeys> {
@@ -255,5 +337,39 @@ mod tests {
             .unwrap();
         assert!(keygen(params, &planted, &crate::progress::Silent).is_err());
         assert!(!root.path().join("elsewhere").exists());
+    }
+
+    #[test]
+    fn rotation_retires_the_key_set_and_keeps_the_signer() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("keys");
+        let registry = root.path().join("registry.sqlite");
+        let params = ParameterSet::for_level(crate::crypto::params::SecurityLevel::L128);
+        let first = keygen(params, &dir, &crate::progress::Silent).unwrap();
+        record(&first, &dir, &registry).unwrap();
+        let (old, next) = rotate(&dir, params, &registry, &crate::progress::Silent).unwrap();
+        assert_eq!(old, first.secret.key_id);
+        assert_ne!(next.secret.key_id, old);
+        assert_eq!(next.signer.to_bytes(), first.signer.to_bytes());
+        let loaded = BackendKeys::load(&dir).unwrap();
+        assert_eq!(loaded.secret.key_id, next.secret.key_id);
+        let retired = dir.join(RETIRED).join(crate::engine::hex(&old));
+        assert_eq!(mode(&retired), 0o700);
+        assert_eq!(mode(&retired.join(SECRET_KEY)), 0o600);
+        assert_eq!(load_secret(&retired).unwrap().key_id, old);
+        // The registry finds both secret keys.
+        let r = crate::backend::registry::Registry::open(&registry).unwrap();
+        let set = r.key_set(&old).unwrap().unwrap();
+        assert_eq!(
+            set.secret_key,
+            std::fs::canonicalize(retired.join(SECRET_KEY)).unwrap()
+        );
+        assert!(r.key_set(&next.secret.key_id).unwrap().is_some());
+        // An interrupted rotation is not run over.
+        std::fs::create_dir(dir.join(NEXT)).unwrap();
+        let e = rotate(&dir, params, &registry, &crate::progress::Silent)
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("interrupted"), "{e}");
     }
 }

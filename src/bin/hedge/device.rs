@@ -23,7 +23,9 @@ pub enum Command {
         #[arg(long)]
         group: Option<String>,
     },
-    /// Every enrolled board: its state, refused results, highest sequence, last result.
+    /// Every enrolled board: its state, refused results (since last cleared and over its
+    /// life), results withheld while quarantined, highest sequence, last result; then each key
+    /// set's accepted and refused results (the query budget: docs/THREATS.md).
     List,
     /// Refuse a board's results from now on.
     Revoke { id: String },
@@ -64,19 +66,35 @@ pub fn run(command: Command, registry: &Path) -> Result<()> {
         }
         Command::List => {
             println!(
-                "{:<20} {:<12} {:>8} {:>10} {:>10} {:>14}  identity key",
-                "device", "state", "refused", "accepted", "highest", "last seen (ms)"
+                "{:<20} {:<12} {:>8} {:>10} {:>10} {:>14} {:>8} {:>9}  identity key",
+                "device",
+                "state",
+                "refused",
+                "accepted",
+                "highest",
+                "last seen (ms)",
+                "withheld",
+                "refused*"
             );
             for d in r.devices()? {
                 println!(
-                    "{:<20} {:<12} {:>8} {:>10} {:>10} {:>14}  {}",
+                    "{:<20} {:<12} {:>8} {:>10} {:>10} {:>14} {:>8} {:>9}  {}",
                     d.id,
                     format!("{:?}", d.state).to_lowercase(),
                     d.refused,
                     d.accepted,
                     d.high_water,
                     d.last_seen_ms,
+                    r.withheld_count(&d.id)?,
+                    d.refused_total,
                     hedge::engine::hex(&d.identity_key)
+                );
+            }
+            println!("(refused*: over the device's life)");
+            for u in r.key_set_use()? {
+                println!(
+                    "key set {} ({}-bit): {} accepted, {} refused",
+                    u.id, u.security, u.accepted, u.refused
                 );
             }
         }
