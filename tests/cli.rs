@@ -533,3 +533,79 @@ fn bad_vectors_are_rejected_and_the_rest_processed() {
         .count();
     assert_eq!(results, 2);
 }
+
+/// Issue 22: a scikit-learn logistic regression on raw features spanning five orders of
+/// magnitude (tests/data/raw-features, scripts/export_raw_logistic.py) agreed with its own
+/// predict() on 40 % of inputs once protected, and protection said nothing. Now protection
+/// measures the integer model against the float model on the calibration inputs and refuses,
+/// naming the cause and the fix; nothing is written or recorded. The threshold is the user's
+/// to lower knowingly.
+#[test]
+fn a_model_that_would_be_silently_wrong_is_refused_at_protect() {
+    let f = fixture();
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/raw-features");
+    let (model, calibration) = (data.join("model.onnx"), data.join("calibration.txt"));
+    for variant in ["last", "noact"] {
+        let bundle = f.root.join(format!("raw-{variant}.bundle"));
+        let args = [
+            "protect",
+            "--model",
+            s(&model),
+            "--keys",
+            s(&f.keys),
+            "--variant",
+            variant,
+            "--calibration",
+            s(&calibration),
+            "--out",
+            s(&bundle),
+        ];
+        let o = hedge(&args);
+        refused(&o, "agrees with the float model on");
+        refused(&o, "below --min-agreement 99.0 %");
+        refused(&o, "orders of magnitude");
+        refused(&o, "StandardScaler");
+        assert!(!bundle.exists(), "a refused model writes no bundle");
+        // Accepted knowingly: the agreement is printed.
+        let mut lowered = args.to_vec();
+        lowered.extend(["--min-agreement", "0.2"]);
+        let out = ok(&hedge(&lowered));
+        assert!(
+            out.contains("integer model agrees with the float model on"),
+            "{out}"
+        );
+    }
+    // The synthetic model agrees (a near-tie or two in 60 inputs is within the interval).
+    let out = ok(&hedge(&[
+        "protect",
+        "--model",
+        s(&f.root.join("model.onnx")),
+        "--keys",
+        s(&f.keys),
+        "--variant",
+        "last",
+        "--calibration",
+        s(&f.root.join("calibration.txt")),
+        "--out",
+        s(&f.root.join("synth.bundle")),
+    ]));
+    assert!(out.contains("calibration inputs (95 % interval"), "{out}");
+    refused(
+        &hedge(&[
+            "protect",
+            "--model",
+            s(&f.root.join("model.onnx")),
+            "--keys",
+            s(&f.keys),
+            "--variant",
+            "last",
+            "--calibration",
+            s(&f.root.join("calibration.txt")),
+            "--out",
+            s(&f.root.join("x.bundle")),
+            "--min-agreement",
+            "1.5",
+        ]),
+        "a fraction from 0 to 1",
+    );
+}

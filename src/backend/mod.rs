@@ -41,6 +41,9 @@ pub enum BackendError {
     /// An accuracy target or setting for variant `act` that cannot be met.
     #[error("act accuracy: {0}")]
     Accuracy(String),
+    /// A model whose integer form would disagree with the float model it stands for.
+    #[error("{0}")]
+    Agreement(String),
     #[error(transparent)]
     Bundle(#[from] BundleError),
     #[error(transparent)]

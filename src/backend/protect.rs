@@ -27,6 +27,142 @@ pub struct Protected {
     pub labels: Option<Vec<String>>,
     /// The secret check outputs the model was encrypted with (registry only, like the labels).
     pub checks: ResultChecks,
+    /// How often the integer model agrees with the float model on the calibration inputs.
+    pub agreement: Agreement,
+}
+
+/// The integer model's agreement with the float model it approximates (argmax on the
+/// calibration inputs), and — when it is not total — what loses the precision.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Agreement {
+    pub agree: usize,
+    pub total: usize,
+    /// Why inputs disagree and what to do, when some do.
+    pub diagnosis: Option<String>,
+}
+
+impl Agreement {
+    pub fn fraction(&self) -> f64 {
+        self.agree as f64 / self.total.max(1) as f64
+    }
+
+    /// The 95 % Wilson score interval of the agreement the calibration inputs stand for.
+    pub fn interval(&self) -> (f64, f64) {
+        let (n, p, z2) = (self.total.max(1) as f64, self.fraction(), 1.96f64 * 1.96);
+        let centre = p + z2 / (2.0 * n);
+        let half = 1.96 * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt();
+        let scale = 1.0 + z2 / n;
+        ((centre - half) / scale, ((centre + half) / scale).min(1.0))
+    }
+
+    /// Refuse a model whose integer form agrees with its float form on less than `min` of its
+    /// inputs, as the calibration set shows at 95 % confidence (a near-tie or two in a small
+    /// set is not enough): protecting it would make a classifier that is silently wrong.
+    pub fn require(&self, min: f64) -> Result<()> {
+        let (low, high) = self.interval();
+        if high + 1e-12 >= min {
+            return Ok(());
+        }
+        Err(BackendError::Agreement(format!(
+            "the integer model agrees with the float model on {:.1} % of {} calibration inputs \
+             (95 % interval {:.1}–{:.1} %), below --min-agreement {:.1} %. {}",
+            100.0 * self.fraction(),
+            self.total,
+            100.0 * low,
+            100.0 * high,
+            100.0 * min,
+            self.diagnosis.as_deref().unwrap_or("")
+        )))
+    }
+}
+
+/// Argmax agreement of `q`'s integer reference with `model` on `calibration`.
+fn count_agreement(model: &Classifier, q: &QuantModel, calibration: &[Vec<f32>]) -> usize {
+    calibration
+        .iter()
+        .filter(|x| {
+            q.input.quantize(x).is_ok_and(|xq| {
+                crate::model::argmax(&q.reference(&xq).scores)
+                    == crate::model::argmax(&model.forward(x))
+            })
+        })
+        .count()
+}
+
+/// Measure the agreement and, when it is not total, find the cause: inputs whose scales span
+/// orders of magnitude under one shared scale, or widths too narrow for the model.
+fn agreement(
+    model: &Classifier,
+    q: &QuantModel,
+    calibration: &[Vec<f32>],
+    params: &ParameterSet,
+) -> Agreement {
+    let total = calibration.len();
+    let agree = count_agreement(model, q, calibration);
+    if agree == total {
+        return Agreement {
+            agree,
+            total,
+            diagnosis: None,
+        };
+    }
+    let wide = crate::model::quant::BitWidths {
+        x: 16,
+        w1: 16,
+        a: 16,
+        w2: 16,
+    };
+    let at_16 = QuantModel::quantize_with_bits(model, q.variant, None, calibration, params, wide)
+        .ok()
+        .map(|w| count_agreement(model, &w, calibration) as f64 / total as f64);
+    // Per feature, the largest |value| seen.
+    let mut max = vec![0f32; q.input.dim];
+    for x in calibration {
+        for (m, v) in max.iter_mut().zip(x) {
+            *m = m.max(v.abs());
+        }
+    }
+    let used: Vec<(usize, f32)> = max
+        .iter()
+        .copied()
+        .enumerate()
+        .filter(|m| m.1 > 0.0)
+        .collect();
+    let hi = used.iter().copied().max_by(|a, b| a.1.total_cmp(&b.1));
+    let lo = used.iter().copied().min_by(|a, b| a.1.total_cmp(&b.1));
+    let span = match (hi, lo) {
+        (Some(h), Some(l)) => (h.1 / l.1).log10(),
+        _ => 0.0,
+    };
+    let wider = at_16
+        .map(|f| {
+            format!(
+                " (at 16 bits the integer model would agree on {:.1} %)",
+                100.0 * f
+            )
+        })
+        .unwrap_or_default();
+    let diagnosis = match (hi, lo) {
+        (Some(h), Some(l)) if span >= 2.0 => format!(
+            "Cause: the inputs span {span:.1} orders of magnitude (feature {} reaches {}, \
+             feature {} only {}) and share one {}-bit scale, so the small ones quantise to \
+             nothing{wider}. Fix: standardise the features before the model — export it with \
+             its scaler (e.g. scikit-learn's Pipeline(StandardScaler(), …)) or scale them at \
+             the data source — then protect again.",
+            h.0, h.1, l.0, l.1, q.bits.x
+        ),
+        _ => format!(
+            "Cause: {}-bit inputs and weights lose what separates some classes{wider}. Fix: \
+             check the calibration inputs are the model's own (same preprocessing as in \
+             training), standardise the features, or retrain with weight decay.",
+            q.bits.x
+        ),
+    };
+    Agreement {
+        agree,
+        total,
+        diagnosis: Some(diagnosis),
+    }
 }
 
 /// How variant `act` spends its bootstraps: classes per lookup table (fewer: wider windows,
@@ -292,6 +428,7 @@ pub fn protect(
         let q = QuantModel::quantize(model, variant, activation, calibration, &secret.params)?;
         (q, secret.params, None)
     };
+    let agreement = agreement(model, &quant, calibration, &params);
     progress.stage("encrypting the model");
     // Only the bootstrapping variant needs evaluation keys; another gadget, another
     // bootstrapping key under the same secret keys.
@@ -326,6 +463,7 @@ pub fn protect(
         act,
         labels: model.labels.clone(),
         checks,
+        agreement,
     })
 }
 

@@ -56,9 +56,19 @@ pub struct Args {
     out: PathBuf,
     #[arg(long, default_value = "model")]
     name: String,
+    /// Refuse the model if its integer form agrees with the float model (argmax) on less than
+    /// this fraction of the calibration inputs: it would be silently wrong.
+    #[arg(long, default_value = "0.99")]
+    min_agreement: f64,
 }
 
 pub fn run(a: Args, registry: &Path, ui: &Ui) -> Result<()> {
+    if !(0.0..=1.0).contains(&a.min_agreement) {
+        anyhow::bail!(
+            "--min-agreement is a fraction from 0 to 1, not {}",
+            a.min_agreement
+        );
+    }
     let mut network = Network::load(&a.model, a.encrypt_from.as_deref())
         .with_context(|| format!("importing {}", a.model.display()))?;
     if let Some(path) = &a.labels {
@@ -127,6 +137,7 @@ pub fn run(a: Args, registry: &Path, ui: &Ui) -> Result<()> {
         &spinner,
     )?;
     spinner.0.finish_and_clear();
+    p.agreement.require(a.min_agreement)?;
     protect::record(&p, &keys, &a.keys, registry)?;
     hedge::files::write_atomic(&a.out, &p.bytes, 0o644)
         .with_context(|| format!("writing {}", a.out.display()))?;
@@ -138,6 +149,16 @@ pub fn run(a: Args, registry: &Path, ui: &Ui) -> Result<()> {
         p.bytes.len(),
         p.bundle.model.encrypted_bytes(),
         t.elapsed().as_secs_f64()
+    );
+    let (low, high) = p.agreement.interval();
+    println!(
+        "integer model agrees with the float model on {:.1} % of {} calibration inputs (95 % \
+         interval {:.1}–{:.1} %, --min-agreement {:.1} %)",
+        100.0 * p.agreement.fraction(),
+        p.agreement.total,
+        100.0 * low,
+        100.0 * high,
+        100.0 * a.min_agreement
     );
     if let Some(act) = &p.act {
         let seconds = p.bundle.engine()?.bootstrap_seconds_per_inference();
