@@ -389,7 +389,7 @@ impl ModelInfo {
     pub fn of(q: &QuantModel) -> Self {
         Self {
             variant: q.variant,
-            input: q.input,
+            input: q.input.clone(),
             hidden_dim: q.hidden_dim,
             out_dim: q.out_dim,
             delta_out: q.delta_out,

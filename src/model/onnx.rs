@@ -5,16 +5,23 @@
 //! scikit-learn through skl2onnx):
 //!
 //! - before the first dense layer, no-op casts and reshapes (Cast, Reshape, Flatten, Identity,
-//!   Dropout, Squeeze, Unsqueeze);
+//!   Dropout, Squeeze, Unsqueeze), and linear pre-processing — ai.onnx.ml's Scaler
+//!   (scikit-learn's StandardScaler, MinMaxScaler), Sub, Div, Mul and Add by constants (a
+//!   scalar or one per feature), BatchNormalization — folded into the first dense layer, so
+//!   that the encrypted part keeps its shape;
 //! - one or two dense layers: Gemm (any transA/transB, alpha and beta folded in), MatMul with a
 //!   constant weight on either side followed or not by an Add of a constant bias (either order),
 //!   or ai.onnx.ml's LinearClassifier (scikit-learn's linear models); one layer (a linear
 //!   model) is imported with an identity hidden layer;
+//! - after a dense layer, a BatchNormalization (Keras' Dense → BatchNormalization), folded in;
 //! - between two layers, the activation: Relu, or the square (Mul(x, x) or Pow(x, 2));
 //! - after the last layer, the classifier's post-processing, which preserves the argmax and is
 //!   dropped for the encrypted head: Softmax, LogSoftmax, Sigmoid, Normalizer (L1, L2), ArgMax,
 //!   ArrayFeatureExtractor and ZipMap (the class labels they carry are kept), Cast, Reshape,
 //!   Identity, Flatten.
+//!
+//! Tensors may be float32 or float64 (what scikit-learn exports from float64 arrays): float64
+//! weights are converted, with a note when that changes them beyond float32's precision.
 //!
 //! Anything else on the data path is refused with the node's name and operator and what to do.
 
@@ -30,6 +37,10 @@ use tract_onnx::pb;
 const FLOAT: i32 = 1;
 const STRING: i32 = 8;
 const INT64: i32 = 7;
+const DOUBLE: i32 = 11;
+
+/// Linear pre-processing of the features, folded into the first dense layer.
+const PRE_OPS: &[&str] = &["Scaler", "Sub", "Div", "Mul", "Add", "BatchNormalization"];
 
 /// No-ops on a feature vector: before the first layer, between the layers, or after the last.
 const NO_OPS: &[&str] = &[
@@ -61,8 +72,9 @@ const MAX_LINEAR_INPUTS: usize = 4096;
 pub(crate) fn is_head_op(op: &str) -> bool {
     NO_OPS.contains(&op)
         || POST_OPS.contains(&op)
+        || PRE_OPS.contains(&op)
         || is_dense_op(op)
-        || matches!(op, "Add" | "Relu" | "Mul" | "Pow" | "Constant")
+        || matches!(op, "Relu" | "Pow" | "Constant")
 }
 
 /// Operators that start a dense layer.
@@ -70,12 +82,14 @@ pub(crate) fn is_dense_op(op: &str) -> bool {
     matches!(op, "Gemm" | "MatMul" | "LinearClassifier")
 }
 
-/// Whether every node of `nodes` is a no-op on a feature vector (or a constant): such a
-/// prefix is not a feature extractor.
+/// Whether every node of `nodes` is a no-op on a feature vector, a constant or linear
+/// pre-processing the importer folds into the first layer: such a prefix is not a feature
+/// extractor.
 pub(crate) fn all_no_ops(nodes: &[pb::NodeProto]) -> bool {
-    nodes
-        .iter()
-        .all(|n| NO_OPS.contains(&n.op_type.as_str()) || n.op_type == "Constant")
+    nodes.iter().all(|n| {
+        let op = n.op_type.as_str();
+        NO_OPS.contains(&op) || PRE_OPS.contains(&op) || op == "Constant"
+    })
 }
 
 /// Read a classifier from an ONNX file.
@@ -188,9 +202,10 @@ fn err(msg: impl Into<String>) -> ModelError {
 }
 
 fn tensor_f32(t: &pb::TensorProto) -> Result<(Vec<usize>, Vec<f32>)> {
-    if t.data_type != FLOAT {
-        return Err(err(format!("tensor {} is not float32", t.name)));
+    if t.data_type != FLOAT && t.data_type != DOUBLE {
+        return Err(err(format!("tensor {} is not float32 or float64", t.name)));
     }
+    let width = if t.data_type == DOUBLE { 8 } else { 4 };
     let dims: Vec<usize> = t
         .dims
         .iter()
@@ -208,13 +223,24 @@ fn tensor_f32(t: &pb::TensorProto) -> Result<(Vec<usize>, Vec<f32>)> {
             ))
         })?;
     let data: Vec<f32> = if !t.raw_data.is_empty() {
-        if t.raw_data.len() != count * 4 {
+        if Some(t.raw_data.len()) != count.checked_mul(width) {
             return Err(err(format!("tensor {} has truncated data", t.name)));
         }
-        t.raw_data
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect()
+        if width == 8 {
+            doubles(
+                &t.name,
+                t.raw_data
+                    .chunks_exact(8)
+                    .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes"))),
+            )
+        } else {
+            t.raw_data
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect()
+        }
+    } else if width == 8 {
+        doubles(&t.name, t.double_data.iter().copied())
     } else {
         t.float_data.clone()
     };
@@ -230,6 +256,24 @@ fn tensor_f32(t: &pb::TensorProto) -> Result<(Vec<usize>, Vec<f32>)> {
         return Err(err(format!("tensor {} holds NaN or infinity", t.name)));
     }
     Ok((dims, data))
+}
+
+/// float64 values as float32, noting once per tensor when the conversion loses more than
+/// float32's own rounding (values beyond its range, or below its normal range).
+fn doubles(name: &str, values: impl Iterator<Item = f64>) -> Vec<f32> {
+    let mut lossy = false;
+    let out = values
+        .map(|v| {
+            let f = v as f32;
+            lossy |= v.is_finite()
+                && (f.is_infinite() || (v != 0.0 && (f as f64 - v).abs() > 1e-6 * v.abs()));
+            f
+        })
+        .collect();
+    if lossy {
+        log::warn!("tensor {name}: float64 values converted to float32 lose precision");
+    }
+    out
 }
 
 /// A string or int64 tensor as labels (a classifier's class table).
@@ -339,7 +383,7 @@ pub(crate) fn classifier_from_graph(graph: &pb::GraphProto, input: &str) -> Resu
     let mut consts: HashMap<String, (Vec<usize>, Vec<f32>)> = HashMap::new();
     let mut label_tables: HashMap<String, Vec<String>> = HashMap::new();
     let mut add_const = |t: &pb::TensorProto, name: &str| -> Result<()> {
-        if t.data_type == FLOAT {
+        if t.data_type == FLOAT || t.data_type == DOUBLE {
             consts.insert(name.to_string(), tensor_f32(t)?);
         } else if let Some(labels) = tensor_labels(t) {
             label_tables.insert(name.to_string(), labels);
@@ -367,6 +411,8 @@ pub(crate) fn classifier_from_graph(graph: &pb::GraphProto, input: &str) -> Resu
     let mut last_output: Option<String> = None;
     let mut post = false;
     let mut labels: Option<Vec<String>> = None;
+    // Linear pre-processing before the first layer, folded in at the end: x ↦ s⊙x + t.
+    let mut pre: Vec<Affine> = Vec::new();
     for node in &graph.node {
         let op = node.op_type.as_str();
         if op == "Constant" || !node.input.iter().any(|i| data.contains(i)) {
@@ -395,6 +441,34 @@ pub(crate) fn classifier_from_graph(graph: &pb::GraphProto, input: &str) -> Resu
         // A dense layer may not follow post-processing of the scores.
         if post && (is_dense_op(op) || matches!(op, "Add" | "Relu" | "Mul" | "Pow")) {
             return Err(refuse("follows the scores' post-processing"));
+        }
+        let square = op == "Mul" && node.input.len() == 2 && node.input[0] == node.input[1];
+        let before_layers = layers.is_empty() && pending.is_none() && activation.is_none();
+        if PRE_OPS.contains(&op) && !square && before_layers {
+            let step = affine(node, op, &on_path_input, &weight).map_err(|why| refuse(&why))?;
+            pre.push(step);
+            data.extend(node.output.iter().cloned());
+            continue;
+        }
+        // A scale or shift of a dense layer's outputs (a BatchNormalization, or what tf2onnx
+        // makes of one) is part of that layer; an Add of a constant is its bias (below).
+        let of_layer = match &pending {
+            Some(p) => p.output == on_path_input,
+            None => last_output.as_deref() == Some(on_path_input.as_str()),
+        };
+        if matches!(op, "Mul" | "Div" | "Sub" | "BatchNormalization") && !square && of_layer {
+            let step = affine(node, op, &on_path_input, &weight).map_err(|why| refuse(&why))?;
+            let (target, output) = match &mut pending {
+                Some(p) => (&mut p.dense, &mut p.output),
+                None => (
+                    layers.last_mut().expect("a layer wrote last_output"),
+                    last_output.as_mut().expect("checked above"),
+                ),
+            };
+            step.fold_after(target).map_err(|why| refuse(&why))?;
+            *output = node.output.first().cloned().unwrap_or_default();
+            data.extend(node.output.iter().cloned());
+            continue;
         }
         match op {
             "Gemm" => {
@@ -582,9 +656,11 @@ pub(crate) fn classifier_from_graph(graph: &pb::GraphProto, input: &str) -> Resu
                 }
             }
             _ if NO_OPS.contains(&op) => {
-                // A Cast to anything but float would change the values.
-                if op == "Cast" && !post && attr_i(node, "to", FLOAT as i64) != FLOAT as i64 {
-                    return Err(refuse("casts the features to another type than float"));
+                // A Cast to anything but a float type would change the values (float64 is
+                // computed in float32, as its weights are).
+                let to = attr_i(node, "to", FLOAT as i64);
+                if op == "Cast" && !post && to != FLOAT as i64 && to != DOUBLE as i64 {
+                    return Err(refuse("casts the features to a type that is not a float"));
                 }
                 if last_output.as_deref() == Some(on_path_input.as_str()) {
                     last_output = node.output.first().cloned();
@@ -599,6 +675,11 @@ pub(crate) fn classifier_from_graph(graph: &pb::GraphProto, input: &str) -> Resu
         data.extend(node.output.iter().cloned());
     }
     finish(&mut pending, &mut layers, &mut last_output);
+    if let Some(first) = layers.first_mut() {
+        for step in pre.iter().rev() {
+            step.fold_before(first)?;
+        }
+    }
     let (hidden, output) = match layers.len() {
         0 => return Err(err("no dense layer (Gemm, MatMul or LinearClassifier) on the path from the input to the scores")),
         1 => {
@@ -648,6 +729,166 @@ pub(crate) fn classifier_from_graph(graph: &pb::GraphProto, input: &str) -> Resu
         output,
         labels,
     })
+}
+
+/// y = s⊙x + t on a feature vector (s, t: one value for all, or one per feature).
+#[derive(Clone, Debug, PartialEq)]
+struct Affine {
+    s: Vec<f32>,
+    t: Vec<f32>,
+}
+
+impl Affine {
+    fn at(v: &[f32], i: usize) -> f32 {
+        if v.len() == 1 {
+            v[0]
+        } else {
+            v[i]
+        }
+    }
+
+    fn fits(&self, dim: usize, what: &str) -> Result<()> {
+        for v in [&self.s, &self.t] {
+            if v.len() != 1 && v.len() != dim {
+                return Err(err(format!(
+                    "{what}: {} values for {dim} features",
+                    v.len()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Into the layer that reads its output: W·(s⊙x + t) + b = (W·diag s)·x + (W·t + b).
+    fn fold_before(&self, d: &mut Dense) -> Result<()> {
+        self.fits(d.in_dim, "pre-processing before the first layer")?;
+        for j in 0..d.out_dim {
+            let row = &mut d.w[j * d.in_dim..(j + 1) * d.in_dim];
+            let mut shift = 0f32;
+            for (i, w) in row.iter_mut().enumerate() {
+                shift += *w * Self::at(&self.t, i);
+                *w *= Self::at(&self.s, i);
+            }
+            d.b[j] += shift;
+        }
+        check_finite(d)
+    }
+
+    /// Into the layer whose output it scales: s⊙(W·x + b) + t.
+    fn fold_after(&self, d: &mut Dense) -> std::result::Result<(), String> {
+        self.fits(d.out_dim, "scaling of a layer's outputs")
+            .map_err(|e| e.to_string())?;
+        for j in 0..d.out_dim {
+            let s = Self::at(&self.s, j);
+            d.w[j * d.in_dim..(j + 1) * d.in_dim]
+                .iter_mut()
+                .for_each(|w| *w *= s);
+            d.b[j] = d.b[j] * s + Self::at(&self.t, j);
+        }
+        check_finite(d).map_err(|e| e.to_string())
+    }
+}
+
+fn check_finite(d: &Dense) -> Result<()> {
+    if d.w.iter().chain(&d.b).all(|v| v.is_finite()) {
+        Ok(())
+    } else {
+        Err(err("folding the pre-processing made a weight infinite"))
+    }
+}
+
+/// A constant tensor: its shape and values.
+type Constant = (Vec<usize>, Vec<f32>);
+
+/// The affine map a linear pre-processing node applies to the data path's `x`.
+fn affine<'a>(
+    node: &pb::NodeProto,
+    op: &str,
+    x: &str,
+    weight: &dyn Fn(&str) -> Option<&'a Constant>,
+) -> std::result::Result<Affine, String> {
+    let constant = |i: usize| -> std::result::Result<Vec<f32>, String> {
+        node.input
+            .get(i)
+            .and_then(|n| weight(n))
+            .map(|t| t.1.clone())
+            .ok_or_else(|| format!("input {i} is not a constant"))
+    };
+    // Which operand is the data path, and the other (constant) one.
+    let x_first = node.input.first().map(String::as_str) == Some(x);
+    let other = || constant(if x_first { 1 } else { 0 });
+    let one = vec![1.0];
+    let zero = vec![0.0];
+    let a = match op {
+        "Scaler" => {
+            let floats = |name: &str| {
+                attr(node, name)
+                    .map(|a| a.floats.clone())
+                    .unwrap_or_default()
+            };
+            let (offset, scale) = (floats("offset"), floats("scale"));
+            let scale = if scale.is_empty() { one } else { scale };
+            let offset = if offset.is_empty() { zero } else { offset };
+            if offset.len() != 1 && scale.len() != 1 && offset.len() != scale.len() {
+                return Err("has offsets and scales of different lengths".into());
+            }
+            let n = offset.len().max(scale.len());
+            // (x − offset)·scale
+            let s: Vec<f32> = (0..n).map(|i| Affine::at(&scale, i)).collect();
+            let t = (0..n)
+                .map(|i| -Affine::at(&offset, i) * Affine::at(&scale, i))
+                .collect();
+            Affine { s, t }
+        }
+        "Add" => Affine {
+            s: one,
+            t: other()?,
+        },
+        "Sub" if x_first => Affine {
+            s: one,
+            t: other()?.iter().map(|c| -c).collect(),
+        },
+        "Sub" => Affine {
+            s: vec![-1.0],
+            t: other()?,
+        },
+        "Mul" => Affine {
+            s: other()?,
+            t: zero,
+        },
+        "Div" if x_first => {
+            let c = other()?;
+            if c.contains(&0.0) {
+                return Err("divides by zero".into());
+            }
+            Affine {
+                s: c.iter().map(|c| 1.0 / c).collect(),
+                t: zero,
+            }
+        }
+        "Div" => return Err("divides by the features (not a linear map)".into()),
+        "BatchNormalization" => {
+            if !x_first || node.input.len() < 5 {
+                return Err("does not normalise the data path with constant statistics".into());
+            }
+            let (gamma, beta, mean, var) = (constant(1)?, constant(2)?, constant(3)?, constant(4)?);
+            let eps = attr_f(node, "epsilon", 1e-5);
+            let n = gamma.len();
+            if [beta.len(), mean.len(), var.len()] != [n; 3] {
+                return Err("has statistics of different lengths".into());
+            }
+            let k: Vec<f32> = (0..n).map(|i| gamma[i] / (var[i] + eps).sqrt()).collect();
+            Affine {
+                t: (0..n).map(|i| beta[i] - mean[i] * k[i]).collect(),
+                s: k,
+            }
+        }
+        _ => return Err("is not linear pre-processing".into()),
+    };
+    if a.s.iter().chain(&a.t).any(|v| !v.is_finite()) {
+        return Err("holds NaN or infinity".into());
+    }
+    Ok(a)
 }
 
 /// A MatMul waiting for its bias is a layer without one when the path moves on.

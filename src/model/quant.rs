@@ -88,15 +88,82 @@ impl BitWidths {
     }
 }
 
-/// Input quantisation: x_q = round(x / scale), clamped to the width.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+/// Input quantisation: x_q = round((x − offset_i) / scale_i), clamped to the width. One
+/// shared scale (offsets 0) serves features of one range; features whose ranges differ by
+/// orders of magnitude (raw tabular data, or a scaler folded into the first layer) get one
+/// scale and offset each, absorbed by the first layer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct InputQuant {
     pub dim: usize,
-    pub scale: f32,
+    pub scales: Vec<f32>,
+    pub offsets: Vec<f32>,
     pub min_q: i64,
     pub max_q: i64,
     /// Values beyond ±limit are refused as out of range rather than clamped.
     pub limit: f32,
+}
+
+/// How [`InputQuant`] scales the features.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InputScaling {
+    /// One scale for every feature, from the largest |value|.
+    Shared,
+    /// A scale and an offset per feature, from its own range.
+    PerFeature,
+}
+
+impl InputQuant {
+    /// The quantisation of `calibration`'s features at `bits`.
+    fn calibrate(calibration: &[Vec<f32>], dim: usize, bits: u32, scaling: InputScaling) -> Self {
+        let all = calibration.iter().flatten();
+        let max_abs = all
+            .clone()
+            .fold(0f32, |m, v| m.max(v.abs()))
+            .max(f32::MIN_POSITIVE);
+        let limit = 16.0 * max_abs;
+        match scaling {
+            InputScaling::Shared => {
+                let signed = all.clone().any(|v| *v < 0.0);
+                let (min_q, max_q) = if signed {
+                    (-((1 << (bits - 1)) - 1), (1 << (bits - 1)) - 1)
+                } else {
+                    (0, (1 << bits) - 1)
+                };
+                Self {
+                    dim,
+                    scales: vec![max_abs / max_q as f32; dim],
+                    offsets: vec![0.0; dim],
+                    min_q,
+                    max_q,
+                    limit,
+                }
+            }
+            InputScaling::PerFeature => {
+                let max_q = (1i64 << (bits - 1)) - 1;
+                let (mut lo, mut hi) = (vec![f32::INFINITY; dim], vec![f32::NEG_INFINITY; dim]);
+                for x in calibration {
+                    for (i, &v) in x.iter().enumerate() {
+                        lo[i] = lo[i].min(v);
+                        hi[i] = hi[i].max(v);
+                    }
+                }
+                let offsets: Vec<f32> = lo.iter().zip(&hi).map(|(l, h)| (l + h) / 2.0).collect();
+                let scales = lo
+                    .iter()
+                    .zip(&hi)
+                    .map(|(l, h)| ((h - l) / 2.0 / max_q as f32).max(max_abs * 1e-7))
+                    .collect();
+                Self {
+                    dim,
+                    scales,
+                    offsets,
+                    min_q: -max_q,
+                    max_q,
+                    limit,
+                }
+            }
+        }
+    }
 }
 
 impl InputQuant {
@@ -122,7 +189,12 @@ impl InputQuant {
                     }
                     .into());
                 }
-                Ok(((v / self.scale).round() as i64).clamp(self.min_q, self.max_q))
+                let (Some(s), Some(o)) = (self.scales.get(i), self.offsets.get(i)) else {
+                    return Err(ModelError::Quantisation(format!(
+                        "the input quantisation has no scale for feature {i}"
+                    )));
+                };
+                Ok((((v - o) / s).round() as i64).clamp(self.min_q, self.max_q))
             })
             .collect()
     }
@@ -232,6 +304,35 @@ fn symmetric_scale(values: &[f32], bits: u32) -> f32 {
     max / ((1i64 << (bits - 1)) - 1) as f32
 }
 
+/// The scale of each hidden unit's integer pre-activation.
+enum UnitScales {
+    One(f64),
+    Each(Vec<f64>),
+}
+
+impl UnitScales {
+    fn of(&self, i: usize) -> f64 {
+        match self {
+            Self::One(s) => *s,
+            Self::Each(s) => s[i],
+        }
+    }
+}
+
+/// A dense layer quantised row by row (each output its own weight scale), for inputs already
+/// at scale 1: (weights, biases, the scale of each output).
+fn quantize_rows(d: &Dense, bits: u32) -> (Vec<i64>, Vec<i64>, Vec<f64>) {
+    let (mut w, mut b, mut scales) = (Vec::new(), Vec::new(), Vec::new());
+    for j in 0..d.out_dim {
+        let row = &d.w[j * d.in_dim..(j + 1) * d.in_dim];
+        let s = symmetric_scale(row, bits) as f64;
+        w.extend(row.iter().map(|v| (*v as f64 / s).round() as i64));
+        b.push((d.b[j] as f64 / s).round() as i64);
+        scales.push(s);
+    }
+    (w, b, scales)
+}
+
 fn quantize_dense(d: &Dense, bits: u32, in_scale: f64) -> (Vec<i64>, Vec<i64>, f64) {
     let s = symmetric_scale(&d.w, bits) as f64;
     let w = d.w.iter().map(|v| (*v as f64 / s).round() as i64).collect();
@@ -269,6 +370,58 @@ impl QuantModel {
         Self::quantize_with_bits(model, variant, activation, calibration, params, bits)
     }
 
+    /// One shared input scale unless it loses agreement with the float model on the
+    /// calibration inputs (below 99 %) and one scale per feature does better.
+    #[allow(clippy::too_many_arguments)]
+    fn quantize_scaled(
+        model: &Classifier,
+        variant: Variant,
+        activation: Option<Activation>,
+        calibration: &[Vec<f32>],
+        params: &ParameterSet,
+        bits: BitWidths,
+        per_table: usize,
+    ) -> Result<Self> {
+        let quantize = |scaling| {
+            Self::quantize_full(
+                model,
+                variant,
+                activation,
+                calibration,
+                params,
+                bits,
+                per_table,
+                scaling,
+            )
+        };
+        let shared = quantize(InputScaling::Shared)?;
+        let float = float_reference(
+            &Classifier {
+                activation: activation.or(model.activation),
+                ..model.clone()
+            },
+            variant,
+        );
+        let agree = |q: &QuantModel| {
+            calibration
+                .iter()
+                .filter(|x| {
+                    q.input.quantize(x).is_ok_and(|xq| {
+                        super::argmax(&q.reference(&xq).scores) == super::argmax(&float.forward(x))
+                    })
+                })
+                .count()
+        };
+        let shared_agree = agree(&shared);
+        if shared_agree as f64 >= 0.99 * calibration.len() as f64 {
+            return Ok(shared);
+        }
+        match quantize(InputScaling::PerFeature) {
+            Ok(per) if agree(&per) > shared_agree => Ok(per),
+            _ => Ok(shared),
+        }
+    }
+
     /// Variant `act` with `per_table` classes in each bootstrap's lookup table (all of them
     /// when it is at least the class count): fewer classes per table, wider windows, less
     /// input noise per unit of the pre-activation, and ⌈out / per_table⌉ bootstraps per unit.
@@ -280,7 +433,7 @@ impl QuantModel {
         per_table: usize,
     ) -> Result<Self> {
         let bits = BitWidths::for_variant(Variant::Act);
-        Self::quantize_full(
+        Self::quantize_scaled(
             model,
             Variant::Act,
             activation,
@@ -301,7 +454,7 @@ impl QuantModel {
         params: &ParameterSet,
         bits: BitWidths,
     ) -> Result<Self> {
-        Self::quantize_full(
+        Self::quantize_scaled(
             model,
             variant,
             activation,
@@ -312,6 +465,7 @@ impl QuantModel {
         )
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn quantize_full(
         model: &Classifier,
         variant: Variant,
@@ -320,6 +474,7 @@ impl QuantModel {
         params: &ParameterSet,
         bits: BitWidths,
         per_table: usize,
+        scaling: InputScaling,
     ) -> Result<Self> {
         if calibration.is_empty() {
             return Err(ModelError::Quantisation("empty calibration set".into()));
@@ -340,30 +495,37 @@ impl QuantModel {
                 "calibration set holds NaN or infinity".into(),
             ));
         }
-        let signed = all.iter().any(|v| *v < 0.0);
-        let max_abs = all
-            .iter()
-            .fold(0f32, |m, v| m.max(v.abs()))
-            .max(f32::MIN_POSITIVE);
-        let (min_q, max_q) = if signed {
-            (-((1 << (bits.x - 1)) - 1), (1 << (bits.x - 1)) - 1)
-        } else {
-            (0, (1 << bits.x) - 1)
-        };
-        let input = InputQuant {
-            dim: in_dim,
-            scale: max_abs / max_q as f32,
-            min_q,
-            max_q,
-            limit: 16.0 * max_abs,
-        };
+        let input = InputQuant::calibrate(calibration, in_dim, bits.x, scaling);
         let xq: Vec<Vec<i64>> = calibration
             .iter()
             .map(|x| input.quantize(x))
             .collect::<Result<_>>()?;
-        // First layer
-        let (w1, b1, s_w1) = quantize_dense(&model.hidden, bits.w1, input.scale as f64);
-        let s_h = input.scale as f64 * s_w1;
+        // First layer: it absorbs per-feature scales and offsets,
+        // W1·x + b1 = (W1·diag s)·x_q + (b1 + W1·o).
+        // s_h: the real value one step of each unit's pre-activation stands for (one for all
+        // with a shared input scale; per unit otherwise, each row its own weight scale).
+        let (w1, b1, s_h) = match scaling {
+            InputScaling::Shared => {
+                let scale = input.scales[0] as f64;
+                let (w1, b1, s_w1) = quantize_dense(&model.hidden, bits.w1, scale);
+                (w1, b1, UnitScales::One(scale * s_w1))
+            }
+            InputScaling::PerFeature => {
+                let d = &model.hidden;
+                let mut folded = d.clone();
+                for j in 0..d.out_dim {
+                    let row = &mut folded.w[j * in_dim..(j + 1) * in_dim];
+                    let mut shift = 0f32;
+                    for (i, w) in row.iter_mut().enumerate() {
+                        shift += *w * input.offsets[i];
+                        *w *= input.scales[i];
+                    }
+                    folded.b[j] += shift;
+                }
+                let (w1, b1, scales) = quantize_rows(&folded, bits.w1);
+                (w1, b1, UnitScales::Each(scales))
+            }
+        };
         let ys: Vec<Vec<i64>> = xq.iter().map(|x| matvec(&w1, &b1, x)).collect();
         // Per-unit scales of the hidden activations, when they differ by unit (act).
         let mut hidden_scales: Option<Vec<f64>> = None;
@@ -372,7 +534,13 @@ impl QuantModel {
                 if activation.is_some() && model.activation.is_some() {
                     log::warn!("variant noact drops the model's activation");
                 }
-                (HiddenMap::Identity, s_h)
+                match &s_h {
+                    UnitScales::One(s) => (HiddenMap::Identity, *s),
+                    UnitScales::Each(s) => {
+                        hidden_scales = Some(s.clone());
+                        (HiddenMap::Identity, 1.0)
+                    }
+                }
             }
             Variant::Last => {
                 let act_f = |y: i64| match activation {
@@ -390,9 +558,16 @@ impl QuantModel {
                 let hi = if activation.is_some() { 2 * hi + 1 } else { hi };
                 let lo = if activation.is_some() { 0 } else { -hi };
                 let mult = hi as f64 / max;
-                let s_a = match activation {
-                    Some(Activation::Square) => s_h * s_h / mult,
-                    _ => s_h / mult,
+                let s_a_of = |s: f64| match activation {
+                    Some(Activation::Square) => s * s / mult,
+                    _ => s / mult,
+                };
+                let s_a = match &s_h {
+                    UnitScales::One(s) => s_a_of(*s),
+                    UnitScales::Each(s) => {
+                        hidden_scales = Some(s.iter().map(|&s| s_a_of(s)).collect());
+                        1.0
+                    }
                 };
                 (
                     HiddenMap::Requant {
@@ -438,6 +613,7 @@ impl QuantModel {
                     let s_eff = delta_h as f64 * two_n / 2f64.powi(64);
                     units.push(UnitWindow { delta_h, zero_slot });
                     // The real value one step of a stands for.
+                    let s_h = s_h.of(i);
                     unit_scale.push(match activation {
                         Activation::Relu => s_h / s_eff,
                         Activation::Square => s_h * s_h / (s_eff * s_eff),
@@ -838,7 +1014,8 @@ mod tests {
     fn bad_features_are_refused_clearly() {
         let q = InputQuant {
             dim: 3,
-            scale: 0.1,
+            scales: vec![0.1; 3],
+            offsets: vec![0.0; 3],
             min_q: 0,
             max_q: 255,
             limit: 100.0,

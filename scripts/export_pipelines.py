@@ -1,0 +1,120 @@
+#!/usr/bin/env python3
+"""Models with their pre-processing, as scikit-learn users export them (issue 22): scaler
+pipelines, a float64 export, and a dense layer followed by BatchNormalization (the Keras
+pattern, written with onnx.helper since no TensorFlow is at hand). On scikit-learn's wine
+data (13 features from 0.1 to 1,680: raw, they break an 8-bit input scale).
+
+Writes tests/data/pipelines/: NAME.onnx, calibration.txt (100 training vectors) and
+NAME.inputs.txt (60 held-out vectors, each labelled with that model's own prediction).
+CI reads the committed files; nothing here runs in CI.
+
+    pip install scikit-learn skl2onnx onnx && python3 scripts/export_pipelines.py
+"""
+import os
+
+import numpy as np
+import onnx
+import sklearn
+import skl2onnx
+from onnx import TensorProto, helper, numpy_helper
+from skl2onnx import to_onnx
+from sklearn.datasets import load_wine
+from sklearn.linear_model import LogisticRegression
+from sklearn.neural_network import MLPClassifier
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+OUT = os.path.join(os.path.dirname(__file__), "..", "tests", "data", "pipelines")
+
+
+def vec(v):
+    return ",".join(f"{a:.6g}" for a in v)
+
+
+def write(name, onnx_model, predicted, x):
+    with open(os.path.join(OUT, f"{name}.onnx"), "wb") as f:
+        f.write(onnx_model.SerializeToString())
+    with open(os.path.join(OUT, f"{name}.inputs.txt"), "w") as f:
+        f.write(f"# predictions of scikit-learn {sklearn.__version__}, skl2onnx {skl2onnx.__version__}\n")
+        f.write("".join(f"{int(p)}: {vec(v)}\n" for p, v in zip(predicted, x)))
+
+
+def batchnorm_mlp(x_train, y_train):
+    """Dense → BatchNormalization → ReLU → Dense, the statistics from the training data."""
+    rng = np.random.default_rng(5)
+    scaler = StandardScaler().fit(x_train)
+    mlp = MLPClassifier((16,), max_iter=3000, random_state=0).fit(scaler.transform(x_train), y_train)
+    # Fold the scaler into the first layer, then undo a batch norm the graph will redo.
+    w1 = (mlp.coefs_[0] / scaler.scale_[:, None]).astype(np.float32)
+    b1 = (mlp.intercepts_[0] - (scaler.mean_ / scaler.scale_) @ mlp.coefs_[0]).astype(np.float32)
+    gamma = rng.uniform(0.5, 2.0, 16).astype(np.float32)
+    beta = rng.normal(0, 0.5, 16).astype(np.float32)
+    mean = rng.normal(0, 1.0, 16).astype(np.float32)
+    var = rng.uniform(0.5, 2.0, 16).astype(np.float32)
+    eps = 1e-3
+    k = gamma / np.sqrt(var + eps)
+    # BN(W·x + b) = k·(W·x + b − mean) + beta must equal the trained pre-activation.
+    w1_bn = (w1 / k).astype(np.float32)
+    b1_bn = ((b1 - beta) / k + mean).astype(np.float32)
+    w2 = mlp.coefs_[1].astype(np.float32)
+    b2 = mlp.intercepts_[1].astype(np.float32)
+    init = [numpy_helper.from_array(a, n) for a, n in [
+        (w1_bn, "w1"), (b1_bn, "b1"), (gamma, "gamma"), (beta, "beta"), (mean, "mean"),
+        (var, "var"), (w2, "w2"), (b2, "b2")]]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h0"], name="dense"),
+        helper.make_node("Add", ["h0", "b1"], ["h1"], name="dense_bias"),
+        helper.make_node("BatchNormalization", ["h1", "gamma", "beta", "mean", "var"], ["h2"],
+                         name="batch_norm", epsilon=eps),
+        helper.make_node("Relu", ["h2"], ["h3"], name="relu"),
+        helper.make_node("MatMul", ["h3", "w2"], ["o0"], name="dense_1"),
+        helper.make_node("Add", ["o0", "b2"], ["scores"], name="dense_1_bias"),
+        helper.make_node("Softmax", ["scores"], ["probabilities"], name="softmax"),
+    ]
+    graph = helper.make_graph(
+        nodes, "dense_batchnorm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, x_train.shape[1]])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, len(b2)])],
+        init)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+
+    def predict(x):
+        h = x @ w1_bn + b1_bn
+        h = k * (h - mean) + beta
+        return np.argmax(np.maximum(h, 0) @ w2 + b2, axis=1)
+
+    return model, predict
+
+
+def main():
+    os.makedirs(OUT, exist_ok=True)
+    x, y = load_wine(return_X_y=True)
+    order = np.random.default_rng(4).permutation(len(x))
+    train, test = order[:118], order[118:]
+    x32 = x.astype(np.float32)
+    with open(os.path.join(OUT, "calibration.txt"), "w") as f:
+        f.write("".join(vec(v) + "\n" for v in x32[train[:100]]))
+    options = {"zipmap": False}
+
+    lr = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000)).fit(x32[train], y[train])
+    write("scaler-logistic", to_onnx(lr, x32[:1], options={id(lr.steps[-1][1]): options},
+                                     target_opset=17), lr.predict(x32[test]), x32[test])
+
+    mlp = make_pipeline(StandardScaler(), MLPClassifier((16,), max_iter=3000, random_state=0))
+    mlp.fit(x32[train], y[train])
+    write("scaler-mlp", to_onnx(mlp, x32[:1], options={id(mlp.steps[-1][1]): options},
+                                target_opset=17), mlp.predict(x32[test]), x32[test])
+
+    # float64 all the way, as to_onnx(clf, x[:1]) gives on scikit-learn's usual arrays.
+    mlp64 = make_pipeline(StandardScaler(), MLPClassifier((16,), max_iter=3000, random_state=0))
+    mlp64.fit(x[train], y[train])
+    write("float64-scaler-mlp", to_onnx(mlp64, x[:1], options={id(mlp64.steps[-1][1]): options},
+                                        target_opset=17), mlp64.predict(x[test]), x[test])
+
+    bn, predict = batchnorm_mlp(x32[train], y[train])
+    write("dense-batchnorm", bn, predict(x32[test]), x32[test])
+
+
+if __name__ == "__main__":
+    main()
