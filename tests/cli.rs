@@ -609,3 +609,48 @@ fn a_model_that_would_be_silently_wrong_is_refused_at_protect() {
         "a fraction from 0 to 1",
     );
 }
+
+/// Issue 22: an MLP with tanh — an activation hedge does not evaluate encrypted — was
+/// protected with `--variant noact` by moving its first layer and tanh into the plaintext
+/// extractor, its hidden weights shipped in the clear although both layers were asked to be
+/// encrypted. Now the variants that encrypt both layers refuse, naming where the cut falls
+/// and why; `last`, whose first layer runs in plaintext by design, takes it.
+#[test]
+fn a_layer_is_never_moved_into_plaintext_quietly() {
+    let f = fixture();
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/pipelines");
+    let (model, calibration) = (
+        data.join("tanh-mlp.onnx"),
+        data.join("tanh-mlp.calibration.txt"),
+    );
+    let protect = |variant: &str, extra: &[&str]| {
+        let bundle = f.root.join(format!("tanh-{variant}.bundle"));
+        let mut args = vec![
+            "protect",
+            "--model",
+            s(&model),
+            "--keys",
+            s(&f.keys),
+            "--variant",
+            variant,
+            "--calibration",
+            s(&calibration),
+            "--out",
+            s(&bundle),
+        ];
+        args.extend_from_slice(extra);
+        (hedge(&args), bundle)
+    };
+    for (variant, extra) in [("noact", &["--drop-activation"][..]), ("act", &[][..])] {
+        let (o, bundle) = protect(variant, extra);
+        refused(&o, "encrypts both dense layers");
+        refused(&o, "(Tanh)");
+        refused(&o, "would run in plaintext on the board");
+        refused(&o, "--encrypt-from");
+        assert!(!bundle.exists());
+    }
+    let (o, bundle) = protect("last", &[]);
+    let out = ok(&o);
+    assert!(out.contains("integer model agrees"), "{out}");
+    assert!(bundle.exists());
+}

@@ -20,6 +20,9 @@ pub struct Network {
     pub head: Classifier,
     /// What ships in the bundle, and the same prepared to run here.
     pub extractor: Option<(PlainExtractor, Extractor)>,
+    /// A dense layer the automatic cut put in the plaintext extractor (its weights would ship
+    /// in the clear): refused for the variants that encrypt both layers.
+    pub plaintext_dense: Option<super::split::PlaintextDense>,
 }
 
 impl Network {
@@ -60,6 +63,7 @@ impl Network {
         Ok(Self {
             head: cut.head,
             extractor,
+            plaintext_dense: cut.plaintext_dense,
         })
     }
 

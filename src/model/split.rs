@@ -26,6 +26,18 @@ pub struct Split {
     pub head: Classifier,
     /// The tensor between them.
     pub point: String,
+    /// When the cut was found, not named (`--encrypt-from`), and fell after a dense layer:
+    /// that layer and what stopped the head (e.g. a Tanh), which will run in plaintext.
+    pub plaintext_dense: Option<PlaintextDense>,
+}
+
+/// A dense layer the automatic cut left in the plaintext extractor.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlaintextDense {
+    /// The dense node, as `"name" (Op)`.
+    pub layer: String,
+    /// The node after it that is not part of a head hedge encrypts.
+    pub blocker: String,
 }
 
 pub fn split(bytes: &[u8], encrypt_from: Option<&str>) -> Result<Split> {
@@ -138,10 +150,26 @@ pub fn split(bytes: &[u8], encrypt_from: Option<&str>) -> Result<Split> {
     } else {
         Some(extractor_bytes(&model, start, &point)?)
     };
+    let describe = |n: &pb::NodeProto| format!("{:?} ({})", n.name, n.op_type);
+    let plaintext_dense = match encrypt_from {
+        Some(_) => None,
+        None => nodes[..start]
+            .iter()
+            .rposition(is_dense)
+            .map(|i| PlaintextDense {
+                layer: describe(&nodes[i]),
+                blocker: nodes[i + 1..start]
+                    .iter()
+                    .rfind(|n| !is_head_op(&n.op_type))
+                    .map(describe)
+                    .unwrap_or_else(|| "the cut".into()),
+            }),
+    };
     Ok(Split {
         extractor,
         head,
         point,
+        plaintext_dense,
     })
 }
 

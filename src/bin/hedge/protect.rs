@@ -95,6 +95,19 @@ pub fn run(a: Args, registry: &Path, ui: &Ui) -> Result<()> {
         (None, true) => protect::HiddenActivation::Drop,
         (None, false) => protect::HiddenActivation::AsTrained,
     };
+    // Both layers encrypted, as asked, or refused: never a layer moved into plaintext quietly.
+    if let (Some(p), Variant::Noact | Variant::Act) = (&network.plaintext_dense, a.variant) {
+        anyhow::bail!(
+            "--variant {} encrypts both dense layers, but the encrypted part can only start \
+             after {}: the dense layer {} before it would run in plaintext on the board, its \
+             weights in the clear. hedge encrypts dense → (ReLU | square | none) → dense: \
+             retrain with ReLU, use --variant last (its first layer runs in plaintext by \
+             design), or name the cut knowingly with --encrypt-from",
+            a.variant.name(),
+            p.blocker,
+            p.layer
+        );
+    }
     // A change of the vendor's model is refused before anything is read or encrypted.
     let evaluated = protect::hidden_activation(&network.head, a.variant, activation)?;
     let calib = network
