@@ -19,6 +19,7 @@ import skl2onnx
 from onnx import TensorProto, helper, numpy_helper
 from skl2onnx import to_onnx
 from sklearn.datasets import load_wine
+from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import make_pipeline
@@ -114,6 +115,13 @@ def main():
 
     bn, predict = batchnorm_mlp(x32[train], y[train])
     write("dense-batchnorm", bn, predict(x32[test]), x32[test])
+
+    # A random forest: no dense classifier, refused with what to export instead.
+    forest = RandomForestClassifier(n_estimators=3, max_depth=3, random_state=0)
+    forest.fit(x32[train], y[train])
+    with open(os.path.join(OUT, "random-forest.onnx"), "wb") as f:
+        f.write(to_onnx(forest, x32[:1], options={id(forest): options},
+                        target_opset={"": 17, "ai.onnx.ml": 3}).SerializeToString())
 
     # A tanh MLP on features standardised beforehand (its own calibration file): an
     # activation hedge does not encrypt, which the automatic cut would put in plaintext.

@@ -654,3 +654,35 @@ fn a_layer_is_never_moved_into_plaintext_quietly() {
     assert!(out.contains("integer model agrees"), "{out}");
     assert!(bundle.exists());
 }
+
+/// Issue 22's small things: a tree ensemble is refused saying what hedge encrypts and what to
+/// export instead; `hedged --print-identity` needs only the state directory (a board prints
+/// its identity before it has a bundle), and says what it needs without one.
+#[test]
+fn refusals_that_lead_somewhere_and_an_identity_without_a_bundle() {
+    let f = fixture();
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/pipelines");
+    refused(
+        &hedge(&[
+            "protect",
+            "--model",
+            s(&data.join("random-forest.onnx")),
+            "--keys",
+            s(&f.keys),
+            "--variant",
+            "last",
+            "--calibration",
+            s(&data.join("calibration.txt")),
+            "--out",
+            s(&f.root.join("rf.bundle")),
+        ]),
+        "is a tree ensemble (random forest, gradient boosting, decision tree): hedge encrypts \
+         dense classifiers only",
+    );
+    let state = f.root.join("board-state");
+    let first = ok(&hedged(&["--print-identity", "--spool-dir", s(&state)], ""));
+    let again = ok(&hedged(&["--print-identity", "--spool-dir", s(&state)], ""));
+    assert_eq!(first.trim().len(), 64, "{first}");
+    assert_eq!(first, again, "made once, then read");
+    refused(&hedged(&["--print-identity"], ""), "pass --spool-dir");
+}

@@ -391,6 +391,36 @@ fn a_scikit_learn_export_end_to_end_with_its_labels() {
     assert_eq!(v["test_images"], 60);
     assert!((v["float_accuracy"].as_f64().unwrap() - exporter_accuracy).abs() < 1e-9);
     assert_eq!(v["encrypted_agreement"], 1.0);
+    // The same test set labelled with the class names the model carries: the same report.
+    let named: String = std::fs::read_to_string(data("inputs.txt"))
+        .unwrap()
+        .lines()
+        .map(|l| match l.split_once(':') {
+            Some((i, rest)) => format!("{}:{rest}\n", names[i.trim().parse::<usize>().unwrap()]),
+            None => format!("{l}\n"),
+        })
+        .collect();
+    std::fs::write(p("named.txt"), named).unwrap();
+    let by_name = ok(run(
+        hedge,
+        &[
+            "eval",
+            "--model",
+            model,
+            "--test",
+            &p("named.txt"),
+            "--calibration",
+            calibration,
+            "--variant",
+            "last",
+            "--encrypted",
+            "20",
+            "--widths",
+            "--json",
+        ],
+    ));
+    let w: serde_json::Value = serde_json::from_str(by_name.lines().next().unwrap()).unwrap();
+    assert_eq!(w["float_accuracy"], v["float_accuracy"], "names as labels");
 
     // --encrypt-from: a tensor the second layer reads works (the first layer and its ReLU
     // then run in plaintext); the Add's output feeds the ReLU, not a dense layer.

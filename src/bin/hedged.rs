@@ -54,6 +54,21 @@ struct Cli {
 fn main() {
     hedge::cpu::require_build_features();
     let cli = Cli::parse();
+    if cli.print_identity {
+        // Only the state directory is needed: a board prints its identity before it has a
+        // bundle or the backend's key.
+        let printed = flags(&cli).and_then(|flags| {
+            let path = Settings::identity_key_path(cli.config.as_deref(), flags)?;
+            let key = hedge::edge::identity::load_or_create(&path)?;
+            println!("{}", hedge::engine::hex(key.verifying_key().as_bytes()));
+            Ok(())
+        });
+        if let Err(e) = printed {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let settings = load(&cli);
     let level = settings
         .as_ref()
@@ -64,18 +79,6 @@ fn main() {
         // the extractor on the calibration set; not again on every start of every board.
         .filter_module("tract_onnx::model", log::LevelFilter::Error)
         .init();
-    if cli.print_identity {
-        let printed = settings.and_then(|s| {
-            let key = hedge::edge::identity::load_or_create(&s.start_up.identity_key)?;
-            println!("{}", hedge::engine::hex(key.verifying_key().as_bytes()));
-            Ok(())
-        });
-        if let Err(e) = printed {
-            eprintln!("error: {e:#}");
-            std::process::exit(1);
-        }
-        return;
-    }
     let result = settings.and_then(|settings| {
         let reload_cli = cli.clone();
         let summary = hedge::edge::run(
@@ -106,6 +109,11 @@ fn main() {
 
 /// The config file (if any) under the command line's flags, resolved.
 fn load(cli: &Cli) -> Result<Settings> {
+    Ok(Settings::load(cli.config.as_deref(), flags(cli)?)?)
+}
+
+/// The command line's flags as configuration keys.
+fn flags(cli: &Cli) -> Result<toml::Table> {
     let mut flags = toml::Table::new();
     let mut set = |key: &str, value: Option<toml::Value>| {
         if let Some(v) = value {
@@ -135,5 +143,5 @@ fn load(cli: &Cli) -> Result<Settings> {
     if !mqtt.is_empty() {
         flags.insert("mqtt".into(), mqtt.into());
     }
-    Ok(Settings::load(cli.config.as_deref(), flags)?)
+    Ok(flags)
 }

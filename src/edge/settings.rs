@@ -148,6 +148,31 @@ impl Settings {
     /// The file at `path` (if any) under `overrides` (a TOML table of the same keys, from the
     /// command line).
     pub fn load(path: Option<&Path>, overrides: toml::Table) -> Result<Self, EdgeError> {
+        Self::file(path, overrides)?.resolve()
+    }
+
+    /// Where the board's identity key lives, from the same settings but needing only the
+    /// state directory (identity_key, state_dir, spool_dir or out_dir): for
+    /// `hedged --print-identity` on a board that has no bundle yet.
+    pub fn identity_key_path(
+        path: Option<&Path>,
+        overrides: toml::Table,
+    ) -> Result<PathBuf, EdgeError> {
+        let f = Self::file(path, overrides)?;
+        f.identity_key
+            .or_else(|| f.state_dir.map(|d| d.join("identity.key")))
+            .or_else(|| f.spool_dir.map(|d| d.join("identity.key")))
+            .or_else(|| f.out_dir.map(|d| d.join(".hedged").join("identity.key")))
+            .ok_or_else(|| {
+                EdgeError::Settings(
+                    "no state directory: pass --spool-dir (or set state_dir, spool_dir or \
+                     out_dir in the config)"
+                        .into(),
+                )
+            })
+    }
+
+    fn file(path: Option<&Path>, overrides: toml::Table) -> Result<File, EdgeError> {
         let mut table = match path {
             Some(p) => {
                 let text = std::fs::read_to_string(p)
@@ -158,11 +183,10 @@ impl Settings {
             None => toml::Table::new(),
         };
         merge(&mut table, overrides);
-        let file = File::deserialize(table).map_err(|e| {
+        File::deserialize(table).map_err(|e| {
             let origin = path.map_or("settings".to_string(), |p| p.display().to_string());
             EdgeError::Settings(format!("{origin}: {e}"))
-        })?;
-        file.resolve()
+        })
     }
 
     /// Settings from the text of a configuration file alone.

@@ -10,7 +10,7 @@ use crate::files::IoError;
 pub enum InputError {
     #[error("{0:?} is not a number")]
     NotANumber(String),
-    #[error("label {0:?} is not a class index")]
+    #[error("label {0:?} is neither a class index nor one of the model's class names")]
     BadLabel(String),
     #[error("empty vector")]
     EmptyVector,

@@ -15,17 +15,25 @@ pub struct Sample {
 
 /// Parse one line; `None` for blank or comment lines.
 pub fn parse_line(line: &str) -> Result<Option<Sample>> {
+    parse_line_named(line, None)
+}
+
+/// [`parse_line`], taking a label that is one of `names` (a model's class names) as its
+/// index.
+pub fn parse_line_named(line: &str, names: Option<&[String]>) -> Result<Option<Sample>> {
     let line = line.trim();
     if line.is_empty() || line.starts_with('#') {
         return Ok(None);
     }
     let (label, rest) = match line.split_once(':') {
         Some((l, r)) => (
-            Some(
-                l.trim()
-                    .parse::<usize>()
-                    .map_err(|_| InputError::BadLabel(l.trim().to_string()))?,
-            ),
+            Some({
+                let l = l.trim();
+                l.parse::<usize>()
+                    .ok()
+                    .or_else(|| names.and_then(|n| n.iter().position(|x| x == l)))
+                    .ok_or_else(|| InputError::BadLabel(l.to_string()))?
+            }),
             r,
         ),
         None => (None, line),
@@ -46,6 +54,11 @@ pub fn parse_line(line: &str) -> Result<Option<Sample>> {
 
 /// Read a whole file of vectors (`-`: stdin); errors name the line.
 pub fn read_samples(path: &Path) -> Result<Vec<Sample>> {
+    read_samples_named(path, None)
+}
+
+/// [`read_samples`] with labels that may be a model's class names.
+pub fn read_samples_named(path: &Path, names: Option<&[String]>) -> Result<Vec<Sample>> {
     let text = if path == Path::new("-") {
         std::io::read_to_string(std::io::stdin()).map_err(|e| IoError::new("stdin", e))?
     } else {
@@ -53,7 +66,7 @@ pub fn read_samples(path: &Path) -> Result<Vec<Sample>> {
     };
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
-        match parse_line(line) {
+        match parse_line_named(line, names) {
             Ok(Some(s)) => out.push(s),
             Ok(None) => {}
             Err(e) => {

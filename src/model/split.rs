@@ -110,6 +110,19 @@ pub fn split(bytes: &[u8], encrypt_from: Option<&str>) -> Result<Split> {
             match first {
                 Some(i) => i,
                 None => {
+                    if let Some(n) = nodes[..run_start]
+                        .last()
+                        .filter(|n| not_dense(&n.op_type).is_some())
+                    {
+                        return Err(err(format!(
+                            "node {:?} ({}) is {}: hedge encrypts dense classifiers only — \
+                             linear models (LogisticRegression, LinearSVC, SGDClassifier) and \
+                             MLPs (MLPClassifier, PyTorch, Keras); train and export one of those",
+                            n.name,
+                            n.op_type,
+                            not_dense(&n.op_type).unwrap_or_default()
+                        )));
+                    }
                     let blocker = nodes[..run_start]
                         .last()
                         .map(|n| {
@@ -171,6 +184,20 @@ pub fn split(bytes: &[u8], encrypt_from: Option<&str>) -> Result<Split> {
         point,
         plaintext_dense,
     })
+}
+
+/// What a classifier that is no dense network is, for the refusal's words.
+fn not_dense(op: &str) -> Option<&'static str> {
+    match op {
+        "TreeEnsembleClassifier" | "TreeEnsembleRegressor" | "TreeEnsemble" => {
+            Some("a tree ensemble (random forest, gradient boosting, decision tree)")
+        }
+        "SVMClassifier" | "SVMRegressor" => Some("a kernel support-vector machine"),
+        "LabelEncoder" | "OneHotEncoder" | "CategoryMapper" | "Imputer" | "Binarizer" => {
+            Some("categorical pre-processing hedge does not encrypt")
+        }
+        _ => None,
+    }
 }
 
 /// The network up to (excluding) node `start`, with `point` as its only output.

@@ -44,7 +44,8 @@ enum TestInputs {
 }
 
 impl TestSet {
-    fn read(&self) -> Result<(TestInputs, Vec<usize>)> {
+    /// The inputs and their classes; a vector's label may be one of `names` (the model's).
+    fn read(&self, names: Option<&[String]>) -> Result<(TestInputs, Vec<usize>)> {
         let (inputs, labels) = match self {
             TestSet::Idx { images, labels } => {
                 let images = read_idx_images(images)?;
@@ -55,7 +56,7 @@ impl TestSet {
                 (TestInputs::Images(images), labels)
             }
             TestSet::Vectors(path) => {
-                let samples = crate::input::vectors::read_samples(path)?;
+                let samples = crate::input::vectors::read_samples_named(path, names)?;
                 let mut labels = Vec::with_capacity(samples.len());
                 let mut vectors = Vec::with_capacity(samples.len());
                 for (line, s) in samples.into_iter().enumerate() {
@@ -262,7 +263,15 @@ pub fn run(
     progress: &dyn Progress,
     on_case: &mut dyn FnMut(&CaseReport),
 ) -> Result<Vec<CaseReport>> {
-    let (inputs, labels) = opts.test.read()?;
+    // Labels may be the class names the (first) model carries.
+    let names = match opts.cases.first() {
+        Some(c) => Network::load(&c.network, opts.encrypt_from.as_deref())?
+            .head
+            .labels
+            .clone(),
+        None => None,
+    };
+    let (inputs, labels) = opts.test.read(names.as_deref())?;
     let test_count = labels.len();
     progress.total(
         opts.cases
