@@ -82,6 +82,32 @@ fn fixture() -> Fixture {
     }
 }
 
+/// `hedge protect` of `model` with `calibration` into `out`, and `extra` flags.
+fn protect_with(
+    f: &Fixture,
+    model: &Path,
+    calibration: &Path,
+    variant: &str,
+    out: &Path,
+    extra: &[&str],
+) -> Output {
+    let mut args = vec![
+        "protect",
+        "--model",
+        s(model),
+        "--keys",
+        s(&f.keys),
+        "--variant",
+        variant,
+        "--calibration",
+        s(calibration),
+        "--out",
+        s(out),
+    ];
+    args.extend_from_slice(extra);
+    hedge(&args)
+}
+
 fn protect(f: &Fixture, variant: &str) -> PathBuf {
     let bundle = f.root.join(format!("{variant}.bundle"));
     let (model, calibration) = (f.root.join("model.onnx"), f.root.join("calibration.txt"));
@@ -547,67 +573,47 @@ fn a_model_that_would_be_silently_wrong_is_refused_at_protect() {
     let (model, calibration) = (data.join("model.onnx"), data.join("calibration.txt"));
     for variant in ["last", "noact"] {
         let bundle = f.root.join(format!("raw-{variant}.bundle"));
-        let args = [
-            "protect",
-            "--model",
-            s(&model),
-            "--keys",
-            s(&f.keys),
-            "--variant",
-            variant,
-            "--calibration",
-            s(&calibration),
-            "--out",
-            s(&bundle),
-        ];
-        let o = hedge(&args);
+        let o = protect_with(&f, &model, &calibration, variant, &bundle, &[]);
         refused(&o, "agrees with the float model on");
         refused(&o, "below --min-agreement 99.0 %");
         refused(&o, "orders of magnitude");
         refused(&o, "StandardScaler");
         assert!(!bundle.exists(), "a refused model writes no bundle");
         // Accepted knowingly: the agreement is printed.
-        let mut lowered = args.to_vec();
-        lowered.extend(["--min-agreement", "0.2"]);
-        let out = ok(&hedge(&lowered));
+        let lowered = ["--min-agreement", "0.2"];
+        let out = ok(&protect_with(
+            &f,
+            &model,
+            &calibration,
+            variant,
+            &bundle,
+            &lowered,
+        ));
         assert!(
             out.contains("integer model agrees with the float model on"),
             "{out}"
         );
     }
     // The synthetic model agrees (a near-tie or two in 60 inputs is within the interval).
-    let out = ok(&hedge(&[
-        "protect",
-        "--model",
-        s(&f.root.join("model.onnx")),
-        "--keys",
-        s(&f.keys),
-        "--variant",
+    let (model, calibration) = (f.root.join("model.onnx"), f.root.join("calibration.txt"));
+    let out = ok(&protect_with(
+        &f,
+        &model,
+        &calibration,
         "last",
-        "--calibration",
-        s(&f.root.join("calibration.txt")),
-        "--out",
-        s(&f.root.join("synth.bundle")),
-    ]));
+        &f.root.join("synth.bundle"),
+        &[],
+    ));
     assert!(out.contains("calibration inputs (95 % interval"), "{out}");
-    refused(
-        &hedge(&[
-            "protect",
-            "--model",
-            s(&f.root.join("model.onnx")),
-            "--keys",
-            s(&f.keys),
-            "--variant",
-            "last",
-            "--calibration",
-            s(&f.root.join("calibration.txt")),
-            "--out",
-            s(&f.root.join("x.bundle")),
-            "--min-agreement",
-            "1.5",
-        ]),
-        "a fraction from 0 to 1",
+    let o = protect_with(
+        &f,
+        &model,
+        &calibration,
+        "last",
+        &f.root.join("x.bundle"),
+        &["--min-agreement", "1.5"],
     );
+    refused(&o, "a fraction from 0 to 1");
 }
 
 /// Issue 22: an MLP with tanh — an activation hedge does not evaluate encrypted — was
@@ -625,21 +631,10 @@ fn a_layer_is_never_moved_into_plaintext_quietly() {
     );
     let protect = |variant: &str, extra: &[&str]| {
         let bundle = f.root.join(format!("tanh-{variant}.bundle"));
-        let mut args = vec![
-            "protect",
-            "--model",
-            s(&model),
-            "--keys",
-            s(&f.keys),
-            "--variant",
-            variant,
-            "--calibration",
-            s(&calibration),
-            "--out",
-            s(&bundle),
-        ];
-        args.extend_from_slice(extra);
-        (hedge(&args), bundle)
+        (
+            protect_with(&f, &model, &calibration, variant, &bundle, extra),
+            bundle,
+        )
     };
     for (variant, extra) in [("noact", &["--drop-activation"][..]), ("act", &[][..])] {
         let (o, bundle) = protect(variant, extra);
@@ -662,20 +657,16 @@ fn a_layer_is_never_moved_into_plaintext_quietly() {
 fn refusals_that_lead_somewhere_and_an_identity_without_a_bundle() {
     let f = fixture();
     let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/pipelines");
+    let o = protect_with(
+        &f,
+        &data.join("random-forest.onnx"),
+        &data.join("calibration.txt"),
+        "last",
+        &f.root.join("rf.bundle"),
+        &[],
+    );
     refused(
-        &hedge(&[
-            "protect",
-            "--model",
-            s(&data.join("random-forest.onnx")),
-            "--keys",
-            s(&f.keys),
-            "--variant",
-            "last",
-            "--calibration",
-            s(&data.join("calibration.txt")),
-            "--out",
-            s(&f.root.join("rf.bundle")),
-        ]),
+        &o,
         "is a tree ensemble (random forest, gradient boosting, decision tree): hedge encrypts \
          dense classifiers only",
     );

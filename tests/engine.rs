@@ -138,26 +138,15 @@ fn full_with_relu_in_class_groups_and_two_gadget_levels_stays_within_bound() {
 /// parts, phases off the message grid, scores the model cannot produce.
 #[test]
 fn crafted_results_are_refused_before_anything_is_revealed() {
-    let params = ParameterSet::for_level(SecurityLevel::L128);
-    let ks = keys::generate(params);
-    let task = synth::Task::new(5, 48, 10);
-    let model = synth::classifier(5, &task, 24, Some(Activation::Relu));
-    let calib: Vec<Vec<f32>> = task.samples(20, 100).into_iter().map(|s| s.0).collect();
-    let q = QuantModel::quantize(&model, Variant::Last, None, &calib, &params).unwrap();
-    let (enc, checks) = EncryptedModel::encrypt(&q, &ks.secret).unwrap();
-    let edge_keys = keys::EdgeKeys {
-        public: ks.public.clone(),
-        evaluation: None,
-    };
-    let mut engine = EdgeEngine::new(
-        ModelInfo::of(&q),
-        params,
-        ks.secret.key_id,
-        &edge_keys,
-        &enc,
-    )
-    .unwrap();
-    let decoding = Decoding::new(&q, &params, ks.secret.key_id, &checks).unwrap();
+    let LastFixture {
+        ks,
+        q,
+        mut engine,
+        decoding,
+        task,
+        ..
+    } = last_fixture();
+    let params = ks.secret.params;
     let x = &task.samples(21, 1)[0].0;
     let genuine = engine.infer_plain(x).unwrap();
     decrypt(&genuine, &decoding, &ks.secret).unwrap();

@@ -92,6 +92,32 @@ fn check_float(model: &str, head: &Classifier, r: &Reference, softmax_out: bool)
     }
 }
 
+/// `head` quantised on `calibration`, encrypted, with its engine and decoding.
+fn encrypted(
+    set: &keys::KeySet,
+    head: &Classifier,
+    variant: Variant,
+    calibration: &[Vec<f32>],
+) -> (QuantModel, EdgeEngine, Decoding) {
+    let params = ParameterSet::for_level(SecurityLevel::L128);
+    let q = QuantModel::quantize(head, variant, None, calibration, &params).unwrap();
+    let (enc, checks) = EncryptedModel::encrypt(&q, &set.secret).unwrap();
+    let edge_keys = keys::EdgeKeys {
+        public: set.public.clone(),
+        evaluation: (variant == Variant::Act).then(|| set.evaluation.clone()),
+    };
+    let engine = EdgeEngine::new(
+        ModelInfo::of(&q),
+        params,
+        set.secret.key_id,
+        &edge_keys,
+        &enc,
+    )
+    .unwrap();
+    let decoding = Decoding::new(&q, &params, set.secret.key_id, &checks).unwrap();
+    (q, engine, decoding)
+}
+
 /// Encrypted inference of `variant` on the first `count` inputs: agreement with the integer
 /// reference and with the exporter's predictions.
 fn encrypted_agreement(
@@ -101,26 +127,11 @@ fn encrypted_agreement(
     r: &Reference,
     count: usize,
 ) -> (f64, f64) {
-    let params = ParameterSet::for_level(SecurityLevel::L128);
     let calibration: Vec<Vec<f32>> = vectors("calibration.txt")
         .into_iter()
         .map(|v| v.1)
         .collect();
-    let q = QuantModel::quantize(head, variant, None, &calibration, &params).unwrap();
-    let (enc, checks) = EncryptedModel::encrypt(&q, &set.secret).unwrap();
-    let edge_keys = keys::EdgeKeys {
-        public: set.public.clone(),
-        evaluation: (variant == Variant::Act).then(|| set.evaluation.clone()),
-    };
-    let mut engine = EdgeEngine::new(
-        ModelInfo::of(&q),
-        params,
-        set.secret.key_id,
-        &edge_keys,
-        &enc,
-    )
-    .unwrap();
-    let decoding = Decoding::new(&q, &params, set.secret.key_id, &checks).unwrap();
+    let (q, mut engine, decoding) = encrypted(set, head, variant, &calibration);
     let (mut with_reference, mut with_exporter) = (0, 0);
     let inputs = vectors("inputs.txt");
     for (i, (_, x)) in inputs.iter().take(count).enumerate() {
@@ -359,14 +370,13 @@ fn a_scikit_learn_export_end_to_end_with_its_labels() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("2 labels for a model of 4 classes"));
 
     // hedge eval on the labelled vectors: the float model's accuracy is the exporter's.
-    let report = ok(run(
-        hedge,
-        &[
+    let eval = |test: &str| -> serde_json::Value {
+        let args = [
             "eval",
             "--model",
             model,
             "--test",
-            data("inputs.txt").to_str().unwrap(),
+            test,
             "--calibration",
             calibration,
             "--variant",
@@ -375,9 +385,12 @@ fn a_scikit_learn_export_end_to_end_with_its_labels() {
             "20",
             "--widths",
             "--json",
-        ],
-    ));
-    let v: serde_json::Value = serde_json::from_str(report.lines().next().unwrap()).unwrap();
+        ];
+        let report = ok(run(hedge, &args));
+        serde_json::from_str(report.lines().next().unwrap()).unwrap()
+    };
+    let v = eval(data("inputs.txt").to_str().unwrap());
+
     let truth: Vec<usize> = vectors("inputs.txt")
         .iter()
         .map(|(l, _)| l.unwrap())
@@ -401,25 +414,7 @@ fn a_scikit_learn_export_end_to_end_with_its_labels() {
         })
         .collect();
     std::fs::write(p("named.txt"), named).unwrap();
-    let by_name = ok(run(
-        hedge,
-        &[
-            "eval",
-            "--model",
-            model,
-            "--test",
-            &p("named.txt"),
-            "--calibration",
-            calibration,
-            "--variant",
-            "last",
-            "--encrypted",
-            "20",
-            "--widths",
-            "--json",
-        ],
-    ));
-    let w: serde_json::Value = serde_json::from_str(by_name.lines().next().unwrap()).unwrap();
+    let w = eval(&p("named.txt"));
     assert_eq!(w["float_accuracy"], v["float_accuracy"], "names as labels");
 
     // --encrypt-from: a tensor the second layer reads works (the first layer and its ReLU
@@ -457,7 +452,6 @@ fn pipeline_vectors(name: &str) -> Vec<(Option<usize>, Vec<f32>)> {
 #[test]
 fn models_with_their_preprocessing_import_and_run_encrypted() {
     let set = keys::generate(ParameterSet::for_level(SecurityLevel::L128));
-    let params = ParameterSet::for_level(SecurityLevel::L128);
     let calibration: Vec<Vec<f32>> = pipeline_vectors("calibration.txt")
         .into_iter()
         .map(|v| v.1)
@@ -490,21 +484,7 @@ fn models_with_their_preprocessing_import_and_run_encrypted() {
             inputs.len()
         );
         for &variant in variants {
-            let q = QuantModel::quantize(head, variant, None, &calibration, &params).unwrap();
-            let (enc, checks) = EncryptedModel::encrypt(&q, &set.secret).unwrap();
-            let edge_keys = keys::EdgeKeys {
-                public: set.public.clone(),
-                evaluation: (variant == Variant::Act).then(|| set.evaluation.clone()),
-            };
-            let mut engine = EdgeEngine::new(
-                ModelInfo::of(&q),
-                params,
-                set.secret.key_id,
-                &edge_keys,
-                &enc,
-            )
-            .unwrap();
-            let decoding = Decoding::new(&q, &params, set.secret.key_id, &checks).unwrap();
+            let (_, mut engine, decoding) = encrypted(&set, head, variant, &calibration);
             let count = if variant == Variant::Act {
                 8
             } else {
