@@ -76,19 +76,6 @@ impl Agreement {
     }
 }
 
-/// Argmax agreement of `q`'s integer reference with `model` on `calibration`.
-fn count_agreement(model: &Classifier, q: &QuantModel, calibration: &[Vec<f32>]) -> usize {
-    calibration
-        .iter()
-        .filter(|x| {
-            q.input.quantize(x).is_ok_and(|xq| {
-                crate::model::argmax(&q.reference(&xq).scores)
-                    == crate::model::argmax(&model.forward(x))
-            })
-        })
-        .count()
-}
-
 /// Measure the agreement and, when it is not total, find the cause: inputs whose scales span
 /// orders of magnitude under one shared scale, or widths too narrow for the model.
 fn agreement(
@@ -98,7 +85,7 @@ fn agreement(
     params: &ParameterSet,
 ) -> Agreement {
     let total = calibration.len();
-    let agree = count_agreement(model, q, calibration);
+    let agree = q.agreement_with(model, calibration);
     if agree == total {
         return Agreement {
             agree,
@@ -114,7 +101,7 @@ fn agreement(
     };
     let at_16 = QuantModel::quantize_with_bits(model, q.variant, None, calibration, params, wide)
         .ok()
-        .map(|w| count_agreement(model, &w, calibration) as f64 / total as f64);
+        .map(|w| w.agreement_with(model, calibration) as f64 / total as f64);
     // Per feature, the largest |value| seen.
     let mut max = vec![0f32; q.input.dim];
     for x in calibration {

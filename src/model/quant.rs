@@ -402,16 +402,7 @@ impl QuantModel {
             },
             variant,
         );
-        let agree = |q: &QuantModel| {
-            calibration
-                .iter()
-                .filter(|x| {
-                    q.input.quantize(x).is_ok_and(|xq| {
-                        super::argmax(&q.reference(&xq).scores) == super::argmax(&float.forward(x))
-                    })
-                })
-                .count()
-        };
+        let agree = |q: &QuantModel| q.agreement_with(&float, calibration);
         let shared_agree = agree(&shared);
         if shared_agree as f64 >= 0.99 * calibration.len() as f64 {
             return Ok(shared);
@@ -693,6 +684,18 @@ impl QuantModel {
         .max(1);
         q.delta_out = (1u64 << 62) / q.z_bound as u64;
         Ok(q)
+    }
+
+    /// On how many of `inputs` this integer model's class is `float`'s.
+    pub fn agreement_with(&self, float: &Classifier, inputs: &[Vec<f32>]) -> usize {
+        inputs
+            .iter()
+            .filter(|x| {
+                self.input.quantize(x).is_ok_and(|xq| {
+                    super::argmax(&self.reference(&xq).scores) == super::argmax(&float.forward(x))
+                })
+            })
+            .count()
     }
 
     /// The plaintext integer reference for a quantised input.
