@@ -16,8 +16,9 @@
 
 use crate::crypto::keys::{key_id, EdgeKeys, KeyId};
 use crate::crypto::params::ParameterSet;
-use crate::engine::{hex, EdgeEngine, EncryptedModel, EngineError, ModelInfo};
+use crate::engine::{EdgeEngine, EncryptedModel, EngineError, ModelInfo};
 use crate::files::IoError;
+use crate::hex::hex;
 use crate::model::split::{Extractor, PlainExtractor};
 use crate::model::ModelError;
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};

@@ -14,11 +14,11 @@
 //! | [`edge`] | hedged: settings, sources, queue, scheduler, sink, spool, publisher, reload, watchdog |
 //! | [`transport`] | MQTT settings and connection, the one result message |
 //! | [`bundle`] | the signed edge bundle: format, verification, [`bundle::open`] |
-//! | [`engine`] | encrypted model, edge inference engine, result ciphertexts, decryption |
+//! | [`engine`] | encrypted model, edge inference engine, result ciphertexts; encryption and decryption (feature `backend`) |
 //! | [`input`] | vector lines, images, socket frames |
 //! | [`model`] | ONNX import, network split, quantisation, integer reference |
 //! | [`crypto`] | parameter sets, keys, encrypted linear layers, bootstraps (no I/O) |
-//! | [`files`], [`progress`], [`cpu`] | atomic writes, progress reports, CPU checks |
+//! | [`files`], [`progress`], [`cpu`], [`hex`] | atomic writes, progress reports, CPU checks, hex |
 //!
 //! Each layer has its own error type; the binaries (`src/bin`) are the only users of anyhow.
 
@@ -30,7 +30,9 @@ pub mod crypto;
 pub mod edge;
 pub mod engine;
 pub mod files;
+#[cfg(all(feature = "test-support", feature = "backend"))]
 pub mod fuzz;
+pub mod hex;
 pub mod input;
 pub mod model;
 pub mod progress;

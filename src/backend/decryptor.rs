@@ -31,8 +31,9 @@
 use super::registry::{Acceptance, DeviceState, Registry};
 use super::{BackendError, Result};
 use crate::crypto::keys::{KeyId, SecretKeys};
-use crate::engine::{decrypt, hex};
+use crate::engine::decrypt;
 use crate::files::IoError;
+use crate::hex::hex;
 use crate::transport::ack::{ranges, Ack};
 use crate::transport::message::{now_ms, ResultMessage, MAX_PAYLOAD};
 use crate::transport::mqtt::MqttConfig;

@@ -11,8 +11,8 @@ use super::fleet::{device_of, object_for};
 use super::registry::Registry;
 use super::{BackendError, Result};
 use crate::bundle::{bundle_id, EdgeBundle, ModelUpdate};
-use crate::engine::hex;
 use crate::files::IoError;
+use crate::hex::hex;
 use crate::transport::deploy::{
     Chunk, ChunkRequest, DeployState, Offer, Payload, MAX_CHUNK_BYTES, MAX_OFFER_BYTES,
     MIN_CHUNK_BYTES,

@@ -221,7 +221,7 @@ pub fn rotate(
     // The current set retired, the registry told where its secret key went.
     progress.stage("retiring the current key set");
     let old_id = current.secret.key_id;
-    let retired = dir.join(RETIRED).join(crate::engine::hex(&old_id));
+    let retired = dir.join(RETIRED).join(crate::hex::hex(&old_id));
     private_dir(&retired)?;
     for f in KEY_SET_FILES {
         rename(&dir.join(f), &retired.join(f))?;
@@ -353,7 +353,7 @@ mod tests {
         assert_eq!(next.signer.to_bytes(), first.signer.to_bytes());
         let loaded = BackendKeys::load(&dir).unwrap();
         assert_eq!(loaded.secret.key_id, next.secret.key_id);
-        let retired = dir.join(RETIRED).join(crate::engine::hex(&old));
+        let retired = dir.join(RETIRED).join(crate::hex::hex(&old));
         assert_eq!(mode(&retired), 0o700);
         assert_eq!(mode(&retired.join(SECRET_KEY)), 0o600);
         assert_eq!(load_secret(&retired).unwrap().key_id, old);

@@ -60,7 +60,7 @@ fn main() {
         let printed = flags(&cli).and_then(|flags| {
             let path = Settings::identity_key_path(cli.config.as_deref(), flags)?;
             let key = hedge::edge::identity::load_or_create(&path)?;
-            println!("{}", hedge::engine::hex(key.verifying_key().as_bytes()));
+            println!("{}", hedge::hex::hex(key.verifying_key().as_bytes()));
             Ok(())
         });
         if let Err(e) = printed {

@@ -11,7 +11,9 @@ use super::error::{CryptoError, Result};
 use super::params::ParameterSet;
 use super::pke::PublicKey;
 use super::raw::U64s;
-use super::{gaussian, modulus, CompressionSeed, OsSeeder, Seeder};
+#[cfg(any(feature = "backend", test))]
+use super::{gaussian, OsSeeder, Seeder};
+use super::{modulus, CompressionSeed};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tfhe::core_crypto::prelude::*;
@@ -19,6 +21,7 @@ use tfhe::core_crypto::prelude::*;
 /// Identifies a key set: the first 16 bytes of SHA-256 over the public material.
 pub type KeyId = [u8; 16];
 
+#[cfg(any(feature = "backend", test))]
 /// The backend's secret keys.
 pub struct SecretKeys {
     pub params: ParameterSet,
@@ -28,6 +31,7 @@ pub struct SecretKeys {
     pub lwe: LweSecretKeyOwned<u64>,
 }
 
+#[cfg(any(feature = "backend", test))]
 /// On-disk form of the secret keys: binary coefficients packed as bits.
 #[derive(Serialize, Deserialize)]
 struct SecretKeysFile {
@@ -39,8 +43,10 @@ struct SecretKeysFile {
     lwe: Vec<u8>,
 }
 
+#[cfg(any(feature = "backend", test))]
 const SECRET_MAGIC: [u8; 8] = *b"HEDGESK1";
 
+#[cfg(any(feature = "backend", test))]
 fn pack_bits(key: &[u64]) -> Vec<u8> {
     let mut out = vec![0u8; key.len().div_ceil(8)];
     for (i, &b) in key.iter().enumerate() {
@@ -49,6 +55,7 @@ fn pack_bits(key: &[u64]) -> Vec<u8> {
     out
 }
 
+#[cfg(any(feature = "backend", test))]
 fn unpack_bits(bits: &[u8], len: usize) -> Result<Vec<u64>> {
     if bits.len() != len.div_ceil(8) {
         return Err(CryptoError::SecretKeyFile(format!(
@@ -62,16 +69,19 @@ fn unpack_bits(bits: &[u8], len: usize) -> Result<Vec<u64>> {
         .collect())
 }
 
+#[cfg(any(feature = "backend", test))]
 /// A GLWE secret key as the key file stores it (for leak checks).
 pub fn packed(k: &GlweSecretKeyOwned<u64>) -> Vec<u8> {
     pack_bits(k.as_ref())
 }
 
+#[cfg(any(feature = "backend", test))]
 /// An LWE secret key as the key file stores it (for leak checks).
 pub fn packed_lwe(k: &LweSecretKeyOwned<u64>) -> Vec<u8> {
     pack_bits(k.as_ref())
 }
 
+#[cfg(any(feature = "backend", test))]
 /// Secret keys are wiped from memory when dropped.
 impl Drop for SecretKeys {
     fn drop(&mut self) {
@@ -82,6 +92,7 @@ impl Drop for SecretKeys {
     }
 }
 
+#[cfg(any(feature = "backend", test))]
 impl SecretKeys {
     pub fn to_bytes(&self) -> Vec<u8> {
         postcard::to_allocvec(&SecretKeysFile {
@@ -187,6 +198,7 @@ impl EvaluationKeys {
         self.bsk.byte_len() + self.ksk.byte_len()
     }
 
+    #[cfg(any(feature = "backend", test))]
     /// The evaluation keys for `params`' bootstrap gadget: these, if it is the key set's own;
     /// else the same key-switching key with a fresh bootstrapping key (the backend's, for a
     /// bundle that buys accuracy with more gadget levels) under the same two secret keys, so
@@ -280,6 +292,7 @@ pub struct EdgeKeys {
     pub evaluation: Option<EvaluationKeys>,
 }
 
+#[cfg(any(feature = "backend", test))]
 /// The output of key generation.
 pub struct KeySet {
     pub secret: SecretKeys,
@@ -296,6 +309,7 @@ pub fn key_id(public: &PublicKeys) -> KeyId {
     id
 }
 
+#[cfg(any(feature = "backend", test))]
 /// Generate every key for one parameter set.
 pub fn generate(params: ParameterSet) -> KeySet {
     let mut seeder = OsSeeder;

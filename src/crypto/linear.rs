@@ -24,10 +24,14 @@
 use super::error::{CryptoError, Result};
 use super::ggsw::{ExactGgsw, FftEngine};
 use super::keys::KeyKind;
-use super::params::{DecompParams, GlweParams};
+use super::params::DecompParams;
+#[cfg(any(feature = "backend", test))]
+use super::params::GlweParams;
 use super::pke::PreparedPublicKey;
 use super::raw::{Bodies, U64s};
-use super::{encrypt_seeded_glwes, gaussian, modulus, CompressionSeed, OsSeeder, Seeder};
+#[cfg(any(feature = "backend", test))]
+use super::{encrypt_seeded_glwes, gaussian, OsSeeder, Seeder};
+use super::{modulus, CompressionSeed};
 use serde::{Deserialize, Serialize};
 use tfhe::core_crypto::prelude::*;
 
@@ -113,6 +117,7 @@ pub struct EncryptedMatrix {
 }
 
 impl EncryptedMatrix {
+    #[cfg(any(feature = "backend", test))]
     /// Encrypt `w` (row-major, out × in with the bias as last column), row j scaled by
     /// `row_scale[j]` and its bias shifted by `row_offset[j]` (a phase shift for the bootstrap
     /// window); bodies are stored without their `drop_bits` low bits (see [`Bodies`]).
@@ -413,9 +418,11 @@ pub struct EncryptedGgswRows {
 /// Low bits dropped from stored GGSW rows: each row's phase errs by ≤ 2^7, times the digits
 /// (≤ 2^10) over 2ℓN terms ≈ 2^24 — far below the second layer's noise with encrypted
 /// features (≈ 2^33) and 14 bits under Δ with plaintext ones.
+#[cfg(any(feature = "backend", test))]
 const GGSW_ROW_DROP_BITS: u8 = 8;
 
 impl EncryptedGgswRows {
+    #[cfg(any(feature = "backend", test))]
     /// Encrypt W (out × in, row-major, unscaled integers) and the bias (scaled by `delta`).
     #[allow(clippy::too_many_arguments)]
     pub fn encrypt(
@@ -550,6 +557,7 @@ impl EncryptedGgswRows {
 }
 
 /// acc += v · X^e · src (negacyclic), for one polynomial.
+#[cfg(any(feature = "backend", test))]
 fn add_scaled_rotated_up(acc: &mut [u64], src: &[u64], v: u64, e: usize) {
     let n = acc.len();
     let (lo, hi) = acc.split_at_mut(e);

@@ -19,12 +19,15 @@
 //! [`super::params::ParameterSet::pbs_input_std_slots`]). ReLU is 1-Lipschitz, so an input
 //! error of e slots moves W2[j,i]·relu by at most |W2[j,i]|·e.
 
+#[cfg(any(feature = "backend", test))]
+use super::encrypt_seeded_glwes;
 use super::error::{CryptoError, Result};
 use super::keys::{KsScalar, PreparedEvaluationKeys};
 use super::keyswitch::keyswitch_batch;
+#[cfg(any(feature = "backend", test))]
 use super::params::GlweParams;
 use super::raw::Bodies;
-use super::{encrypt_seeded_glwes, modulus, CompressionSeed};
+use super::{modulus, CompressionSeed};
 use serde::{Deserialize, Serialize};
 use tfhe::core_crypto::prelude::*;
 
@@ -129,9 +132,11 @@ pub struct EncryptedLuts {
     bodies: Bodies,
 }
 
+#[cfg(any(feature = "backend", test))]
 use super::params::TABLE_DROP_BITS as LUT_DROP_BITS;
 
 impl EncryptedLuts {
+    #[cfg(any(feature = "backend", test))]
     /// `w2` is out × hidden (row-major), `b2` has `out` entries; both integers at the output
     /// scale, encoded with `delta_out`.
     #[allow(clippy::too_many_arguments)]

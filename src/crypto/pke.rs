@@ -17,7 +17,9 @@ use super::error::{CryptoError, Result};
 use super::ggsw::{ExactGgsw, FftEngine, FourierPoly};
 use super::params::{DecompParams, GlweParams};
 use super::raw::U64s;
-use super::{gaussian, modulus, CompressionSeed, OsSeeder, Seeder};
+#[cfg(any(feature = "backend", test))]
+use super::{gaussian, OsSeeder, Seeder};
+use super::{modulus, CompressionSeed};
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha12Rng;
 use serde::{Deserialize, Serialize};
@@ -36,6 +38,7 @@ pub struct PublicKey {
 }
 
 impl PublicKey {
+    #[cfg(any(feature = "backend", test))]
     /// Encrypt zero under `sk` (backend side, at key generation).
     pub fn generate(sk: &GlweSecretKeyOwned<u64>, glwe: GlweParams) -> Self {
         let n = PolynomialSize(glwe.poly_size);

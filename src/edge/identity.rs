@@ -54,7 +54,7 @@ pub fn load_or_create(path: &Path) -> Result<SigningKey, EdgeError> {
             log::info!(
                 "created the identity key {} (public key {})",
                 path.display(),
-                crate::engine::hex(key.verifying_key().as_bytes())
+                crate::hex::hex(key.verifying_key().as_bytes())
             );
             Ok(key)
         }

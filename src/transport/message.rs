@@ -152,8 +152,8 @@ impl ResultMessage {
         let signed = self.signed.as_ref().ok_or(MessageError::Unsigned)?;
         if signed.key != device.to_bytes() {
             return Err(MessageError::WrongSigner {
-                found: crate::engine::hex(&signed.key),
-                expected: crate::engine::hex(device.as_bytes()),
+                found: crate::hex::hex(&signed.key),
+                expected: crate::hex::hex(device.as_bytes()),
             });
         }
         device

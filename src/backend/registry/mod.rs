@@ -15,11 +15,13 @@
 
 use super::{BackendError, Result};
 use crate::crypto::keys::KeyId;
-use crate::engine::{hex, Decoding};
+use crate::engine::Decoding;
+use crate::hex::hex;
 use crate::model::quant::Variant;
 use std::path::{Path, PathBuf};
 use store::{params, Dialect, Row, Store, Tx};
 
+#[cfg(any(feature = "test-support", test))]
 pub mod conformance;
 pub mod postgres;
 pub mod sqlite;

@@ -87,7 +87,7 @@ pub fn run(command: Command, registry: &Path) -> Result<()> {
                     d.last_seen_ms,
                     r.withheld_count(&d.id)?,
                     d.refused_total,
-                    hedge::engine::hex(&d.identity_key)
+                    hedge::hex::hex(&d.identity_key)
                 );
             }
             println!("(refused*: over the device's life)");

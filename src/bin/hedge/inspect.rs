@@ -1,6 +1,6 @@
 use anyhow::{bail, Context, Result};
 use hedge::backend::keys;
-use hedge::engine::hex;
+use hedge::hex::hex;
 use std::path::PathBuf;
 
 #[derive(clap::Args)]

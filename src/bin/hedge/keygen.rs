@@ -4,7 +4,7 @@ use anyhow::{Context, Result};
 use hedge::backend::keys;
 use hedge::backend::registry::Registry;
 use hedge::crypto::params::{ParameterSet, SecurityLevel};
-use hedge::engine::hex;
+use hedge::hex::hex;
 use std::path::{Path, PathBuf};
 
 #[derive(clap::Args)]

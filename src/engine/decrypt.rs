@@ -1,0 +1,531 @@
+//! Backend only: how to read a protected model's results (its [`Decoding`], kept in the
+//! registry), the secret check outputs, and the decryption that refuses anything but an honest
+//! result of that model (feature `backend`; never in the boards' build).
+
+use super::model::{EncryptedModel, ResultCiphertext};
+use super::{EngineError, Result};
+use crate::crypto::keys::{KeyId, KeyKind, SecretKeys};
+use crate::crypto::linear::PackedLayout;
+use crate::crypto::params::ParameterSet;
+use crate::hex::hex;
+use crate::model::quant::{HiddenMap, QuantModel, Variant};
+use serde::{Deserialize, Serialize};
+use tfhe::core_crypto::prelude::*;
+
+impl EncryptedModel {
+    /// Fingerprints of the masks of its GLWEs (weights and lookup tables), sorted.
+    pub fn mask_fingerprints(&self) -> Result<Vec<u64>> {
+        let fingerprint = |glwe: &[u64]| mask_fingerprint(&glwe[..glwe.len() / 2]);
+        let first = match self {
+            Self::Last { output, .. } => output,
+            Self::Noact { first, .. } | Self::Act { first, .. } => first,
+        };
+        let mut out: Vec<u64> = first.prepare()?.ciphertexts().map(fingerprint).collect();
+        if let Self::Act { luts, .. } = self {
+            out.extend(luts.prepare()?.ciphertexts().map(fingerprint));
+        }
+        out.sort_unstable();
+        out.dedup();
+        Ok(out)
+    }
+}
+
+/// Bits of each secret check coefficient, and check rows per result of variant `last`: a
+/// result changed in any way passes one row with probability at most 2^-CHECK_BITS, all of
+/// them with at most 2^-(CHECK_BITS·CHECK_ROWS) = 2^-20 (docs/THREATS.md).
+pub const CHECK_BITS: u32 = 5;
+pub const CHECK_ROWS: usize = 4;
+
+/// Secret check outputs of a protected model: extra output rows, each a secret random
+/// combination Σ_c r_c·(row c) of the class rows (weights and bias) plus a secret odd offset ρ
+/// on the bias column, encrypted like them and encoded at a power-of-two Δ of their own so
+/// that the combination's whole range fits. The board cannot compute the rows' values without
+/// r and ρ; an honest result satisfies check_k = Σ_c r_{k,c}·score_c + ρ_k exactly. The offset
+/// pins the bias input to 1: the bundle's weight ciphertexts on their own (bias 0), sums and
+/// differences of results (bias 2, 0) fail it. Kept in the backend's registry ([`Decoding`])
+/// only: the bundle carries the encrypted rows, never r or ρ.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ResultChecks {
+    /// One coefficient per class and check row, each in [0, 2^CHECK_BITS).
+    pub rows: Vec<Vec<i64>>,
+    /// log2 Δ of each check row.
+    pub log2_deltas: Vec<u32>,
+    /// ρ of each check row: odd, in [1, 2^CHECK_BITS).
+    #[serde(default)]
+    pub offsets: Vec<i64>,
+}
+
+impl ResultChecks {
+    /// Fresh checks for `q` (none for the variants that do not carry them yet).
+    pub fn draw(
+        q: &QuantModel,
+        params: &ParameterSet,
+        rng: &mut (impl rand::RngCore + rand::CryptoRng),
+    ) -> Result<Self> {
+        use rand::Rng;
+        let mut checks = Self::default();
+        if q.variant != Variant::Last {
+            return Ok(checks);
+        }
+        let limits = q.score_limits(params);
+        while checks.rows.len() < CHECK_ROWS {
+            let r: Vec<i64> = (0..q.out_dim)
+                .map(|_| rng.gen_range(0..1i64 << CHECK_BITS))
+                .collect();
+            if r.iter().all(|&c| c == 0) {
+                continue;
+            }
+            let offset = rng.gen_range(0..1i64 << (CHECK_BITS - 1)) * 2 + 1;
+            let bound: f64 = r
+                .iter()
+                .zip(&limits)
+                .map(|(&c, &l)| c as f64 * l)
+                .sum::<f64>()
+                + offset as f64;
+            // Δ·bound ≤ 2^62, as for the classes: a quarter of the torus each side.
+            let log2_delta = (62.0 - bound.log2()).floor().min(62.0);
+            if log2_delta < 16.0 {
+                return Err(EngineError::Malformed(format!(
+                    "model: scores of up to 2^{:.0} leave no room for check outputs",
+                    bound.log2()
+                )));
+            }
+            checks.rows.push(r);
+            checks.log2_deltas.push(log2_delta as u32);
+            checks.offsets.push(offset);
+        }
+        Ok(checks)
+    }
+
+    /// Δ of each check row.
+    pub fn deltas(&self) -> impl Iterator<Item = u64> + '_ {
+        self.log2_deltas.iter().map(|&l| 1u64 << l)
+    }
+
+    /// The check rows of a matrix whose rows are the classes' (row-major, `cols` wide, the
+    /// bias last).
+    pub fn combine(&self, class_rows: &[i64], cols: usize) -> Vec<i64> {
+        let mut out = vec![0i64; self.rows.len() * cols];
+        for (k, r) in self.rows.iter().enumerate() {
+            let row = &mut out[k * cols..(k + 1) * cols];
+            for (&rc, class) in r.iter().zip(class_rows.chunks_exact(cols)) {
+                for (o, &w) in row.iter_mut().zip(class) {
+                    *o += rc * w;
+                }
+            }
+            row[cols - 1] += self.offset(k);
+        }
+        out
+    }
+
+    /// What check row `k` must decrypt to for these class scores.
+    pub fn expected(&self, k: usize, scores: &[i64]) -> i128 {
+        self.rows[k]
+            .iter()
+            .zip(scores)
+            .map(|(&c, &s)| c as i128 * s as i128)
+            .sum::<i128>()
+            + self.offset(k) as i128
+    }
+
+    fn offset(&self, k: usize) -> i64 {
+        self.offsets.get(k).copied().unwrap_or(0)
+    }
+
+    /// −log2 of the largest probability that a changed result passes every row.
+    pub fn strength_bits(&self) -> u32 {
+        CHECK_BITS * self.rows.len() as u32
+    }
+}
+
+/// The shape of one part of a result.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PartShape {
+    /// A GLWE (k = 1); class scores at these coefficients.
+    Glwe { slots: Vec<u32> },
+    /// An LWE of dimension N holding one class score.
+    Lwe,
+}
+
+/// How to read the results of one protected model: recorded by the backend when it protects
+/// the model, never taken from a result.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Decoding {
+    pub key_id: KeyId,
+    pub key: KeyKind,
+    pub poly_size: u32,
+    pub delta_out: u64,
+    pub out_scale: f64,
+    pub parts: Vec<PartShape>,
+    /// Exact variants decode every score exactly: an honest phase lies within Δ/8 of Δ·z
+    /// (measured noise margins are 3–23 bits beyond Δ/2, docs/PERFORMANCE.md).
+    pub exact: bool,
+    /// |score| each class can reach ([`QuantModel::score_limits`]).
+    pub score_limits: Vec<f64>,
+    /// Fingerprints of the masks of the bundle's own GLWEs (weights, lookup tables), sorted:
+    /// one of them submitted as a result would decrypt to model weights.
+    #[serde(default)]
+    pub own_masks: Vec<u64>,
+    /// The class names, one per class, when the model's export carried them (or the vendor
+    /// named them): kept by the backend only, a board never sees them.
+    #[serde(default)]
+    pub labels: Option<Vec<String>>,
+    /// The secret check outputs, read after the classes (none in records made before them).
+    #[serde(default)]
+    pub checks: ResultChecks,
+}
+
+impl Decoding {
+    /// The decoding of `q`'s results under `params` and the key set `key_id`, with the checks
+    /// its model was encrypted with.
+    pub fn new(
+        q: &QuantModel,
+        params: &ParameterSet,
+        key_id: KeyId,
+        checks: &ResultChecks,
+    ) -> Result<Self> {
+        let out = q.out_dim;
+        let (key, poly_size, parts) = match &q.hidden_map {
+            HiddenMap::Window { map, .. } => (
+                KeyKind::Pbs,
+                params.pbs_glwe.poly_size,
+                (0..map.groups(out))
+                    .map(|g| PartShape::Glwe {
+                        slots: (0..map.group_classes(g, out).len() as u32)
+                            .map(|w| w * map.window as u32)
+                            .collect(),
+                    })
+                    .collect(),
+            ),
+            _ if q.variant == Variant::Noact => (
+                KeyKind::Wide,
+                params.wide.poly_size,
+                vec![PartShape::Lwe; out],
+            ),
+            _ => {
+                let rows = out + checks.rows.len();
+                let layout = PackedLayout::new(params.wide.poly_size, rows, q.hidden_dim + 1)?;
+                let parts = (0..layout.blocks())
+                    .map(|b| PartShape::Glwe {
+                        slots: (0..layout.rows_in(b) as u32).collect(),
+                    })
+                    .collect();
+                (KeyKind::Wide, params.wide.poly_size, parts)
+            }
+        };
+        Ok(Self {
+            key_id,
+            key,
+            poly_size: poly_size as u32,
+            delta_out: q.delta_out,
+            out_scale: q.out_scale,
+            parts,
+            exact: q.variant != Variant::Act,
+            score_limits: q.score_limits(params),
+            own_masks: Vec::new(),
+            labels: None,
+            checks: checks.clone(),
+        })
+    }
+
+    /// Variant `last` is verifiable only with its check outputs: a record made before them
+    /// cannot tell a crafted result from an honest one.
+    fn verifiable(&self) -> bool {
+        let last = self.key == KeyKind::Wide
+            && self
+                .parts
+                .iter()
+                .all(|p| matches!(p, PartShape::Glwe { .. }));
+        !last || !self.checks.rows.is_empty()
+    }
+
+    /// The same, refusing the GLWEs of `model` (the bundle's) as results.
+    pub fn refusing(mut self, model: &EncryptedModel) -> Result<Self> {
+        self.own_masks = model.mask_fingerprints()?;
+        Ok(self)
+    }
+
+    /// The same, naming the classes (one label per class).
+    pub fn labelled(mut self, labels: Option<Vec<String>>) -> Result<Self> {
+        if let Some(l) = &labels {
+            if l.len() != self.score_limits.len() {
+                return Err(EngineError::Malformed(format!(
+                    "{} labels for {} classes",
+                    l.len(),
+                    self.score_limits.len()
+                )));
+            }
+        }
+        self.labels = labels;
+        Ok(self)
+    }
+
+    /// Words of each part's ciphertext.
+    fn part_words(&self, part: &PartShape) -> usize {
+        let n = self.poly_size as usize;
+        match part {
+            PartShape::Glwe { .. } => 2 * n,
+            PartShape::Lwe => n + 1,
+        }
+    }
+}
+
+/// Why a result is refused before anything of it is revealed.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum Refusal {
+    #[error("encrypted under key {found}, the bundle's key is {expected}")]
+    WrongKey { found: String, expected: String },
+    #[error("the secret key loaded is {loaded}, the bundle's key is {expected}")]
+    SecretKey { loaded: String, expected: String },
+    #[error("{found} parts, the bundle's results have {expected}")]
+    PartCount { found: usize, expected: usize },
+    #[error("part {part} has {found} words, expected {expected}")]
+    PartSize {
+        part: usize,
+        found: usize,
+        expected: usize,
+    },
+    #[error("part {part} has a trivial or structured mask (not a computed ciphertext)")]
+    Mask { part: usize },
+    #[error("part {part} is one of the bundle's own ciphertexts, not a result")]
+    BundleCiphertext { part: usize },
+    #[error("score {class} lies 2^{log2_error:.1} off its grid, beyond an honest result's noise")]
+    Noise { class: usize, log2_error: f64 },
+    #[error("score {class} is outside what the model can produce")]
+    OutOfRange { class: usize },
+    /// Every class scores the same (a zero phase, e.g. an encryption of zero or a low gadget
+    /// row of encrypted features): no decision to reveal, and no honest model output.
+    #[error("every class scores the same: not a model output")]
+    Degenerate,
+    /// A check output disagrees with the scores: the result was changed or forged.
+    #[error("check output {row} disagrees with the scores: not computed from this bundle")]
+    Check { row: usize },
+    #[error(
+        "results of this bundle cannot be verified (protected before check outputs): protect \
+         the model again (hedge protect) and deploy the new bundle"
+    )]
+    Unverifiable,
+}
+
+impl Refusal {
+    /// A short name for counting refusals by kind.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Refusal::WrongKey { .. } => "wrong key",
+            Refusal::SecretKey { .. } => "secret key",
+            Refusal::PartCount { .. } | Refusal::PartSize { .. } => "shape",
+            Refusal::Mask { .. } | Refusal::BundleCiphertext { .. } => "mask",
+            Refusal::Noise { .. } => "noise",
+            Refusal::OutOfRange { .. } | Refusal::Degenerate => "range",
+            Refusal::Check { .. } => "check",
+            Refusal::Unverifiable => "unverifiable",
+        }
+    }
+}
+
+/// Decrypted scores.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decrypted {
+    /// The raw phases, one per class (diagnostics only: they carry the noise).
+    pub phases: Vec<u64>,
+    /// round(phase / Δ_out): the integer scores.
+    pub scores: Vec<i64>,
+    /// scores · out_scale.
+    pub float_scores: Vec<f32>,
+    pub class: usize,
+    /// log2(Δ/2) − log2(max |phase − Δ·score|): how much more noise exact decoding tolerates.
+    pub noise_margin_bits: f64,
+}
+
+/// A short fingerprint of a GLWE's mask (its first N words): enough to recognise a verbatim
+/// copy of one of the bundle's ciphertexts (a re-randomised copy is a chosen-input query like
+/// any other, which no check can tell apart: docs/THREATS.md). Not a cryptographic hash: an
+/// honest mask is uniform, and one pass keeps the check off the decryption's cost.
+fn mask_fingerprint(mask: &[u64]) -> u64 {
+    mask.iter().fold(0x9e37_79b9_7f4a_7c15, |h: u64, &w| {
+        (h ^ w).wrapping_mul(0x0100_0000_01b3).rotate_left(29)
+    })
+}
+
+/// Coefficient `k` of mask·s in Z[X]/(X^N + 1) modulo 2^64: N multiply-adds for the one
+/// coefficient a class slot needs, instead of the whole product.
+fn negacyclic_coefficient(mask: &[u64], s: &[u64], k: usize) -> u64 {
+    // (a·s)_k = Σ_{i<=k} a_i s_{k−i} − Σ_{i>k} a_i s_{N+k−i}
+    let low = mask[..=k]
+        .iter()
+        .zip(s[..=k].iter().rev())
+        .fold(0u64, |acc, (&a, &b)| acc.wrapping_add(a.wrapping_mul(b)));
+    let high = mask[k + 1..]
+        .iter()
+        .zip(s[k + 1..].iter().rev())
+        .fold(0u64, |acc, (&a, &b)| acc.wrapping_add(a.wrapping_mul(b)));
+    low.wrapping_sub(high)
+}
+
+/// A ciphertext's mask looks computed: a fresh or computed mask is uniform modulo 2^64, where a
+/// zero word or two equal neighbours each have probability 2^-64. Zero, constant, monomial and
+/// other sparse hand-made masks are not (one pass, no allocation).
+fn mask_is_plausible(mask: &[u64]) -> bool {
+    let repeats = mask.windows(2).filter(|w| w[0] == w[1]).count();
+    let zeros = mask.iter().filter(|&&w| w == 0).count();
+    (repeats + zeros) * 4 < mask.len()
+}
+
+/// The result has the shape of `decoding`'s results under the loaded key.
+fn check_shape(
+    result: &ResultCiphertext,
+    decoding: &Decoding,
+    keys: &SecretKeys,
+) -> Result<(), Refusal> {
+    if keys.key_id != decoding.key_id {
+        return Err(Refusal::SecretKey {
+            loaded: hex(&keys.key_id),
+            expected: hex(&decoding.key_id),
+        });
+    }
+    if result.key_id != decoding.key_id {
+        return Err(Refusal::WrongKey {
+            found: hex(&result.key_id),
+            expected: hex(&decoding.key_id),
+        });
+    }
+    if result.parts.len() != decoding.parts.len() {
+        return Err(Refusal::PartCount {
+            found: result.parts.len(),
+            expected: decoding.parts.len(),
+        });
+    }
+    let n = decoding.poly_size as usize;
+    for (i, (data, shape)) in result.parts.iter().zip(&decoding.parts).enumerate() {
+        let expected = decoding.part_words(shape);
+        if data.0.len() != expected || keys.key(decoding.key).polynomial_size().0 != n {
+            return Err(Refusal::PartSize {
+                part: i,
+                found: data.0.len(),
+                expected,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The phases of the class slots (shape checked first). No plausibility checks: for the
+/// vendor's diagnostics and benchmarks, never for results from the boards ([`decrypt`]).
+pub fn phases(
+    result: &ResultCiphertext,
+    decoding: &Decoding,
+    keys: &SecretKeys,
+) -> Result<Vec<u64>, Refusal> {
+    check_shape(result, decoding, keys)?;
+    let sk = keys.key(decoding.key);
+    let n = decoding.poly_size as usize;
+    let mut phases = Vec::new();
+    for (data, shape) in result.parts.iter().zip(&decoding.parts) {
+        match shape {
+            PartShape::Glwe { slots } => {
+                // Only the class slots: the body less one coefficient of mask·s each.
+                let (mask, body) = data.0.split_at(n);
+                phases.extend(slots.iter().map(|&k| {
+                    let k = k as usize;
+                    body[k].wrapping_sub(negacyclic_coefficient(mask, sk.as_ref(), k))
+                }));
+            }
+            PartShape::Lwe => {
+                let ct = LweCiphertext::from_container(data.0.as_slice(), crate::crypto::modulus());
+                let lwe_key = LweSecretKey::from_container(sk.as_ref());
+                phases.push(decrypt_lwe_ciphertext(&lwe_key, &ct).0);
+            }
+        }
+    }
+    Ok(phases)
+}
+
+/// Decrypt a result as `decoding` says, after checking that it has the shape and the look of
+/// an honest result of that model; nothing is revealed of a refused one.
+pub fn decrypt(
+    result: &ResultCiphertext,
+    decoding: &Decoding,
+    keys: &SecretKeys,
+) -> Result<Decrypted, Refusal> {
+    check_shape(result, decoding, keys)?;
+    let n = decoding.poly_size as usize;
+    for (i, (data, shape)) in result.parts.iter().zip(&decoding.parts).enumerate() {
+        let mask = &data.0[..n];
+        if !mask_is_plausible(mask) {
+            return Err(Refusal::Mask { part: i });
+        }
+        if matches!(shape, PartShape::Glwe { .. })
+            && decoding
+                .own_masks
+                .binary_search(&mask_fingerprint(mask))
+                .is_ok()
+        {
+            return Err(Refusal::BundleCiphertext { part: i });
+        }
+    }
+    if !decoding.verifiable() {
+        return Err(Refusal::Unverifiable);
+    }
+    let phases = phases(result, decoding, keys)?;
+    let classes = decoding.score_limits.len();
+    if phases.len() != classes + decoding.checks.rows.len() {
+        return Err(Refusal::PartCount {
+            found: phases.len(),
+            expected: classes + decoding.checks.rows.len(),
+        });
+    }
+    let (class_phases, check_phases) = phases.split_at(classes);
+    let delta = decoding.delta_out;
+    let error = |p: u64, z: i64, delta: u64| {
+        (p.wrapping_sub((z as u64).wrapping_mul(delta)) as i64).unsigned_abs()
+    };
+    let scores: Vec<i64> = class_phases.iter().map(|&p| decode(p, delta)).collect();
+    let errors: Vec<u64> = class_phases
+        .iter()
+        .zip(&scores)
+        .map(|(&p, &z)| error(p, z, delta))
+        .collect();
+    for (class, (&z, &limit)) in scores.iter().zip(&decoding.score_limits).enumerate() {
+        if decoding.exact && errors[class] > delta / 8 {
+            return Err(Refusal::Noise {
+                class,
+                log2_error: (errors[class] as f64).log2(),
+            });
+        }
+        if z.unsigned_abs() as f64 > limit {
+            return Err(Refusal::OutOfRange { class });
+        }
+    }
+    // Each check is exact: on its grid, and equal to its secret combination of the scores
+    // (both sides within a quarter of its torus, so equal as integers iff equal modulo it).
+    let mut margin = (delta as f64 / 2.0).log2()
+        - (errors.iter().copied().max().unwrap_or(0).max(1) as f64).log2();
+    let checks = &decoding.checks;
+    for (row, (&p, check_delta)) in check_phases.iter().zip(checks.deltas()).enumerate() {
+        let z = decode(p, check_delta);
+        let e = error(p, z, check_delta);
+        if e > check_delta / 8 || z as i128 != checks.expected(row, &scores) {
+            return Err(Refusal::Check { row });
+        }
+        margin = margin.min((check_delta as f64 / 2.0).log2() - (e.max(1) as f64).log2());
+    }
+    if scores.windows(2).all(|w| w[0] == w[1]) {
+        return Err(Refusal::Degenerate);
+    }
+    let float_scores: Vec<f32> = scores
+        .iter()
+        .map(|&z| (z as f64 * decoding.out_scale) as f32)
+        .collect();
+    Ok(Decrypted {
+        class: crate::model::argmax(&scores),
+        noise_margin_bits: margin,
+        phases: class_phases.to_vec(),
+        scores,
+        float_scores,
+    })
+}
+
+/// Nearest integer z with Δ·z ≈ phase (signed).
+pub fn decode(phase: u64, delta: u64) -> i64 {
+    ((phase as i64) as f64 / delta as f64).round() as i64
+}
