@@ -128,16 +128,9 @@ fn deploy(keys: &Path, bundle: &Path, targets: &[&str], broker: &str, extra: &[&
 }
 
 /// `hedge deploy status` rows of one deployment: device → its fields.
-fn status(st: &Setup, deployment: u64) -> HashMap<String, Vec<String>> {
+fn status(keys: &Path, deployment: u64) -> HashMap<String, Vec<String>> {
     let n = deployment.to_string();
-    let o = hedge(&[
-        "deploy",
-        "--keys",
-        s(&st.keys),
-        "status",
-        "--deployment",
-        &n,
-    ]);
+    let o = hedge(&["deploy", "--keys", s(keys), "status", "--deployment", &n]);
     String::from_utf8_lossy(&o.stdout)
         .lines()
         .skip(1)
@@ -148,11 +141,11 @@ fn status(st: &Setup, deployment: u64) -> HashMap<String, Vec<String>> {
         .collect()
 }
 
-fn wait_state(st: &Setup, deployment: u64, device: &str, state: &str) -> Vec<String> {
+fn wait_state(keys: &Path, deployment: u64, device: &str, state: &str) -> Vec<String> {
     let mut row = Vec::new();
     wait_for(
         || {
-            row = status(st, deployment).remove(device).unwrap_or_default();
+            row = status(keys, deployment).remove(device).unwrap_or_default();
             row.get(4).map(String::as_str) == Some(state)
         },
         &format!("deployment {deployment} {state} on {device}"),
@@ -247,7 +240,7 @@ fn a_group_rollout_survives_a_killed_board_and_a_broker_restart() {
     // b2 is killed once it has part of the bundle.
     wait_for(
         || {
-            let row = status(&st, 1).remove("b2").unwrap_or_default();
+            let row = status(&st.keys, 1).remove("b2").unwrap_or_default();
             row.get(4).map(String::as_str) == Some("downloading")
                 && row.get(5).is_some_and(|p| p != "0%" && p != "100%")
         },
@@ -280,7 +273,7 @@ fn a_group_rollout_survives_a_killed_board_and_a_broker_restart() {
         "b2 offline by its last will",
     );
     // The broker goes away mid-transfer (its persistence keeps the retained offers).
-    let under_way = status(&st, 1);
+    let under_way = status(&st.keys, 1);
     assert!(
         under_way.values().any(|row| row[4] != "active"),
         "the transfers ended before the broker stopped: {under_way:?}"
@@ -291,7 +284,7 @@ fn a_group_rollout_survives_a_killed_board_and_a_broker_restart() {
     boards[1].start(&st);
     boards[1].feed(&v[4..8]);
     for b in &boards {
-        wait_state(&st, 1, &b.device, "active");
+        wait_state(&st.keys, 1, &b.device, "active");
     }
     assert!(fleet_row("b2").contains("online"));
     for b in &mut boards {
@@ -327,7 +320,7 @@ fn a_group_rollout_survives_a_killed_board_and_a_broker_restart() {
         update_size < full_size,
         "update {update_size} vs bundle {full_size}"
     );
-    let row = wait_state(&st, 2, "b1", "active");
+    let row = wait_state(&st.keys, 2, "b1", "active");
     assert_eq!(row[2], "model-update");
     boards[0].feed(&v[12..16]);
     wait_lines(&out, 40);
@@ -428,7 +421,7 @@ fn tampered_foreign_older_and_failing_bundles_leave_the_board_serving() {
     bytes[100_000] ^= 0x40;
     std::fs::write(&stored, bytes).unwrap();
     let mut serving = agent(&st, &addr, None);
-    let row = wait_state(&st, 1, "b", "failed");
+    let row = wait_state(&st.keys, 1, "b", "failed");
     assert!(
         row.join(" ").contains("did not match its digest"),
         "{row:?}"
@@ -447,7 +440,7 @@ fn tampered_foreign_older_and_failing_bundles_leave_the_board_serving() {
 
     // 3. The untampered bundle: taken.
     deploy(&st.keys, &next, &["--device", "b"], &addr, &[]);
-    wait_state(&st, 2, "b", "active");
+    wait_state(&st.keys, 2, "b", "active");
     let next_id = bundle_id(&next, &st.keys);
     board.feed(&v[3..4]);
     wait_lines(&out, 4);
@@ -455,7 +448,7 @@ fn tampered_foreign_older_and_failing_bundles_leave_the_board_serving() {
 
     // 4. The first bundle again: an older epoch than the board runs.
     deploy(&st.keys, &st.bundle, &["--device", "b"], &addr, &[]);
-    let row = wait_state(&st, 3, "b", "failed");
+    let row = wait_state(&st.keys, 3, "b", "failed");
     assert!(row.join(" ").contains("older than epoch"), "{row:?}");
 
     // 5. A bundle that verifies and loads, but for 32 values where the board's source sends
@@ -497,11 +490,11 @@ fn tampered_foreign_older_and_failing_bundles_leave_the_board_serving() {
             board.feed(&v[4 + fed_at % 30..5 + fed_at % 30]);
             fed_at += 1;
             std::thread::sleep(Duration::from_millis(200));
-            status(&st, 4)["b"][4] == "rolled_back"
+            status(&st.keys, 4)["b"][4] == "rolled_back"
         },
         "the failing bundle rolled back",
     );
-    let row = status(&st, 4).remove("b").unwrap();
+    let row = status(&st.keys, 4).remove("b").unwrap();
     assert!(row.join(" ").contains("input(s) failed"), "{row:?}");
     let before = results(&out).len();
     board.feed(&v[0..1]);
@@ -526,13 +519,13 @@ fn tampered_foreign_older_and_failing_bundles_leave_the_board_serving() {
     ]);
     wait_for(|| !partial.exists(), "the partial file dropped");
     serving = agent(&st, &addr, None);
-    wait_state(&st, 5, "b", "cancelled");
+    wait_state(&st.keys, 5, "b", "cancelled");
 
     // 7. Offered while the board is off: it takes it when it comes back.
     board.stop();
     deploy(&st.keys, &third, &["--device", "b"], &addr, &["--full"]);
     board.start(&st);
-    wait_state(&st, 6, "b", "active");
+    wait_state(&st.keys, 6, "b", "active");
     let third_id = bundle_id(&third, &st.keys);
     let before = results(&out).len();
     board.feed(&v[1..2]);
@@ -543,13 +536,13 @@ fn tampered_foreign_older_and_failing_bundles_leave_the_board_serving() {
     //    before any input): rolled back at the next start.
     let fourth = model(&st.root, &st.keys, "v5", 5, "noact");
     deploy(&st.keys, &fourth, &["--device", "b"], &addr, &[]);
-    wait_state(&st, 7, "b", "active");
+    wait_state(&st.keys, 7, "b", "active");
     for _ in 0..4 {
         board.kill();
         board.start(&st);
         std::thread::sleep(Duration::from_millis(1500));
     }
-    let row = wait_state(&st, 7, "b", "rolled_back");
+    let row = wait_state(&st.keys, 7, "b", "rolled_back");
     assert!(
         row.join(" ").contains("starts without a first result"),
         "{row:?}"
@@ -613,7 +606,7 @@ fn a_model_update_of_act_moves_a_fraction_of_the_bundle() {
     let update = model(&st.root, &st.keys, "v2", 2, "act");
     let text = deploy(&st.keys, &update, &["--device", "b"], &addr, &[]);
     let update_size = size_of(&text, "model-update");
-    wait_state(&st, 1, "b", "active");
+    wait_state(&st.keys, 1, "b", "active");
     board.feed(&st.vectors[1..2]);
     wait_lines(&out, 2);
 
@@ -625,7 +618,7 @@ fn a_model_update_of_act_moves_a_fraction_of_the_bundle() {
         update_size * 20 < full_size,
         "model update {update_size} bytes vs bundle {full_size}"
     );
-    wait_state(&st, 2, "b", "active");
+    wait_state(&st.keys, 2, "b", "active");
     board.feed(&st.vectors[2..3]);
     wait_lines(&out, 3);
 
@@ -711,7 +704,7 @@ fn a_rotated_key_set_is_deployed_and_both_key_sets_decrypt() {
     let next_id = bundle_id(&next, &st.keys);
     let serving = agent(&st, &addr, None);
     deploy(&st.keys, &next, &["--device", "moved"], &addr, &[]);
-    wait_state(&st, 1, "moved", "active");
+    wait_state(&st.keys, 1, "moved", "active");
     moved.feed(&v[2..5]);
     stays.feed(&v[2..5]);
     wait_lines(&out, 10);
@@ -752,4 +745,149 @@ fn a_rotated_key_set_is_deployed_and_both_key_sets_decrypt() {
     assert_eq!(counts.len(), 2, "{list}");
     assert!(counts[0].contains("7 accepted"), "{list}");
     assert!(counts[1].contains("3 accepted"), "{list}");
+}
+
+/// One trust anchor on the board: a SIGHUP whose configuration names another backend's
+/// verifying key moves bundles, deployment offers and end-to-end acknowledgements to it at
+/// once — each is taken under the new key and refused under the old one.
+#[test]
+fn a_new_verifying_key_moves_bundles_offers_and_acks_together() {
+    let st = setup("last");
+    let broker = Mosquitto::start(&st.root);
+    let addr = broker.addr();
+    // The second backend: its own signing key, the same model protected under its keys.
+    let keys_b = st.root.join("keys-b");
+    hedge(&["keygen", "--out", s(&keys_b)]);
+    let bundle_b = model(&st.root, &keys_b, "b", 1, "last");
+    let (id_a, id_b) = (
+        bundle_id(&st.bundle, &st.keys),
+        bundle_id(&bundle_b, &keys_b),
+    );
+    let board = Board::new(&st, broker.port, "board", None);
+    let key = identity(&st, &board.spool, "board");
+    hedge(&[
+        "device",
+        "--keys",
+        s(&keys_b),
+        "add",
+        "board",
+        "--key",
+        &key,
+    ]);
+    // Everything in the file, so that a SIGHUP re-reads all of it.
+    let configure = |bundle: &Path, keys: &Path| {
+        std::fs::write(
+            &board.config,
+            format!(
+                "bundle = {:?}\nverifying_key = {:?}\ninput = \"-\"\nspool_dir = {:?}\n\
+                 device_id = \"board\"\n[mqtt]\nhost = \"127.0.0.1\"\nport = {}\n\
+                 keep_alive_s = 5\ne2e_timeout_s = 2\ndeploy_window = 4\ndeploy_timeout_s = 3\n",
+                bundle,
+                keys.join("verifying.key"),
+                board.spool,
+                broker.port
+            ),
+        )
+        .unwrap();
+    };
+    configure(&st.bundle, &st.keys);
+    let mut c = Command::new(env!("CARGO_BIN_EXE_hedged"));
+    c.args(["--config", s(&board.config)])
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null());
+    let mut hedged = Draining::spawn(&mut c);
+    let pid = hedged.child.id();
+    let v = &st.vectors;
+    let (out_a, out_b) = (st.root.join("a.jsonl"), st.root.join("b.jsonl"));
+
+    // Backend A, trusted: its acknowledgements empty the spool.
+    let dec_a = decryptor_with(&st, &addr, &["--client-id", "backend-a"], &out_a);
+    feed(&mut hedged.child, &v[0..2]);
+    wait_lines(&out_a, 2);
+    wait_for(|| spooled(&board.spool) == 0, "backend A's acks taken");
+
+    // SIGHUP to backend B's key and bundle: the bundle signed by B is taken.
+    configure(&bundle_b, &keys_b);
+    signal(pid, 1);
+    std::thread::sleep(Duration::from_secs(2));
+    feed(&mut hedged.child, &v[2..4]);
+    // Backend A still answers (its acks say "received"): the board no longer trusts them.
+    wait_for(|| spooled(&board.spool) == 2, "results of bundle B spooled");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        spooled(&board.spool),
+        2,
+        "backend A's acks must not empty the spool"
+    );
+    terminate(&dec_a);
+    let log_a = wait_ok(dec_a, "decryptor A");
+    assert!(log_a.contains(&format!("unknown bundle {id_b}")), "{log_a}");
+    // Backend B's acknowledgements are taken (the board resends after e2e_timeout_s).
+    let dec_b = Command::new(env!("CARGO_BIN_EXE_hedge"))
+        .args(["decrypt", "--keys", s(&keys_b), "--subscribe", &addr])
+        .args(["--output", s(&out_b), "--client-id", "backend-b"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_lines(&out_b, 2);
+    wait_for(|| spooled(&board.spool) == 0, "backend B's acks taken");
+
+    // A bundle signed by A is refused now: the board keeps running B's.
+    configure(&st.bundle, &keys_b);
+    signal(pid, 1);
+    std::thread::sleep(Duration::from_secs(2));
+    feed(&mut hedged.child, &v[4..5]);
+    wait_lines(&out_b, 3);
+
+    // Offers: A's is ignored (nothing fetched, nothing reported), B's is taken.
+    let next_a = model(&st.root, &st.keys, "a2", 2, "last");
+    let next_b = model(&st.root, &keys_b, "b2", 2, "last");
+    let agent_a = agent(&st, &addr, None);
+    deploy(&st.keys, &next_a, &["--device", "board"], &addr, &[]);
+    std::thread::sleep(Duration::from_secs(3));
+    let row_a = status(&st.keys, 1).remove("board").unwrap();
+    assert_eq!(
+        row_a[4], "offered",
+        "backend A's offer was acted on: {row_a:?}"
+    );
+    // (Stopped before B deploys: board reports are unsigned and name only a deployment
+    // number, which each backend counts from 1.)
+    terminate(&agent_a.child);
+    agent_a.finish();
+    let mut c = Command::new(env!("CARGO_BIN_EXE_hedge"));
+    c.args(["deploy", "--keys", s(&keys_b), "serve", "--broker", &addr])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null());
+    let agent_b = Draining::spawn(&mut c);
+    deploy(&keys_b, &next_b, &["--device", "board"], &addr, &[]);
+    wait_state(&keys_b, 1, "board", "active");
+    feed(&mut hedged.child, &v[5..6]);
+    wait_lines(&out_b, 4);
+
+    terminate(&hedged.child);
+    let log = hedged.wait_ok("hedged");
+    assert!(log.contains("verifying key changed"), "{log}");
+    assert!(log.contains("ignored an acknowledgement"), "{log}");
+    assert!(
+        log.contains("reload refused") && log.contains("but the trusted signing key is"),
+        "{log}"
+    );
+    terminate(&dec_b);
+    wait_ok(dec_b, "decryptor B");
+    terminate(&agent_b.child);
+    agent_b.finish();
+    assert!(results(&out_a).iter().all(|l| l["bundle"] == id_a.as_str()));
+    let bundles: Vec<String> = results(&out_b)
+        .iter()
+        .map(|l| l["bundle"].as_str().unwrap().to_string())
+        .collect();
+    let id_b2 = bundle_id(&next_b, &keys_b);
+    assert_eq!(
+        bundles,
+        [id_b.clone(), id_b.clone(), id_b.clone(), id_b2],
+        "B's bundle, then B's deployment"
+    );
 }

@@ -10,6 +10,7 @@ use crate::model::error::FeatureFault;
 use crate::model::split::Extractor;
 use crate::model::ModelError;
 use crate::transport::frame::Input;
+use ed25519_dalek::VerifyingKey;
 use std::time::{Duration, Instant};
 
 pub struct Inference {
@@ -33,11 +34,12 @@ pub struct Inferred {
 }
 
 impl Inference {
-    /// Verify and expand `source` against the settings' trust anchor; a bundle older than the
-    /// newest the board accepted is refused before it is expanded (the expansion is the test
-    /// load).
+    /// Verify and expand `source` against the board's trust anchor `trusted`; a bundle older
+    /// than the newest the board accepted is refused before it is expanded (the expansion is
+    /// the test load).
     pub fn load(
         source: &BundleRef,
+        trusted: &VerifyingKey,
         settings: &Reloadable,
         state: &State,
     ) -> Result<Self, EdgeError> {
@@ -45,9 +47,7 @@ impl Inference {
             path: source.file.display().to_string(),
             cause: e,
         };
-        let trusted =
-            crate::bundle::load_verifying_key(&settings.verifying_key).map_err(file_error)?;
-        let opened = source.open(&trusted).map_err(file_error)?;
+        let opened = source.open(trusted).map_err(file_error)?;
         let epoch = opened.bundle.header.epoch;
         state.check_epoch(epoch)?;
         let ready = opened.ready().map_err(file_error)?;

@@ -32,6 +32,7 @@ pub mod sink;
 pub mod source;
 pub mod spool;
 pub mod state;
+pub mod trust;
 pub mod watchdog;
 
 pub use error::EdgeError;
@@ -51,6 +52,7 @@ use sink::Sink;
 use source::Rejects;
 use state::State;
 use std::sync::Arc;
+use trust::TrustAnchor;
 use watchdog::Heartbeat;
 
 /// Run hedged until its input ends or a stop signal.
@@ -59,11 +61,12 @@ pub fn run(settings: Settings, reloader: Reloader) -> Result<Summary, EdgeError>
     let shutdown = Shutdown::from_signals()?;
     let start = &settings.start_up;
     let state = Arc::new(State::open(&start.state_dir)?);
+    let trust = TrustAnchor::new(TrustAnchor::read(&settings.reloadable.verifying_key)?);
     let Running {
         inference,
         probation: previous,
         rolled_back,
-    } = load_running(&settings, &state)?;
+    } = load_running(&settings, &trust, &state)?;
     if previous.is_none() {
         state.accept_epoch(inference.epoch)?;
     }
@@ -89,7 +92,7 @@ pub fn run(settings: Settings, reloader: Reloader) -> Result<Summary, EdgeError>
     if let Some((deployment, why)) = rolled_back {
         deployments.report(deployment, DeployState::RolledBack, (0, 0), Some(why));
     }
-    let sink = Sink::open(&settings, health.clone(), deployments.clone())?;
+    let sink = Sink::open(&settings, health.clone(), deployments.clone(), &trust)?;
     let _acquisition = source::start(
         &start.input,
         queue.clone(),
@@ -115,7 +118,7 @@ pub fn run(settings: Settings, reloader: Reloader) -> Result<Summary, EdgeError>
         rejects,
         sink,
         health,
-        reload: Reload::new(reloader, state, deployments.clone()),
+        reload: Reload::new(reloader, state, deployments.clone(), trust),
         rollback_after,
         probation: previous.map(|(deployment, previous)| Probation {
             deployment,
@@ -139,10 +142,15 @@ const MAX_PROBATION_STARTS: u32 = 3;
 /// not yet inferred), else the configured one. A deployed bundle that no longer loads, or that
 /// keeps the daemon from getting to its first result, gives way to the previous bundle, else to
 /// the configured one.
-fn load_running(settings: &Settings, state: &State) -> Result<Running, EdgeError> {
+fn load_running(
+    settings: &Settings,
+    trust: &TrustAnchor,
+    state: &State,
+) -> Result<Running, EdgeError> {
     let configured = BundleRef::configured(&settings.reloadable.bundle);
     let installed = Installed::new(state.dir());
-    let load = |r: &BundleRef| Inference::load(r, &settings.reloadable, state);
+    let trusted = trust.key();
+    let load = |r: &BundleRef| Inference::load(r, &trusted, &settings.reloadable, state);
     let Some(active) = installed.active() else {
         return Ok(Running {
             inference: load(&configured)?,

@@ -21,12 +21,13 @@ use super::deploy::{Deployer, Deployments, Transfer};
 use super::error::EdgeError;
 use super::health::Health;
 use super::spool::Spool;
+use super::trust::TrustAnchor;
 use crate::files::IoError;
 use crate::transport::ack::Ack;
 use crate::transport::message::{MessageError, ResultMessage, MESSAGE_VERSION};
 use crate::transport::mqtt::MqttConfig;
 use crate::transport::{Backoff, Connection};
-use ed25519_dalek::{SigningKey, VerifyingKey};
+use ed25519_dalek::SigningKey;
 use rumqttc::{Event, LastWill, MqttOptions, Outgoing, Packet, QoS};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -54,8 +55,8 @@ pub struct Identity {
     pub device: String,
     /// Signs results an older hedged spooled unsigned.
     pub key: Arc<SigningKey>,
-    /// Verifies the backend's end-to-end acknowledgements (the bundles' trust anchor).
-    pub backend: VerifyingKey,
+    /// Verifies the backend's end-to-end acknowledgements and deployment offers.
+    pub backend: TrustAnchor,
 }
 
 impl Publisher {
@@ -90,7 +91,7 @@ impl Publisher {
                 state: config.deploy_topic_for(&identity.device, "state"),
                 deployer: std::cell::RefCell::new(Deployer::new(
                     deployments.clone(),
-                    identity.backend,
+                    identity.backend.clone(),
                     Transfer {
                         window: config.deploy_window.max(1),
                         max_bytes: config.deploy_max_bytes,
@@ -410,7 +411,7 @@ fn publish_from_spool(
 
 /// The backend's end-to-end acknowledgement: what it names leaves the spool.
 fn acknowledged(payload: &[u8], identity: &Identity, delivery: &mut Delivery, spool: &Spool) {
-    match Ack::decode(payload, &identity.backend, &identity.device) {
+    match Ack::decode(payload, &identity.backend.key(), &identity.device) {
         Ok(ack) => {
             let now = Instant::now();
             for seq in ack.seqs() {

@@ -9,15 +9,19 @@ use super::error::EdgeError;
 use super::inference::Inference;
 use super::settings::Settings;
 use super::state::State;
+use super::trust::TrustAnchor;
 use crate::files::IoError;
 use crate::transport::deploy::Payload;
+use ed25519_dalek::VerifyingKey;
 use std::sync::mpsc;
 use std::sync::Arc;
 
 /// Re-reads the settings for a SIGHUP (the file, with the command line's overrides).
 pub type Reloader = Box<dyn Fn() -> Result<Settings, EdgeError> + Send + Sync>;
 
-type Loaded = Result<(Option<Settings>, Inference), EdgeError>;
+/// A finished load: for a SIGHUP the new settings and the key they name, which becomes the
+/// board's trust anchor only if the bundle verified under it.
+type Loaded = Result<(Option<(Settings, VerifyingKey)>, Inference), EdgeError>;
 
 struct Pending {
     /// None: a SIGHUP.
@@ -47,15 +51,22 @@ pub struct Reload {
     state: Arc<State>,
     deployments: Arc<Deployments>,
     pending: Option<Pending>,
+    trust: TrustAnchor,
 }
 
 impl Reload {
-    pub fn new(reloader: Reloader, state: Arc<State>, deployments: Arc<Deployments>) -> Self {
+    pub fn new(
+        reloader: Reloader,
+        state: Arc<State>,
+        deployments: Arc<Deployments>,
+        trust: TrustAnchor,
+    ) -> Self {
         Self {
             reloader: Arc::new(reloader),
             state,
             deployments,
             pending: None,
+            trust,
         }
     }
 
@@ -86,9 +97,10 @@ impl Reload {
         let deployments = self.deployments.clone();
         self.spawn(None, move || {
             let settings = reloader()?;
+            let trusted = TrustAnchor::read(&settings.reloadable.verifying_key)?;
             let source = deployments.installed.source_or(&settings.reloadable.bundle);
-            let inference = Inference::load(&source, &settings.reloadable, &state)?;
-            Ok((Some(settings), inference))
+            let inference = Inference::load(&source, &trusted, &settings.reloadable, &state)?;
+            Ok((Some((settings, trusted)), inference))
         })
     }
 
@@ -112,8 +124,12 @@ impl Reload {
             deployment: Some(candidate.deployment),
         };
         let (reloadable, state) = (settings.reloadable.clone(), self.state.clone());
+        let trusted = self.trust.key();
         self.spawn(Some(candidate.deployment), move || {
-            Ok((None, Inference::load(&source, &reloadable, &state)?))
+            Ok((
+                None,
+                Inference::load(&source, &trusted, &reloadable, &state)?,
+            ))
         })
     }
 
@@ -193,7 +209,10 @@ impl Reload {
                 return Applied::Nothing;
             }
         }
-        if let Some(new_settings) = new_settings {
+        if let Some((new_settings, trusted)) = new_settings {
+            // The bundle verified under this key: bundles, offers and acknowledgements are
+            // checked against it from now on, all three at once.
+            self.trust.replace(trusted);
             let changed = settings.restart_only_changes(&new_settings);
             if !changed.is_empty() {
                 log::warn!(

@@ -39,6 +39,7 @@ impl Sink {
         settings: &Settings,
         health: Arc<super::health::Health>,
         deployments: Arc<super::deploy::Deployments>,
+        trust: &super::trust::TrustAnchor,
     ) -> Result<Self, EdgeError> {
         let start = &settings.start_up;
         let identity = Arc::new(super::identity::load_or_create(&start.identity_key)?);
@@ -58,12 +59,10 @@ impl Sink {
                     .client_id
                     .clone()
                     .unwrap_or_else(|| format!("hedged-{device}"));
-                let backend = crate::bundle::load_verifying_key(&settings.reloadable.verifying_key)
-                    .map_err(|e| EdgeError::Settings(e.to_string()))?;
                 let identity = Identity {
                     device: device.clone(),
                     key: identity.clone(),
-                    backend,
+                    backend: trust.clone(),
                 };
                 let publisher = Publisher::start(
                     mqtt,

@@ -10,10 +10,10 @@ pub mod installed;
 
 use super::health::Health;
 use super::state::State;
+use super::trust::TrustAnchor;
 use crate::transport::deploy::{Chunk, ChunkRequest, DeployState, Offer, Payload, Report};
 use crate::transport::message::now_ms;
 use download::{Arrival, Download};
-use ed25519_dalek::VerifyingKey;
 use installed::Installed;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -140,14 +140,14 @@ pub struct Transfer {
 /// The transfer side, run on the publisher's thread.
 pub struct Deployer {
     shared: Arc<Deployments>,
-    trusted: VerifyingKey,
+    trusted: TrustAnchor,
     transfer: Transfer,
     current: Option<Download>,
     last_progress: Instant,
 }
 
 impl Deployer {
-    pub fn new(shared: Arc<Deployments>, trusted: VerifyingKey, transfer: Transfer) -> Self {
+    pub fn new(shared: Arc<Deployments>, trusted: TrustAnchor, transfer: Transfer) -> Self {
         Self {
             shared,
             trusted,
@@ -164,7 +164,7 @@ impl Deployer {
 
     /// A message on the offer topic.
     pub fn offered(&mut self, bytes: &[u8]) {
-        let offer = match Offer::decode(bytes, &self.trusted, &self.shared.device) {
+        let offer = match Offer::decode(bytes, &self.trusted.key(), &self.shared.device) {
             Ok(o) => o,
             Err(e) => {
                 // Not the backend's (or not for this board): nothing is fetched, and nothing is
