@@ -31,11 +31,11 @@
 use super::registry::{Acceptance, DeviceState, Registry};
 use super::{BackendError, Result};
 use crate::crypto::keys::{KeyId, SecretKeys};
-use crate::engine::decrypt;
+use crate::engine::{decrypt, Refusal};
 use crate::files::IoError;
 use crate::hex::hex;
 use crate::transport::ack::{ranges, Ack};
-use crate::transport::message::{now_ms, ResultMessage, MAX_PAYLOAD};
+use crate::transport::message::{now_ms, MessageError, ResultMessage, MAX_PAYLOAD};
 use crate::transport::mqtt::MqttConfig;
 use crate::transport::{Backoff, Connection};
 use ed25519_dalek::{SigningKey, VerifyingKey};
@@ -104,6 +104,46 @@ impl Output for Box<dyn Output + '_> {
     }
 }
 
+/// Why a message was refused: every reason is a variant, through to the log, the counts and the
+/// tests (the board never learns any of it: acknowledgements only say "received").
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum Refused {
+    /// Undecodable, unsigned, or its signature does not verify.
+    #[error(transparent)]
+    Message(#[from] MessageError),
+    #[error("published on device {topic}'s topic")]
+    Topic { topic: String },
+    #[error("unknown device {0}")]
+    UnknownDevice(String),
+    #[error("device {0} is revoked")]
+    Revoked(String),
+    #[error("unknown bundle {0}")]
+    UnknownBundle(String),
+    #[error("no secret key for bundle {0}")]
+    NoSecretKey(String),
+    /// Not an honest result of the bundle it names (the decryption's checks).
+    #[error(transparent)]
+    Result(#[from] Refusal),
+    #[error("older than the replay window")]
+    TooOld,
+}
+
+impl Refused {
+    /// A short name for logs and counts.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Refused::Message(e) => e.kind(),
+            Refused::Topic { .. } => "topic",
+            Refused::UnknownDevice(_) => "unknown device",
+            Refused::Revoked(_) => "revoked",
+            Refused::UnknownBundle(_) => "unknown bundle",
+            Refused::NoSecretKey(_) => "no secret key",
+            Refused::Result(r) => r.kind(),
+            Refused::TooOld => "replay window",
+        }
+    }
+}
+
 /// What became of one message.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Outcome {
@@ -118,9 +158,11 @@ pub enum Outcome {
         seq: u64,
         kept: bool,
     },
-    /// Refused. `from` is set when the device's valid signature vouches for the message.
+    /// Refused. `from` is set when the device's valid signature vouches for the message,
+    /// `name` is the device#seq the message claims.
     Refused {
-        reason: String,
+        reason: Refused,
+        name: Option<String>,
         from: Option<(String, u64)>,
     },
 }
@@ -201,9 +243,10 @@ impl Decryptor {
                     );
                 }
             }
-            Outcome::Refused { reason, .. } => {
+            Outcome::Refused { reason, name, .. } => {
                 self.stats.refused += 1;
-                log::warn!("refused a result: {reason}");
+                let name = name.as_deref().unwrap_or("?");
+                log::warn!("refused a result [{}]: {name}: {reason}", reason.kind());
             }
         }
         Ok(outcome)
@@ -215,16 +258,27 @@ impl Decryptor {
         payload: &[u8],
         out: &mut dyn Output,
     ) -> Result<Outcome> {
-        let refuse = |reason: String| Ok(Outcome::Refused { reason, from: None });
         let m = match ResultMessage::decode(payload) {
             Ok(m) => m,
-            Err(e) => return refuse(e.to_string()),
+            Err(e) => {
+                return Ok(Outcome::Refused {
+                    reason: e.into(),
+                    name: None,
+                    from: None,
+                })
+            }
         };
         let (device, seq) = (m.device_id.clone(), m.seq);
-        let name = format!("{device}#{seq}");
+        let refuse = |reason: Refused| {
+            Ok(Outcome::Refused {
+                reason,
+                name: Some(format!("{device}#{seq}")),
+                from: None,
+            })
+        };
         if let Some(t) = topic_device {
             if t != device {
-                return refuse(format!("{name} was published on device {t}'s topic"));
+                return refuse(Refused::Topic { topic: t.into() });
             }
         }
         let record = match self.registry.device(&device)? {
@@ -235,16 +289,16 @@ impl Decryptor {
                     log::info!("enrolled device {device} with identity key {}", hex(&key));
                     self.registry.device(&device)?.expect("just added")
                 }
-                _ => return refuse(format!("{name}: unknown device {device}")),
+                _ => return refuse(Refused::UnknownDevice(device.clone())),
             },
         };
         if record.state == DeviceState::Revoked {
-            return refuse(format!("{name}: device {device} is revoked"));
+            return refuse(Refused::Revoked(device.clone()));
         }
         let identity = VerifyingKey::from_bytes(&record.identity_key)
             .map_err(|_| BackendError::Registry(format!("device {device}: invalid key")))?;
         if let Err(e) = m.verify(&identity) {
-            return refuse(format!("{name}: {e}"));
+            return refuse(e.into());
         }
         if record.state == DeviceState::Quarantined {
             let kept = self.registry.withhold(&device, seq, payload)?;
@@ -252,19 +306,15 @@ impl Decryptor {
         }
         // From here on the device vouches for the message.
         let Some(bundle) = self.registry.bundle(&m.bundle_id)? else {
-            return self.suspicious(&m, None, format!("unknown bundle {}", m.bundle_id));
+            return self.suspicious(&m, None, Refused::UnknownBundle(m.bundle_id.clone()));
         };
         let key_set = bundle.decoding.key_id;
         let Some(keys) = self.keys.get(&key_set, &self.registry)? else {
-            return self.suspicious(
-                &m,
-                Some(&key_set),
-                format!("no secret key for bundle {}", bundle.id),
-            );
+            return self.suspicious(&m, Some(&key_set), Refused::NoSecretKey(bundle.id));
         };
         let d = match decrypt(&m.result, &bundle.decoding, keys) {
             Ok(d) => d,
-            Err(e) => return self.suspicious(&m, Some(&key_set), e.to_string()),
+            Err(e) => return self.suspicious(&m, Some(&key_set), e.into()),
         };
         let mut line = serde_json::json!({
             "device": device,
@@ -297,7 +347,7 @@ impl Decryptor {
                 Acceptance::New => Outcome::Recorded { device, seq },
                 Acceptance::Seen => Outcome::Duplicate { device, seq },
                 Acceptance::TooOld => {
-                    return self.suspicious(&m, None, "older than the replay window".into());
+                    return self.suspicious(&m, None, Refused::TooOld);
                 }
             },
         )
@@ -326,7 +376,7 @@ impl Decryptor {
         &mut self,
         m: &ResultMessage,
         key_set: Option<&KeyId>,
-        why: String,
+        why: Refused,
     ) -> Result<Outcome> {
         let state =
             self.registry
@@ -340,7 +390,8 @@ impl Decryptor {
             );
         }
         Ok(Outcome::Refused {
-            reason: format!("{}#{}: {why}", m.device_id, m.seq),
+            reason: why,
+            name: Some(format!("{}#{}", m.device_id, m.seq)),
             from: Some((m.device_id.clone(), m.seq)),
         })
     }
@@ -542,6 +593,70 @@ mod tests {
         assert_eq!(topic_device("results", "results"), None);
     }
 
+    /// Each way a message from outside is refused is its own variant (what the operators'
+    /// counts and logs name), and a refused message writes nothing.
+    #[test]
+    fn refusals_are_typed() {
+        use crate::crypto::params::{ParameterSet, SecurityLevel};
+        use crate::engine::ResultCiphertext;
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Registry::open(&dir.path().join("registry.sqlite")).unwrap();
+        let ks = crate::crypto::keys::generate(ParameterSet::for_level(SecurityLevel::L128));
+        let board = SigningKey::from_bytes(&[7; 32]);
+        registry
+            .add_device("board", &board.verifying_key().to_bytes())
+            .unwrap();
+        let mut d = Decryptor::new(registry, ks.secret, Policy::default());
+        let message = |device: &str, key: &SigningKey| {
+            let mut m = ResultMessage {
+                device_id: device.into(),
+                bundle_id: "0123456789abcdef".into(),
+                seq: 1,
+                timestamp_ms: 0,
+                infer_us: 0,
+                extract_us: 0,
+                result: ResultCiphertext {
+                    key_id: [0; 16],
+                    parts: Vec::new(),
+                },
+                signed: None,
+            };
+            m.sign(key);
+            m.encode()
+        };
+        let mut out: Vec<u8> = Vec::new();
+        let mut why = |topic: Option<&str>, payload: &[u8]| match d
+            .handle(topic, payload, &mut out)
+            .unwrap()
+        {
+            Outcome::Refused { reason, .. } => reason,
+            other => panic!("not refused: {other:?}"),
+        };
+        assert!(matches!(
+            why(None, b"\x03garbage"),
+            Refused::Message(MessageError::Undecodable(_))
+        ));
+        assert_eq!(
+            why(None, &message("ghost", &board)),
+            Refused::UnknownDevice("ghost".into())
+        );
+        assert_eq!(
+            why(Some("other"), &message("board", &board)),
+            Refused::Topic {
+                topic: "other".into()
+            }
+        );
+        assert!(matches!(
+            why(None, &message("board", &SigningKey::from_bytes(&[8; 32]))),
+            Refused::Message(MessageError::WrongSigner { .. })
+        ));
+        assert_eq!(
+            why(None, &message("board", &board)),
+            Refused::UnknownBundle("0123456789abcdef".into())
+        );
+        assert!(out.is_empty());
+    }
+
     #[test]
     fn acknowledgements_batch_per_device() {
         let mut b = AckBatch::default();
@@ -557,11 +672,13 @@ mod tests {
             seq: 9,
         });
         b.add(&Outcome::Refused {
-            reason: "x".into(),
+            reason: Refused::Result(Refusal::Check { row: 0 }),
+            name: Some("a#7".into()),
             from: Some(("a".into(), 7)),
         });
         b.add(&Outcome::Refused {
-            reason: "forged".into(),
+            reason: Refused::Message(MessageError::BadSignature),
+            name: Some("a#8".into()),
             from: None,
         });
         b.add(&Outcome::Withheld {

@@ -112,7 +112,12 @@ impl Health {
             "inferences": self.inferences.load(Ordering::Relaxed),
             "last_infer_ms": self.last_infer_us.load(Ordering::Relaxed) as f64 / 1e3,
             "last_inference_ms": self.last_inference_ms.load(Ordering::Relaxed),
-            "rejected": self.rejects.by_kind(),
+            "rejected": self
+                .rejects
+                .by_kind()
+                .into_iter()
+                .map(|(kind, n)| (kind.name(), n))
+                .collect::<std::collections::BTreeMap<_, _>>(),
         })
         .to_string()
         .into_bytes()
@@ -129,7 +134,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let queue = Arc::new(BoundedQueue::new(4, usize::MAX, QueuePolicy::Block));
         let rejects = Arc::new(Rejects::default());
-        rejects.reject("width", "a line");
+        rejects.reject(crate::input::RejectKind::Width, "a line");
         let h = Health::new("b1", ("aa", 3), queue, rejects);
         let v: serde_json::Value = serde_json::from_slice(&h.status(true)).unwrap();
         assert_eq!(

@@ -86,7 +86,11 @@ impl Scheduler {
     }
 
     fn width_rejects(&self) -> u64 {
-        self.rejects.by_kind().get("width").copied().unwrap_or(0)
+        self.rejects
+            .by_kind()
+            .get(&crate::input::RejectKind::Width)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// A deployed bundle whose first inputs all failed gives way to the one it replaced.

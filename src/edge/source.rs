@@ -25,6 +25,7 @@ use super::queue::BoundedQueue;
 use crate::files::IoError;
 use crate::input::images::{self, read_idx_images};
 use crate::input::vectors::parse_line;
+use crate::input::RejectKind;
 use crate::transport::frame::{self, FrameError, Input};
 use std::collections::HashMap;
 use std::io::{BufRead, Read};
@@ -96,7 +97,7 @@ impl TryFrom<String> for Source {
 pub struct Rejects {
     count: AtomicU64,
     /// Rejections per kind; the first of a kind is logged.
-    logged: Mutex<HashMap<String, u64>>,
+    logged: Mutex<HashMap<RejectKind, u64>>,
     /// 0: not known yet.
     line_width: std::sync::atomic::AtomicUsize,
 }
@@ -111,11 +112,11 @@ impl Rejects {
         Some(self.line_width.load(Ordering::Relaxed)).filter(|&w| w > 0)
     }
 
-    pub fn reject(&self, kind: &str, what: impl std::fmt::Display) {
+    pub fn reject(&self, kind: RejectKind, what: impl std::fmt::Display) {
         self.count.fetch_add(1, Ordering::Relaxed);
         let first = {
             let mut kinds = self.logged.lock().unwrap_or_else(|p| p.into_inner());
-            let n = kinds.entry(kind.to_string()).or_insert(0);
+            let n = kinds.entry(kind).or_insert(0);
             *n += 1;
             *n == 1
         };
@@ -129,7 +130,7 @@ impl Rejects {
     }
 
     /// Rejections so far, by kind.
-    pub fn by_kind(&self) -> HashMap<String, u64> {
+    pub fn by_kind(&self) -> HashMap<RejectKind, u64> {
         self.logged
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -268,7 +269,7 @@ fn watch(dir: &Path, queue: &BoundedQueue<Input>, rejects: &Rejects) {
                     }
                 }
                 Err(e) => {
-                    rejects.reject("bad image file", format_args!("{}: {e}", path.display()));
+                    rejects.reject(RejectKind::BadImageFile, format_args!("{}: {e}", path.display()));
                     move_or_remove(&path, &dir.join("rejected").join(&name));
                 }
             }
@@ -330,7 +331,7 @@ fn serve(
         };
         if open.load(Ordering::Relaxed) >= MAX_CONNECTIONS {
             rejects.reject(
-                "connection limit",
+                RejectKind::ConnectionLimit,
                 format_args!("a connection: {MAX_CONNECTIONS} are open already"),
             );
             continue;
@@ -421,7 +422,7 @@ fn read_lines(
         }
         if buf.len() > max_line && buf.last() != Some(&b'\n') {
             rejects.reject(
-                "oversized",
+                RejectKind::Oversized,
                 format_args!("line {number}: longer than {max_line} bytes"),
             );
             // Skip the rest of the line.
@@ -436,7 +437,7 @@ fn read_lines(
             continue;
         }
         let Ok(line) = std::str::from_utf8(&buf) else {
-            rejects.reject("utf-8", format_args!("line {number}: not UTF-8 text"));
+            rejects.reject(RejectKind::NotUtf8, format_args!("line {number}: not UTF-8 text"));
             continue;
         };
         match parse_line(line) {
@@ -446,7 +447,7 @@ fn read_lines(
                     .is_some_and(|w| w != sample.values.len()) =>
             {
                 rejects.reject(
-                    "width",
+                    RejectKind::Width,
                     format_args!(
                         "line {number}: {} values, the bundle takes {}",
                         sample.values.len(),
@@ -529,7 +530,7 @@ mod tests {
         assert_eq!(drain(&queue), vec![vec![1.0, 2.0], vec![5.0, 6.0]]);
         assert_eq!(rejects.count(), 2);
         // Counted, and logged once for the kind.
-        assert_eq!(rejects.by_kind().get("width"), Some(&2));
+        assert_eq!(rejects.by_kind().get(&RejectKind::Width), Some(&2));
     }
 
     #[test]

@@ -271,7 +271,7 @@ impl Decoding {
 }
 
 /// Why a result is refused before anything of it is revealed.
-#[derive(Debug, thiserror::Error, PartialEq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq)]
 pub enum Refusal {
     #[error("encrypted under key {found}, the bundle's key is {expected}")]
     WrongKey { found: String, expected: String },

@@ -15,6 +15,7 @@
 
 use crate::crypto::error::CryptoError;
 use crate::files::IoError;
+use crate::input::RejectKind;
 use crate::model::ModelError;
 use serde::{Deserialize, Serialize};
 
@@ -54,17 +55,17 @@ pub enum EngineError {
 }
 
 impl EngineError {
-    /// A short name for counting rejected inputs by kind.
-    pub fn kind(&self) -> &'static str {
+    /// What kind of rejected input this is.
+    pub fn kind(&self) -> RejectKind {
         match self {
-            EngineError::KeyMismatch(_) => "key mismatch",
-            EngineError::Malformed(_) => "malformed",
+            EngineError::KeyMismatch(_) => RejectKind::KeyMismatch,
+            EngineError::Malformed(_) => RejectKind::Malformed,
             EngineError::Features(_) | EngineError::Crypto(CryptoError::Features(_)) => {
-                "bad encrypted features"
+                RejectKind::BadEncryptedFeatures
             }
-            EngineError::Crypto(_) => "bad ciphertext",
+            EngineError::Crypto(_) => RejectKind::BadCiphertext,
             EngineError::Model(e) => e.kind(),
-            EngineError::Io(_) => "io",
+            EngineError::Io(_) => RejectKind::Io,
         }
     }
 }

@@ -2,7 +2,7 @@
 //! vectors it refuses.
 
 use crate::files::IoError;
-use crate::input::InputError;
+use crate::input::{InputError, RejectKind};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -24,15 +24,15 @@ pub enum ModelError {
 }
 
 impl ModelError {
-    /// A short name for counting rejected inputs by kind.
-    pub fn kind(&self) -> &'static str {
+    /// What kind of rejected input this is.
+    pub fn kind(&self) -> RejectKind {
         match self {
-            ModelError::Import(_) => "model import",
-            ModelError::Quantisation(_) => "quantisation",
+            ModelError::Import(_) => RejectKind::ModelImport,
+            ModelError::Quantisation(_) => RejectKind::Quantisation,
             ModelError::Features(f) => f.kind(),
-            ModelError::Extractor(_) => "feature extractor",
+            ModelError::Extractor(_) => RejectKind::FeatureExtractor,
             ModelError::Input(e) => e.kind(),
-            ModelError::Io(_) => "io",
+            ModelError::Io(_) => RejectKind::Io,
         }
     }
 }
@@ -61,14 +61,14 @@ pub enum FeatureFault {
 }
 
 impl FeatureFault {
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> RejectKind {
         match self {
             FeatureFault::WrongLength { .. } | FeatureFault::ExtractorInput { .. } => {
-                "wrong length"
+                RejectKind::WrongLength
             }
-            FeatureFault::NotFinite { .. } => "not finite",
-            FeatureFault::OutOfRange { .. } => "out of range",
-            FeatureFault::NoExtractor => "no extractor",
+            FeatureFault::NotFinite { .. } => RejectKind::NotFinite,
+            FeatureFault::OutOfRange { .. } => RejectKind::OutOfRange,
+            FeatureFault::NoExtractor => RejectKind::NoExtractor,
         }
     }
 }

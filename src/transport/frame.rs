@@ -16,6 +16,7 @@
 use crate::engine::{EdgeEngine, EncryptedFeatures, EngineError};
 use crate::files::IoError;
 use crate::input::images::Image;
+use crate::input::RejectKind;
 use std::io::{Read, Write};
 use thiserror::Error;
 
@@ -69,17 +70,17 @@ impl FrameError {
         )
     }
 
-    /// A short name for counting and logging once per kind.
-    pub fn kind(&self) -> &'static str {
+    /// What kind of rejected input this is (counted, and logged once per kind).
+    pub fn kind(&self) -> RejectKind {
         match self {
-            FrameError::Oversized { .. } => "oversized",
-            FrameError::Truncated => "truncated",
-            FrameError::Empty => "empty",
-            FrameError::UnknownKind(_) => "unknown kind",
-            FrameError::Ragged(_) => "ragged",
-            FrameError::BadImage { .. } => "bad image",
-            FrameError::Encrypted(_) => "bad ciphertext",
-            FrameError::Io(_) => "io",
+            FrameError::Oversized { .. } => RejectKind::Oversized,
+            FrameError::Truncated => RejectKind::Truncated,
+            FrameError::Empty => RejectKind::EmptyFrame,
+            FrameError::UnknownKind(_) => RejectKind::UnknownFrameKind,
+            FrameError::Ragged(_) => RejectKind::Ragged,
+            FrameError::BadImage { .. } => RejectKind::BadImage,
+            FrameError::Encrypted(_) => RejectKind::BadCiphertext,
+            FrameError::Io(_) => RejectKind::Io,
         }
     }
 }

@@ -27,7 +27,7 @@ pub const MAX_PAYLOAD: usize = 4 << 20;
 const SIGNED_DOMAIN: &[u8] = b"hedge result v3\0";
 
 /// Why a result message does not decode or verify.
-#[derive(Debug, thiserror::Error, PartialEq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq)]
 pub enum MessageError {
     #[error("result message of {len} bytes exceeds {MAX_PAYLOAD}")]
     Oversized { len: usize },

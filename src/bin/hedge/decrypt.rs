@@ -141,9 +141,10 @@ fn files(a: &Args, decryptor: &mut Decryptor, out: &mut Box<dyn Output>) -> Resu
                     path.display()
                 );
             }
-            Outcome::Refused { reason, .. } => {
+            Outcome::Refused { reason, name, .. } => {
                 failed += 1;
-                eprintln!("error: {}: refused: {reason}", path.display());
+                let name = name.map(|n| format!(" {n}")).unwrap_or_default();
+                eprintln!("error: {}:{name} refused: {reason}", path.display());
             }
         }
     }
