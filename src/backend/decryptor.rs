@@ -625,13 +625,12 @@ mod tests {
             m.encode()
         };
         let mut out: Vec<u8> = Vec::new();
-        let mut why = |topic: Option<&str>, payload: &[u8]| match d
-            .handle(topic, payload, &mut out)
-            .unwrap()
-        {
-            Outcome::Refused { reason, .. } => reason,
-            other => panic!("not refused: {other:?}"),
-        };
+        let mut why =
+            |topic: Option<&str>, payload: &[u8]| match d.handle(topic, payload, &mut out).unwrap()
+            {
+                Outcome::Refused { reason, .. } => reason,
+                other => panic!("not refused: {other:?}"),
+            };
         assert!(matches!(
             why(None, b"\x03garbage"),
             Refused::Message(MessageError::Undecodable(_))

@@ -38,14 +38,14 @@ pub mod watchdog;
 pub use error::EdgeError;
 pub use scheduler::Summary;
 
-use crate::transport::deploy::DeployState;
 use deploy::installed::{BundleRef, Installed};
+use deploy::rollout::Rollout;
 use deploy::Deployments;
 use inference::Inference;
 use notify::Notifier;
 use queue::BoundedQueue;
 use reload::{Reload, Reloader};
-use scheduler::{Probation, Scheduler};
+use scheduler::Scheduler;
 use settings::Settings;
 use shutdown::Shutdown;
 use sink::Sink;
@@ -89,8 +89,15 @@ pub fn run(settings: Settings, reloader: Reloader) -> Result<Summary, EdgeError>
         state.clone(),
         health.clone(),
     ));
+    let mut rollout = Rollout::new(match &start.sink {
+        settings::SinkSettings::Broker { mqtt, .. } => mqtt.rollback_after_failures,
+        settings::SinkSettings::Files { .. } => 1,
+    });
+    if let Some((deployment, previous)) = previous {
+        rollout.resume(deployment, previous);
+    }
     if let Some((deployment, why)) = rolled_back {
-        deployments.report(deployment, DeployState::RolledBack, (0, 0), Some(why));
+        rollout.rolled_back_at_start(deployment, why);
     }
     let sink = Sink::open(&settings, health.clone(), deployments.clone(), &trust)?;
     let _acquisition = source::start(
@@ -106,10 +113,6 @@ pub fn run(settings: Settings, reloader: Reloader) -> Result<Summary, EdgeError>
         shutdown.clone(),
         start.watchdog_max_inference,
     )?;
-    let rollback_after = match &start.sink {
-        settings::SinkSettings::Broker { mqtt, .. } => mqtt.rollback_after_failures.max(1),
-        settings::SinkSettings::Files { .. } => 1,
-    };
     notifier.send(&format!("READY=1\nSTATUS=running {}", inference.describe()));
     Scheduler {
         settings,
@@ -119,13 +122,7 @@ pub fn run(settings: Settings, reloader: Reloader) -> Result<Summary, EdgeError>
         sink,
         health,
         reload: Reload::new(reloader, state, deployments.clone(), trust),
-        rollback_after,
-        probation: previous.map(|(deployment, previous)| Probation {
-            deployment,
-            previous: Box::new(previous),
-            width_rejects_before: 0,
-            failed_inferences: 0,
-        }),
+        rollout,
         deployments,
         shutdown,
         heartbeat,
@@ -133,10 +130,6 @@ pub fn run(settings: Settings, reloader: Reloader) -> Result<Summary, EdgeError>
     }
     .run()
 }
-
-/// Starts with a deployed bundle that has not yet produced a result, before it is rolled
-/// back: it may be what brings the daemon down (a crash, the OOM killer).
-const MAX_PROBATION_STARTS: u32 = 3;
 
 /// The bundle to run: the deployed one if installed (with the one it replaced, while it has
 /// not yet inferred), else the configured one. A deployed bundle that no longer loads, or that
@@ -184,7 +177,7 @@ fn load_running(
     };
     if !active.confirmed {
         let starts = installed.count_start()?;
-        if starts > MAX_PROBATION_STARTS {
+        if Rollout::<Inference>::gives_up_at_start(starts) {
             return fall_back(format!(
                 "{} starts without a first result: rolled back",
                 starts - 1

@@ -1,6 +1,7 @@
 //! The scheduler: one encrypted inference at a time on this thread (no thread pool), from
 //! the acquisition queue to the sink, switching bundles between two inferences on a reload.
 
+use super::deploy::rollout::{Rollout, Step};
 use super::deploy::Deployments;
 use super::error::EdgeError;
 use super::inference::Inference;
@@ -28,24 +29,11 @@ pub struct Scheduler {
     pub health: Arc<super::health::Health>,
     pub reload: Reload,
     pub deployments: Arc<Deployments>,
-    /// A deployed bundle whose first this-many inputs all fail is rolled back.
-    pub rollback_after: u32,
-    /// A deployed bundle not yet proven, with the one it replaced.
-    pub probation: Option<Probation>,
+    /// The deployment being swapped in or on probation: what to report, keep or roll back.
+    pub rollout: Rollout<Inference>,
     pub shutdown: Arc<Shutdown>,
     pub heartbeat: Arc<Heartbeat>,
     pub notifier: Arc<Notifier>,
-}
-
-/// A newly deployed bundle until its first inference succeeds.
-pub struct Probation {
-    pub deployment: u64,
-    /// What a rollback returns to.
-    pub previous: Box<Inference>,
-    /// Inputs the source refused for their width before it took over: those refused after
-    /// count against it (the bundle does not fit the data), other malformed input does not.
-    pub width_rejects_before: u64,
-    pub failed_inferences: u64,
 }
 
 /// How a run ended.
@@ -69,22 +57,6 @@ impl Scheduler {
             .send(&format!("STATUS=running {}", self.inference.describe()));
     }
 
-    /// A deployed bundle's first inference succeeded: it stays (the previous one is let go),
-    /// and its epoch becomes the board's newest.
-    fn confirm_deployment(&mut self) -> Result<(), EdgeError> {
-        let Some(p) = self.probation.take() else {
-            return Ok(());
-        };
-        self.reload.accept_epoch(self.inference.epoch)?;
-        self.deployments.installed.confirm()?;
-        log::info!(
-            "deployment {}: bundle {} confirmed by its first inference",
-            p.deployment,
-            self.inference.bundle_id
-        );
-        Ok(())
-    }
-
     fn width_rejects(&self) -> u64 {
         self.rejects
             .by_kind()
@@ -93,39 +65,52 @@ impl Scheduler {
             .unwrap_or(0)
     }
 
-    /// A deployed bundle whose first inputs all failed gives way to the one it replaced.
-    fn roll_back_if_failing(&mut self) {
-        let Some(p) = &self.probation else {
-            return;
-        };
-        let failed =
-            p.failed_inferences + self.width_rejects().saturating_sub(p.width_rejects_before);
-        if failed < self.rollback_after as u64 {
-            return;
+    /// Carry out what the rollout decided: the one place a deployment's state changes are
+    /// reported from once its payload is fetched.
+    fn carry_out(&mut self, step: Step<Inference>) -> Result<(), EdgeError> {
+        match step {
+            Step::Report {
+                deployment,
+                state,
+                reason,
+            } => self.deployments.report(deployment, state, (0, 0), reason),
+            Step::Confirm { deployment } => {
+                self.reload.accept_epoch(self.inference.epoch)?;
+                self.deployments.installed.confirm()?;
+                log::info!(
+                    "deployment {deployment}: bundle {} confirmed by its first inference",
+                    self.inference.bundle_id
+                );
+            }
+            Step::RollBack {
+                deployment,
+                previous,
+                why,
+            } => {
+                let bad = std::mem::replace(&mut self.inference, previous);
+                let why = format!("{why}; back to bundle {}", self.inference.bundle_id);
+                log::error!(
+                    "deployment {deployment}: bundle {} rolled back: {why}",
+                    bad.bundle_id
+                );
+                if let Err(e) = self.deployments.installed.roll_back(&self.inference.source) {
+                    log::error!("cannot record the rollback: {e}");
+                }
+                self.switched();
+                self.deployments
+                    .report(deployment, DeployState::RolledBack, (0, 0), Some(why));
+            }
         }
-        let p = self.probation.take().expect("probation");
-        let bad = std::mem::replace(&mut self.inference, *p.previous);
-        let why = format!(
-            "its first {failed} input(s) failed; back to bundle {}",
-            self.inference.bundle_id
-        );
-        log::error!(
-            "deployment {}: bundle {} rolled back: {why}",
-            p.deployment,
-            bad.bundle_id
-        );
-        if let Err(e) = self.deployments.installed.roll_back(&self.inference.source) {
-            log::error!("cannot record the rollback: {e}");
-        }
-        self.switched();
-        self.deployments
-            .report(p.deployment, DeployState::RolledBack, (0, 0), Some(why));
+        Ok(())
     }
 
     pub fn run(mut self) -> Result<Summary, EdgeError> {
         let device = self.settings.start_up.device_id.clone();
         let mut done = 0u64;
         loop {
+            if let Some(step) = self.rollout.take_pending() {
+                self.carry_out(step)?;
+            }
             self.heartbeat.beat();
             if self.shutdown.stopping() {
                 self.notifier.send("STOPPING=1\nSTATUS=draining");
@@ -136,7 +121,7 @@ impl Scheduler {
             }
             // One deployment at a time: the next waits until this one has proved itself (or
             // rolled back) and no load is under way.
-            if self.probation.is_none() && self.reload.is_idle() {
+            if self.rollout.can_take_next() && self.reload.is_idle() {
                 if let Some(candidate) = self.deployments.take_candidate() {
                     self.reload.start_deployment(
                         candidate,
@@ -152,22 +137,19 @@ impl Scheduler {
                     deployment,
                     previous,
                 } => {
-                    self.probation = Some(Probation {
-                        deployment,
-                        previous,
-                        width_rejects_before: self.width_rejects(),
-                        failed_inferences: 0,
-                    });
+                    let width_rejects = self.width_rejects();
+                    let step = self.rollout.activated(deployment, *previous, width_rejects);
                     self.switched();
-                    self.deployments
-                        .report(deployment, DeployState::Active, (0, 0), None);
+                    self.carry_out(step)?;
                 }
                 Applied::Refused { deployment, why } => {
-                    self.deployments
-                        .report(deployment, DeployState::Failed, (0, 0), Some(why))
+                    let step = self.rollout.refused(deployment, why);
+                    self.carry_out(step)?;
                 }
             }
-            self.roll_back_if_failing();
+            if let Some(step) = self.rollout.check(self.width_rejects()) {
+                self.carry_out(step)?;
+            }
             let input = match self.queue.pop(Duration::from_millis(200)) {
                 Pop::Item(v) => v,
                 Pop::Empty => continue,
@@ -180,14 +162,14 @@ impl Scheduler {
                 Ok(r) => r,
                 Err(e) => {
                     self.rejects.reject(e.kind(), format_args!("an input: {e}"));
-                    if let Some(p) = &mut self.probation {
-                        p.failed_inferences += 1;
-                    }
+                    self.rollout.inference_failed();
                     continue;
                 }
             };
             done += 1;
-            self.confirm_deployment()?;
+            if let Some(step) = self.rollout.inferred() {
+                self.carry_out(step)?;
+            }
             self.health.inferred(inferred.extract + inferred.infer);
             let bundle_id = &self.inference.bundle_id;
             let message = |seq| ResultMessage {

@@ -269,7 +269,10 @@ fn watch(dir: &Path, queue: &BoundedQueue<Input>, rejects: &Rejects) {
                     }
                 }
                 Err(e) => {
-                    rejects.reject(RejectKind::BadImageFile, format_args!("{}: {e}", path.display()));
+                    rejects.reject(
+                        RejectKind::BadImageFile,
+                        format_args!("{}: {e}", path.display()),
+                    );
                     move_or_remove(&path, &dir.join("rejected").join(&name));
                 }
             }
@@ -437,7 +440,10 @@ fn read_lines(
             continue;
         }
         let Ok(line) = std::str::from_utf8(&buf) else {
-            rejects.reject(RejectKind::NotUtf8, format_args!("line {number}: not UTF-8 text"));
+            rejects.reject(
+                RejectKind::NotUtf8,
+                format_args!("line {number}: not UTF-8 text"),
+            );
             continue;
         };
         match parse_line(line) {

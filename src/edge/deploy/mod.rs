@@ -4,9 +4,14 @@
 //!
 //! A deployment's life on a board: offered → downloading → verifying → active, or failed
 //! (offer, transfer, checks), rolled back (its first inferences failed) or cancelled.
+//! The transfer's states (offered, downloading, verifying, cancelled, failed transfers) are
+//! the [`Deployer`]'s; from the fetched payload on, [`rollout::Rollout`] decides (active,
+//! failed checks, confirmed, rolled back) and the scheduler carries out and reports what it
+//! decides.
 
 pub mod download;
 pub mod installed;
+pub mod rollout;
 
 use super::health::Health;
 use super::state::State;
