@@ -5,46 +5,26 @@
 //!   cargo bench --bench decrypt [-- FILTER]
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use hedge::crypto::keys::{self, EdgeKeys};
-use hedge::crypto::lut::Activation;
+use hedge::crypto::keys;
 use hedge::crypto::params::{ParameterSet, SecurityLevel};
-use hedge::engine::{decrypt, phases, Decoding, EdgeEngine, EncryptedModel, ModelInfo};
-use hedge::model::quant::{QuantModel, Variant};
+use hedge::engine::synthetic::{Protected, Task};
+use hedge::engine::{decrypt, phases};
+use hedge::model::quant::Variant;
 use hedge::model::synth;
 use std::time::Duration;
 
 fn decryption(c: &mut Criterion) {
     let params = ParameterSet::for_level(SecurityLevel::L128);
     let ks = keys::generate(params);
-    let edge_keys = EdgeKeys {
-        public: ks.public.clone(),
-        evaluation: Some(ks.evaluation.clone()),
-    };
-    let task = synth::Task::new(42, 2304, 10);
-    let calibration: Vec<Vec<f32>> = task
-        .samples(42 + synth::CALIBRATION_STREAM, 200)
-        .into_iter()
-        .map(|s| s.0)
-        .collect();
-    let input = task.samples(42 + synth::BENCH_STREAM, 1).remove(0).0;
+    let task = Task::paper();
+    let input = task.task.samples(42 + synth::BENCH_STREAM, 1).remove(0).0;
     let mut group = c.benchmark_group("decrypt_128");
     for variant in [Variant::Last, Variant::Noact, Variant::Act] {
-        let activation = (variant != Variant::Noact).then_some(Activation::Relu);
-        let model = synth::classifier(42, &task, 512, activation);
-        let q = QuantModel::quantize(&model, variant, None, &calibration, &params)
-            .expect("the fixed-seed model quantises");
-        let (encrypted, checks) = EncryptedModel::encrypt(&q, &ks.secret).expect("encrypts");
-        let decoding = Decoding::new(&q, &params, ks.secret.key_id, &checks)
-            .and_then(|d| d.refusing(&encrypted))
-            .expect("decoding");
-        let mut engine = EdgeEngine::new(
-            ModelInfo::of(&q),
-            params,
-            ks.secret.key_id,
-            &edge_keys,
-            &encrypted,
-        )
-        .expect("engine");
+        let Protected {
+            decoding,
+            mut engine,
+            ..
+        } = Protected::new(&ks, params, task.model(variant, &params));
         let result = engine.infer_plain(&input).expect("inference");
         decrypt(&result, &decoding, &ks.secret).expect("a genuine result passes");
         group.bench_function(BenchmarkId::new("phases", variant.name()), |b| {

@@ -6,44 +6,22 @@
 //!   cargo bench --bench inference [-- FILTER]     (e.g. `-- last`; the act cells take minutes)
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use hedge::crypto::keys::{self, EdgeKeys};
-use hedge::crypto::lut::Activation;
+use hedge::crypto::keys;
 use hedge::crypto::params::{ParameterSet, SecurityLevel};
-use hedge::engine::{EdgeEngine, EncryptedModel, ModelInfo};
-use hedge::model::quant::{QuantModel, Variant};
+use hedge::engine::synthetic::{Protected, Task};
+use hedge::model::quant::Variant;
 use hedge::model::synth;
 use std::time::Duration;
 
 fn inference(c: &mut Criterion) {
     let params = ParameterSet::for_level(SecurityLevel::L128);
     let ks = keys::generate(params);
-    let edge_keys = EdgeKeys {
-        public: ks.public.clone(),
-        evaluation: Some(ks.evaluation.clone()),
-    };
-    let task = synth::Task::new(42, 2304, 10);
-    let calibration: Vec<Vec<f32>> = task
-        .samples(42 + synth::CALIBRATION_STREAM, 200)
-        .into_iter()
-        .map(|s| s.0)
-        .collect();
-    let input = task.samples(42 + synth::BENCH_STREAM, 1).remove(0).0;
+    let task = Task::paper();
+    let input = task.task.samples(42 + synth::BENCH_STREAM, 1).remove(0).0;
 
     let mut group = c.benchmark_group("inference_128");
     for variant in [Variant::Last, Variant::Noact, Variant::Act] {
-        let activation = (variant != Variant::Noact).then_some(Activation::Relu);
-        let model = synth::classifier(42, &task, 512, activation);
-        let q = QuantModel::quantize(&model, variant, None, &calibration, &params)
-            .expect("the fixed-seed model quantises");
-        let (encrypted, _checks) = EncryptedModel::encrypt(&q, &ks.secret).expect("encrypts");
-        let mut engine = EdgeEngine::new(
-            ModelInfo::of(&q),
-            params,
-            ks.secret.key_id,
-            &edge_keys,
-            &encrypted,
-        )
-        .expect("loads");
+        let mut engine = Protected::new(&ks, params, task.model(variant, &params)).engine;
         let name = format!("{variant:?}").to_lowercase();
         // Fewer, longer samples for the slow cells (criterion's minimum is 10).
         let (samples, time) = match variant {

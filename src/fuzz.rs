@@ -4,12 +4,11 @@
 //! accept input that its own checks should refuse (the assertions below).
 
 use crate::bundle::{sign_body, EdgeBundle};
-use crate::crypto::keys::{self, EdgeKeys, KeySet};
-use crate::crypto::lut::Activation;
+use crate::crypto::keys::{self, KeySet};
 use crate::crypto::params::{ParameterSet, SecurityLevel};
-use crate::engine::{decrypt, Decoding, EdgeEngine, EncryptedModel, ModelInfo};
+use crate::engine::{decrypt, Decoding, EdgeEngine};
 use crate::input::{images, vectors};
-use crate::model::quant::{QuantModel, Variant};
+use crate::model::quant::Variant;
 use crate::model::synth;
 use crate::transport::ack::Ack;
 use crate::transport::frame::{self, Input};
@@ -51,42 +50,18 @@ fn fixture() -> &'static Fixture {
     FIXTURE.get_or_init(|| {
         let params = ParameterSet::for_level(SecurityLevel::L128);
         let keys = keys::generate(params);
-        let task = synth::Task::new(5, 48, 10);
-        let linear = synth::classifier(5, &task, 24, None);
-        let relu = synth::classifier(5, &task, 24, Some(Activation::Relu));
-        let calibration: Vec<Vec<f32>> = task.samples(20, 100).into_iter().map(|s| s.0).collect();
-        let quantised = |variant| {
-            let model = if variant == Variant::Noact {
-                &linear
-            } else {
-                &relu
-            };
-            QuantModel::quantize(model, variant, None, &calibration, &params)
-                .expect("the synthetic model quantises")
-        };
+        let task = crate::engine::synthetic::Task::small();
         let decodings = [Variant::Last, Variant::Noact, Variant::Act]
             .into_iter()
             .map(|v| {
-                let q = quantised(v);
+                let q = task.model(v, &params);
                 let checks = crate::engine::ResultChecks::draw(&q, &params, &mut rand::rngs::OsRng)
                     .expect("checks");
                 Decoding::new(&q, &params, keys.secret.key_id, &checks).expect("a decoding")
             })
             .collect();
-        let q = quantised(Variant::Noact);
-        let (encrypted, _) = EncryptedModel::encrypt(&q, &keys.secret).expect("encrypts");
-        let edge_keys = EdgeKeys {
-            public: keys.public.clone(),
-            evaluation: None,
-        };
-        let engine = EdgeEngine::new(
-            ModelInfo::of(&q),
-            params,
-            keys.secret.key_id,
-            &edge_keys,
-            &encrypted,
-        )
-        .expect("an engine");
+        let q = task.model(Variant::Noact, &params);
+        let engine = crate::engine::synthetic::Protected::new(&keys, params, q).engine;
         Fixture {
             keys,
             decodings,

@@ -4,9 +4,10 @@
 use hedge::crypto::keys;
 use hedge::crypto::lut::Activation;
 use hedge::crypto::params::{ParameterSet, SecurityLevel};
-use hedge::engine::{decrypt, Decoding, EdgeEngine, EncryptedModel, ModelInfo, Refusal};
+use hedge::engine::synthetic::{Protected, Task};
+use hedge::engine::{decrypt, Decoding, EdgeEngine, EncryptedModel, Refusal};
+use hedge::model::argmax;
 use hedge::model::quant::{QuantModel, Variant};
-use hedge::model::{argmax, synth};
 use hedge::transport::frame::{self, Input};
 
 fn run(variant: Variant, activation: Option<Activation>, inputs: usize) {
@@ -24,31 +25,16 @@ fn run_with(
     let shipped = ParameterSet::for_level(SecurityLevel::L128);
     let ks = keys::generate(shipped);
     let params = shipped.with_pbs_levels(levels).unwrap();
-    let task = synth::Task::new(5, 48, 10);
-    let model = synth::classifier(5, &task, 24, activation);
-    let calib: Vec<Vec<f32>> = task.samples(20, 100).into_iter().map(|s| s.0).collect();
-    let q = match variant {
-        Variant::Act => QuantModel::quantize_act(&model, None, &calib, &params, per_table),
-        _ => QuantModel::quantize(&model, variant, None, &calib, &params),
-    }
-    .unwrap();
-    let (enc, checks) = EncryptedModel::encrypt(&q, &ks.secret).unwrap();
-    let evaluation = ks.evaluation.with_bootstrap_gadget(&ks.secret, &params);
-    let edge_keys = keys::EdgeKeys {
-        public: ks.public.clone(),
-        evaluation: Some(evaluation),
-    };
-    let mut engine = EdgeEngine::new(
-        ModelInfo::of(&q),
-        params,
-        ks.secret.key_id,
-        &edge_keys,
-        &enc,
-    )
-    .unwrap();
+    let task = Task::small();
+    let q = task.quantised(variant, activation, &params, per_table);
+    let Protected {
+        q,
+        mut engine,
+        decoding,
+        ..
+    } = Protected::new(&ks, params, q);
     let bound = q.act_score_bound(&params);
-    let decoding = Decoding::new(&q, &params, ks.secret.key_id, &checks).unwrap();
-    for (x, _) in task.samples(21, inputs) {
+    for (x, _) in task.task.samples(21, inputs) {
         let reference = q.reference(&q.input.quantize(&x).unwrap());
         // The streamed frame is the same bytes as the framed struct (same length, decodes).
         let mut streamed = Vec::new();
@@ -224,38 +210,22 @@ struct LastFixture {
     enc: EncryptedModel,
     engine: EdgeEngine,
     decoding: Decoding,
-    task: synth::Task,
+    task: hedge::model::synth::Task,
 }
 
 fn last_fixture() -> LastFixture {
     let params = ParameterSet::for_level(SecurityLevel::L128);
     let ks = keys::generate(params);
-    let task = synth::Task::new(5, 48, 10);
-    let model = synth::classifier(5, &task, 24, Some(Activation::Relu));
-    let calib: Vec<Vec<f32>> = task.samples(20, 100).into_iter().map(|s| s.0).collect();
-    let q = QuantModel::quantize(&model, Variant::Last, None, &calib, &params).unwrap();
-    let (enc, checks) = EncryptedModel::encrypt(&q, &ks.secret).unwrap();
-    assert_eq!(checks.strength_bits(), 20);
-    let edge_keys = keys::EdgeKeys {
-        public: ks.public.clone(),
-        evaluation: None,
-    };
-    let engine = EdgeEngine::new(
-        ModelInfo::of(&q),
-        params,
-        ks.secret.key_id,
-        &edge_keys,
-        &enc,
-    )
-    .unwrap();
-    let decoding = Decoding::new(&q, &params, ks.secret.key_id, &checks).unwrap();
+    let task = Task::small();
+    let p = Protected::new(&ks, params, task.model(Variant::Last, &params));
+    assert_eq!(p.decoding.checks.strength_bits(), 20);
     LastFixture {
         ks,
-        q,
-        enc,
-        engine,
-        decoding,
-        task,
+        q: p.q,
+        enc: p.encrypted,
+        engine: p.engine,
+        decoding: p.decoding,
+        task: task.task,
     }
 }
 

@@ -25,6 +25,8 @@ pub mod edge;
 #[cfg(any(feature = "backend", test))]
 mod encrypt;
 pub mod model;
+#[cfg(all(feature = "test-support", feature = "backend"))]
+pub mod synthetic;
 
 #[cfg(any(feature = "backend", test))]
 pub use decrypt::{
