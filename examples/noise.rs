@@ -19,12 +19,12 @@ fn main() {
         .collect();
     let mut x: Vec<i64> = (0..inp).map(|_| rng.gen_range(0..=31)).collect();
     x.push(1);
-    let layout = PackedLayout::new(p.wide.poly_size, out, inp + 1).unwrap();
+    let layout = PackedLayout::new(p.wide.poly_size.0, out, inp + 1).unwrap();
     let delta = 1u64 << 39;
     {
         // Public-key encryption noise, and one external product by GGSW(1) of a fresh GLWE(0).
         let mut pk = ks.public.wide.prepare().unwrap();
-        let n = p.wide.poly_size;
+        let n = p.wide.poly_size.0;
         let ct = pk.encrypt_glwe(&vec![0u64; n]);
         let rms = |ct: &GlweCiphertextOwned<u64>| {
             let mut pt = PlaintextList::new(0u64, PlaintextCount(n));
@@ -118,7 +118,7 @@ fn main() {
             .map(|j| (0..=inp).map(|i| w[j * (inp + 1) + i] * x[i]).sum())
             .collect();
         let report = |label: &str, ct: &GlweCiphertextOwned<u64>| {
-            let mut pt = PlaintextList::new(0u64, PlaintextCount(p.wide.poly_size));
+            let mut pt = PlaintextList::new(0u64, PlaintextCount(p.wide.poly_size.0));
             decrypt_glwe_ciphertext(&ks.secret.wide, ct, &mut pt);
             let errs: Vec<f64> = (0..out)
                 .map(|j| {
@@ -135,7 +135,7 @@ fn main() {
         };
         report("plaintext features", &m.mul_plain(&x)[0]);
         let mut pk = ks.public.wide.prepare().unwrap();
-        let mut engine = FftEngine::new(p.wide.poly_size);
+        let mut engine = FftEngine::new(p.wide.poly_size.0);
         let t = std::time::Instant::now();
         let enc = m
             .mul_encrypting(&mut pk, &x, p.features_wide, &mut engine)

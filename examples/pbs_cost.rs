@@ -25,7 +25,7 @@ fn time<F: FnMut()>(label: &str, reps: usize, mut f: F) -> f64 {
 
 fn main() {
     let p = ParameterSet::for_level(SecurityLevel::L128);
-    let n_big = PolynomialSize(p.pbs_glwe.poly_size);
+    let n_big = p.pbs_glwe.poly_size;
     let mut seeder = OsSeeder;
     let mut sgen = SecretRandomGenerator::<DefaultRandomGenerator>::new(seeder.seed());
     let mut egen =
@@ -43,7 +43,7 @@ fn main() {
         (&[1usize, 2, 3][..], reps_arg.unwrap_or(10))
     };
     for &g in groupings {
-        let n = p.lwe_dim / g * g;
+        let n = p.lwe_dim.0 / g * g;
         let lwe = LweSecretKey::generate_new_binary(LweDimension(n), &mut sgen);
         let ct = allocate_and_encrypt_new_lwe_ciphertext(
             &lwe,

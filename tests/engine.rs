@@ -136,7 +136,7 @@ fn crafted_results_are_refused_before_anything_is_revealed() {
     let x = &task.samples(21, 1)[0].0;
     let genuine = engine.infer_plain(x).unwrap();
     decrypt(&genuine, &decoding, &ks.secret).unwrap();
-    let n = params.wide.poly_size;
+    let n = params.wide.poly_size.0;
     let delta = q.delta_out;
     let with_part = |f: &dyn Fn(&mut Vec<u64>)| {
         let mut r = genuine.clone();
@@ -237,7 +237,7 @@ fn last_fixture() -> LastFixture {
 #[test]
 fn changed_and_forged_results_fail_their_checks() {
     let mut f = last_fixture();
-    let (n, delta) = (f.ks.secret.params.wide.poly_size, f.q.delta_out);
+    let (n, delta) = (f.ks.secret.params.wide.poly_size.0, f.q.delta_out);
     let decrypt_ = |r: &hedge::engine::ResultCiphertext| decrypt(r, &f.decoding, &f.ks.secret);
     let samples = f.task.samples(21, 3);
     let honest: Vec<_> = samples

@@ -124,14 +124,14 @@ impl SecretKeys {
             params: p,
             key_id: f.key_id,
             wide: GlweSecretKey::from_container(
-                unpack_bits(&f.wide, p.wide.poly_size)?,
-                PolynomialSize(p.wide.poly_size),
+                unpack_bits(&f.wide, p.wide.poly_size.0)?,
+                p.wide.poly_size,
             ),
             pbs: GlweSecretKey::from_container(
-                unpack_bits(&f.pbs, p.pbs_glwe.poly_size)?,
-                PolynomialSize(p.pbs_glwe.poly_size),
+                unpack_bits(&f.pbs, p.pbs_glwe.poly_size.0)?,
+                p.pbs_glwe.poly_size,
             ),
-            lwe: LweSecretKey::from_container(unpack_bits(&f.lwe, p.lwe_dim)?),
+            lwe: LweSecretKey::from_container(unpack_bits(&f.lwe, p.lwe_dim.0)?),
         })
     }
 
@@ -226,8 +226,8 @@ impl EvaluationKeys {
 
     /// Expand the seeded keys: Fourier bootstrapping key and full key-switching key.
     pub fn prepare(&self, p: &ParameterSet) -> Result<PreparedEvaluationKeys> {
-        let n = PolynomialSize(p.pbs_glwe.poly_size);
-        let bsk_len = p.lwe_dim * 2 * p.pbs.level * n.0;
+        let n = p.pbs_glwe.poly_size;
+        let bsk_len = p.lwe_dim.0 * 2 * p.pbs.level * n.0;
         let ksk_len = n.0 * p.ks.level;
         if self.bsk.0.len() != bsk_len || self.ksk.0.len() != ksk_len {
             return Err(CryptoError::Shape(format!(
@@ -268,7 +268,7 @@ impl EvaluationKeys {
             ksk_bodies,
             DecompositionBaseLog(p.ks.base_log),
             DecompositionLevelCount(p.ks.level),
-            LweSize(p.lwe_dim + 1),
+            LweSize(p.lwe_dim.0 + 1),
             self.ksk_seed.clone(),
             CiphertextModulus::<KsScalar>::new_native(),
         );
@@ -316,15 +316,15 @@ pub fn generate(params: ParameterSet) -> KeySet {
     let mut secret_gen = SecretRandomGenerator::<DefaultRandomGenerator>::new(seeder.seed());
     let wide = GlweSecretKey::generate_new_binary(
         GlweDimension(1),
-        PolynomialSize(params.wide.poly_size),
+        params.wide.poly_size,
         &mut secret_gen,
     );
     let pbs = GlweSecretKey::generate_new_binary(
         GlweDimension(1),
-        PolynomialSize(params.pbs_glwe.poly_size),
+        params.pbs_glwe.poly_size,
         &mut secret_gen,
     );
-    let lwe = LweSecretKey::generate_new_binary(LweDimension(params.lwe_dim), &mut secret_gen);
+    let lwe = LweSecretKey::generate_new_binary(params.lwe_dim, &mut secret_gen);
 
     let public = PublicKeys {
         params,

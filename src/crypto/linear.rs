@@ -436,7 +436,7 @@ impl EncryptedGgswRows {
         decomp: DecompParams,
         delta: u64,
     ) -> Result<Self> {
-        let n = glwe.poly_size;
+        let n = glwe.poly_size.0;
         if in_dim > n {
             return Err(CryptoError::Unsupported(format!(
                 "noact second layer with {in_dim} inputs exceeds polynomial size {n}"
@@ -644,7 +644,7 @@ mod tests {
                 .collect();
             let mut x: Vec<i64> = (0..inp).map(|_| rng.gen_range(-128..=127)).collect();
             x.push(1);
-            let layout = PackedLayout::new(p.wide.poly_size, out, inp + 1).unwrap();
+            let layout = PackedLayout::new(p.wide.poly_size.0, out, inp + 1).unwrap();
             let delta = 1u64 << 40;
             let m = EncryptedMatrix::encrypt(
                 &ks.secret.wide,
@@ -692,7 +692,7 @@ mod tests {
         let h: Vec<i64> = (0..inp).map(|_| rng.gen_range(-5000..=5000)).collect();
         let delta = 1u64 << 30;
         // h at coefficients 0..512 with garbage above, as a packed layer leaves it.
-        let n = p.wide.poly_size;
+        let n = p.wide.poly_size.0;
         let mut msg: Vec<u64> = (0..n).map(|_| rng.gen()).collect();
         for (i, v) in h.iter().enumerate() {
             msg[i] = (*v as u64).wrapping_mul(delta);

@@ -152,7 +152,7 @@ impl EncryptedLuts {
         hidden: usize,
         delta_out: u64,
     ) -> Self {
-        let n = glwe.poly_size;
+        let n = glwe.poly_size.0;
         assert_eq!(w2.len(), out_dim * hidden);
         assert!(map.window * map.per_table <= n);
         assert_eq!(zero_slots.len(), hidden);
@@ -413,7 +413,7 @@ mod tests {
         let level = params.security;
         let set = keys::generate(params);
         let eval = set.evaluation.prepare(&params).unwrap();
-        let n = PolynomialSize(params.pbs_glwe.poly_size);
+        let n = params.pbs_glwe.poly_size;
         let two_n = 2 * n.0 as u64;
         let slot = (1u128 << 64) / two_n as u128;
         let big_key = LweSecretKey::from_container(set.secret.pbs.as_ref());

@@ -47,14 +47,14 @@ pub fn encryption_generator() -> EncryptionRandomGenerator<DefaultRandomGenerato
     EncryptionRandomGenerator::new(seed, &mut seeder)
 }
 
-/// Encrypt `plain` (a whole number of polynomials of `glwe.poly_size` coefficients) as a
+/// Encrypt `plain` (a whole number of polynomials of `glwe.poly_size.0` coefficients) as a
 /// seeded GLWE list under `sk`: returns the compression seed and the bodies.
 pub fn encrypt_seeded_glwes(
     sk: &GlweSecretKeyOwned<u64>,
     glwe: params::GlweParams,
     plain: Vec<u64>,
 ) -> (CompressionSeed, Vec<u64>) {
-    let n = glwe.poly_size;
+    let n = glwe.poly_size.0;
     assert_eq!(plain.len() % n, 0);
     let mut seeder = OsSeeder;
     let mut list = SeededGlweCiphertextList::new(

@@ -26,6 +26,7 @@
 //! (key switching + modulus switching) and its failure probability from the formulas below.
 
 use serde::{Deserialize, Serialize};
+pub use tfhe::core_crypto::prelude::{LweDimension, PolynomialSize};
 use std::fmt;
 
 /// Security level in bits.
@@ -152,7 +153,7 @@ impl fmt::Display for SecurityLevel {
 /// An RLWE (GLWE with k = 1) shape: polynomial size and noise.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct GlweParams {
-    pub poly_size: usize,
+    pub poly_size: PolynomialSize,
     /// log2 of the noise standard deviation on the 2^64 scale.
     pub log2_std: f64,
 }
@@ -180,7 +181,7 @@ pub struct ParameterSet {
     /// Shape of the bootstrap accumulator; also used for layer 1 of variant `act`.
     pub pbs_glwe: GlweParams,
     /// Small LWE dimension n (the bootstrap's input key).
-    pub lwe_dim: usize,
+    pub lwe_dim: LweDimension,
     pub lwe_log2_std: f64,
     pub pbs: DecompParams,
     pub ks: DecompParams,
@@ -197,18 +198,18 @@ impl ParameterSet {
             SecurityLevel::L128 => Self {
                 security: level,
                 wide: GlweParams {
-                    poly_size: 4096,
+                    poly_size: PolynomialSize(4096),
                     log2_std: 2.0,
                 },
                 // σ 2^14.6: 0.55 bit above the current 128-bit line at N = 2048 (was 2^12.5,
                 // 1.5 bits below it); the output noise hardly moves (truncation and FFT
                 // dominate).
                 pbs_glwe: GlweParams {
-                    poly_size: 2048,
+                    poly_size: PolynomialSize(2048),
                     log2_std: 14.6,
                 },
                 // n 930 at σ/q 2^-20.7: 0.52 bit above the line (880 was 0.76 below).
-                lwe_dim: 930,
+                lwe_dim: LweDimension(930),
                 lwe_log2_std: 43.3,
                 pbs: DecompParams {
                     base_log: 23,
@@ -234,16 +235,16 @@ impl ParameterSet {
             SecurityLevel::L192 => Self {
                 security: level,
                 wide: GlweParams {
-                    poly_size: 4096,
+                    poly_size: PolynomialSize(4096),
                     log2_std: 2.0,
                 },
                 pbs_glwe: GlweParams {
-                    poly_size: 4096,
+                    poly_size: PolynomialSize(4096),
                     log2_std: 2.0,
                 },
                 // n 1420 at σ/q 2^-21.6: 0.96 bit above the 2023 192-bit line, 194.2 bits by the
                 // lattice-estimator (1340 was 0.55 below the line, 182.8 bits).
-                lwe_dim: 1420,
+                lwe_dim: LweDimension(1420),
                 lwe_log2_std: 42.4,
                 pbs: DecompParams {
                     base_log: 23,
@@ -269,14 +270,14 @@ impl ParameterSet {
             SecurityLevel::L256 => Self {
                 security: level,
                 wide: GlweParams {
-                    poly_size: 8192,
+                    poly_size: PolynomialSize(8192),
                     log2_std: 2.0,
                 },
                 pbs_glwe: GlweParams {
-                    poly_size: 4096,
+                    poly_size: PolynomialSize(4096),
                     log2_std: 13.0,
                 },
-                lwe_dim: 1940,
+                lwe_dim: LweDimension(1940),
                 lwe_log2_std: 42.5,
                 pbs: DecompParams {
                     base_log: 23,
@@ -338,14 +339,14 @@ impl ParameterSet {
     /// key-switching key lives modulo 2^32 with the small key's relative noise (module docs).
     pub fn keyed_instances(&self) -> [(&'static str, usize, f64); 4] {
         [
-            ("wide GLWE", self.wide.poly_size, self.wide.log2_std),
+            ("wide GLWE", self.wide.poly_size.0, self.wide.log2_std),
             (
                 "bootstrap GLWE",
-                self.pbs_glwe.poly_size,
+                self.pbs_glwe.poly_size.0,
                 self.pbs_glwe.log2_std,
             ),
-            ("small LWE", self.lwe_dim, self.lwe_log2_std),
-            ("key switch (q=2^32)", self.lwe_dim, self.lwe_log2_std),
+            ("small LWE", self.lwe_dim.0, self.lwe_log2_std),
+            ("key switch (q=2^32)", self.lwe_dim.0, self.lwe_log2_std),
         ]
     }
 
@@ -359,7 +360,7 @@ impl ParameterSet {
     /// Noise at the bootstrap input, in units of one table slot (q / 2N), as a standard
     /// deviation: key switching (digits and truncation) plus modulus switching to 2N.
     pub fn pbs_input_std_slots(&self) -> f64 {
-        let big_n = self.pbs_glwe.poly_size as f64;
+        let big_n = self.pbs_glwe.poly_size.0 as f64;
         let slot = 2f64.powi(64) / (2.0 * big_n);
         let b = 2f64.powi(self.ks.base_log as i32);
         let levels = self.ks.level as f64;
@@ -371,7 +372,7 @@ impl ParameterSet {
         let ks_trunc = big_n / 2.0 * trunc * trunc / 3.0;
         let ks_var_slots = (ks_digits + ks_trunc) / (slot * slot);
         // Modulus switch: each of the n+1 coefficients rounds by U(-1/2, 1/2) slot, ~n/2 key bits.
-        let ms_var_slots = (1.0 + self.lwe_dim as f64 / 2.0) / 12.0;
+        let ms_var_slots = (1.0 + self.lwe_dim.0 as f64 / 2.0) / 12.0;
         (ks_var_slots + ms_var_slots).sqrt()
     }
 
@@ -379,8 +380,8 @@ impl ParameterSet {
     /// bootstrapping-key noise through the gadget digits, the accumulator's decomposition
     /// truncation, and the 53-bit floating-point FFT of tfhe's external product.
     pub fn pbs_output_variances(&self) -> OutputNoise {
-        let n = self.lwe_dim as f64;
-        let big_n = self.pbs_glwe.poly_size as f64;
+        let n = self.lwe_dim.0 as f64;
+        let big_n = self.pbs_glwe.poly_size.0 as f64;
         let b = 2f64.powi(self.pbs.base_log as i32);
         let levels = self.pbs.level as f64;
         let sigma = 2f64.powf(self.pbs_glwe.log2_std);
@@ -441,7 +442,7 @@ impl ParameterSet {
         let sigma = self.pbs_input_std_slots();
         out += &format!(
             "  bootstrap input noise σ = {sigma:.2} slots of {} (2N): key switch and modulus switch\n",
-            2 * self.pbs_glwe.poly_size
+            2 * self.pbs_glwe.poly_size.0
         );
         let v = self.pbs_output_variances();
         out += &format!(

@@ -41,7 +41,7 @@ impl PublicKey {
     #[cfg(any(feature = "backend", test))]
     /// Encrypt zero under `sk` (backend side, at key generation).
     pub fn generate(sk: &GlweSecretKeyOwned<u64>, glwe: GlweParams) -> Self {
-        let n = PolynomialSize(glwe.poly_size);
+        let n = glwe.poly_size;
         let mut seeder = OsSeeder;
         let mut ct = SeededGlweCiphertext::new(
             0u64,
@@ -66,7 +66,7 @@ impl PublicKey {
 
     /// Expand the mask and precompute the limb FFTs the encryptions need.
     pub fn prepare(&self) -> Result<PreparedPublicKey> {
-        let n = self.glwe.poly_size;
+        let n = self.glwe.poly_size.0;
         if self.body.0.len() != n || !n.is_power_of_two() || n < 256 {
             return Err(CryptoError::Shape(format!(
                 "public key body has {} coefficients for polynomial size {n}",
@@ -116,12 +116,12 @@ pub struct PreparedPublicKey {
 
 impl PreparedPublicKey {
     pub fn poly_size(&self) -> usize {
-        self.glwe.poly_size
+        self.glwe.poly_size.0
     }
 
     /// A fresh RLWE encryption of zero: (u·a + e₁, u·b + e₂).
     fn encrypt_zero(&mut self, out: &mut [u64]) {
-        let n = self.glwe.poly_size;
+        let n = self.glwe.poly_size.0;
         // Ternary u = b₁ − b₂ (centred binomial, η = 1): variance ½ like a binary u, but mean
         // zero. A binary u's mean ½ times the key's fixed noise e, summed over a GGSW's rows
         // against the digits' mean −½, adds a coherent ramp of ≈ ℓN·e (measured: a 2^22.5 floor
@@ -155,7 +155,7 @@ impl PreparedPublicKey {
 
     /// Encrypt a polynomial (coefficients already scaled onto the torus) as a GLWE.
     pub fn encrypt_glwe(&mut self, message: &[u64]) -> GlweCiphertextOwned<u64> {
-        let n = self.glwe.poly_size;
+        let n = self.glwe.poly_size.0;
         let mut ct = GlweCiphertext::new(0u64, GlweSize(2), PolynomialSize(n), modulus());
         self.encrypt_zero(ct.as_mut());
         for (b, m) in ct.as_mut()[n..].iter_mut().zip(message) {
@@ -174,7 +174,7 @@ impl PreparedPublicKey {
     /// The same GGSW in the standard domain (rows of mask+body GLWEs, tfhe order): the form
     /// that travels from a data source to the edge.
     pub fn encrypt_ggsw_rows(&mut self, message: &[u64], decomp: DecompParams) -> Vec<u64> {
-        let n = self.glwe.poly_size;
+        let n = self.glwe.poly_size.0;
         let mut rows = vec![0u64; ExactGgsw::standard_words(n, decomp)];
         for (r, row) in rows.chunks_exact_mut(2 * n).enumerate() {
             // tfhe stores the least significant level first; row r = level_index*2 + component.
@@ -290,13 +290,13 @@ mod tests {
     #[test]
     fn public_key_glwe_decrypts_with_small_noise() {
         let params = ParameterSet::for_level(SecurityLevel::L128).wide;
-        let sk = key(params.poly_size);
+        let sk = key(params.poly_size.0);
         let pk = PublicKey::generate(&sk, params);
         let mut pk = postcard::from_bytes::<PublicKey>(&postcard::to_allocvec(&pk).unwrap())
             .unwrap()
             .prepare()
             .unwrap();
-        let msg: Vec<u64> = (0..params.poly_size as u64)
+        let msg: Vec<u64> = (0..params.poly_size.0 as u64)
             .map(|i| (i % 7) << 40)
             .collect();
         let ct = pk.encrypt_glwe(&msg);
@@ -315,7 +315,7 @@ mod tests {
     fn public_key_ggsw_external_product_multiplies() {
         let params = ParameterSet::for_level(SecurityLevel::L128);
         let glwe = params.wide;
-        let n = glwe.poly_size;
+        let n = glwe.poly_size.0;
         let sk = key(n);
         let mut pk = PublicKey::generate(&sk, glwe).prepare().unwrap();
         // M = 3 − 2·X^5, P = Δ·(1 + X)

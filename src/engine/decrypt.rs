@@ -188,7 +188,7 @@ impl Decoding {
         let (key, poly_size, parts) = match &q.hidden_map {
             HiddenMap::Window { map, .. } => (
                 KeyKind::Pbs,
-                params.pbs_glwe.poly_size,
+                params.pbs_glwe.poly_size.0,
                 (0..map.groups(out))
                     .map(|g| PartShape::Glwe {
                         slots: (0..map.group_classes(g, out).len() as u32)
@@ -199,18 +199,18 @@ impl Decoding {
             ),
             _ if q.variant == Variant::Noact => (
                 KeyKind::Wide,
-                params.wide.poly_size,
+                params.wide.poly_size.0,
                 vec![PartShape::Lwe; out],
             ),
             _ => {
                 let rows = out + checks.rows.len();
-                let layout = PackedLayout::new(params.wide.poly_size, rows, q.hidden_dim + 1)?;
+                let layout = PackedLayout::new(params.wide.poly_size.0, rows, q.hidden_dim + 1)?;
                 let parts = (0..layout.blocks())
                     .map(|b| PartShape::Glwe {
                         slots: (0..layout.rows_in(b) as u32).collect(),
                     })
                     .collect();
-                (KeyKind::Wide, params.wide.poly_size, parts)
+                (KeyKind::Wide, params.wide.poly_size.0, parts)
             }
         };
         Ok(Self {

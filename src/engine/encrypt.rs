@@ -34,7 +34,7 @@ impl EncryptedModel {
         Ok(match q.variant {
             Variant::Last => {
                 let rows = out + checks.rows.len();
-                let layout = PackedLayout::new(p.wide.poly_size, rows, hidden + 1)?;
+                let layout = PackedLayout::new(p.wide.poly_size.0, rows, hidden + 1)?;
                 let mut weights = q.w2_with_bias();
                 weights.extend(checks.combine(&weights[..out * (hidden + 1)], hidden + 1));
                 let mut scales = vec![q.delta_out; out];
@@ -58,11 +58,11 @@ impl EncryptedModel {
                 }
             }
             Variant::Noact => {
-                let layout = PackedLayout::new(p.wide.poly_size, hidden, q.input.dim + 1)?;
+                let layout = PackedLayout::new(p.wide.poly_size.0, hidden, q.input.dim + 1)?;
                 if layout.blocks() != 1 {
                     return Err(CryptoError::Unsupported(format!(
                         "noact needs the hidden width ({hidden}) to fit one polynomial ({})",
-                        p.wide.poly_size
+                        p.wide.poly_size.0
                     ))
                     .into());
                 }
@@ -102,7 +102,7 @@ impl EncryptedModel {
                     )
                     .into());
                 };
-                let layout = PackedLayout::new(p.pbs_glwe.poly_size, hidden, q.input.dim + 1)?;
+                let layout = PackedLayout::new(p.pbs_glwe.poly_size.0, hidden, q.input.dim + 1)?;
                 Self::Act {
                     first: EncryptedMatrix::encrypt(
                         &keys.pbs,

@@ -577,7 +577,7 @@ impl QuantModel {
                             .into(),
                     )
                 })?;
-                let n = params.pbs_glwe.poly_size;
+                let n = params.pbs_glwe.poly_size.0;
                 let map = WindowMap::new(n, out_dim, per_table);
                 let window = map.window;
                 let guard = (crate::crypto::params::WINDOW_GUARD_SIGMAS
