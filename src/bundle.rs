@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::path::Path;
 
-pub const MAGIC: [u8; 8] = *b"HEDGEBDL";
+pub(crate) const MAGIC: [u8; 8] = *b"HEDGEBDL";
 /// 2: the optional plaintext feature extractor. 3: the key-switching key modulo 2^32.
 /// 4: the epoch (anti-rollback) and the parameter sets of 2026-12 (today's security fits).
 /// 5: `act`'s accuracy settings (class groups per unit, gadget levels) and expected agreement.
@@ -63,7 +63,7 @@ pub struct EdgeBundle {
 }
 
 /// The first 8 bytes of SHA-256 over a verifying key.
-pub fn fingerprint(key: &VerifyingKey) -> [u8; 8] {
+pub(crate) fn fingerprint(key: &VerifyingKey) -> [u8; 8] {
     let d = Sha256::digest(key.as_bytes());
     d[..8].try_into().expect("8 bytes")
 }
@@ -112,7 +112,7 @@ pub enum BundleError {
 }
 
 /// A bundle file around `body` (the postcard encoding of an [`EdgeBundle`]), signed.
-pub fn sign_body(body: &[u8], signer: &SigningKey) -> Vec<u8> {
+pub(crate) fn sign_body(body: &[u8], signer: &SigningKey) -> Vec<u8> {
     frame(MAGIC, body, signer)
 }
 
@@ -241,13 +241,13 @@ impl EdgeBundle {
 }
 
 /// Magic of a model update: a bundle without its keys.
-pub const UPDATE_MAGIC: [u8; 8] = *b"HEDGEUPD";
+pub(crate) const UPDATE_MAGIC: [u8; 8] = *b"HEDGEUPD";
 
 /// Keys once, models many: a bundle's header, encrypted model and extractor, to run under
 /// the keys of a bundle the board already holds (same key set, same parameters). Framed and
 /// signed like a bundle, under its own magic, so neither can pass for the other.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct ModelUpdate {
+pub(crate) struct ModelUpdate {
     /// The id of the full bundle it was cut from: results name it, and the registry knows it.
     pub bundle_id: String,
     pub header: BundleHeader,
@@ -257,6 +257,7 @@ pub struct ModelUpdate {
 
 impl ModelUpdate {
     /// The update carrying `bundle` (whose signed bytes have id `bundle_id`).
+    #[cfg(any(feature = "backend", test))]
     pub fn of(bundle: EdgeBundle, bundle_id: String) -> Self {
         Self {
             bundle_id,
@@ -266,6 +267,7 @@ impl ModelUpdate {
         }
     }
 
+    #[cfg(any(feature = "backend", test))]
     pub fn to_bytes(&self, signer: &SigningKey) -> Vec<u8> {
         let body = postcard::to_allocvec(self).expect("serialising to a Vec cannot fail");
         frame(UPDATE_MAGIC, &body, signer)
@@ -277,7 +279,7 @@ impl ModelUpdate {
     }
 
     /// The full bundle: this model under `base`'s keys, if they are the ones it was made for.
-    pub fn compose(self, base: EdgeBundle) -> Result<EdgeBundle, BundleError> {
+    pub(crate) fn compose(self, base: EdgeBundle) -> Result<EdgeBundle, BundleError> {
         if base.header.key_id != self.header.key_id || base.header.params != self.header.params {
             return Err(BundleError::Inconsistent(format!(
                 "the model update needs key set {} with its {}-bit parameters (gadget level {}); \
@@ -331,7 +333,7 @@ pub fn open(path: &Path, trusted: &VerifyingKey) -> Result<Opened, BundleError> 
 
 /// Read a model update and the bundle whose keys it runs under, both verified against
 /// `trusted`, as the bundle they make.
-pub fn open_update(
+pub(crate) fn open_update(
     update: &Path,
     base: &Path,
     trusted: &VerifyingKey,

@@ -2,7 +2,7 @@
 //! without them gets a message instead of an illegal-instruction crash.
 
 /// What this build needs and this CPU lacks, if anything.
-pub fn missing_features() -> Option<String> {
+pub(crate) fn missing_features() -> Option<String> {
     #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
     {
         let missing: Vec<&str> = [

@@ -66,7 +66,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), IoError>
 
 /// fsync a directory, so that a rename in it survives a power loss (best effort: some file
 /// systems refuse to sync a directory).
-pub fn sync_dir(dir: &Path) {
+pub(crate) fn sync_dir(dir: &Path) {
     if let Ok(d) = std::fs::File::open(dir) {
         let _ = nix::unistd::fsync(&d);
     }

@@ -88,7 +88,7 @@ pub fn frames(data: &[u8]) {
 
 /// An encrypted-feature frame's payload, run through the engine's checks and, if they pass,
 /// the first encrypted layer. The key id is set to the engine's so that fuzzing gets past it.
-pub fn encrypted_features(data: &[u8]) {
+pub(crate) fn encrypted_features(data: &[u8]) {
     let payload = [&[2u8, 1][..], data].concat();
     if let Ok(Input::Encrypted(mut features)) = frame::decode(&payload) {
         let f = fixture();
@@ -100,7 +100,7 @@ pub fn encrypted_features(data: &[u8]) {
 
 /// A result message from the broker, through everything the decryptor does with it: decode,
 /// signature, and the decryption checks of each variant (the key id set to the fixture's).
-pub fn result_message(data: &[u8]) {
+pub(crate) fn result_message(data: &[u8]) {
     let Ok(mut message) = ResultMessage::decode(data) else {
         return;
     };
@@ -151,7 +151,7 @@ fn offer(
 }
 
 /// A deployment offer as it arrives on the board (signed or not), and a model update file.
-pub fn deploy_offer(data: &[u8]) {
+pub(crate) fn deploy_offer(data: &[u8]) {
     use crate::transport::deploy::{Offer, OFFER_DOMAIN, OFFER_VERSION};
     let f = fixture();
     let key = f.signer.verifying_key();
@@ -169,7 +169,7 @@ pub fn deploy_offer(data: &[u8]) {
 
 /// A chunk request as the deployment agent gets it, a chunk and a state report as they
 /// arrive (the chunk through a transfer's checks).
-pub fn deploy_messages(data: &[u8]) {
+pub(crate) fn deploy_messages(data: &[u8]) {
     use crate::transport::deploy::{Chunk, ChunkRequest, Payload};
     let _ = ChunkRequest::decode(data);
     let _ = serde_json::from_slice::<crate::transport::deploy::Report>(data);
@@ -192,7 +192,7 @@ pub fn bundle(data: &[u8]) {
 
 /// A bundle body behind a valid signature (what a signing key's holder could ship), through
 /// decoding, its consistency checks and the engine's construction.
-pub fn signed_bundle(data: &[u8]) {
+pub(crate) fn signed_bundle(data: &[u8]) {
     let f = fixture();
     let bytes = sign_body(data, &f.signer);
     if let Ok(b) = EdgeBundle::from_bytes(&bytes, &f.signer.verifying_key()) {
@@ -223,7 +223,7 @@ pub fn onnx(data: &[u8]) {
 }
 
 /// One line of a vector file or stream.
-pub fn vector_line(data: &[u8]) {
+pub(crate) fn vector_line(data: &[u8]) {
     if let Ok(line) = std::str::from_utf8(data) {
         let _ = vectors::parse_line(line);
     }

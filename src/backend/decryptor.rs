@@ -471,7 +471,7 @@ pub struct SubscribeOptions {
 }
 
 /// The device a topic names, by the position of `{device}` in the results topic template.
-pub fn topic_device<'t>(template: &str, topic: &'t str) -> Option<&'t str> {
+pub(crate) fn topic_device<'t>(template: &str, topic: &'t str) -> Option<&'t str> {
     let parts: Vec<&str> = template.split('/').collect();
     let at = parts.iter().position(|p| *p == "{device}")?;
     let segments: Vec<&str> = topic.split('/').collect();

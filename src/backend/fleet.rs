@@ -35,7 +35,11 @@ pub(crate) fn object_for(device: &str, payload: &[u8]) -> Result<serde_json::Val
 }
 
 /// A status message of `device`'s topic.
-pub fn parse_status(device: &str, payload: &[u8], at_ms: u64) -> Result<HealthRecord, String> {
+pub(crate) fn parse_status(
+    device: &str,
+    payload: &[u8],
+    at_ms: u64,
+) -> Result<HealthRecord, String> {
     let v = object_for(device, payload)?;
     let online = match v["state"].as_str() {
         Some("online") => true,

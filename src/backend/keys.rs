@@ -272,7 +272,7 @@ pub fn load_public(dir: &Path) -> Result<PublicKeys> {
     decode(&dir.join(PUBLIC_KEY))
 }
 
-pub fn load_evaluation(dir: &Path) -> Result<EvaluationKeys> {
+pub(crate) fn load_evaluation(dir: &Path) -> Result<EvaluationKeys> {
     decode(&dir.join(EVALUATION_KEY))
 }
 

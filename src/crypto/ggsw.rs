@@ -17,10 +17,10 @@ use tfhe::core_crypto::fft_impl::fft64::math::polynomial::FourierPolynomial;
 use tfhe::core_crypto::fft_impl::fft64::ABox;
 use tfhe::core_crypto::prelude::*;
 
-pub const LIMB_BITS: u32 = 22;
+pub(crate) const LIMB_BITS: u32 = 22;
 const LIMBS: usize = 3;
 
-pub type FourierPoly = FourierPolynomial<ABox<[c64]>>;
+pub(crate) type FourierPoly = FourierPolynomial<ABox<[c64]>>;
 
 /// FFT plan and scratch for one polynomial size.
 pub struct FftEngine {
@@ -54,17 +54,22 @@ impl FftEngine {
     }
 
     /// Forward FFT of a polynomial whose coefficients are small signed integers.
-    pub fn forward_integer(&mut self, poly: &[u64]) -> FourierPoly {
+    pub(crate) fn forward_integer(&mut self, poly: &[u64]) -> FourierPoly {
         transform_integer(&self.fft, &mut self.buffers, poly)
     }
 
     /// The three 22-bit limbs of a full 64-bit polynomial, each transformed.
-    pub fn forward_limbs(&mut self, poly: &[u64]) -> Vec<FourierPoly> {
+    pub(crate) fn forward_limbs(&mut self, poly: &[u64]) -> Vec<FourierPoly> {
         self.forward_split(poly, LIMB_BITS, LIMBS)
     }
 
     /// `count` limbs of `bits` bits (least significant first), each transformed.
-    pub fn forward_split(&mut self, poly: &[u64], bits: u32, count: usize) -> Vec<FourierPoly> {
+    pub(crate) fn forward_split(
+        &mut self,
+        poly: &[u64],
+        bits: u32,
+        count: usize,
+    ) -> Vec<FourierPoly> {
         (0..count)
             .map(|l| {
                 let shift = l as u32 * bits;
@@ -78,7 +83,7 @@ impl FftEngine {
 
     /// Scale a transform by 2^-64, as [`Self::add_backward_integer`] expects (exact: a power
     /// of two). Operands used many times are scaled once, products otherwise.
-    pub fn scale_for_backward(f: &mut FourierPoly) {
+    pub(crate) fn scale_for_backward(f: &mut FourierPoly) {
         let scale = 2f64.powi(-64);
         for c in f.data.iter_mut() {
             *c *= scale;
@@ -88,7 +93,12 @@ impl FftEngine {
     /// out += 2^shift · (integer polynomial whose transform, scaled by 2^-64, is `f`), exactly;
     /// `f` is consumed as scratch. With the 2^-64 scale tfhe's (vectorised) torus conversion
     /// returns the integer itself modulo 2^64.
-    pub fn add_backward_integer(&mut self, out: &mut [u64], f: &mut FourierPoly, shift: u32) {
+    pub(crate) fn add_backward_integer(
+        &mut self,
+        out: &mut [u64],
+        f: &mut FourierPoly,
+        shift: u32,
+    ) {
         let Self {
             fft,
             buffers,
@@ -115,7 +125,7 @@ impl FftEngine {
     }
 
     /// Σ_i lhs_i ⊙ rhs_i in the Fourier domain, into a fresh polynomial.
-    pub fn multiply_accumulate<'a>(
+    pub(crate) fn multiply_accumulate<'a>(
         &self,
         pairs: impl Iterator<Item = (&'a FourierPoly, &'a FourierPoly)>,
     ) -> FourierPoly {
@@ -215,7 +225,7 @@ pub struct ExactGgsw {
 
 impl ExactGgsw {
     /// Words of a standard-domain GGSW: `level` × (mask, body) rows of two polynomials each.
-    pub fn standard_words(poly_size: usize, decomp: DecompParams) -> usize {
+    pub(crate) fn standard_words(poly_size: usize, decomp: DecompParams) -> usize {
         decomp.level * 2 * 2 * poly_size
     }
 

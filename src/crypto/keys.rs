@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 use tfhe::core_crypto::prelude::*;
 
 /// Identifies a key set: the first 16 bytes of SHA-256 over the public material.
-pub type KeyId = [u8; 16];
+pub(crate) type KeyId = [u8; 16];
 
 #[cfg(any(feature = "backend", test))]
 /// The backend's secret keys.
@@ -69,15 +69,15 @@ fn unpack_bits(bits: &[u8], len: usize) -> Result<Vec<u64>> {
         .collect())
 }
 
-#[cfg(any(feature = "backend", test))]
 /// A GLWE secret key as the key file stores it (for leak checks).
-pub fn packed(k: &GlweSecretKeyOwned<u64>) -> Vec<u8> {
+#[cfg(test)]
+pub(crate) fn packed(k: &GlweSecretKeyOwned<u64>) -> Vec<u8> {
     pack_bits(k.as_ref())
 }
 
-#[cfg(any(feature = "backend", test))]
 /// An LWE secret key as the key file stores it (for leak checks).
-pub fn packed_lwe(k: &LweSecretKeyOwned<u64>) -> Vec<u8> {
+#[cfg(test)]
+pub(crate) fn packed_lwe(k: &LweSecretKeyOwned<u64>) -> Vec<u8> {
     pack_bits(k.as_ref())
 }
 
@@ -198,12 +198,12 @@ impl EvaluationKeys {
         self.bsk.byte_len() + self.ksk.byte_len()
     }
 
-    #[cfg(any(feature = "backend", test))]
+    #[cfg(feature = "backend")]
     /// The evaluation keys for `params`' bootstrap gadget: these, if it is the key set's own;
     /// else the same key-switching key with a fresh bootstrapping key (the backend's, for a
     /// bundle that buys accuracy with more gadget levels) under the same two secret keys, so
     /// nothing else about the key set changes.
-    pub fn with_bootstrap_gadget(&self, secret: &SecretKeys, params: &ParameterSet) -> Self {
+    pub(crate) fn with_bootstrap_gadget(&self, secret: &SecretKeys, params: &ParameterSet) -> Self {
         if params.pbs == secret.params.pbs {
             return self.clone();
         }

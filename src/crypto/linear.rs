@@ -61,7 +61,7 @@ impl PackedLayout {
         })
     }
 
-    pub fn blocks(&self) -> usize {
+    pub(crate) fn blocks(&self) -> usize {
         self.out_dim.div_ceil(self.rows_per_block)
     }
 
@@ -73,7 +73,7 @@ impl PackedLayout {
         (self.in_dim - g * self.cols_per_glwe).min(self.cols_per_glwe)
     }
 
-    pub fn rows_in(&self, b: usize) -> usize {
+    pub(crate) fn rows_in(&self, b: usize) -> usize {
         (self.out_dim - b * self.rows_per_block).min(self.rows_per_block)
     }
 
@@ -90,7 +90,7 @@ impl PackedLayout {
     }
 
     /// P_g(X) = Σ_s x_s X^(−o_s) for the features of group g, as torus integers.
-    pub fn feature_polynomial(&self, g: usize, x: &[i64]) -> Vec<u64> {
+    pub(crate) fn feature_polynomial(&self, g: usize, x: &[i64]) -> Vec<u64> {
         let n = self.poly_size;
         let mut p = vec![0u64; n];
         for s in 0..self.cols_in(g) {
@@ -292,7 +292,7 @@ impl PreparedMatrix {
     /// W·x for encrypted x given as one standard-domain GGSW per column group (see
     /// [`encrypt_features`]), e.g. received from a data source. Each group is brought to the
     /// Fourier domain when its turn comes and dropped after, so memory stays at one GGSW.
-    pub fn mul_encrypted(
+    pub(crate) fn mul_encrypted(
         &self,
         groups: &[U64s],
         decomp: DecompParams,
@@ -377,7 +377,7 @@ pub fn encrypt_features(
 
 /// [`encrypt_features`] handing each group to `sink` as soon as it exists (a full
 /// classifier's groups add up to hundreds of MB). Checks the input before the first group.
-pub fn encrypt_features_each<E: From<CryptoError>>(
+pub(crate) fn encrypt_features_each<E: From<CryptoError>>(
     pk: &mut PreparedPublicKey,
     layout: &PackedLayout,
     x: &[i64],

@@ -83,7 +83,8 @@ impl WindowMap {
     }
 
     /// The classes of table group g: g·per_table up to `out`.
-    pub fn group_classes(&self, g: usize, out: usize) -> std::ops::Range<usize> {
+    #[cfg(any(feature = "backend", test))]
+    pub(crate) fn group_classes(&self, g: usize, out: usize) -> std::ops::Range<usize> {
         g * self.per_table..((g + 1) * self.per_table).min(out)
     }
 
@@ -98,14 +99,14 @@ impl WindowMap {
     }
 
     /// The phase offset that puts y = 0 on `zero_slot`.
-    pub fn offset(&self, zero_slot: u32) -> u64 {
+    pub(crate) fn offset(&self, zero_slot: u32) -> u64 {
         (zero_slot as u64) << (64 - self.log2_2n())
     }
 
     /// The activation's argument for unit `u` at pre-activation y — its noise-free slot (kept
     /// inside the window, as the reference does) less the unit's zero — and whether the slot
     /// left the window.
-    pub fn unit_offset(&self, u: UnitWindow, y: i64) -> (i64, bool) {
+    pub(crate) fn unit_offset(&self, u: UnitWindow, y: i64) -> (i64, bool) {
         let slot = self.slot(
             (y as u64)
                 .wrapping_mul(u.delta_h)
@@ -302,7 +303,7 @@ impl PreparedLuts {
 /// What one hidden unit's bootstrap work costs on this machine, in seconds: its share of a
 /// batched key switch, and one blind rotation (each unit takes one per class group). Measured
 /// on random inputs (a zero mask would skip CMUXes), `rotations` of them.
-pub fn bootstrap_seconds(
+pub(crate) fn bootstrap_seconds(
     keys: &PreparedEvaluationKeys,
     poly_size: usize,
     rotations: usize,

@@ -49,7 +49,8 @@ pub fn encryption_generator() -> EncryptionRandomGenerator<DefaultRandomGenerato
 
 /// Encrypt `plain` (a whole number of polynomials of `glwe.poly_size.0` coefficients) as a
 /// seeded GLWE list under `sk`: returns the compression seed and the bodies.
-pub fn encrypt_seeded_glwes(
+#[cfg(any(feature = "backend", test))]
+pub(crate) fn encrypt_seeded_glwes(
     sk: &GlweSecretKeyOwned<u64>,
     glwe: params::GlweParams,
     plain: Vec<u64>,

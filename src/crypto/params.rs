@@ -26,8 +26,8 @@
 //! (key switching + modulus switching) and its failure probability from the formulas below.
 
 use serde::{Deserialize, Serialize};
-pub use tfhe::core_crypto::prelude::{LweDimension, PolynomialSize};
 use std::fmt;
+pub use tfhe::core_crypto::prelude::{LweDimension, PolynomialSize};
 
 /// Security level in bits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
@@ -58,7 +58,7 @@ impl SecurityLevel {
     }
 
     /// The security curve of this level ([`CURVES`]).
-    pub fn curve(self) -> &'static Curve {
+    pub(crate) fn curve(self) -> &'static Curve {
         CURVES
             .iter()
             .find(|c| c.level == self)
@@ -84,7 +84,8 @@ impl SecurityLevel {
     }
 
     /// Does (dim, log2 σ) keep this level's margin above its line?
-    pub fn is_secure(self, dim: usize, log2_std: f64) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_secure(self, dim: usize, log2_std: f64) -> bool {
         self.margin(dim, log2_std) >= self.curve().margin_bits
     }
 }
@@ -92,7 +93,7 @@ impl SecurityLevel {
 /// A security curve: the smallest log2(σ/q) that keeps a binary-key (R)LWE instance of
 /// dimension d at `level` is `slope · d + bias`, for d >= `min_dim`.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Curve {
+pub(crate) struct Curve {
     pub level: SecurityLevel,
     pub slope: f64,
     pub bias: f64,
@@ -103,7 +104,7 @@ pub struct Curve {
 }
 
 /// The curves the shipped sets are checked against (shared/DESIGN.md §5, revised 2026-12-02).
-pub const CURVES: [Curve; 3] = [
+pub(crate) const CURVES: [Curve; 3] = [
     Curve {
         level: SecurityLevel::L128,
         slope: -0.025696778711484593,
@@ -138,11 +139,11 @@ pub const CURVES: [Curve; 3] = [
 
 /// Bits of log2 σ every keyed instance keeps above the current fits: about 2 bits of security
 /// at these dimensions (tfhe-rs targets 132 bits for its 128-bit sets).
-pub const MARGIN_BITS: f64 = 0.5;
+pub(crate) const MARGIN_BITS: f64 = 0.5;
 
 /// The most gadget levels a bundle's blind rotation may use (each level adds one external
 /// product's worth of time per CMUX).
-pub const MAX_PBS_LEVELS: usize = 3;
+pub(crate) const MAX_PBS_LEVELS: usize = 3;
 
 impl fmt::Display for SecurityLevel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -167,7 +168,7 @@ pub struct DecompParams {
 
 impl DecompParams {
     /// Bits of each coefficient the decomposition keeps.
-    pub fn precision_bits(&self) -> usize {
+    pub(crate) fn precision_bits(&self) -> usize {
         self.base_log * self.level
     }
 }
@@ -331,13 +332,13 @@ impl ParameterSet {
     }
 
     /// Whether this is a shipped set, with its bootstrap gadget at any allowed level.
-    pub fn is_shipped(&self) -> bool {
+    pub(crate) fn is_shipped(&self) -> bool {
         Self::for_level(self.security).with_pbs_levels(self.pbs.level) == Some(*self)
     }
 
     /// Each (name, dimension, log2 σ on the 2^64 scale) the security argument must cover. The
     /// key-switching key lives modulo 2^32 with the small key's relative noise (module docs).
-    pub fn keyed_instances(&self) -> [(&'static str, usize, f64); 4] {
+    pub(crate) fn keyed_instances(&self) -> [(&'static str, usize, f64); 4] {
         [
             ("wide GLWE", self.wide.poly_size.0, self.wide.log2_std),
             (
@@ -351,7 +352,8 @@ impl ParameterSet {
     }
 
     /// True when every keyed instance keeps its curve's margin above the set's line.
-    pub fn is_secure(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_secure(&self) -> bool {
         self.keyed_instances()
             .iter()
             .all(|&(_, d, s)| self.security.is_secure(d, s))
@@ -379,7 +381,7 @@ impl ParameterSet {
     /// Variances (2^64 scale) of one bootstrap's output noise, by source, over n CMUXes:
     /// bootstrapping-key noise through the gadget digits, the accumulator's decomposition
     /// truncation, and the 53-bit floating-point FFT of tfhe's external product.
-    pub fn pbs_output_variances(&self) -> OutputNoise {
+    pub(crate) fn pbs_output_variances(&self) -> OutputNoise {
         let n = self.lwe_dim.0 as f64;
         let big_n = self.pbs_glwe.poly_size.0 as f64;
         let b = 2f64.powi(self.pbs.base_log as i32);
@@ -411,7 +413,7 @@ impl ParameterSet {
     }
 
     /// Standard deviation (2^64 scale) of one bootstrap's output noise.
-    pub fn pbs_output_std(&self) -> f64 {
+    pub(crate) fn pbs_output_std(&self) -> f64 {
         self.pbs_output_variances().total().sqrt()
     }
 
@@ -491,14 +493,14 @@ const FFT_SCALING_WEIGHT: f64 = -4.42;
 /// Low body bits dropped from stored lookup tables: a rounding error of 2^39 per table, far
 /// below one bootstrap's output noise (2^48.9 at 128 bits with the shipped gadget, 2^41 with
 /// two levels).
-pub const TABLE_DROP_BITS: u8 = 40;
+pub(crate) const TABLE_DROP_BITS: u8 = 40;
 
 /// The bootstrap window's guard on each side, in standard deviations of the input noise.
-pub const WINDOW_GUARD_SIGMAS: f64 = 4.0;
+pub(crate) const WINDOW_GUARD_SIGMAS: f64 = 4.0;
 
 /// One bootstrap's output noise variances by source.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct OutputNoise {
+pub(crate) struct OutputNoise {
     pub key: f64,
     pub truncation: f64,
     pub fft: f64,
@@ -517,7 +519,7 @@ impl OutputNoise {
 }
 
 /// log2 of P(|X| > tσ) for a Gaussian X, via the asymptotic erfc expansion (t >= 3).
-pub fn log2_gaussian_tail(t: f64) -> f64 {
+pub(crate) fn log2_gaussian_tail(t: f64) -> f64 {
     // erfc(x) ≈ exp(-x²)/(x√π) · (1 - 1/(2x²)), x = t/√2
     let x = t / std::f64::consts::SQRT_2;
     let ln = -x * x - (x * std::f64::consts::PI.sqrt()).ln() + (1.0 - 0.5 / (x * x)).ln();

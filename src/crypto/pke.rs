@@ -173,7 +173,7 @@ impl PreparedPublicKey {
 
     /// The same GGSW in the standard domain (rows of mask+body GLWEs, tfhe order): the form
     /// that travels from a data source to the edge.
-    pub fn encrypt_ggsw_rows(&mut self, message: &[u64], decomp: DecompParams) -> Vec<u64> {
+    pub(crate) fn encrypt_ggsw_rows(&mut self, message: &[u64], decomp: DecompParams) -> Vec<u64> {
         let n = self.glwe.poly_size.0;
         let mut rows = vec![0u64; ExactGgsw::standard_words(n, decomp)];
         for (r, row) in rows.chunks_exact_mut(2 * n).enumerate() {
@@ -264,7 +264,7 @@ impl pulp::WithSimd for AddBinomial<'_> {
 }
 
 /// A rounded Gaussian sample (Box–Muller) of standard deviation `sigma`.
-pub fn sample_gaussian(rng: &mut impl Rng, sigma: f64) -> i64 {
+pub(crate) fn sample_gaussian(rng: &mut impl Rng, sigma: f64) -> i64 {
     let u1: f64 = rng.gen::<f64>().max(f64::MIN_POSITIVE);
     let u2: f64 = rng.gen();
     let z = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();

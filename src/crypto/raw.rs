@@ -53,14 +53,14 @@ impl U64s {
 /// already swamps them: each stored value costs (64 − drop_bits)/8 bytes. The rounding adds a
 /// uniform error of at most 2^(drop_bits−1) to each phase.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Bodies {
+pub(crate) struct Bodies {
     drop_bits: u8,
     data: U8s,
 }
 
 /// Bytes with serde's compact byte-string encoding.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct U8s(pub Vec<u8>);
+pub(crate) struct U8s(pub Vec<u8>);
 
 impl Serialize for U8s {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -89,7 +89,8 @@ impl<'de> Deserialize<'de> for U8s {
 
 impl Bodies {
     /// `drop_bits` must be a multiple of 8 below 64.
-    pub fn pack(values: &[u64], drop_bits: u8) -> Self {
+    #[cfg(any(feature = "backend", test))]
+    pub(crate) fn pack(values: &[u64], drop_bits: u8) -> Self {
         assert!(drop_bits.is_multiple_of(8) && drop_bits < 64);
         let width = (64 - drop_bits as usize) / 8;
         let mut data = Vec::with_capacity(values.len() * width);
@@ -114,10 +115,6 @@ impl Bodies {
         }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     fn width(&self) -> Option<usize> {
         (self.drop_bits.is_multiple_of(8) && self.drop_bits < 64)
             .then(|| (64 - self.drop_bits as usize) / 8)
@@ -128,7 +125,7 @@ impl Bodies {
     }
 
     /// The values back, low bits zero; `None` if the encoding is inconsistent.
-    pub fn unpack(&self) -> Option<Vec<u64>> {
+    pub(crate) fn unpack(&self) -> Option<Vec<u64>> {
         let w = self.width()?;
         if !self.data.0.len().is_multiple_of(w) {
             return None;

@@ -28,7 +28,7 @@ pub enum Release {
     },
 }
 
-pub struct Delivery {
+pub(crate) struct Delivery {
     release: Release,
     broker_window: usize,
     /// Published, awaiting the broker's PUBACK: (seq, packet id once rumqttc assigned it).
@@ -57,19 +57,20 @@ impl Delivery {
 
     /// A new connection: nothing is in flight any more, and the spool is sent again from its
     /// oldest entry.
-    pub fn reconnected(&mut self) {
+    #[cfg(test)]
+    pub(crate) fn reconnected(&mut self) {
         self.to_broker.clear();
         self.to_backend.clear();
         self.last_sent = None;
     }
 
     /// Publishing continues with the spool entries after this one.
-    pub fn resume_after(&self) -> Option<u64> {
+    pub(crate) fn resume_after(&self) -> Option<u64> {
         self.last_sent
     }
 
     /// How many more results may be published now.
-    pub fn room(&self) -> usize {
+    pub(crate) fn room(&self) -> usize {
         let broker = self.broker_window.saturating_sub(self.to_broker.len());
         match self.release {
             Release::OnBrokerAck => broker,
@@ -89,19 +90,19 @@ impl Delivery {
     }
 
     /// `seq` could not be read from the spool: skip it.
-    pub fn skipped(&mut self, seq: u64) {
+    pub(crate) fn skipped(&mut self, seq: u64) {
         self.last_sent = Some(seq);
     }
 
     /// rumqttc wrote a publish with this packet id.
-    pub fn numbered(&mut self, pkid: u16) {
+    pub(crate) fn numbered(&mut self, pkid: u16) {
         if let Some(entry) = self.to_broker.iter_mut().find(|e| e.1.is_none()) {
             entry.1 = Some(pkid);
         }
     }
 
     /// The broker acknowledged `pkid`; returns the result that may now leave the spool, if any.
-    pub fn broker_acked(&mut self, pkid: u16) -> Option<u64> {
+    pub(crate) fn broker_acked(&mut self, pkid: u16) -> Option<u64> {
         let i = self.to_broker.iter().position(|e| e.1 == Some(pkid))?;
         let (seq, _) = self.to_broker.remove(i)?;
         match self.release {
@@ -112,7 +113,7 @@ impl Delivery {
 
     /// The backend acknowledged `seq`: it may leave the spool (whether or not it was sent on
     /// this connection).
-    pub fn backend_acked(&mut self, seq: u64, now: Instant) {
+    pub(crate) fn backend_acked(&mut self, seq: u64, now: Instant) {
         if self.to_backend.remove(&seq).is_some() {
             self.resends = 0;
             self.last_progress = Some(now);
@@ -121,7 +122,7 @@ impl Delivery {
 
     /// Whether it is time to send the unacknowledged results again; if so, publishing starts
     /// over from the oldest spooled result.
-    pub fn resend_due(&mut self, now: Instant) -> bool {
+    pub(crate) fn resend_due(&mut self, now: Instant) -> bool {
         let Release::EndToEnd { timeout, .. } = self.release else {
             return false;
         };
@@ -141,7 +142,7 @@ impl Delivery {
     }
 
     /// Nothing in flight and nothing awaiting an acknowledgement.
-    pub fn is_idle(&self) -> bool {
+    pub(crate) fn is_idle(&self) -> bool {
         self.to_broker.is_empty() && self.to_backend.is_empty()
     }
 }

@@ -50,7 +50,7 @@ impl Health {
     }
 
     /// A new bundle took over (the status is sent again).
-    pub fn bundle_changed(&self, id: &str, epoch: u64) {
+    pub(crate) fn bundle_changed(&self, id: &str, epoch: u64) {
         *self.bundle.lock().unwrap_or_else(|p| p.into_inner()) = (id.to_string(), epoch);
         self.changed.store(true, Ordering::Relaxed);
     }
@@ -65,7 +65,7 @@ impl Health {
     }
 
     /// One inference done, taking `took`.
-    pub fn inferred(&self, took: Duration) {
+    pub(crate) fn inferred(&self, took: Duration) {
         self.inferences.fetch_add(1, Ordering::Relaxed);
         self.last_infer_us
             .store(took.as_micros() as u64, Ordering::Relaxed);
@@ -73,7 +73,7 @@ impl Health {
     }
 
     /// Whether the status changed since the last call.
-    pub fn take_changed(&self) -> bool {
+    pub(crate) fn take_changed(&self) -> bool {
         self.changed.swap(false, Ordering::Relaxed)
     }
 

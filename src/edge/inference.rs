@@ -13,7 +13,7 @@ use crate::transport::frame::Input;
 use ed25519_dalek::VerifyingKey;
 use std::time::{Duration, Instant};
 
-pub struct Inference {
+pub(crate) struct Inference {
     engine: EdgeEngine,
     /// The bundle's epoch (anti-rollback).
     pub epoch: u64,
@@ -26,7 +26,7 @@ pub struct Inference {
 }
 
 /// One inference's output.
-pub struct Inferred {
+pub(crate) struct Inferred {
     pub result: ResultCiphertext,
     /// Time in the plaintext extractor, and in the encrypted part.
     pub extract: Duration,
@@ -62,13 +62,13 @@ impl Inference {
     }
 
     /// Values in one vector line for this bundle: the extractor's input, else the features.
-    pub fn line_width(&self) -> usize {
+    pub(crate) fn line_width(&self) -> usize {
         self.extractor
             .as_ref()
             .map_or(self.engine.info.input.dim, |e| e.in_dim())
     }
 
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         format!(
             "bundle {} (epoch {}, {} variant, {}-bit, {} features{})",
             self.bundle_id,

@@ -42,7 +42,7 @@ impl Notifier {
     }
 
     /// How often systemd expects `WATCHDOG=1` (half its `WatchdogSec`), if it does.
-    pub fn watchdog_interval() -> Option<Duration> {
+    pub(crate) fn watchdog_interval() -> Option<Duration> {
         if let Ok(pid) = std::env::var("WATCHDOG_PID") {
             if pid.parse::<u32>().ok() != Some(std::process::id()) {
                 return None;

@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 const WINDOW: usize = 16;
 
 /// Handle on the publishing thread.
-pub struct Publisher {
+pub(crate) struct Publisher {
     wake: tokio::sync::mpsc::UnboundedSender<()>,
     flags: Arc<Flags>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -51,7 +51,7 @@ struct Flags {
 }
 
 /// Who the publisher is and whom it trusts.
-pub struct Identity {
+pub(crate) struct Identity {
     pub device: String,
     /// Signs results an older hedged spooled unsigned.
     pub key: Arc<SigningKey>,
@@ -143,7 +143,7 @@ impl Publisher {
 
     /// Publish what is spooled, then stop. Gives up after `timeout`, or 10 s after `abort()`
     /// turns true (a signal); what is left stays spooled for the next start.
-    pub fn shutdown_when(mut self, timeout: Duration, abort: impl Fn() -> bool) {
+    pub(crate) fn shutdown_when(mut self, timeout: Duration, abort: impl Fn() -> bool) {
         let start = std::time::Instant::now();
         let mut aborted_at: Option<std::time::Instant> = None;
         self.flags.drain.store(true, Ordering::Relaxed);

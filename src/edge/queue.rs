@@ -24,7 +24,7 @@ pub enum QueuePolicy {
 
 /// What [`BoundedQueue::pop`] found.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Pop<T> {
+pub(crate) enum Pop<T> {
     Item(T),
     /// Nothing within the timeout.
     Empty,
@@ -117,7 +117,7 @@ impl<T: Weighed> BoundedQueue<T> {
     }
 
     /// The next item, waiting at most `timeout`.
-    pub fn pop(&self, timeout: Duration) -> Pop<T> {
+    pub(crate) fn pop(&self, timeout: Duration) -> Pop<T> {
         let mut st = self.lock();
         if st.items.is_empty() && !st.closed {
             st = self

@@ -17,7 +17,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 
 /// Re-reads the settings for a SIGHUP (the file, with the command line's overrides).
-pub type Reloader = Box<dyn Fn() -> Result<Settings, EdgeError> + Send + Sync>;
+pub(crate) type Reloader = Box<dyn Fn() -> Result<Settings, EdgeError> + Send + Sync>;
 
 /// A finished load: for a SIGHUP the new settings and the key they name, which becomes the
 /// board's trust anchor only if the bundle verified under it.
@@ -30,7 +30,7 @@ struct Pending {
 }
 
 /// What [`Reload::apply`] did.
-pub enum Applied {
+pub(crate) enum Applied {
     Nothing,
     /// A SIGHUP switched bundle or settings.
     Reloaded,
@@ -46,7 +46,7 @@ pub enum Applied {
     },
 }
 
-pub struct Reload {
+pub(crate) struct Reload {
     reloader: Arc<Reloader>,
     state: Arc<State>,
     deployments: Arc<Deployments>,
@@ -105,13 +105,13 @@ impl Reload {
     }
 
     /// No load under way.
-    pub fn is_idle(&self) -> bool {
+    pub(crate) fn is_idle(&self) -> bool {
         self.pending.is_none()
     }
 
     /// Verify and load a fetched deployment (the caller waits until [`Self::is_idle`]). A model
     /// update runs under the keys of the bundle running now.
-    pub fn start_deployment(
+    pub(crate) fn start_deployment(
         &mut self,
         candidate: Candidate,
         settings: &Settings,
@@ -134,7 +134,7 @@ impl Reload {
     }
 
     /// Record that a bundle of `epoch` runs (see [`State::accept_epoch`]).
-    pub fn accept_epoch(&self, epoch: u64) -> Result<(), EdgeError> {
+    pub(crate) fn accept_epoch(&self, epoch: u64) -> Result<(), EdgeError> {
         self.state.accept_epoch(epoch)
     }
 

@@ -19,7 +19,7 @@ use crate::transport::message::{now_ms, ResultMessage};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub struct Scheduler {
+pub(crate) struct Scheduler {
     pub settings: Settings,
     pub inference: Inference,
     pub queue: Arc<BoundedQueue<Input>>,

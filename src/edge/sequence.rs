@@ -8,7 +8,7 @@ use std::sync::Mutex;
 /// A durable counter (a file holding the next number, written with fsync before a number is
 /// used), so numbers never repeat across restarts (the backend refuses a sequence number it
 /// has seen).
-pub struct Sequence {
+pub(crate) struct Sequence {
     path: PathBuf,
     next: Mutex<u64>,
 }

@@ -79,7 +79,7 @@ pub struct Settings {
 /// Default `max_frame_bytes`: plaintext vectors and encrypted features of the `last` variant
 /// fit; a full classifier's encrypted features need more (`hedge encrypt-features` prints
 /// their size).
-pub const DEFAULT_MAX_FRAME: usize = 64 << 20;
+pub(crate) const DEFAULT_MAX_FRAME: usize = 64 << 20;
 
 /// The configuration file as written, with every default. Flat, as users write it.
 #[derive(Debug, Deserialize)]
@@ -127,19 +127,19 @@ mod defaults {
     pub fn device_id() -> String {
         "edge".into()
     }
-    pub fn spool_max_files() -> usize {
+    pub(crate) fn spool_max_files() -> usize {
         10_000
     }
-    pub fn spool_max_bytes() -> u64 {
+    pub(crate) fn spool_max_bytes() -> u64 {
         1 << 30
     }
-    pub fn queue_capacity() -> usize {
+    pub(crate) fn queue_capacity() -> usize {
         64
     }
-    pub fn queue_max_bytes() -> usize {
+    pub(crate) fn queue_max_bytes() -> usize {
         4 * super::DEFAULT_MAX_FRAME
     }
-    pub fn watchdog_max_inference_s() -> u64 {
+    pub(crate) fn watchdog_max_inference_s() -> u64 {
         600
     }
 }
@@ -200,7 +200,7 @@ impl Settings {
     }
 
     /// Start-up settings that differ in `new` (they take effect only on a restart).
-    pub fn restart_only_changes(&self, new: &Settings) -> Vec<&'static str> {
+    pub(crate) fn restart_only_changes(&self, new: &Settings) -> Vec<&'static str> {
         let (a, b) = (&self.start_up, &new.start_up);
         [
             ("input", a.input != b.input),

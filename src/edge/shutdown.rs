@@ -14,7 +14,7 @@ pub struct Shutdown {
 
 impl Shutdown {
     /// Flags set by the signal handlers.
-    pub fn from_signals() -> Result<Arc<Self>, EdgeError> {
+    pub(crate) fn from_signals() -> Result<Arc<Self>, EdgeError> {
         let s = Self::default();
         let register = |signal, flag: &Arc<AtomicBool>| {
             signal_hook::flag::register(signal, flag.clone())
@@ -27,17 +27,17 @@ impl Shutdown {
         Ok(Arc::new(s))
     }
 
-    pub fn stopping(&self) -> bool {
+    pub(crate) fn stopping(&self) -> bool {
         self.stop.load(Ordering::Relaxed)
     }
 
     /// The stop flag itself, for loops that poll it.
-    pub fn stop_flag(&self) -> &AtomicBool {
+    pub(crate) fn stop_flag(&self) -> &AtomicBool {
         &self.stop
     }
 
     /// Whether a reload was asked for since the last call.
-    pub fn take_reload(&self) -> bool {
+    pub(crate) fn take_reload(&self) -> bool {
         self.reload.swap(false, Ordering::Relaxed)
     }
 }

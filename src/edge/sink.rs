@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub struct Sink {
+pub(crate) struct Sink {
     /// Every result is signed with the board's identity key.
     identity: Arc<SigningKey>,
     sequence: Sequence,

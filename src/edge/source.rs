@@ -36,7 +36,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Socket connections served at once; more are refused (and logged).
-pub const MAX_CONNECTIONS: usize = 16;
+pub(crate) const MAX_CONNECTIONS: usize = 16;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize)]
 #[serde(try_from = "String")]
@@ -104,7 +104,7 @@ pub struct Rejects {
 
 impl Rejects {
     /// The running bundle takes vector lines of `width` values (set at start and on reload).
-    pub fn expect_line_width(&self, width: usize) {
+    pub(crate) fn expect_line_width(&self, width: usize) {
         self.line_width.store(width, Ordering::Relaxed);
     }
 
@@ -112,7 +112,7 @@ impl Rejects {
         Some(self.line_width.load(Ordering::Relaxed)).filter(|&w| w > 0)
     }
 
-    pub fn reject(&self, kind: RejectKind, what: impl std::fmt::Display) {
+    pub(crate) fn reject(&self, kind: RejectKind, what: impl std::fmt::Display) {
         self.count.fetch_add(1, Ordering::Relaxed);
         let first = {
             let mut kinds = self.logged.lock().unwrap_or_else(|p| p.into_inner());
@@ -130,7 +130,7 @@ impl Rejects {
     }
 
     /// Rejections so far, by kind.
-    pub fn by_kind(&self) -> HashMap<RejectKind, u64> {
+    pub(crate) fn by_kind(&self) -> HashMap<RejectKind, u64> {
         self.logged
             .lock()
             .unwrap_or_else(|p| p.into_inner())

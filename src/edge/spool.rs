@@ -80,7 +80,7 @@ impl Spool {
     }
 
     /// Store a message durably; drops the oldest entries if the bound requires it.
-    pub fn put(&self, seq: u64, bytes: &[u8]) -> Result<(), IoError> {
+    pub(crate) fn put(&self, seq: u64, bytes: &[u8]) -> Result<(), IoError> {
         let size = bytes.len() as u64;
         let mut st = self.lock();
         while !st.entries.is_empty()
@@ -103,7 +103,7 @@ impl Spool {
     }
 
     /// The oldest pending sequence numbers, at most `limit`, skipping those `<= after`.
-    pub fn pending_after(&self, after: Option<u64>, limit: usize) -> Vec<u64> {
+    pub(crate) fn pending_after(&self, after: Option<u64>, limit: usize) -> Vec<u64> {
         let st = self.lock();
         let range = match after {
             Some(a) => st.entries.range(a + 1..),

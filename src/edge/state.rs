@@ -53,7 +53,7 @@ impl State {
     }
 
     /// Refuse a bundle older than the newest accepted.
-    pub fn check_epoch(&self, epoch: u64) -> Result<(), EdgeError> {
+    pub(crate) fn check_epoch(&self, epoch: u64) -> Result<(), EdgeError> {
         let newest = self.epoch();
         if epoch < newest {
             return Err(EdgeError::Rollback { epoch, newest });
@@ -62,7 +62,7 @@ impl State {
     }
 
     /// Record that a bundle of `epoch` runs now (durably, before it is used).
-    pub fn accept_epoch(&self, epoch: u64) -> Result<(), EdgeError> {
+    pub(crate) fn accept_epoch(&self, epoch: u64) -> Result<(), EdgeError> {
         if epoch > self.epoch() {
             write_atomic(&self.epoch_path(), format!("{epoch}\n").as_bytes(), 0o600)?;
         }

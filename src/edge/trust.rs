@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::{Arc, RwLock};
 
 #[derive(Clone, Debug)]
-pub struct TrustAnchor(Arc<RwLock<VerifyingKey>>);
+pub(crate) struct TrustAnchor(Arc<RwLock<VerifyingKey>>);
 
 impl TrustAnchor {
     pub fn new(key: VerifyingKey) -> Self {

@@ -19,11 +19,11 @@ pub struct Heartbeat {
 }
 
 impl Heartbeat {
-    pub fn beat(&self) {
+    pub(crate) fn beat(&self) {
         self.beat_ms.store(now_ms(), Ordering::Relaxed);
     }
 
-    pub fn busy(&self, busy: bool) {
+    pub(crate) fn busy(&self, busy: bool) {
         self.busy_since_ms
             .store(if busy { now_ms() } else { 0 }, Ordering::Relaxed);
     }

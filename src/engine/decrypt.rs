@@ -14,7 +14,8 @@ use tfhe::core_crypto::prelude::*;
 
 impl EncryptedModel {
     /// Fingerprints of the masks of its GLWEs (weights and lookup tables), sorted.
-    pub fn mask_fingerprints(&self) -> Result<Vec<u64>> {
+    #[cfg(feature = "backend")]
+    pub(crate) fn mask_fingerprints(&self) -> Result<Vec<u64>> {
         let fingerprint = |glwe: &[u64]| mask_fingerprint(&glwe[..glwe.len() / 2]);
         let first = match self {
             Self::Last { output, .. } => output,
@@ -57,7 +58,7 @@ pub struct ResultChecks {
 
 impl ResultChecks {
     /// Fresh checks for `q` (none for the variants that do not carry them yet).
-    pub fn draw(
+    pub(crate) fn draw(
         q: &QuantModel,
         params: &ParameterSet,
         rng: &mut (impl rand::RngCore + rand::CryptoRng),
@@ -98,7 +99,7 @@ impl ResultChecks {
     }
 
     /// Δ of each check row.
-    pub fn deltas(&self) -> impl Iterator<Item = u64> + '_ {
+    pub(crate) fn deltas(&self) -> impl Iterator<Item = u64> + '_ {
         self.log2_deltas.iter().map(|&l| 1u64 << l)
     }
 
@@ -240,7 +241,8 @@ impl Decoding {
     }
 
     /// The same, refusing the GLWEs of `model` (the bundle's) as results.
-    pub fn refusing(mut self, model: &EncryptedModel) -> Result<Self> {
+    #[cfg(feature = "backend")]
+    pub(crate) fn refusing(mut self, model: &EncryptedModel) -> Result<Self> {
         self.own_masks = model.mask_fingerprints()?;
         Ok(self)
     }

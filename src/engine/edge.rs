@@ -185,12 +185,12 @@ impl EdgeEngine {
     }
 
     /// Whether `x` is a feature vector this engine accepts (what every inference checks first).
-    pub fn check_features(&self, x: &[f32]) -> Result<()> {
+    pub(crate) fn check_features(&self, x: &[f32]) -> Result<()> {
         self.encrypted_layer_input(x).map(|_| ())
     }
 
     /// The postcard size of [`Self::encrypt_features`]' output, known before encrypting.
-    pub fn encrypted_features_len(&self) -> usize {
+    pub(crate) fn encrypted_features_len(&self) -> usize {
         let layout = self.first_layout();
         let group_bytes = 8 * ExactGgsw::standard_words(layout.poly_size, self.features_decomp());
         self.encrypted_features_head().len()
@@ -211,7 +211,7 @@ impl EdgeEngine {
 
     /// [`Self::encrypt_features`] written to `w` as postcard — the same bytes — one group at a
     /// time, so the hundreds of MB of a full classifier's features are never held whole.
-    pub fn write_encrypted_features(&mut self, x: &[f32], w: &mut dyn Write) -> Result<()> {
+    pub(crate) fn write_encrypted_features(&mut self, x: &[f32], w: &mut dyn Write) -> Result<()> {
         let input = self.encrypted_layer_input(x)?;
         let io = |e| EngineError::Io(IoError::new("encrypted features output", e));
         w.write_all(&self.encrypted_features_head()).map_err(io)?;

@@ -21,7 +21,11 @@ impl EncryptedModel {
     }
 
     /// [`Self::encrypt`] with the given checks.
-    pub fn encrypt_with(q: &QuantModel, keys: &SecretKeys, checks: &ResultChecks) -> Result<Self> {
+    pub(crate) fn encrypt_with(
+        q: &QuantModel,
+        keys: &SecretKeys,
+        checks: &ResultChecks,
+    ) -> Result<Self> {
         let p = keys.params;
         let (hidden, out) = (q.hidden_dim, q.out_dim);
         if q.variant != Variant::Last && !checks.rows.is_empty() {

@@ -48,7 +48,7 @@ fn idx(path: &Path) -> Result<(Vec<usize>, Vec<u8>)> {
 }
 
 /// (dimensions, data) of the bytes of an unsigned-byte IDX file called `name`.
-pub fn parse_idx(bytes: &[u8], name: &str) -> Result<(Vec<usize>, Vec<u8>)> {
+pub(crate) fn parse_idx(bytes: &[u8], name: &str) -> Result<(Vec<usize>, Vec<u8>)> {
     let name = name.to_string();
     if bytes.len() < 4 || bytes[0] != 0 || bytes[1] != 0 {
         return Err(bad(&name, "not an IDX file"));
@@ -102,7 +102,8 @@ pub fn read_idx_images(path: &Path) -> Result<Vec<Image>> {
 }
 
 /// All labels of an IDX label file (shape [n]).
-pub fn read_idx_labels(path: &Path) -> Result<Vec<u8>> {
+#[cfg(any(feature = "backend", test))]
+pub(crate) fn read_idx_labels(path: &Path) -> Result<Vec<u8>> {
     let (dims, data) = idx(path)?;
     if dims.len() != 1 {
         return Err(bad(
@@ -126,7 +127,8 @@ pub fn write_idx_images(path: &Path, images: &[Image]) -> Result<()> {
     std::fs::write(path, out).map_err(|e| IoError::new(path, e).into())
 }
 
-pub fn write_idx_labels(path: &Path, labels: &[u8]) -> Result<()> {
+#[cfg(test)]
+pub(crate) fn write_idx_labels(path: &Path, labels: &[u8]) -> Result<()> {
     let mut out = vec![0, 0, 0x08, 1];
     out.extend((labels.len() as u32).to_be_bytes());
     out.extend(labels);

@@ -20,7 +20,7 @@ pub fn parse_line(line: &str) -> Result<Option<Sample>> {
 
 /// [`parse_line`], taking a label that is one of `names` (a model's class names) as its
 /// index.
-pub fn parse_line_named(line: &str, names: Option<&[String]>) -> Result<Option<Sample>> {
+pub(crate) fn parse_line_named(line: &str, names: Option<&[String]>) -> Result<Option<Sample>> {
     let line = line.trim();
     if line.is_empty() || line.starts_with('#') {
         return Ok(None);
@@ -58,7 +58,7 @@ pub fn read_samples(path: &Path) -> Result<Vec<Sample>> {
 }
 
 /// [`read_samples`] with labels that may be a model's class names.
-pub fn read_samples_named(path: &Path, names: Option<&[String]>) -> Result<Vec<Sample>> {
+pub(crate) fn read_samples_named(path: &Path, names: Option<&[String]>) -> Result<Vec<Sample>> {
     let text = if path == Path::new("-") {
         std::io::read_to_string(std::io::stdin()).map_err(|e| IoError::new("stdin", e))?
     } else {

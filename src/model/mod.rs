@@ -68,7 +68,7 @@ impl Classifier {
     }
 
     /// Hidden activations (after the activation, if any).
-    pub fn hidden_activations(&self, x: &[f32]) -> Vec<f32> {
+    pub(crate) fn hidden_activations(&self, x: &[f32]) -> Vec<f32> {
         let h = self.hidden.forward(x);
         match self.activation {
             None => h,
@@ -82,7 +82,8 @@ impl Classifier {
     }
 
     /// float32 size of all weights and biases.
-    pub fn float_bytes(&self) -> usize {
+    #[cfg(feature = "backend")]
+    pub(crate) fn float_bytes(&self) -> usize {
         4 * (self.hidden.w.len() + self.hidden.b.len() + self.output.w.len() + self.output.b.len())
     }
 }

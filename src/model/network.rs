@@ -14,7 +14,7 @@ use tract_onnx::pb;
 const MAX_INPUT_VALUES: usize = 1 << 24;
 
 /// Raw 8-bit pixels become inputs in [0, 1].
-pub const PIXEL_SCALE: f32 = 1.0 / 255.0;
+pub(crate) const PIXEL_SCALE: f32 = 1.0 / 255.0;
 
 pub struct Network {
     pub head: Classifier,
@@ -117,7 +117,7 @@ pub fn read_inputs(
 }
 
 /// Whether `path` holds an IDX file (possibly gzipped).
-pub fn is_idx(path: &Path) -> bool {
+pub(crate) fn is_idx(path: &Path) -> bool {
     let name = path.to_string_lossy();
     name.ends_with("-ubyte") || name.ends_with("-ubyte.gz") || name.ends_with(".idx")
 }

@@ -99,7 +99,7 @@ pub fn load(path: &Path) -> Result<Classifier> {
 
 /// Class labels from the model's metadata (`metadata_props` key `labels` or `classes`: a JSON
 /// array of strings, or names separated by commas or new lines), if it has them.
-pub fn metadata_labels(bytes: &[u8]) -> Option<Vec<String>> {
+pub(crate) fn metadata_labels(bytes: &[u8]) -> Option<Vec<String>> {
     let model = pb::ModelProto::decode(bytes).ok()?;
     let value = model
         .metadata_props
@@ -121,7 +121,7 @@ pub fn metadata_labels(bytes: &[u8]) -> Option<Vec<String>> {
 /// An ONNX file as one self-contained model: tensors the exporter wrote to an external data
 /// file beside it (PyTorch's default exporter does) are read into the model. The data file
 /// must be a plain file name in the model's directory.
-pub fn read_model(path: &Path) -> Result<Vec<u8>> {
+pub(crate) fn read_model(path: &Path) -> Result<Vec<u8>> {
     let bytes = std::fs::read(path).map_err(|e| IoError::new(path, e))?;
     let mut model =
         pb::ModelProto::decode(&bytes[..]).map_err(|e| err(format!("not an ONNX model: {e}")))?;

@@ -44,13 +44,14 @@ impl Variant {
         }
     }
 
-    pub fn from_name(name: &str) -> Option<Self> {
+    #[cfg(feature = "backend")]
+    pub(crate) fn from_name(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|v| v.name() == name)
     }
 }
 
 /// The float classifier a variant computes an approximation of: `noact` drops the activation.
-pub fn float_reference(model: &Classifier, variant: Variant) -> Classifier {
+pub(crate) fn float_reference(model: &Classifier, variant: Variant) -> Classifier {
     match variant {
         Variant::Noact => Classifier {
             activation: None,
@@ -70,7 +71,7 @@ pub struct BitWidths {
 }
 
 impl BitWidths {
-    pub fn for_variant(v: Variant) -> Self {
+    pub(crate) fn for_variant(v: Variant) -> Self {
         match v {
             Variant::Last | Variant::Act => Self {
                 x: 8,
@@ -105,7 +106,7 @@ pub struct InputQuant {
 
 /// How [`InputQuant`] scales the features.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum InputScaling {
+pub(crate) enum InputScaling {
     /// One scale for every feature, from the largest |value|.
     Shared,
     /// A scale and an offset per feature, from its own range.
@@ -437,7 +438,7 @@ impl QuantModel {
 
     /// As [`Self::quantize`] with other bit widths: for accuracy studies of the integer
     /// reference. Only the variant's own widths are sized for its encrypted noise budget.
-    pub fn quantize_with_bits(
+    pub(crate) fn quantize_with_bits(
         model: &Classifier,
         variant: Variant,
         activation: Option<Activation>,
@@ -687,7 +688,7 @@ impl QuantModel {
     }
 
     /// On how many of `inputs` this integer model's class is `float`'s.
-    pub fn agreement_with(&self, float: &Classifier, inputs: &[Vec<f32>]) -> usize {
+    pub(crate) fn agreement_with(&self, float: &Classifier, inputs: &[Vec<f32>]) -> usize {
         inputs
             .iter()
             .filter(|x| {
@@ -724,7 +725,8 @@ impl QuantModel {
     /// slot of the bootstrap windows, plus the stated noise bound), or for `noact`, whose
     /// hidden layer is unbounded, what Δ_out can represent. The backend refuses results beyond
     /// it.
-    pub fn score_limits(&self, params: &ParameterSet) -> Vec<f64> {
+    #[cfg(any(feature = "backend", test))]
+    pub(crate) fn score_limits(&self, params: &ParameterSet) -> Vec<f64> {
         let weighted = |j: usize, hidden_max: &dyn Fn(usize) -> i64| -> f64 {
             let row = self.w2_row(j);
             (row.iter()
@@ -835,7 +837,7 @@ impl QuantModel {
     }
 
     /// Row j of W2 (the weights into output j).
-    pub fn w2_row(&self, j: usize) -> &[i64] {
+    pub(crate) fn w2_row(&self, j: usize) -> &[i64] {
         &self.w2[j * self.hidden_dim..(j + 1) * self.hidden_dim]
     }
 
@@ -889,23 +891,19 @@ impl QuantModel {
         }
     }
 
-    /// Float scores for integer ones.
-    pub fn dequantize(&self, z: &[i64]) -> Vec<f32> {
-        z.iter()
-            .map(|&v| (v as f64 * self.out_scale) as f32)
-            .collect()
-    }
-
     /// First layer with the bias as last column (row-major hidden × (in + 1)).
-    pub fn w1_with_bias(&self) -> Vec<i64> {
+    #[cfg(any(feature = "backend", test))]
+    pub(crate) fn w1_with_bias(&self) -> Vec<i64> {
         with_bias(&self.w1, &self.b1, self.input.dim)
     }
 
-    pub fn w2_with_bias(&self) -> Vec<i64> {
+    #[cfg(any(feature = "backend", test))]
+    pub(crate) fn w2_with_bias(&self) -> Vec<i64> {
         with_bias(&self.w2, &self.b2, self.hidden_dim)
     }
 }
 
+#[cfg(any(feature = "backend", test))]
 fn with_bias(w: &[i64], b: &[i64], in_dim: usize) -> Vec<i64> {
     let mut out = Vec::with_capacity(w.len() + b.len());
     for (j, bj) in b.iter().enumerate() {

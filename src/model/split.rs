@@ -286,7 +286,7 @@ impl Extractor {
     }
 
     /// Features of a grayscale image: its pixels scaled by `pixel_scale`.
-    pub fn run_image(&self, image: &crate::input::images::Image) -> Result<Vec<f32>> {
+    pub(crate) fn run_image(&self, image: &crate::input::images::Image) -> Result<Vec<f32>> {
         self.run(&image.to_f32(self.pixel_scale))
     }
 

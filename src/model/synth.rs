@@ -62,7 +62,7 @@ impl Task {
 }
 
 /// Seeds of the independent sample streams.
-pub const TRAIN_STREAM: u64 = 1;
+pub(crate) const TRAIN_STREAM: u64 = 1;
 pub const CALIBRATION_STREAM: u64 = 2;
 pub const BENCH_STREAM: u64 = 3;
 

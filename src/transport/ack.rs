@@ -16,10 +16,10 @@ use super::sealed::{open, seal, SealError};
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
-pub const ACK_VERSION: u8 = 2;
-pub const DOMAIN: &[u8] = b"hedge ack v2\0";
+pub(crate) const ACK_VERSION: u8 = 2;
+pub(crate) const DOMAIN: &[u8] = b"hedge ack v2\0";
 /// Far more than a publish window's worth of ranges.
-pub const MAX_ACK_BYTES: usize = 64 << 10;
+pub(crate) const MAX_ACK_BYTES: usize = 64 << 10;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Ack {
@@ -38,7 +38,8 @@ pub enum AckError {
 }
 
 /// Consecutive numbers of `seqs` (in any order, repeats allowed) as inclusive ranges.
-pub fn ranges(seqs: impl IntoIterator<Item = u64>) -> Vec<(u64, u64)> {
+#[cfg(any(feature = "backend", test))]
+pub(crate) fn ranges(seqs: impl IntoIterator<Item = u64>) -> Vec<(u64, u64)> {
     let mut sorted: Vec<u64> = seqs.into_iter().collect();
     sorted.sort_unstable();
     sorted.dedup();

@@ -96,7 +96,8 @@ impl Connection {
     }
 
     /// Publish at QoS 1, retained (the broker keeps it for later subscribers).
-    pub fn publish_retained(&mut self, topic: &str, payload: Vec<u8>) {
+    #[cfg(feature = "backend")]
+    pub(crate) fn publish_retained(&mut self, topic: &str, payload: Vec<u8>) {
         self.outbox
             .push_back(Pending::Publish(topic.to_string(), payload, true));
         self.flush();
@@ -109,7 +110,7 @@ impl Connection {
     }
 
     /// Requests still waiting for room in the channel.
-    pub fn outbox_len(&self) -> usize {
+    pub(crate) fn outbox_len(&self) -> usize {
         self.outbox.len()
     }
 
@@ -180,19 +181,19 @@ impl Backoff {
 
     /// The delay before the next attempt, given a uniform random `unit` in [0, 1); the step
     /// then doubles, up to the cap.
-    pub fn next_delay_with(&mut self, unit: f64) -> Duration {
+    pub(crate) fn next_delay_with(&mut self, unit: f64) -> Duration {
         let half = self.step / 2;
         let delay = half + half.mul_f64(unit.clamp(0.0, 1.0));
         self.step = (self.step * 2).min(self.max);
         delay
     }
 
-    pub fn next_delay(&mut self) -> Duration {
+    pub(crate) fn next_delay(&mut self) -> Duration {
         self.next_delay_with(rand::random::<f64>())
     }
 
     /// After a successful connection.
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.step = self.min;
     }
 }

@@ -15,13 +15,13 @@ use super::sealed::{open, seal, SealError};
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
-pub const OFFER_VERSION: u8 = 1;
-pub const OFFER_DOMAIN: &[u8] = b"hedge offer v1\0";
+pub(crate) const OFFER_VERSION: u8 = 1;
+pub(crate) const OFFER_DOMAIN: &[u8] = b"hedge offer v1\0";
 /// 32 bytes per chunk digest: room for 30,000 chunks (7.5 GB at 256 KB).
-pub const MAX_OFFER_BYTES: usize = 1 << 20;
+pub(crate) const MAX_OFFER_BYTES: usize = 1 << 20;
 /// A chunk message: its bytes and a few of framing.
-pub const MAX_CHUNK_BYTES: u32 = 4 << 20;
-pub const MIN_CHUNK_BYTES: u32 = 1 << 10;
+pub(crate) const MAX_CHUNK_BYTES: u32 = 4 << 20;
+pub(crate) const MIN_CHUNK_BYTES: u32 = 1 << 10;
 
 /// What a board fetches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -103,12 +103,12 @@ impl Offer {
         Ok(offer)
     }
 
-    pub fn chunk_count(&self) -> u64 {
+    pub(crate) fn chunk_count(&self) -> u64 {
         self.size.div_ceil(self.chunk_size as u64)
     }
 
     /// Bytes of chunk `index` (the last may be short).
-    pub fn chunk_len(&self, index: u32) -> usize {
+    pub(crate) fn chunk_len(&self, index: u32) -> usize {
         let start = index as u64 * self.chunk_size as u64;
         (self.size.saturating_sub(start)).min(self.chunk_size as u64) as usize
     }
@@ -116,7 +116,7 @@ impl Offer {
 
 /// Chunks `first..first + count` of a deployment, please.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ChunkRequest {
+pub(crate) struct ChunkRequest {
     pub deployment: u64,
     pub first: u32,
     pub count: u32,
@@ -127,6 +127,7 @@ impl ChunkRequest {
         postcard::to_allocvec(self).expect("serialising to a Vec cannot fail")
     }
 
+    #[cfg(any(feature = "backend", test))]
     pub fn decode(bytes: &[u8]) -> Result<Self, String> {
         if bytes.len() > 64 {
             return Err(format!("{} bytes", bytes.len()));
@@ -137,13 +138,14 @@ impl ChunkRequest {
 
 /// One chunk of a deployment's payload.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Chunk {
+pub(crate) struct Chunk {
     pub deployment: u64,
     pub index: u32,
     pub bytes: Vec<u8>,
 }
 
 impl Chunk {
+    #[cfg(any(feature = "backend", test))]
     pub fn encode(&self) -> Vec<u8> {
         postcard::to_allocvec(self).expect("serialising to a Vec cannot fail")
     }
@@ -187,7 +189,7 @@ impl DeployState {
     }
 
     /// Nothing more will happen to the deployment on this board.
-    pub fn is_final(self) -> bool {
+    pub(crate) fn is_final(self) -> bool {
         matches!(
             self,
             DeployState::Active

@@ -20,9 +20,9 @@ use crate::input::RejectKind;
 use std::io::{Read, Write};
 use thiserror::Error;
 
-pub const KIND_PLAIN: u8 = 1;
-pub const KIND_ENCRYPTED: u8 = 2;
-pub const KIND_IMAGE: u8 = 3;
+pub(crate) const KIND_PLAIN: u8 = 1;
+pub(crate) const KIND_ENCRYPTED: u8 = 2;
+pub(crate) const KIND_IMAGE: u8 = 3;
 const ENCRYPTED_VERSION: u8 = 1;
 
 /// One unit of work for the scheduler.
@@ -59,7 +59,7 @@ pub enum FrameError {
 
 impl FrameError {
     /// Whether the stream can go on after this error (the frame boundary is still known).
-    pub fn recoverable(&self) -> bool {
+    pub(crate) fn recoverable(&self) -> bool {
         matches!(
             self,
             FrameError::Empty
@@ -196,7 +196,7 @@ pub fn decode(payload: &[u8]) -> Result<Input, FrameError> {
 }
 
 /// The next frame's payload; `None` at a clean end of stream.
-pub fn read_frame(r: &mut impl Read, max: usize) -> Result<Option<Vec<u8>>, FrameError> {
+pub(crate) fn read_frame(r: &mut impl Read, max: usize) -> Result<Option<Vec<u8>>, FrameError> {
     let mut header = [0u8; 4];
     let mut got = 0;
     while got < 4 {

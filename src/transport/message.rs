@@ -18,10 +18,10 @@ use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-pub const MESSAGE_VERSION: u8 = 3;
+pub(crate) const MESSAGE_VERSION: u8 = 3;
 
 /// Largest payload a decryptor accepts (a 256-bit `noact` result is ~640 KB).
-pub const MAX_PAYLOAD: usize = 4 << 20;
+pub(crate) const MAX_PAYLOAD: usize = 4 << 20;
 
 /// What a signature covers, after this domain separator.
 const SIGNED_DOMAIN: &[u8] = b"hedge result v3\0";
@@ -169,7 +169,8 @@ mod legacy {
     /// Version 1 and 2 results carried their own decoding parameters (ignored now).
     #[derive(Deserialize)]
     #[cfg_attr(test, derive(Serialize))]
-    pub struct ResultV2 {
+    #[allow(dead_code)] // what version 2 carried: read to be skipped
+    pub(crate) struct ResultV2 {
         pub key_id: KeyId,
         pub key: KeyKind,
         pub poly_size: u32,
@@ -180,7 +181,8 @@ mod legacy {
 
     #[derive(Deserialize)]
     #[cfg_attr(test, derive(Serialize))]
-    pub enum PartV2 {
+    #[allow(dead_code)] // the slots were version 2's own decoding: skipped
+    pub(crate) enum PartV2 {
         Glwe { data: U64s, slots: Vec<u32> },
         Lwe { data: U64s },
     }
@@ -202,7 +204,7 @@ mod legacy {
 
     #[derive(Deserialize)]
     #[cfg_attr(test, derive(Serialize))]
-    pub struct MessageV2 {
+    pub(crate) struct MessageV2 {
         pub device_id: String,
         pub bundle_id: String,
         pub seq: u64,
@@ -230,7 +232,7 @@ mod legacy {
     /// Version 1, before `extract_us`.
     #[derive(Deserialize)]
     #[cfg_attr(test, derive(Serialize))]
-    pub struct MessageV1 {
+    pub(crate) struct MessageV1 {
         pub device_id: String,
         pub bundle_id: String,
         pub seq: u64,

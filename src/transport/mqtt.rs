@@ -154,7 +154,7 @@ impl MqttConfig {
             .expect("host and port are all a config needs")
     }
 
-    pub fn ack_topic_for(&self, device: &str) -> String {
+    pub(crate) fn ack_topic_for(&self, device: &str) -> String {
         self.ack_topic.replace("{device}", device)
     }
 
@@ -169,17 +169,17 @@ impl MqttConfig {
     }
 
     /// `deploy_topic/<leaf>` for `device` (offer, get, data, state).
-    pub fn deploy_topic_for(&self, device: &str, leaf: &str) -> String {
+    pub(crate) fn deploy_topic_for(&self, device: &str, leaf: &str) -> String {
         format!("{}/{leaf}", self.deploy_topic.replace("{device}", device))
     }
 
-    pub fn topic_for(&self, device: &str) -> String {
+    pub(crate) fn topic_for(&self, device: &str) -> String {
         self.topic.replace("{device}", device)
     }
 
     /// rumqttc options; reads the password and TLS files, so a missing or bad file is an error
     /// at start-up rather than a silent connection failure later.
-    pub fn options(&self, client_id: &str) -> Result<MqttOptions> {
+    pub(crate) fn options(&self, client_id: &str) -> Result<MqttOptions> {
         let mut o = MqttOptions::new(client_id, &self.host, self.port);
         o.set_keep_alive(Duration::from_secs(self.keep_alive_s.max(5)));
         // rumqttc's default 10 KB limit is far below a result ciphertext.

@@ -18,7 +18,7 @@ pub enum SealError {
 }
 
 /// `version | body | signature(domain | version | body)`.
-pub fn seal(domain: &[u8], version: u8, body: &[u8], backend: &SigningKey) -> Vec<u8> {
+pub(crate) fn seal(domain: &[u8], version: u8, body: &[u8], backend: &SigningKey) -> Vec<u8> {
     let mut out = Vec::with_capacity(1 + body.len() + 64);
     out.push(version);
     out.extend_from_slice(body);

@@ -28,7 +28,7 @@ pub mod sqlite;
 pub mod store;
 
 /// Accepted sequence numbers kept below a device's highest.
-pub const REPLAY_WINDOW: u64 = 65_536;
+pub(crate) const REPLAY_WINDOW: u64 = 65_536;
 
 /// Schema migrations, in order: `MIGRATIONS[v]` takes version v to v + 1.
 const MIGRATIONS: &[&str] = &[
@@ -119,7 +119,7 @@ const MIGRATIONS: &[&str] = &[
 
 /// Results kept per quarantined device; beyond, its results are left unacknowledged (the
 /// board keeps them) so that a quarantined board cannot fill the registry.
-pub const MAX_WITHHELD: u64 = 1_000;
+pub(crate) const MAX_WITHHELD: u64 = 1_000;
 
 /// A deployment as the backend made it.
 #[derive(Clone, Debug, PartialEq)]
@@ -169,7 +169,7 @@ pub struct HealthRecord {
 
 /// A key set: its id, level and where its secret key file is.
 #[derive(Clone, Debug, PartialEq)]
-pub struct KeySetRecord {
+pub(crate) struct KeySetRecord {
     pub id: KeyId,
     pub security: u32,
     pub secret_key: PathBuf,
@@ -262,7 +262,7 @@ pub struct Registry {
 }
 
 /// A PostgreSQL URL rather than a file.
-pub fn is_postgres(location: &Path) -> bool {
+pub(crate) fn is_postgres(location: &Path) -> bool {
     let l = location.to_string_lossy();
     l.starts_with("postgres://") || l.starts_with("postgresql://")
 }
@@ -355,7 +355,7 @@ impl Registry {
         Ok(self.store.query(sql, params)?.into_iter().next())
     }
 
-    pub fn add_key_set(&self, k: &KeySetRecord) -> Result<()> {
+    pub(crate) fn add_key_set(&self, k: &KeySetRecord) -> Result<()> {
         self.store.execute(
             "INSERT INTO key_sets (id, security, secret_key, created_ms) VALUES ($1, $2, $3, $4)
              ON CONFLICT(id) DO UPDATE SET secret_key = excluded.secret_key",
@@ -369,7 +369,7 @@ impl Registry {
         Ok(())
     }
 
-    pub fn key_set(&self, id: &KeyId) -> Result<Option<KeySetRecord>> {
+    pub(crate) fn key_set(&self, id: &KeyId) -> Result<Option<KeySetRecord>> {
         self.one(
             "SELECT security, secret_key FROM key_sets WHERE id = $1",
             params![hex(id)],
@@ -404,7 +404,7 @@ impl Registry {
     }
 
     /// Record a protected bundle (its key set must be recorded).
-    pub fn add_bundle(&self, b: &BundleRecord) -> Result<()> {
+    pub(crate) fn add_bundle(&self, b: &BundleRecord) -> Result<()> {
         let decoding = serde_json::to_string(&b.decoding).expect("a decoding serialises to JSON");
         self.store.execute(
             "INSERT INTO bundles (id, key_id, name, variant, input_dim, hidden_dim, out_dim,
@@ -451,7 +451,7 @@ impl Registry {
     }
 
     /// The highest epoch recorded (0 if none).
-    pub fn latest_epoch(&self) -> Result<u64> {
+    pub(crate) fn latest_epoch(&self) -> Result<u64> {
         match self.one("SELECT COALESCE(MAX(epoch), 0) FROM bundles", &[])? {
             Some(r) => r.uint(0),
             None => Ok(0),
@@ -513,7 +513,7 @@ impl Registry {
     }
 
     /// Record a board's status (its metrics are kept).
-    pub fn record_status(&self, h: &HealthRecord) -> Result<()> {
+    pub(crate) fn record_status(&self, h: &HealthRecord) -> Result<()> {
         self.store.execute(
             "INSERT INTO health (device, online, version, bundle, epoch, started_ms, status_ms)
              VALUES ($1, $2, $3, $4, $5, $6, $7)
@@ -535,7 +535,7 @@ impl Registry {
     }
 
     /// Record a board's latest metrics (JSON); a board seen only by its metrics is online.
-    pub fn record_metrics(&self, device: &str, metrics: &str, at_ms: u64) -> Result<()> {
+    pub(crate) fn record_metrics(&self, device: &str, metrics: &str, at_ms: u64) -> Result<()> {
         self.store.execute(
             "INSERT INTO health (device, online, status_ms, metrics, metrics_ms)
              VALUES ($1, 1, $3, $2, $3)
@@ -595,14 +595,14 @@ impl Registry {
     }
 
     /// The key set a recorded bundle was made under.
-    pub fn bundle_key_id(&self, bundle: &str) -> Result<Option<String>> {
+    pub(crate) fn bundle_key_id(&self, bundle: &str) -> Result<Option<String>> {
         self.one("SELECT key_id FROM bundles WHERE id = $1", params![bundle])?
             .map(|r| r.text(0))
             .transpose()
     }
 
     /// A new deployment of `bundle`; its files are named once its id is known.
-    pub fn add_deployment(&self, bundle: &str, epoch: u64, chunk_size: u32) -> Result<u64> {
+    pub(crate) fn add_deployment(&self, bundle: &str, epoch: u64, chunk_size: u32) -> Result<u64> {
         self.one(
             "INSERT INTO deployments (bundle, epoch, file, chunk_size, created_ms)
              VALUES ($1, $2, '', $3, $4) RETURNING id",
@@ -612,7 +612,12 @@ impl Registry {
         .uint(0)
     }
 
-    pub fn set_deployment_files(&self, id: u64, file: &Path, update: Option<&Path>) -> Result<()> {
+    pub(crate) fn set_deployment_files(
+        &self,
+        id: u64,
+        file: &Path,
+        update: Option<&Path>,
+    ) -> Result<()> {
         self.store.execute(
             "UPDATE deployments SET file = $2, update_file = $3 WHERE id = $1",
             params![
@@ -624,7 +629,7 @@ impl Registry {
         Ok(())
     }
 
-    pub fn add_target(
+    pub(crate) fn add_target(
         &self,
         deployment: u64,
         device: &str,
@@ -661,7 +666,7 @@ impl Registry {
     }
 
     /// The newest deployment that targets `device` (0: none).
-    pub fn latest_deployment_for(&self, device: &str) -> Result<u64> {
+    pub(crate) fn latest_deployment_for(&self, device: &str) -> Result<u64> {
         match self.one(
             "SELECT COALESCE(MAX(deployment), 0) FROM deployment_targets WHERE device = $1",
             params![device],
@@ -671,7 +676,7 @@ impl Registry {
         }
     }
 
-    pub fn cancel_deployment(&self, id: u64) -> Result<()> {
+    pub(crate) fn cancel_deployment(&self, id: u64) -> Result<()> {
         self.store.execute(
             "UPDATE deployments SET cancelled = 1 WHERE id = $1",
             params![id],
@@ -696,7 +701,7 @@ impl Registry {
     }
 
     /// What a board reported; false if it is no target of that deployment.
-    pub fn record_target_state(
+    pub(crate) fn record_target_state(
         &self,
         deployment: u64,
         device: &str,
@@ -737,7 +742,7 @@ impl Registry {
     }
 
     /// [`Self::refused`], counted against the key set of the bundle it named, if known.
-    pub fn refused_under(
+    pub(crate) fn refused_under(
         &self,
         id: &str,
         limit: u64,
@@ -777,7 +782,7 @@ impl Registry {
     }
 
     /// [`Self::accept`], counting a new result against `key_set` in the same transaction.
-    pub fn accept_under(
+    pub(crate) fn accept_under(
         &mut self,
         device: &str,
         seq: u64,
@@ -833,7 +838,7 @@ impl Registry {
 
     /// Keep a quarantined device's result to decrypt once it is cleared. False if the device
     /// already has [`MAX_WITHHELD`] waiting (the result is then not kept).
-    pub fn withhold(&self, device: &str, seq: u64, payload: &[u8]) -> Result<bool> {
+    pub(crate) fn withhold(&self, device: &str, seq: u64, payload: &[u8]) -> Result<bool> {
         let tx = Tx::exclusive(self.store())?;
         let waiting = self
             .one(
@@ -887,7 +892,7 @@ impl Registry {
     }
 
     /// A withheld result has been handled (decrypted, refused or found a duplicate).
-    pub fn forget_withheld(&self, device: &str, seq: u64) -> Result<()> {
+    pub(crate) fn forget_withheld(&self, device: &str, seq: u64) -> Result<()> {
         self.store.execute(
             "DELETE FROM withheld WHERE device = $1 AND seq = $2",
             params![device, seq],

@@ -6,7 +6,7 @@ use rusqlite::types::ValueRef;
 use rusqlite::Connection;
 use std::path::Path;
 
-pub struct Sqlite {
+pub(crate) struct Sqlite {
     conn: Connection,
 }
 

@@ -81,7 +81,7 @@ fn column_error(i: usize, want: &str, got: &Value) -> BackendError {
 }
 
 impl Row {
-    pub fn opt_int(&self, i: usize) -> Result<Option<i64>> {
+    pub(crate) fn opt_int(&self, i: usize) -> Result<Option<i64>> {
         match self.0.get(i) {
             Some(Value::Int(v)) => Ok(Some(*v)),
             Some(Value::Null) => Ok(None),
@@ -89,16 +89,16 @@ impl Row {
         }
     }
 
-    pub fn int(&self, i: usize) -> Result<i64> {
+    pub(crate) fn int(&self, i: usize) -> Result<i64> {
         self.opt_int(i)?
             .ok_or_else(|| column_error(i, "an integer", &Value::Null))
     }
 
-    pub fn uint(&self, i: usize) -> Result<u64> {
+    pub(crate) fn uint(&self, i: usize) -> Result<u64> {
         Ok(self.int(i)? as u64)
     }
 
-    pub fn opt_text(&self, i: usize) -> Result<Option<String>> {
+    pub(crate) fn opt_text(&self, i: usize) -> Result<Option<String>> {
         match self.0.get(i) {
             Some(Value::Text(v)) => Ok(Some(v.clone())),
             Some(Value::Null) => Ok(None),
@@ -137,23 +137,23 @@ pub trait Store: Send {
 }
 
 /// An open transaction: rolled back when dropped uncommitted.
-pub struct Tx<'a> {
+pub(crate) struct Tx<'a> {
     store: &'a dyn Store,
     open: bool,
 }
 
 impl<'a> Tx<'a> {
-    pub fn exclusive(store: &'a dyn Store) -> Result<Self> {
+    pub(crate) fn exclusive(store: &'a dyn Store) -> Result<Self> {
         store.begin_exclusive()?;
         Ok(Self { store, open: true })
     }
 
-    pub fn migration(store: &'a dyn Store) -> Result<Self> {
+    pub(crate) fn migration(store: &'a dyn Store) -> Result<Self> {
         store.begin_migration()?;
         Ok(Self { store, open: true })
     }
 
-    pub fn commit(mut self) -> Result<()> {
+    pub(crate) fn commit(mut self) -> Result<()> {
         self.open = false;
         self.store.batch("COMMIT")
     }
@@ -168,7 +168,7 @@ impl Drop for Tx<'_> {
 }
 
 /// The PostgreSQL form of the SQLite schema (one source for both).
-pub fn postgres_schema(sqlite: &str) -> String {
+pub(crate) fn postgres_schema(sqlite: &str) -> String {
     sqlite
         .replace("INTEGER PRIMARY KEY AUTOINCREMENT", "BIGSERIAL PRIMARY KEY")
         .replace("INTEGER", "BIGINT")

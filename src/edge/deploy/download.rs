@@ -19,10 +19,10 @@ use std::time::{Duration, Instant};
 /// A chunk whose bytes fail their digest in this many requests in a row fails the deployment
 /// (the backend's store is bad). Counted once per request: a forger cannot run the count up
 /// faster than the board asks, and the genuine chunk, which comes too, is still taken.
-pub const MAX_BAD_CHUNKS: u32 = 3;
+pub(crate) const MAX_BAD_CHUNKS: u32 = 3;
 
 #[derive(Debug, thiserror::Error)]
-pub enum DownloadError {
+pub(crate) enum DownloadError {
     #[error("chunk {index} did not match its digest {times} times")]
     BadChunk { index: u32, times: u32 },
     #[error("the whole payload does not match the offer's SHA-256")]
@@ -33,7 +33,7 @@ pub enum DownloadError {
 
 /// What one arriving chunk did.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Arrival {
+pub(crate) enum Arrival {
     Stored,
     /// Had it already (a redelivery).
     Duplicate,
@@ -43,7 +43,7 @@ pub enum Arrival {
     Unknown,
 }
 
-pub struct Download {
+pub(crate) struct Download {
     pub offer: Offer,
     part: PathBuf,
     file: File,
@@ -116,12 +116,12 @@ impl Download {
         (self.received, self.offer.size)
     }
 
-    pub fn is_complete(&self) -> bool {
+    pub(crate) fn is_complete(&self) -> bool {
         self.have.iter().all(|h| *h)
     }
 
     /// Forget what was asked (a new connection: nothing asked on the old one will come).
-    pub fn reconnected(&mut self) {
+    pub(crate) fn reconnected(&mut self) {
         self.asked.clear();
     }
 
@@ -209,7 +209,7 @@ impl Download {
     }
 
     /// Drop the partial file (cancelled or failed).
-    pub fn discard(self) {
+    pub(crate) fn discard(self) {
         let _ = std::fs::remove_file(&self.part);
     }
 }

@@ -40,7 +40,7 @@ impl BundleRef {
     }
 
     /// The full bundle that holds its keys.
-    pub fn key_bundle(&self) -> &Path {
+    pub(crate) fn key_bundle(&self) -> &Path {
         self.base.as_deref().unwrap_or(&self.file)
     }
 }
@@ -83,12 +83,12 @@ impl Installed {
         }
     }
 
-    pub fn partial_dir(&self) -> PathBuf {
+    pub(crate) fn partial_dir(&self) -> PathBuf {
         self.dir.join("partial")
     }
 
     /// Where a fetched payload goes.
-    pub fn payload_path(&self, deployment: u64, bundle_id: &str, update: bool) -> PathBuf {
+    pub(crate) fn payload_path(&self, deployment: u64, bundle_id: &str, update: bool) -> PathBuf {
         let ext = if update { "update" } else { "bundle" };
         self.dir
             .join("bundles")
@@ -96,7 +96,7 @@ impl Installed {
     }
 
     /// What to run: the deployed bundle if one is installed, else the configured one.
-    pub fn source_or(&self, configured: &Path) -> BundleRef {
+    pub(crate) fn source_or(&self, configured: &Path) -> BundleRef {
         self.active()
             .map_or_else(|| BundleRef::configured(configured), |a| a.bundle)
     }
@@ -124,7 +124,7 @@ impl Installed {
     }
 
     /// One more start with the active bundle unconfirmed: how many so far.
-    pub fn count_start(&self) -> Result<u32, IoError> {
+    pub(crate) fn count_start(&self) -> Result<u32, IoError> {
         let Some(mut active) = self.active() else {
             return Ok(0);
         };
@@ -134,7 +134,7 @@ impl Installed {
     }
 
     /// The active bundle has inferred: it stays.
-    pub fn confirm(&self) -> Result<(), IoError> {
+    pub(crate) fn confirm(&self) -> Result<(), IoError> {
         if let Some(mut active) = self.active() {
             active.confirmed = true;
             write_json(&self.dir.join("active.json"), &active)?;
@@ -144,7 +144,7 @@ impl Installed {
     }
 
     /// Back to `previous` (the configured bundle when no deployment installed it).
-    pub fn roll_back(&self, previous: &BundleRef) -> Result<(), IoError> {
+    pub(crate) fn roll_back(&self, previous: &BundleRef) -> Result<(), IoError> {
         let active = self.dir.join("active.json");
         if previous.deployment.is_some() {
             write_json(
@@ -164,14 +164,14 @@ impl Installed {
     }
 
     /// The highest epoch of an offer the board took (0: none).
-    pub fn offered_epoch(&self) -> u64 {
+    pub(crate) fn offered_epoch(&self) -> u64 {
         std::fs::read_to_string(self.dir.join("offered-epoch"))
             .ok()
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(0)
     }
 
-    pub fn set_offered_epoch(&self, epoch: u64) -> Result<(), IoError> {
+    pub(crate) fn set_offered_epoch(&self, epoch: u64) -> Result<(), IoError> {
         if epoch <= self.offered_epoch() {
             return Ok(());
         }
@@ -183,11 +183,11 @@ impl Installed {
         )
     }
 
-    pub fn outcome(&self, deployment: u64) -> Option<Report> {
+    pub(crate) fn outcome(&self, deployment: u64) -> Option<Report> {
         read_json(&self.dir.join("outcomes").join(format!("{deployment}.json")))
     }
 
-    pub fn record_outcome(&self, report: &Report) -> Result<(), IoError> {
+    pub(crate) fn record_outcome(&self, report: &Report) -> Result<(), IoError> {
         let dir = self.dir.join("outcomes");
         crate::files::create_dir_all(&dir)?;
         write_json(&dir.join(format!("{}.json", report.deployment)), report)

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 /// A fetched payload, checked against its offer, for the scheduler to verify and run.
 #[derive(Clone, Debug)]
-pub struct Candidate {
+pub(crate) struct Candidate {
     pub deployment: u64,
     pub file: PathBuf,
     pub payload: Payload,
@@ -107,7 +107,7 @@ impl Deployments {
     }
 
     /// The reports made since the last call, oldest first.
-    pub fn take_reports(&self) -> Vec<Vec<u8>> {
+    pub(crate) fn take_reports(&self) -> Vec<Vec<u8>> {
         std::mem::take(&mut self.lock().unsent)
             .iter()
             .map(Report::encode)
@@ -115,7 +115,7 @@ impl Deployments {
     }
 
     /// The latest report again (a new connection).
-    pub fn last_report(&self) -> Option<Vec<u8>> {
+    pub(crate) fn last_report(&self) -> Option<Vec<u8>> {
         self.lock().report.as_ref().map(Report::encode)
     }
 
@@ -126,14 +126,14 @@ impl Deployments {
     }
 
     /// A payload ready for verification, once.
-    pub fn take_candidate(&self) -> Option<Candidate> {
+    pub(crate) fn take_candidate(&self) -> Option<Candidate> {
         self.lock().candidate.take()
     }
 }
 
 /// Transfer settings (`[mqtt]` deploy_* in the configuration).
 #[derive(Clone, Copy, Debug)]
-pub struct Transfer {
+pub(crate) struct Transfer {
     /// Chunks asked for and not yet come.
     pub window: usize,
     /// Largest payload accepted.
@@ -143,7 +143,7 @@ pub struct Transfer {
 }
 
 /// The transfer side, run on the publisher's thread.
-pub struct Deployer {
+pub(crate) struct Deployer {
     shared: Arc<Deployments>,
     trusted: TrustAnchor,
     transfer: Transfer,
@@ -334,7 +334,7 @@ impl Deployer {
     }
 
     /// A new connection: what was asked on the old one will not come.
-    pub fn reconnected(&mut self) {
+    pub(crate) fn reconnected(&mut self) {
         if let Some(d) = self.current.as_mut() {
             d.reconnected();
         }

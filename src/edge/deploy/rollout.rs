@@ -11,7 +11,7 @@ use crate::transport::deploy::DeployState;
 
 /// Starts with a deployed bundle that has not yet produced a result before it is rolled back:
 /// it may be what brings the daemon down (a crash, the OOM killer).
-pub const MAX_PROBATION_STARTS: u32 = 3;
+pub(crate) const MAX_PROBATION_STARTS: u32 = 3;
 
 /// What the owner of the running bundle must do.
 #[derive(Debug, PartialEq)]
@@ -65,7 +65,7 @@ impl<B> Rollout<B> {
 
     /// Whether a start with a deployed bundle still on probation, the `starts`-th, should
     /// give it up before loading it.
-    pub fn gives_up_at_start(starts: u32) -> bool {
+    pub(crate) fn gives_up_at_start(starts: u32) -> bool {
         starts > MAX_PROBATION_STARTS
     }
 
@@ -82,7 +82,7 @@ impl<B> Rollout<B> {
 
     /// The board started on an earlier bundle because `deployment` could not run: reported
     /// once the scheduler runs ([`Self::take_pending`]).
-    pub fn rolled_back_at_start(&mut self, deployment: u64, why: String) {
+    pub(crate) fn rolled_back_at_start(&mut self, deployment: u64, why: String) {
         self.pending = Some(Step::Report {
             deployment,
             state: DeployState::RolledBack,
@@ -91,23 +91,29 @@ impl<B> Rollout<B> {
     }
 
     /// A step decided before the scheduler ran, once.
-    pub fn take_pending(&mut self) -> Option<Step<B>> {
+    pub(crate) fn take_pending(&mut self) -> Option<Step<B>> {
         self.pending.take()
     }
 
     /// One deployment at a time: the next waits until this one has proved itself or rolled
     /// back.
-    pub fn can_take_next(&self) -> bool {
+    pub(crate) fn can_take_next(&self) -> bool {
         self.probation.is_none()
     }
 
     /// The deployment on probation, if any.
-    pub fn on_probation(&self) -> Option<u64> {
+    #[cfg(test)]
+    pub(crate) fn on_probation(&self) -> Option<u64> {
         self.probation.as_ref().map(|p| p.deployment)
     }
 
     /// `deployment` verified, passed its test load and runs now instead of `previous`.
-    pub fn activated(&mut self, deployment: u64, previous: B, width_rejects: u64) -> Step<B> {
+    pub(crate) fn activated(
+        &mut self,
+        deployment: u64,
+        previous: B,
+        width_rejects: u64,
+    ) -> Step<B> {
         self.probation = Some(Probation {
             deployment,
             previous,
@@ -131,14 +137,14 @@ impl<B> Rollout<B> {
     }
 
     /// An inference succeeded.
-    pub fn inferred(&mut self) -> Option<Step<B>> {
+    pub(crate) fn inferred(&mut self) -> Option<Step<B>> {
         self.probation.take().map(|p| Step::Confirm {
             deployment: p.deployment,
         })
     }
 
     /// An inference failed.
-    pub fn inference_failed(&mut self) {
+    pub(crate) fn inference_failed(&mut self) {
         if let Some(p) = &mut self.probation {
             p.failed_inferences += 1;
         }
