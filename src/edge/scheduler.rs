@@ -13,6 +13,7 @@ use super::shutdown::Shutdown;
 use super::sink::Sink;
 use super::source::Rejects;
 use super::watchdog::Heartbeat;
+use crate::input::RejectKind;
 use crate::transport::deploy::DeployState;
 use crate::transport::frame::Input;
 use crate::transport::message::{now_ms, ResultMessage};
@@ -55,14 +56,6 @@ impl Scheduler {
             .bundle_changed(&self.inference.bundle_id, self.inference.epoch);
         self.notifier
             .send(&format!("STATUS=running {}", self.inference.describe()));
-    }
-
-    fn width_rejects(&self) -> u64 {
-        self.rejects
-            .by_kind()
-            .get(&crate::input::RejectKind::Width)
-            .copied()
-            .unwrap_or(0)
     }
 
     /// Carry out what the rollout decided: the one place a deployment's state changes are
@@ -137,7 +130,7 @@ impl Scheduler {
                     deployment,
                     previous,
                 } => {
-                    let width_rejects = self.width_rejects();
+                    let width_rejects = self.rejects.of_kind(RejectKind::Width);
                     let step = self.rollout.activated(deployment, *previous, width_rejects);
                     self.switched();
                     self.carry_out(step)?;
@@ -147,7 +140,9 @@ impl Scheduler {
                     self.carry_out(step)?;
                 }
             }
-            if let Some(step) = self.rollout.check(self.width_rejects()) {
+            // (The count is read only while a deployment is on probation.)
+            let rejects = &self.rejects;
+            if let Some(step) = self.rollout.check(|| rejects.of_kind(RejectKind::Width)) {
                 self.carry_out(step)?;
             }
             let input = match self.queue.pop(Duration::from_millis(200)) {

@@ -129,6 +129,16 @@ impl Rejects {
         self.count.load(Ordering::Relaxed)
     }
 
+    /// Rejections of `kind` so far.
+    pub(crate) fn of_kind(&self, kind: RejectKind) -> u64 {
+        self.logged
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&kind)
+            .copied()
+            .unwrap_or(0)
+    }
+
     /// Rejections so far, by kind.
     pub(crate) fn by_kind(&self) -> HashMap<RejectKind, u64> {
         self.logged
@@ -536,7 +546,7 @@ mod tests {
         assert_eq!(drain(&queue), vec![vec![1.0, 2.0], vec![5.0, 6.0]]);
         assert_eq!(rejects.count(), 2);
         // Counted, and logged once for the kind.
-        assert_eq!(rejects.by_kind().get(&RejectKind::Width), Some(&2));
+        assert_eq!(rejects.of_kind(RejectKind::Width), 2);
     }
 
     #[test]

@@ -150,11 +150,11 @@ impl<B> Rollout<B> {
         }
     }
 
-    /// With `width_rejects` inputs refused for their width so far: roll back a deployment
-    /// whose first inputs all failed.
-    pub fn check(&mut self, width_rejects: u64) -> Option<Step<B>> {
+    /// With `width_rejects()` inputs refused for their width so far (asked only while a
+    /// deployment is on probation): roll back a deployment whose first inputs all failed.
+    pub fn check(&mut self, width_rejects: impl FnOnce() -> u64) -> Option<Step<B>> {
         let p = self.probation.as_ref()?;
-        let failed = p.failed_inferences + width_rejects.saturating_sub(p.width_rejects_before);
+        let failed = p.failed_inferences + width_rejects().saturating_sub(p.width_rejects_before);
         if failed < self.rollback_after {
             return None;
         }
@@ -188,7 +188,7 @@ mod tests {
         assert_eq!(report(&s), Some((7, DeployState::Active)));
         assert!(!r.can_take_next());
         r.inference_failed();
-        assert_eq!(r.check(0), None, "one failure of three");
+        assert_eq!(r.check(|| 0), None, "one failure of three");
         assert_eq!(r.inferred(), Some(Step::Confirm { deployment: 7 }));
         assert!(r.can_take_next());
         assert_eq!(r.inferred(), None, "confirmed once");
@@ -200,8 +200,8 @@ mod tests {
         r.activated(4, "old", 5);
         r.inference_failed();
         // Width rejects from before the swap do not count against it; one after does.
-        assert_eq!(r.check(5), None);
-        match r.check(6) {
+        assert_eq!(r.check(|| 5), None);
+        match r.check(|| 6) {
             Some(Step::RollBack {
                 deployment: 4,
                 previous: "old",
@@ -228,7 +228,7 @@ mod tests {
         assert_eq!(r.on_probation(), Some(3));
         r.inference_failed();
         assert!(
-            matches!(r.check(0), Some(Step::RollBack { deployment: 3, .. })),
+            matches!(r.check(|| 0), Some(Step::RollBack { deployment: 3, .. })),
             "rollback_after 0 means 1"
         );
         assert!(!Rollout::<()>::gives_up_at_start(MAX_PROBATION_STARTS));
