@@ -158,12 +158,13 @@ pub enum Outcome {
         seq: u64,
         kept: bool,
     },
-    /// Refused. `from` is set when the device's valid signature vouches for the message,
-    /// `name` is the device#seq the message claims.
+    /// Refused. `claimed`: the device and sequence number the message names, if it decoded;
+    /// `vouched`: the device's valid signature vouches for them (then it is acknowledged and
+    /// counted against the device).
     Refused {
         reason: Refused,
-        name: Option<String>,
-        from: Option<(String, u64)>,
+        claimed: Option<(String, u64)>,
+        vouched: bool,
     },
 }
 
@@ -243,9 +244,13 @@ impl Decryptor {
                     );
                 }
             }
-            Outcome::Refused { reason, name, .. } => {
+            Outcome::Refused {
+                reason, claimed, ..
+            } => {
                 self.stats.refused += 1;
-                let name = name.as_deref().unwrap_or("?");
+                let name = claimed
+                    .as_ref()
+                    .map_or("?".into(), |(device, seq)| format!("{device}#{seq}"));
                 log::warn!("refused a result [{}]: {name}: {reason}", reason.kind());
             }
         }
@@ -263,8 +268,8 @@ impl Decryptor {
             Err(e) => {
                 return Ok(Outcome::Refused {
                     reason: e.into(),
-                    name: None,
-                    from: None,
+                    claimed: None,
+                    vouched: false,
                 })
             }
         };
@@ -272,8 +277,8 @@ impl Decryptor {
         let refuse = |reason: Refused| {
             Ok(Outcome::Refused {
                 reason,
-                name: Some(format!("{device}#{seq}")),
-                from: None,
+                claimed: Some((device.clone(), seq)),
+                vouched: false,
             })
         };
         if let Some(t) = topic_device {
@@ -391,8 +396,8 @@ impl Decryptor {
         }
         Ok(Outcome::Refused {
             reason: why,
-            name: Some(format!("{}#{}", m.device_id, m.seq)),
-            from: Some((m.device_id.clone(), m.seq)),
+            claimed: Some((m.device_id.clone(), m.seq)),
+            vouched: true,
         })
     }
 }
@@ -423,10 +428,11 @@ impl AckBatch {
                 kept: true,
             }
             | Outcome::Refused {
-                from: Some((device, seq)),
+                claimed: Some((device, seq)),
+                vouched: true,
                 ..
             } => (device, *seq),
-            Outcome::Refused { from: None, .. } | Outcome::Withheld { kept: false, .. } => return,
+            Outcome::Refused { .. } | Outcome::Withheld { kept: false, .. } => return,
         };
         self.received.entry(device.clone()).or_default().push(seq);
         self.since.get_or_insert_with(Instant::now);
@@ -672,13 +678,13 @@ mod tests {
         });
         b.add(&Outcome::Refused {
             reason: Refused::Result(Refusal::Check { row: 0 }),
-            name: Some("a#7".into()),
-            from: Some(("a".into(), 7)),
+            claimed: Some(("a".into(), 7)),
+            vouched: true,
         });
         b.add(&Outcome::Refused {
             reason: Refused::Message(MessageError::BadSignature),
-            name: Some("a#8".into()),
-            from: None,
+            claimed: Some(("a".into(), 8)),
+            vouched: false,
         });
         b.add(&Outcome::Withheld {
             device: "c".into(),

@@ -141,9 +141,13 @@ fn files(a: &Args, decryptor: &mut Decryptor, out: &mut Box<dyn Output>) -> Resu
                     path.display()
                 );
             }
-            Outcome::Refused { reason, name, .. } => {
+            Outcome::Refused {
+                reason, claimed, ..
+            } => {
                 failed += 1;
-                let name = name.map(|n| format!(" {n}")).unwrap_or_default();
+                let name = claimed
+                    .map(|(device, seq)| format!(" {device}#{seq}"))
+                    .unwrap_or_default();
                 eprintln!("error: {}:{name} refused: {reason}", path.display());
             }
         }
