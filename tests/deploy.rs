@@ -102,10 +102,10 @@ fn bundle_id(bundle: &Path, keys: &Path) -> String {
         .unwrap()
 }
 
-/// The deployment agent, as a service runs it.
-fn agent(st: &Setup, broker: &str, rate: Option<&str>) -> Draining {
+/// The deployment agent of the backend whose key directory is `keys`, as a service runs it.
+fn agent(keys: &Path, broker: &str, rate: Option<&str>) -> Draining {
     let mut c = Command::new(env!("CARGO_BIN_EXE_hedge"));
-    c.args(["deploy", "--keys", s(&st.keys), "serve", "--broker", broker])
+    c.args(["deploy", "--keys", s(keys), "serve", "--broker", broker])
         .args(rate.map(|r| ["--rate", r]).into_iter().flatten())
         .env("RUST_LOG", "info")
         .stdout(Stdio::null());
@@ -222,7 +222,7 @@ fn a_group_rollout_survives_a_killed_board_and_a_broker_restart() {
     let (first_id, next_id) = (bundle_id(&st.bundle, &st.keys), bundle_id(&next, &st.keys));
     let full_size = std::fs::metadata(&next).unwrap().len();
     // 3 × 2.9 MB at 600 kB/s: long enough to interrupt.
-    let serving = agent(&st, &addr, Some("600000"));
+    let serving = agent(&st.keys, &addr, Some("600000"));
     let text = deploy(
         &st.keys,
         &next,
@@ -420,7 +420,7 @@ fn tampered_foreign_older_and_failing_bundles_leave_the_board_serving() {
     let mut bytes = std::fs::read(&stored).unwrap();
     bytes[100_000] ^= 0x40;
     std::fs::write(&stored, bytes).unwrap();
-    let mut serving = agent(&st, &addr, None);
+    let mut serving = agent(&st.keys, &addr, None);
     let row = wait_state(&st.keys, 1, "b", "failed");
     assert!(
         row.join(" ").contains("did not match its digest"),
@@ -518,7 +518,7 @@ fn tampered_foreign_older_and_failing_bundles_leave_the_board_serving() {
         &addr,
     ]);
     wait_for(|| !partial.exists(), "the partial file dropped");
-    serving = agent(&st, &addr, None);
+    serving = agent(&st.keys, &addr, None);
     wait_state(&st.keys, 5, "b", "cancelled");
 
     // 7. Offered while the board is off: it takes it when it comes back.
@@ -581,7 +581,7 @@ fn a_model_update_of_act_moves_a_fraction_of_the_bundle() {
     board.start(&st);
     board.feed(&st.vectors[0..1]);
     wait_lines(&out, 1);
-    let serving = agent(&st, &addr, None);
+    let serving = agent(&st.keys, &addr, None);
     // The registry learns which bundle the board runs.
     hedge(&[
         "fleet",
@@ -702,7 +702,7 @@ fn a_rotated_key_set_is_deployed_and_both_key_sets_decrypt() {
     assert!(rotated.contains("4 results accepted"), "{rotated}");
     let next = model(&st.root, &st.keys, "v2", 2, "last");
     let next_id = bundle_id(&next, &st.keys);
-    let serving = agent(&st, &addr, None);
+    let serving = agent(&st.keys, &addr, None);
     deploy(&st.keys, &next, &["--device", "moved"], &addr, &[]);
     wait_state(&st.keys, 1, "moved", "active");
     moved.feed(&v[2..5]);
@@ -824,14 +824,7 @@ fn a_new_verifying_key_moves_bundles_offers_and_acks_together() {
     let log_a = wait_ok(dec_a, "decryptor A");
     assert!(log_a.contains(&format!("unknown bundle {id_b}")), "{log_a}");
     // Backend B's acknowledgements are taken (the board resends after e2e_timeout_s).
-    let dec_b = Command::new(env!("CARGO_BIN_EXE_hedge"))
-        .args(["decrypt", "--keys", s(&keys_b), "--subscribe", &addr])
-        .args(["--output", s(&out_b), "--client-id", "backend-b"])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let dec_b = decryptor_of(&keys_b, &addr, &["--client-id", "backend-b"], &out_b);
     wait_lines(&out_b, 2);
     wait_for(|| spooled(&board.spool) == 0, "backend B's acks taken");
 
@@ -845,7 +838,7 @@ fn a_new_verifying_key_moves_bundles_offers_and_acks_together() {
     // Offers: A's is ignored (nothing fetched, nothing reported), B's is taken.
     let next_a = model(&st.root, &st.keys, "a2", 2, "last");
     let next_b = model(&st.root, &keys_b, "b2", 2, "last");
-    let agent_a = agent(&st, &addr, None);
+    let agent_a = agent(&st.keys, &addr, None);
     deploy(&st.keys, &next_a, &["--device", "board"], &addr, &[]);
     std::thread::sleep(Duration::from_secs(3));
     let row_a = status(&st.keys, 1).remove("board").unwrap();
@@ -857,11 +850,7 @@ fn a_new_verifying_key_moves_bundles_offers_and_acks_together() {
     // number, which each backend counts from 1.)
     terminate(&agent_a.child);
     agent_a.finish();
-    let mut c = Command::new(env!("CARGO_BIN_EXE_hedge"));
-    c.args(["deploy", "--keys", s(&keys_b), "serve", "--broker", &addr])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null());
-    let agent_b = Draining::spawn(&mut c);
+    let agent_b = agent(&keys_b, &addr, None);
     deploy(&keys_b, &next_b, &["--device", "board"], &addr, &[]);
     wait_state(&keys_b, 1, "board", "active");
     feed(&mut hedged.child, &v[5..6]);

@@ -345,11 +345,16 @@ pub fn enrol(st: &Setup, spool: &Path, device: &str) {
 /// `hedge decrypt --subscribe` with `extra` flags, writing to `out`; returns once it had time
 /// to subscribe.
 pub fn decryptor_with(st: &Setup, broker: &str, extra: &[&str], out: &Path) -> Child {
+    decryptor_of(&st.keys, broker, extra, out)
+}
+
+/// [`decryptor_with`] for the backend whose key directory is `keys`.
+pub fn decryptor_of(keys: &Path, broker: &str, extra: &[&str], out: &Path) -> Child {
     let c = Command::new(env!("CARGO_BIN_EXE_hedge"))
         .args([
             "decrypt",
             "--keys",
-            s(&st.keys),
+            s(keys),
             "--subscribe",
             broker,
             "--output",
