@@ -47,7 +47,7 @@ pub fn encryption_generator() -> EncryptionRandomGenerator<DefaultRandomGenerato
     EncryptionRandomGenerator::new(seed, &mut seeder)
 }
 
-/// Encrypt `plain` (a whole number of polynomials of `glwe.poly_size.0` coefficients) as a
+/// Encrypt `plain` (a whole number of polynomials of `glwe.poly_size` coefficients) as a
 /// seeded GLWE list under `sk`: returns the compression seed and the bodies.
 #[cfg(any(feature = "backend", test))]
 pub(crate) fn encrypt_seeded_glwes(
