@@ -339,8 +339,11 @@ impl Decryptor {
         if self.policy.reveal >= Reveal::Diagnostics {
             line["noise_margin_bits"] = ((d.noise_margin_bits * 10.0).round() / 10.0).into();
         }
+        // One write of the whole line: formatted straight into the file, a JSON value goes out
+        // in many small writes, and a crash between them leaves a torn line.
+        let text = format!("{line}\n");
         let write = || {
-            writeln!(out, "{line}")
+            out.write_all(text.as_bytes())
                 .and_then(|_| out.flush())
                 .map_err(|e| IoError::new("output", e).into())
         };
