@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Models with their pre-processing, as scikit-learn users export them (issue 22): scaler
-pipelines, a float64 export, and a dense layer followed by BatchNormalization (the Keras
-pattern, written with onnx.helper since no TensorFlow is at hand). On scikit-learn's wine
+pipelines, a float64 export, a dense layer followed by BatchNormalization (the Keras
+pattern, written with onnx.helper since no TensorFlow is at hand), and MLPs with tanh,
+logistic, leaky ReLU and GELU activations. On scikit-learn's wine
 data (13 features from 0.1 to 1,680: raw, they break an 8-bit input scale).
 
 Writes tests/data/pipelines/: NAME.onnx, calibration.txt (100 training vectors) and
@@ -88,6 +89,57 @@ def batchnorm_mlp(x_train, y_train):
     return model, predict
 
 
+def activation_mlp(x_train, y_train, op, attrs, f):
+    """A scaler + ReLU MLP's weights (the scaler folded in) with another activation `op`
+    between the layers, as PyTorch and Keras write LeakyRelu and Gelu: the graph's own forward
+    pass `f` gives the predictions (scikit-learn trains neither)."""
+    scaler = StandardScaler().fit(x_train)
+    mlp = MLPClassifier((16,), max_iter=3000, random_state=0).fit(scaler.transform(x_train), y_train)
+    w1 = (mlp.coefs_[0] / scaler.scale_[:, None]).astype(np.float32)
+    b1 = (mlp.intercepts_[0] - (scaler.mean_ / scaler.scale_) @ mlp.coefs_[0]).astype(np.float32)
+    w2 = mlp.coefs_[1].astype(np.float32)
+    b2 = mlp.intercepts_[1].astype(np.float32)
+    init = [numpy_helper.from_array(a, n) for a, n in [(w1, "w1"), (b1, "b1"), (w2, "w2"), (b2, "b2")]]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h0"], name="dense"),
+        helper.make_node("Add", ["h0", "b1"], ["h1"], name="dense_bias"),
+        helper.make_node(op, ["h1"], ["h2"], name="activation", **attrs),
+        helper.make_node("MatMul", ["h2", "w2"], ["o0"], name="dense_1"),
+        helper.make_node("Add", ["o0", "b2"], ["scores"], name="dense_1_bias"),
+        helper.make_node("Softmax", ["scores"], ["probabilities"], name="softmax"),
+    ]
+    graph = helper.make_graph(
+        nodes, f"{op.lower()}_mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, x_train.shape[1]])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, len(b2)])],
+        init)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    onnx.checker.check_model(model)
+
+    def predict(x):
+        return np.argmax(f(x.astype(np.float64) @ w1 + b1) @ w2 + b2, axis=1)
+
+    return model, predict
+
+
+def activations(x32, y, train, test, options):
+    """MLPs with the activations hedge bootstraps besides ReLU: tanh and logistic pipelines as
+    scikit-learn exports them, leaky ReLU and GELU as PyTorch and Keras write them."""
+    for act in ["tanh", "logistic"]:
+        mlp = make_pipeline(StandardScaler(),
+                            MLPClassifier((16,), activation=act, max_iter=3000, random_state=0))
+        mlp.fit(x32[train], y[train])
+        write(f"scaler-mlp-{act}", to_onnx(mlp, x32[:1], options={id(mlp.steps[-1][1]): options},
+                                          target_opset=17), mlp.predict(x32[test]), x32[test])
+    leaky, predict = activation_mlp(x32[train], y[train], "LeakyRelu", {"alpha": 0.1},
+                                    lambda h: np.where(h >= 0, h, 0.1 * h))
+    write("leaky-mlp", leaky, predict(x32[test]), x32[test])
+    from math import erf
+    gelu_f = np.vectorize(lambda v: 0.5 * v * (1 + erf(v / np.sqrt(2))))
+    gelu, predict = activation_mlp(x32[train], y[train], "Gelu", {}, gelu_f)
+    write("gelu-mlp", gelu, predict(x32[test]), x32[test])
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     x, y = load_wine(return_X_y=True)
@@ -113,6 +165,8 @@ def main():
     write("float64-scaler-mlp", to_onnx(mlp64, x[:1], options={id(mlp64.steps[-1][1]): options},
                                         target_opset=17), mlp64.predict(x[test]), x[test])
 
+    activations(x32, y, train, test, options)
+
     bn, predict = batchnorm_mlp(x32[train], y[train])
     write("dense-batchnorm", bn, predict(x32[test]), x32[test])
 
@@ -123,8 +177,7 @@ def main():
         f.write(to_onnx(forest, x32[:1], options={id(forest): options},
                         target_opset={"": 17, "ai.onnx.ml": 3}).SerializeToString())
 
-    # A tanh MLP on features standardised beforehand (its own calibration file): an
-    # activation hedge does not encrypt, which the automatic cut would put in plaintext.
+    # A tanh MLP on features standardised beforehand (its own calibration file).
     scaler = StandardScaler().fit(x32[train])
     xs = scaler.transform(x32).astype(np.float32)
     with open(os.path.join(OUT, "tanh-mlp.calibration.txt"), "w") as f:

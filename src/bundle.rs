@@ -30,7 +30,7 @@ pub(crate) const MAGIC: [u8; 8] = *b"HEDGEBDL";
 /// 2: the optional plaintext feature extractor. 3: the key-switching key modulo 2^32.
 /// 4: the epoch (anti-rollback) and the parameter sets of 2026-12 (today's security fits).
 /// 5: `act`'s accuracy settings (class groups per unit, gadget levels) and expected agreement.
-pub const FORMAT_VERSION: u16 = 6;
+pub const FORMAT_VERSION: u16 = 7;
 const PREFIX: usize = 8 + 2 + 8;
 const TRAILER: usize = 32 + 8 + 64;
 

@@ -271,6 +271,29 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     for matmul in [false, true] {
         out.push(("onnx", crate::model::onnx::to_bytes(&model, matmul)));
     }
+    // Every activation the importer reads, and two exporters' own graphs with them.
+    use crate::model::activation::{Activation, Alpha};
+    for f in [
+        Activation::Tanh,
+        Activation::Sigmoid,
+        Activation::Gelu,
+        Activation::GeluTanh,
+        Activation::LeakyRelu(Alpha::new(0.1)),
+        Activation::Elu(Alpha::new(1.0)),
+        Activation::Softplus,
+        Activation::Square,
+    ] {
+        let model = synth::classifier(5, &task, 8, Some(f));
+        out.push(("onnx", crate::model::onnx::to_bytes(&model, false)));
+    }
+    out.push((
+        "onnx",
+        include_bytes!("../tests/data/pipelines/scaler-mlp-logistic.onnx").to_vec(),
+    ));
+    out.push((
+        "onnx",
+        include_bytes!("../tests/data/pipelines/gelu-mlp.onnx").to_vec(),
+    ));
     let mut engine = f.engine.lock().unwrap_or_else(|e| e.into_inner());
     let features = engine.encrypt_features(&x).expect("encrypts");
     let bytes = postcard::to_allocvec(&features).expect("serialises");

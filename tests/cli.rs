@@ -427,7 +427,7 @@ fn bad_bundles_are_refused_with_the_reason() {
         (
             {
                 let mut b = bytes.clone();
-                b[8] = 7;
+                b[8] ^= 1; // another format version
                 b
             },
             "version",
@@ -616,37 +616,62 @@ fn a_model_that_would_be_silently_wrong_is_refused_at_protect() {
     refused(&o, "a fraction from 0 to 1");
 }
 
-/// Issue 22: an MLP with tanh — an activation hedge does not evaluate encrypted — was
+/// Issue 22: an MLP with tanh — then an activation hedge did not evaluate encrypted — was
 /// protected with `--variant noact` by moving its first layer and tanh into the plaintext
 /// extractor, its hidden weights shipped in the clear although both layers were asked to be
-/// encrypted. Now the variants that encrypt both layers refuse, naming where the cut falls
-/// and why; `last`, whose first layer runs in plaintext by design, takes it.
+/// encrypted. Now tanh is bootstrapped like ReLU (`act`), `noact` refuses to drop it unless
+/// told, and with a function no model is trained with (Sin) the variants that encrypt both
+/// layers refuse, naming where the cut falls and why; `last`, whose first layer runs in
+/// plaintext by design, takes it.
 #[test]
 fn a_layer_is_never_moved_into_plaintext_quietly() {
+    use prost::Message;
     let f = fixture();
     let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/pipelines");
-    let (model, calibration) = (
+    let (tanh, calibration) = (
         data.join("tanh-mlp.onnx"),
         data.join("tanh-mlp.calibration.txt"),
     );
-    let protect = |variant: &str, extra: &[&str]| {
-        let bundle = f.root.join(format!("tanh-{variant}.bundle"));
+    let mut model = tract_onnx::pb::ModelProto::decode(&std::fs::read(&tanh).unwrap()[..]).unwrap();
+    let graph = model.graph.as_mut().unwrap();
+    graph
+        .node
+        .iter_mut()
+        .find(|n| n.op_type == "Tanh")
+        .unwrap()
+        .op_type = "Sin".into();
+    let sin = f.root.join("sin-mlp.onnx");
+    std::fs::write(&sin, model.encode_to_vec()).unwrap();
+    let protect = |model: &Path, variant: &str, extra: &[&str]| {
+        let bundle = f.root.join(format!(
+            "{}-{variant}.bundle",
+            model.file_stem().unwrap().to_string_lossy()
+        ));
         (
-            protect_with(&f, &model, &calibration, variant, &bundle, extra),
+            protect_with(&f, model, &calibration, variant, &bundle, extra),
             bundle,
         )
     };
     for (variant, extra) in [("noact", &["--drop-activation"][..]), ("act", &[][..])] {
-        let (o, bundle) = protect(variant, extra);
+        let (o, bundle) = protect(&sin, variant, extra);
         refused(&o, "encrypts both dense layers");
-        refused(&o, "(Tanh)");
+        refused(&o, "(Sin)");
         refused(&o, "would run in plaintext on the board");
         refused(&o, "--encrypt-from");
         assert!(!bundle.exists());
     }
-    let (o, bundle) = protect("last", &[]);
+    let (o, bundle) = protect(&sin, "last", &[]);
     let out = ok(&o);
     assert!(out.contains("integer model agrees"), "{out}");
+    assert!(bundle.exists());
+    // The tanh itself: bootstrapped, and dropped only when asked.
+    let (o, bundle) = protect(&tanh, "noact", &[]);
+    refused(&o, "the model has a tanh after its hidden layer");
+    refused(&o, "--drop-activation");
+    assert!(!bundle.exists());
+    let (o, bundle) = protect(&tanh, "act", &[]);
+    let out = ok(&o);
+    assert!(out.contains("act accuracy"), "{out}");
     assert!(bundle.exists());
 }
 

@@ -2,10 +2,10 @@
 //! mode, on small shapes (the full shape runs in `hedge bench`).
 
 use hedge::crypto::keys;
-use hedge::crypto::lut::Activation;
 use hedge::crypto::params::{ParameterSet, SecurityLevel};
 use hedge::engine::synthetic::{Protected, Task};
 use hedge::engine::{decrypt, Decoding, EdgeEngine, EncryptedModel, Refusal};
+use hedge::model::activation::Activation;
 use hedge::model::argmax;
 use hedge::model::quant::{QuantModel, Variant};
 use hedge::transport::frame::{self, Input};
@@ -117,6 +117,59 @@ fn full_with_square_stays_within_bound() {
 #[test]
 fn full_with_relu_in_class_groups_and_two_gadget_levels_stays_within_bound() {
     run_with(Variant::Act, Some(Activation::Relu), 2, 3, 2);
+}
+
+/// Issue 22: any univariate activation. `act` evaluates it in the bootstrap's table (each
+/// function on its grid, f(0) in the bias): every decrypted score within the stated bound of
+/// the integer reference, and the class the reference's; `last` evaluates it in plaintext on
+/// the board: exact. One key set for all.
+#[test]
+fn every_activation_runs_in_act_within_its_bound_and_exact_in_last() {
+    use hedge::model::activation::Alpha;
+    let params = ParameterSet::for_level(SecurityLevel::L128);
+    let ks = keys::generate(params);
+    let task = Task::small();
+    for f in [
+        Activation::Tanh,
+        Activation::Sigmoid,
+        Activation::Gelu,
+        Activation::GeluTanh,
+        Activation::LeakyRelu(Alpha::new(0.1)),
+        Activation::Elu(Alpha::new(1.0)),
+        Activation::Softplus,
+        Activation::Identity,
+    ] {
+        for variant in [Variant::Act, Variant::Last] {
+            let q = task.quantised(variant, Some(f), &params, usize::MAX);
+            let Protected {
+                q,
+                mut engine,
+                decoding,
+                ..
+            } = Protected::new(&ks, params, q);
+            let bound = q.act_score_bound(&params);
+            for (x, _) in task.task.samples(21, 2) {
+                let reference = q.reference(&q.input.quantize(&x).unwrap());
+                let d = decrypt(&engine.infer_plain(&x).unwrap(), &decoding, &ks.secret)
+                    .unwrap_or_else(|e| panic!("{f:?} {variant:?}: refused: {e}"));
+                if variant == Variant::Last {
+                    assert_eq!(d.scores, reference.scores, "{f:?} last");
+                    continue;
+                }
+                for (j, (got, want)) in d.scores.iter().zip(&reference.scores).enumerate() {
+                    assert!(
+                        ((got - want) as f64).abs() <= bound[j],
+                        "{f:?} class {j}: {got} vs {want}, bound {}",
+                        bound[j]
+                    );
+                }
+                let flip = q.act_flip_probability(&reference, &params);
+                if flip.at_most < 1e-3 {
+                    assert_eq!(d.class, argmax(&reference.scores), "{f:?}");
+                }
+            }
+        }
+    }
 }
 
 /// Ciphertexts a board can craft with the public material are refused before decryption

@@ -7,9 +7,10 @@ use super::BackendError;
 use super::Result;
 use crate::bundle::{BundleHeader, EdgeBundle};
 use crate::crypto::keys::EdgeKeys;
-use crate::crypto::lut::{Activation, WindowMap};
+use crate::crypto::lut::WindowMap;
 use crate::crypto::params::{ParameterSet, MAX_PBS_LEVELS};
 use crate::engine::{Decoding, EncryptedModel, ModelInfo, ResultChecks};
+use crate::model::activation::Activation;
 use crate::model::quant::{QuantModel, Variant};
 use crate::model::split::PlainExtractor;
 use crate::model::Classifier;
@@ -322,10 +323,7 @@ pub fn hidden_activation(
     choice: HiddenActivation,
 ) -> Result<Option<Activation>> {
     let trained = model.activation;
-    let name = |a: Activation| match a {
-        Activation::Relu => "a ReLU",
-        Activation::Square => "a square",
-    };
+    let name = |a: Activation| format!("a {}", a.name());
     match (variant, choice, trained) {
         (Variant::Noact, HiddenActivation::AsTrained, Some(a)) => {
             Err(BackendError::ModelChange(format!(
@@ -340,7 +338,7 @@ pub fn hidden_activation(
         )),
         (Variant::Act, HiddenActivation::AsTrained, None) => Err(BackendError::ModelChange(
             "the model has no activation after its hidden layer; --variant act bootstraps one: \
-             pass --activation relu|square to add it knowingly, or use --variant noact"
+             pass --activation (relu, identity, …) to add it knowingly, or use --variant noact"
                 .into(),
         )),
         (Variant::Act, HiddenActivation::Drop, _) => Err(BackendError::ModelChange(
@@ -542,7 +540,7 @@ mod tests {
             msg(hidden_activation(&relu, Variant::Noact, AsTrained)).contains("--drop-activation")
         );
         assert!(msg(hidden_activation(&none, Variant::Act, AsTrained))
-            .contains("--activation relu|square"));
+            .contains("pass --activation (relu, identity"));
         assert!(hidden_activation(&none, Variant::Act, Drop).is_err());
         assert!(hidden_activation(&relu, Variant::Noact, Use(Activation::Relu)).is_err());
         assert_eq!(

@@ -16,8 +16,9 @@
 //!
 //! The bootstrap rounds the phase to a slot (the integer reference models that rounding) and
 //! adds key-switching and modulus-switching noise of σ slots (see
-//! [`super::params::ParameterSet::pbs_input_std_slots`]). ReLU is 1-Lipschitz, so an input
-//! error of e slots moves W2[j,i]·relu by at most |W2[j,i]|·e.
+//! [`super::params::ParameterSet::pbs_input_std_slots`]). The table holds any function of the
+//! slot (the model layer computes act on its grid, 1-Lipschitz in slots but for the square),
+//! so an input error of e slots moves W2[j,i]·act by at most |W2[j,i]|·e.
 
 #[cfg(any(feature = "backend", test))]
 use super::encrypt_seeded_glwes;
@@ -30,23 +31,6 @@ use super::raw::Bodies;
 use super::{modulus, CompressionSeed};
 use serde::{Deserialize, Serialize};
 use tfhe::core_crypto::prelude::*;
-
-/// The activation evaluated in the bootstrap.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Activation {
-    Relu,
-    /// The paper's square activation, for comparison.
-    Square,
-}
-
-impl Activation {
-    pub fn apply(self, v: i64) -> i64 {
-        match self {
-            Self::Relu => v.max(0),
-            Self::Square => v * v,
-        }
-    }
-}
 
 /// The windows' geometry: slot = round(phase · 2N / q), R = `window` slots per class,
 /// `per_table` classes per lookup table.
@@ -126,7 +110,6 @@ const KS_BATCH: usize = 32;
 pub struct EncryptedLuts {
     pub map: WindowMap,
     pub zero_slots: Vec<u32>,
-    pub activation: Activation,
     pub hidden: usize,
     pub out_dim: usize,
     seed: CompressionSeed,
@@ -138,15 +121,16 @@ use super::params::TABLE_DROP_BITS as LUT_DROP_BITS;
 
 impl EncryptedLuts {
     #[cfg(any(feature = "backend", test))]
-    /// `w2` is out × hidden (row-major), `b2` has `out` entries; both integers at the output
-    /// scale, encoded with `delta_out`.
+    /// `value(i, t)` is hidden unit i's activation at slot t of its window; `w2` is out ×
+    /// hidden (row-major), `b2` has `out` entries; all integers at the output scale, encoded
+    /// with `delta_out`.
     #[allow(clippy::too_many_arguments)]
     pub fn encrypt(
         sk: &GlweSecretKeyOwned<u64>,
         glwe: GlweParams,
         map: WindowMap,
         zero_slots: &[u32],
-        activation: Activation,
+        value: impl Fn(usize, usize) -> i64,
         w2: &[i64],
         b2: &[i64],
         out_dim: usize,
@@ -164,7 +148,7 @@ impl EncryptedLuts {
             for (w, j) in map.group_classes(g, out_dim).enumerate() {
                 let bias = if i == 0 { b2[j] } else { 0 };
                 for t in 0..map.window {
-                    let a = activation.apply(t as i64 - zero_slots[i] as i64);
+                    let a = value(i, t);
                     let v = w2[j * hidden + i] * a + bias;
                     lut[w * map.window + t] = (v as u64).wrapping_mul(delta_out);
                 }
@@ -174,7 +158,6 @@ impl EncryptedLuts {
         Self {
             map,
             zero_slots: zero_slots.to_vec(),
-            activation,
             hidden,
             out_dim,
             seed,

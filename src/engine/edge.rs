@@ -15,6 +15,7 @@ use crate::crypto::pke::PreparedPublicKey;
 use crate::crypto::raw::U64s;
 use crate::files::IoError;
 use crate::hex::hex;
+use crate::model::quant::HiddenMap;
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use tfhe::core_crypto::prelude::*;
@@ -303,7 +304,13 @@ impl EdgeEngine {
 }
 
 fn check_plain_layer(l: &PlainLayer, hidden: usize, in_dim: usize) -> Result<()> {
-    if l.w.len() != hidden * in_dim || l.b.len() != hidden {
+    let steps_fit = match &l.map {
+        HiddenMap::Requant { steps, .. } => {
+            steps.len() == hidden && steps.iter().all(|s| s.is_finite() && *s > 0.0)
+        }
+        _ => true,
+    };
+    if l.w.len() != hidden * in_dim || l.b.len() != hidden || !steps_fit {
         return Err(EngineError::Malformed(
             "model: the plaintext first layer has the wrong shape".into(),
         ));

@@ -95,12 +95,7 @@ impl EncryptedModel {
                 }
             }
             Variant::Act => {
-                let HiddenMap::Window {
-                    map,
-                    units,
-                    activation,
-                } = &q.hidden_map
-                else {
+                let HiddenMap::Window { map, units, .. } = &q.hidden_map else {
                     return Err(ModelError::Quantisation(
                         "act model without a bootstrap window".into(),
                     )
@@ -128,7 +123,10 @@ impl EncryptedModel {
                         p.pbs_glwe,
                         *map,
                         &units.iter().map(|u| u.zero_slot).collect::<Vec<_>>(),
-                        *activation,
+                        |i, t| {
+                            q.hidden_map
+                                .window_value(i, t as i64 - units[i].zero_slot as i64)
+                        },
                         &q.w2,
                         &q.b2,
                         out,

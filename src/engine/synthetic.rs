@@ -4,8 +4,8 @@
 
 use super::{Decoding, EdgeEngine, EncryptedModel, ModelInfo};
 use crate::crypto::keys::{EdgeKeys, KeySet};
-use crate::crypto::lut::Activation;
 use crate::crypto::params::ParameterSet;
+use crate::model::activation::Activation;
 use crate::model::quant::{QuantModel, Variant};
 use crate::model::synth;
 

@@ -3,6 +3,7 @@
 //! quantisation and the plaintext integer reference. Nothing is encrypted here (quantisation
 //! reads the parameter set only to size the bootstrap windows).
 
+pub mod activation;
 pub mod error;
 pub mod network;
 pub mod onnx;
@@ -12,7 +13,7 @@ pub mod synth;
 
 pub use error::ModelError;
 
-use crate::crypto::lut::Activation;
+use crate::model::activation::Activation;
 use serde::{Deserialize, Serialize};
 
 /// A dense layer y = W·x + b, W row-major (out × in).
@@ -72,8 +73,7 @@ impl Classifier {
         let h = self.hidden.forward(x);
         match self.activation {
             None => h,
-            Some(Activation::Relu) => h.into_iter().map(|v| v.max(0.0)).collect(),
-            Some(Activation::Square) => h.into_iter().map(|v| v * v).collect(),
+            Some(f) => h.into_iter().map(|v| f.eval(v as f64) as f32).collect(),
         }
     }
 

@@ -14,7 +14,8 @@
 //!   or ai.onnx.ml's LinearClassifier (scikit-learn's linear models); one layer (a linear
 //!   model) is imported with an identity hidden layer;
 //! - after a dense layer, a BatchNormalization (Keras' Dense → BatchNormalization), folded in;
-//! - between two layers, the activation: Relu, or the square (Mul(x, x) or Pow(x, 2));
+//! - between two layers, the activation: Relu, Tanh, Sigmoid, Gelu (either form), LeakyRelu,
+//!   Elu, Softplus, or the square (Mul(x, x) or Pow(x, 2));
 //! - after the last layer, the classifier's post-processing, which preserves the argmax and is
 //!   dropped for the encrypted head: Softmax, LogSoftmax, Sigmoid, Normalizer (L1, L2), ArgMax,
 //!   ArrayFeatureExtractor and ZipMap (the class labels they carry are kept), Cast, Reshape,
@@ -25,9 +26,9 @@
 //!
 //! Anything else on the data path is refused with the node's name and operator and what to do.
 
+use super::activation::{Activation, Alpha};
 use super::error::{ModelError, Result};
 use super::{Classifier, Dense};
-use crate::crypto::lut::Activation;
 use crate::files::IoError;
 use prost::Message;
 use std::collections::{HashMap, HashSet};
@@ -74,7 +75,16 @@ pub(crate) fn is_head_op(op: &str) -> bool {
         || POST_OPS.contains(&op)
         || PRE_OPS.contains(&op)
         || is_dense_op(op)
-        || matches!(op, "Relu" | "Pow" | "Constant")
+        || is_activation_op(op)
+        || matches!(op, "Pow" | "Constant")
+}
+
+/// Univariate activations between two dense layers (Sigmoid too, where a layer follows; the
+/// square is a Mul or Pow).
+const ACTIVATION_OPS: &[&str] = &["Relu", "Tanh", "LeakyRelu", "Gelu", "Elu", "Softplus"];
+
+fn is_activation_op(op: &str) -> bool {
+    ACTIVATION_OPS.contains(&op)
 }
 
 /// Operators that start a dense layer.
@@ -368,7 +378,10 @@ fn advice(layers: usize, post: bool) -> &'static str {
             "after the scores hedge keeps only argmax-preserving post-processing: export the \
              classifier with its scores or probabilities as the output"
         }
-        _ => "hedge encrypts dense → (ReLU | square | none) → dense",
+        _ => {
+            "hedge encrypts dense → (ReLU | square | tanh | sigmoid | GELU | leaky ReLU | ELU | \
+             softplus | none) → dense"
+        }
     }
 }
 
@@ -413,7 +426,7 @@ pub(crate) fn classifier_from_graph(graph: &pb::GraphProto, input: &str) -> Resu
     let mut labels: Option<Vec<String>> = None;
     // Linear pre-processing before the first layer, folded in at the end: x ↦ s⊙x + t.
     let mut pre: Vec<Affine> = Vec::new();
-    for node in &graph.node {
+    for (at, node) in graph.node.iter().enumerate() {
         let op = node.op_type.as_str();
         if op == "Constant" || !node.input.iter().any(|i| data.contains(i)) {
             continue; // off the data path: constants, shape arithmetic
@@ -439,7 +452,8 @@ pub(crate) fn classifier_from_graph(graph: &pb::GraphProto, input: &str) -> Resu
                 .find_map(|i| weight(i).map(|w| (i.clone(), w)))
         };
         // A dense layer may not follow post-processing of the scores.
-        if post && (is_dense_op(op) || matches!(op, "Add" | "Relu" | "Mul" | "Pow")) {
+        if post && (is_dense_op(op) || is_activation_op(op) || matches!(op, "Add" | "Mul" | "Pow"))
+        {
             return Err(refuse("follows the scores' post-processing"));
         }
         let square = op == "Mul" && node.input.len() == 2 && node.input[0] == node.input[1];
@@ -470,6 +484,11 @@ pub(crate) fn classifier_from_graph(graph: &pb::GraphProto, input: &str) -> Resu
             data.extend(node.output.iter().cloned());
             continue;
         }
+        // A Sigmoid with a dense layer after it is the hidden activation; after the last
+        // layer, post-processing.
+        let sigmoid_activation = op == "Sigmoid"
+            && activation.is_none()
+            && graph.node[at + 1..].iter().any(|n| is_dense_op(&n.op_type));
         match op {
             "Gemm" => {
                 finish(&mut pending, &mut layers, &mut last_output);
@@ -561,10 +580,20 @@ pub(crate) fn classifier_from_graph(graph: &pb::GraphProto, input: &str) -> Resu
                 }
                 last_output = node.output.first().cloned();
             }
-            "Relu" | "Mul" | "Pow" => {
+            _ if is_activation_op(op) || matches!(op, "Mul" | "Pow") || sigmoid_activation => {
                 finish(&mut pending, &mut layers, &mut last_output);
                 let found = match op {
                     "Relu" => Activation::Relu,
+                    "Tanh" => Activation::Tanh,
+                    "Sigmoid" => Activation::Sigmoid,
+                    "Softplus" => Activation::Softplus,
+                    "LeakyRelu" => Activation::LeakyRelu(Alpha::new(attr_f(node, "alpha", 0.01))),
+                    "Elu" => Activation::Elu(Alpha::new(attr_f(node, "alpha", 1.0))),
+                    "Gelu" => match attr_s(node, "approximate").as_deref() {
+                        None | Some("none") => Activation::Gelu,
+                        Some("tanh") => Activation::GeluTanh,
+                        Some(_) => return Err(refuse("has an approximation hedge does not know")),
+                    },
                     "Mul" if node.input.len() == 2 && node.input[0] == node.input[1] => {
                         Activation::Square
                     }
@@ -577,7 +606,7 @@ pub(crate) fn classifier_from_graph(graph: &pb::GraphProto, input: &str) -> Resu
                     {
                         Activation::Square
                     }
-                    _ => return Err(refuse("is not an activation hedge evaluates (ReLU, x·x)")),
+                    _ => return Err(refuse("is not an activation hedge evaluates")),
                 };
                 if layers.len() != 1 || activation.is_some() {
                     return Err(refuse("is not between the two dense layers"));
@@ -969,6 +998,24 @@ pub(crate) fn node(
     }
 }
 
+fn float_attr(name: &str, v: f64) -> pb::AttributeProto {
+    pb::AttributeProto {
+        name: name.into(),
+        r#type: pb::attribute_proto::AttributeType::Float as i32,
+        f: v as f32,
+        ..Default::default()
+    }
+}
+
+fn string_attr(name: &str, v: &str) -> pb::AttributeProto {
+    pb::AttributeProto {
+        name: name.into(),
+        r#type: pb::attribute_proto::AttributeType::String as i32,
+        s: v.as_bytes().to_vec(),
+        ..Default::default()
+    }
+}
+
 pub(crate) fn int_attr(name: &str, v: i64) -> pb::AttributeProto {
     pb::AttributeProto {
         name: name.into(),
@@ -1006,16 +1053,27 @@ pub fn to_bytes(model: &Classifier, matmul: bool) -> Vec<u8> {
             ));
         }
         current = out;
-        match (k, model.activation) {
-            (0, Some(Activation::Relu)) => {
-                nodes.push(node("Relu", &[&current], "relu0", vec![]));
-                current = "relu0".into();
-            }
-            (0, Some(Activation::Square)) => {
-                nodes.push(node("Mul", &[&current, &current], "square0", vec![]));
-                current = "square0".into();
-            }
-            _ => {}
+        if let (0, Some(f)) = (k, model.activation) {
+            let (op, attrs) = match f {
+                Activation::Relu => ("Relu", vec![]),
+                Activation::Square => ("Square", vec![]),
+                Activation::Tanh => ("Tanh", vec![]),
+                Activation::Sigmoid => ("Sigmoid", vec![]),
+                Activation::Softplus => ("Softplus", vec![]),
+                Activation::Gelu => ("Gelu", vec![]),
+                Activation::GeluTanh => ("Gelu", vec![string_attr("approximate", "tanh")]),
+                Activation::LeakyRelu(a) => ("LeakyRelu", vec![float_attr("alpha", a.get())]),
+                Activation::Elu(a) => ("Elu", vec![float_attr("alpha", a.get())]),
+                Activation::Identity => ("Identity", vec![]),
+            };
+            let inputs = if op == "Square" {
+                vec![current.as_str(), current.as_str()]
+            } else {
+                vec![current.as_str()]
+            };
+            let op = if op == "Square" { "Mul" } else { op };
+            nodes.push(node(op, &inputs, "act0", attrs));
+            current = "act0".into();
         }
     }
     let model = pb::ModelProto {
@@ -1023,7 +1081,15 @@ pub fn to_bytes(model: &Classifier, matmul: bool) -> Vec<u8> {
         producer_name: "hedge".into(),
         opset_import: vec![pb::OperatorSetIdProto {
             domain: String::new(),
-            version: 13,
+            // Gelu is an operator from opset 20 on.
+            version: if matches!(
+                model.activation,
+                Some(Activation::Gelu | Activation::GeluTanh)
+            ) {
+                20
+            } else {
+                13
+            },
         }],
         graph: Some(pb::GraphProto {
             name: "classifier".into(),
@@ -1043,21 +1109,67 @@ mod tests {
     use super::*;
     use crate::model::synth;
 
+    use crate::model::activation::Alpha;
+
+    /// Every activation hedge imports, as the exporters write it.
+    const ACTIVATIONS: [Activation; 9] = [
+        Activation::Relu,
+        Activation::Square,
+        Activation::Tanh,
+        Activation::Sigmoid,
+        Activation::Gelu,
+        Activation::GeluTanh,
+        Activation::Softplus,
+        Activation::LeakyRelu(Alpha::new(0.01)),
+        Activation::Elu(Alpha::new(0.5)),
+    ];
+
     #[test]
     fn round_trip_gemm_and_matmul_forms() {
         let task = synth::Task::new(1, 20, 4);
-        let m = synth::classifier(1, &task, 8, Some(Activation::Relu));
-        for matmul in [false, true] {
-            let back = from_bytes(&to_bytes(&m, matmul)).unwrap();
-            assert_eq!(back, m);
+        for f in ACTIVATIONS {
+            let m = synth::classifier(1, &task, 8, Some(f));
+            for matmul in [false, true] {
+                let back = from_bytes(&to_bytes(&m, matmul)).unwrap();
+                assert_eq!(back, m, "{f:?}");
+            }
         }
     }
 
+    /// A Sigmoid is the hidden activation where a dense layer follows it, and the scores'
+    /// post-processing after the last layer.
+    #[test]
+    fn a_sigmoid_is_an_activation_between_layers_and_post_processing_after() {
+        let task = synth::Task::new(1, 20, 4);
+        let m = synth::classifier(1, &task, 8, Some(Activation::Sigmoid));
+        let mut model = pb::ModelProto::decode(&to_bytes(&m, false)[..]).unwrap();
+        let graph = model.graph.as_mut().unwrap();
+        let out = graph.output[0].name.clone();
+        graph
+            .node
+            .push(node("Sigmoid", &[&out], "probabilities", vec![]));
+        graph.output[0].name = "probabilities".into();
+        let back = from_bytes(&model.encode_to_vec()).unwrap();
+        assert_eq!(back.activation, Some(Activation::Sigmoid));
+        assert_eq!(back, m);
+    }
+
+    /// tract (another implementation of every operator) computes what our float model does,
+    /// for every activation opset 13 has (Gelu is newer than tract's operator set).
     #[test]
     fn tract_runs_the_exported_model_like_we_do() {
+        for f in ACTIVATIONS
+            .into_iter()
+            .filter(|f| !matches!(f, Activation::Gelu | Activation::GeluTanh))
+        {
+            tract_agrees(f);
+        }
+    }
+
+    fn tract_agrees(f: Activation) {
         use tract_onnx::prelude::*;
         let task = synth::Task::new(2, 12, 3);
-        let m = synth::classifier(2, &task, 6, Some(Activation::Relu));
+        let m = synth::classifier(2, &task, 6, Some(f));
         let bytes = to_bytes(&m, false);
         let plan = tract_onnx::onnx()
             .model_for_read(&mut &bytes[..])
@@ -1077,7 +1189,7 @@ mod tests {
             .collect::<Vec<_>>();
         let want = m.forward(x);
         for (g, w) in got.iter().zip(&want) {
-            assert!((g - w).abs() < 1e-4, "{got:?} vs {want:?}");
+            assert!((g - w).abs() < 1e-4, "{f:?}: {got:?} vs {want:?}");
         }
     }
 

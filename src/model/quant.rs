@@ -16,9 +16,10 @@
 //! same bias terms and, for `act`, the same rounding of the bootstrap's modulus switch (what
 //! the bootstrap adds on top is its noise, bounded in docs/CRYPTO.md).
 
+use super::activation::Activation;
 use super::error::{FeatureFault, ModelError, Result};
 use super::{Classifier, Dense};
-use crate::crypto::lut::{Activation, UnitWindow, WindowMap};
+use crate::crypto::lut::{UnitWindow, WindowMap};
 use crate::crypto::params::ParameterSet;
 use serde::{Deserialize, Serialize};
 
@@ -116,6 +117,7 @@ pub(crate) enum InputScaling {
 impl InputQuant {
     /// The quantisation of `calibration`'s features at `bits`.
     fn calibrate(calibration: &[Vec<f32>], dim: usize, bits: u32, scaling: InputScaling) -> Self {
+        const FEATURE_HEADROOM: f32 = 1.25;
         let all = calibration.iter().flatten();
         let max_abs = all
             .clone()
@@ -149,10 +151,14 @@ impl InputQuant {
                     }
                 }
                 let offsets: Vec<f32> = lo.iter().zip(&hi).map(|(l, h)| (l + h) / 2.0).collect();
+                // A calibration set is a sample: a quarter more than its range on each side
+                // (a third of a bit) keeps held-out inputs from being clamped.
                 let scales = lo
                     .iter()
                     .zip(&hi)
-                    .map(|(l, h)| ((h - l) / 2.0 / max_q as f32).max(max_abs * 1e-7))
+                    .map(|(l, h)| {
+                        (FEATURE_HEADROOM * (h - l) / 2.0 / max_q as f32).max(max_abs * 1e-7)
+                    })
                     .collect();
                 Self {
                     dim,
@@ -201,22 +207,27 @@ impl InputQuant {
     }
 }
 
-/// How the hidden pre-activation y becomes the second layer's input a.
+/// How the hidden pre-activation y becomes the second layer's input a. `steps[i]` is the real
+/// value one integer step of unit i's input stands for (its pre-activation y for `last`, its
+/// bootstrap slot for `act`): the grid the activation is computed on (see
+/// [`super::activation`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum HiddenMap {
     /// `last`: plaintext a = clamp(round(act(y)·mult), lo, hi).
     Requant {
         activation: Option<Activation>,
+        steps: Vec<f64>,
         mult: f64,
         lo: i64,
         hi: i64,
     },
     /// `noact`: a = y.
     Identity,
-    /// `act`: unit i's phase is Δ_h,i·y + offset(zero_i); a = act(slot − zero_i).
+    /// `act`: unit i's phase is Δ_h,i·y + offset(zero_i); a = round(act(slot − zero_i)).
     Window {
         map: WindowMap,
         units: Vec<UnitWindow>,
+        steps: Vec<f64>,
         activation: Activation,
     },
 }
@@ -227,27 +238,38 @@ impl HiddenMap {
     pub fn apply(&self, i: usize, y: i64) -> (i64, bool) {
         match self {
             HiddenMap::Identity => (y, false),
-            &HiddenMap::Requant {
+            HiddenMap::Requant {
                 activation,
+                steps,
                 mult,
                 lo,
                 hi,
             } => {
                 let v = match activation {
                     None => y as f64,
-                    Some(Activation::Relu) => y.max(0) as f64,
-                    Some(Activation::Square) => (y as f64) * (y as f64),
+                    Some(f) => f.on_grid(y, steps.get(i).copied().unwrap_or(1.0)),
                 };
-                (((v * mult).round() as i64).clamp(lo, hi), false)
+                (((v * mult).round() as i64).clamp(*lo, *hi), false)
             }
-            HiddenMap::Window {
-                map,
-                units,
-                activation,
-            } => {
+            HiddenMap::Window { map, units, .. } => {
                 let (offset, outside) = map.unit_offset(units[i], y);
-                (activation.apply(offset), outside)
+                (self.window_value(i, offset), outside)
             }
+        }
+    }
+
+    /// `act`: unit i's input to the second layer at signed slot offset d from its zero.
+    pub(crate) fn window_value(&self, i: usize, d: i64) -> i64 {
+        self.window_value_exact(i, d).round() as i64
+    }
+
+    /// [`Self::window_value`] before rounding (for slopes).
+    fn window_value_exact(&self, i: usize, d: i64) -> f64 {
+        match self {
+            HiddenMap::Window {
+                steps, activation, ..
+            } => activation.on_grid(d, steps.get(i).copied().unwrap_or(1.0)),
+            _ => d as f64,
         }
     }
 }
@@ -535,25 +557,23 @@ impl QuantModel {
                 }
             }
             Variant::Last => {
-                let act_f = |y: i64| match activation {
+                let steps: Vec<f64> = (0..hidden_dim).map(|i| s_h.of(i)).collect();
+                let act_f = |i: usize, y: i64| match activation {
                     None => y as f64,
-                    Some(Activation::Relu) => y.max(0) as f64,
-                    Some(Activation::Square) => (y as f64) * (y as f64),
+                    Some(f) => f.on_grid(y, steps[i]),
                 };
                 let max = ys
                     .iter()
-                    .flatten()
-                    .map(|&y| act_f(y).abs())
+                    .flat_map(|y| y.iter().enumerate().map(|(i, &y)| act_f(i, y).abs()))
                     .fold(0f64, f64::max)
                     .max(1.0);
+                // An unsigned range where the values are never negative: one more bit.
+                let unsigned = activation.is_some_and(Activation::nonnegative);
                 let hi = (1i64 << (bits.a - 1)) - 1;
-                let hi = if activation.is_some() { 2 * hi + 1 } else { hi };
-                let lo = if activation.is_some() { 0 } else { -hi };
+                let hi = if unsigned { 2 * hi + 1 } else { hi };
+                let lo = if unsigned { 0 } else { -hi };
                 let mult = hi as f64 / max;
-                let s_a_of = |s: f64| match activation {
-                    Some(Activation::Square) => s * s / mult,
-                    _ => s / mult,
-                };
+                let s_a_of = |s: f64| activation.map_or(s, |f| f.out_step(s)) / mult;
                 let s_a = match &s_h {
                     UnitScales::One(s) => s_a_of(*s),
                     UnitScales::Each(s) => {
@@ -564,6 +584,7 @@ impl QuantModel {
                 (
                     HiddenMap::Requant {
                         activation,
+                        steps,
                         mult,
                         lo,
                         hi,
@@ -574,7 +595,7 @@ impl QuantModel {
             Variant::Act => {
                 let activation = activation.ok_or_else(|| {
                     ModelError::Quantisation(
-                        "variant act needs an activation (the model has none: pass --activation relu|square)"
+                        "variant act needs an activation (the model has none: pass --activation, e.g. relu or identity)"
                             .into(),
                     )
                 })?;
@@ -595,6 +616,7 @@ impl QuantModel {
                 // Per unit: its calibrated range (×1.1, always containing 0) fills the window
                 // between the guards.
                 let mut units = Vec::with_capacity(hidden_dim);
+                let mut steps = Vec::with_capacity(hidden_dim);
                 let mut unit_scale = Vec::with_capacity(hidden_dim);
                 for i in 0..hidden_dim {
                     let lo = ys.iter().map(|y| y[i]).min().unwrap_or(0).min(-1) as f64 * 1.1;
@@ -604,18 +626,17 @@ impl QuantModel {
                     let delta_h = (slots_per_unit * 2f64.powi(64) / two_n).round().max(1.0) as u64;
                     let s_eff = delta_h as f64 * two_n / 2f64.powi(64);
                     units.push(UnitWindow { delta_h, zero_slot });
-                    // The real value one step of a stands for.
-                    let s_h = s_h.of(i);
-                    unit_scale.push(match activation {
-                        Activation::Relu => s_h / s_eff,
-                        Activation::Square => s_h * s_h / (s_eff * s_eff),
-                    });
+                    // The real value one slot stands for, and one step of a.
+                    let slot = s_h.of(i) / s_eff;
+                    steps.push(slot);
+                    unit_scale.push(activation.out_step(slot));
                 }
                 hidden_scales = Some(unit_scale);
                 (
                     HiddenMap::Window {
                         map,
                         units,
+                        steps,
                         activation,
                     },
                     1.0,
@@ -636,6 +657,16 @@ impl QuantModel {
             },
             None => model.output.clone(),
         };
+        // f(0), which the activation's grid leaves out (sigmoid's ½), reaches the scores
+        // through the bias.
+        let mut output = output;
+        let evaluated = activation.filter(|_| variant != Variant::Noact);
+        if let Some(f0) = evaluated.map(Activation::at_zero).filter(|&v| v != 0.0) {
+            for (j, b) in output.b.iter_mut().enumerate() {
+                let row = &model.output.w[j * hidden_dim..(j + 1) * hidden_dim];
+                *b += (row.iter().map(|&w| w as f64).sum::<f64>() * f0) as f32;
+            }
+        }
         let (w2, b2, s_w2) = quantize_dense(&output, bits.w2, s_a);
         let mut q = QuantModel {
             variant,
@@ -740,22 +771,20 @@ impl QuantModel {
                 let amax = lo.abs().max(*hi);
                 (0..self.out_dim).map(|j| weighted(j, &|_| amax)).collect()
             }
-            HiddenMap::Window {
-                map,
-                units,
-                activation,
-            } => {
-                let top = map.window as i64 - 1;
+            HiddenMap::Window { map, units, .. } => {
+                // Every slot of the window: a saturating or non-monotone function may peak
+                // inside it.
                 let largest = |i: usize| {
                     let zero = units[i].zero_slot as i64;
-                    activation
-                        .apply(-zero)
-                        .abs()
-                        .max(activation.apply(top - zero).abs())
+                    (0..map.window as i64)
+                        .map(|t| self.hidden_map.window_value(i, t - zero).abs())
+                        .max()
+                        .unwrap_or(0)
                 };
+                let largest: Vec<i64> = (0..self.hidden_dim).map(largest).collect();
                 let noise = self.act_score_bound(params);
                 (0..self.out_dim)
-                    .map(|j| weighted(j, &largest) + noise[j])
+                    .map(|j| weighted(j, &|i| largest[i]) + noise[j])
                     .collect()
             }
             HiddenMap::Identity => vec![2.0 * self.z_bound as f64; self.out_dim],
@@ -763,21 +792,27 @@ impl QuantModel {
     }
 
     /// For `act`: a bound on |decrypted − reference| per score, exceeded with probability
-    /// 2^-28.9 (6σ). A bootstrap input error of e slots moves act(t) by ≤ |e| (ReLU is
-    /// 1-Lipschitz), so score j errs by Σ_i W2[j,i]·e_i, σ = σ_slots·‖W2[j]‖₂, plus the
-    /// bootstrap output noise of `hidden` summed accumulators divided by Δ_out.
-    /// Square is not Lipschitz: its bound uses the window's largest slope.
+    /// 2^-28.9 (6σ). A bootstrap input error of e slots moves act(t) by ≤ slope·|e|, the
+    /// slope being the largest step of the activation's table (1 for every function on its
+    /// grid but the square, ≈ 2·window for the square), so score j errs by Σ_i W2[j,i]·e_i,
+    /// σ = slope·σ_slots·‖W2[j]‖₂, plus the bootstrap output noise of `hidden` summed
+    /// accumulators divided by Δ_out.
     pub fn act_score_bound(&self, params: &ParameterSet) -> Vec<f64> {
-        let HiddenMap::Window {
-            map, activation, ..
-        } = self.hidden_map
-        else {
+        let HiddenMap::Window { map, ref units, .. } = self.hidden_map else {
             return vec![0.5; self.out_dim];
         };
-        let slope = match activation {
-            Activation::Relu => 1.0,
-            Activation::Square => 2.0 * map.window as f64,
-        };
+        let slope = (0..self.hidden_dim)
+            .flat_map(|i| {
+                let zero = units[i].zero_slot as i64;
+                (0..map.window as i64 - 1).map(move |t| {
+                    (self.hidden_map.window_value(i, t + 1 - zero)
+                        - self.hidden_map.window_value(i, t - zero))
+                    .abs()
+                })
+            })
+            .max()
+            .unwrap_or(1)
+            .max(1) as f64;
         let sigma_in = params.pbs_input_std_slots() * slope;
         let out_noise = self.act_output_noise(params);
         (0..self.out_dim)
@@ -800,7 +835,8 @@ impl QuantModel {
     /// so the margin between the reference class t and class b moves by
     /// Σ_i (W2[t,i] − W2[b,i])·δ_i, plus each score's own output noise. Var δ_i is taken as
     /// Φ(d_i/σ)·σ² for ReLU (the chance of being on its linear side; exact far from 0, σ²/2 at 0)
-    /// and (2·d_i·σ)² for the square, to first order. The class changes if any runner-up
+    /// and (f'(d_i)·σ)² for the others (2·d_i for the square), to first order, f' the table's
+    /// slope at d_i. The class changes if any runner-up
     /// overtakes: at least as likely as the likeliest pair, at most their sum (union bound).
     pub fn act_flip_probability(
         &self,
@@ -853,20 +889,28 @@ impl QuantModel {
             map,
             ref units,
             activation,
+            ..
         } = self.hidden_map
         else {
             return FlipProbability::default();
         };
-        // Var δ_i per unit, from the signed slot offset d_i = t_i − zero_i.
+        // Var δ_i per unit, from the signed slot offset d_i = t_i − zero_i: for ReLU the chance
+        // of being on its linear side, for the others the table's slope there, to first order.
         let unit_var: Vec<f64> = reference
             .pre_activation
             .iter()
             .zip(units)
-            .map(|(&y, &u)| {
-                let d = map.unit_offset(u, y).0 as f64;
+            .enumerate()
+            .map(|(i, (&y, &u))| {
+                let d = map.unit_offset(u, y).0;
                 match activation {
-                    Activation::Relu => normal_cdf(d / sigma) * sigma * sigma,
-                    Activation::Square => (2.0 * d * sigma).powi(2),
+                    Activation::Relu => normal_cdf(d as f64 / sigma) * sigma * sigma,
+                    _ => {
+                        let slope = (self.hidden_map.window_value_exact(i, d + 1)
+                            - self.hidden_map.window_value_exact(i, d - 1))
+                            / 2.0;
+                        (slope * sigma).powi(2)
+                    }
                 }
             })
             .collect();

@@ -259,9 +259,43 @@ pub struct Extractor {
     pub pixel_scale: f32,
 }
 
+/// The ONNX operator sets tract is tested against (tract-onnx's own range).
+const TRACT_TESTED_OPSETS: std::ops::RangeInclusive<i64> = 9..=18;
+
+/// Once per process: what it means that the extractor uses an operator set tract is not tested
+/// against (the exporters' current default, 21, is one).
+fn warn_untested_opset(onnx: &[u8]) {
+    static SHOWN: std::sync::Once = std::sync::Once::new();
+    let Ok(model) = pb::ModelProto::decode(onnx) else {
+        return;
+    };
+    let version = model
+        .opset_import
+        .iter()
+        .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
+        .map_or(0, |o| o.version);
+    if version != 0 && !TRACT_TESTED_OPSETS.contains(&version) {
+        SHOWN.call_once(|| {
+            log::warn!(
+                "the feature extractor uses ONNX operator set {version}; tract, which runs it \
+                 here and on the boards, is tested on sets {}–{}. It loaded it; to be sure it \
+                 computes what your framework does, compare `hedge eval`'s float accuracy with \
+                 the framework's, or export with opset {} (torch.onnx.export(…, \
+                 opset_version={}), tf2onnx --opset {})",
+                TRACT_TESTED_OPSETS.start(),
+                TRACT_TESTED_OPSETS.end(),
+                TRACT_TESTED_OPSETS.end(),
+                TRACT_TESTED_OPSETS.end(),
+                TRACT_TESTED_OPSETS.end()
+            )
+        });
+    }
+}
+
 impl Extractor {
     /// `input_shape` as the model expects it, e.g. [1, 1, 28, 28].
     pub fn new(onnx: &[u8], input_shape: &[usize]) -> Result<Self> {
+        warn_untested_opset(onnx);
         let bad = |e: TractError| err(format!("feature extractor: {e:#}"));
         let model = tract_onnx::onnx()
             .model_for_read(&mut &onnx[..])
@@ -329,7 +363,7 @@ impl Extractor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crypto::lut::Activation;
+    use crate::model::activation::Activation;
     use crate::model::onnx::{int_attr, node, tensor, value_info};
 
     /// Conv(1→2, 3×3) → Relu → Flatten → Gemm(8→4) → activation → Gemm(4→3) on 1×1×4×4.

@@ -8,7 +8,7 @@
 //! one-hot targets on a training draw (ridge regression solved by conjugate gradients).
 
 use super::{Classifier, Dense};
-use crate::crypto::lut::Activation;
+use crate::model::activation::Activation;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 

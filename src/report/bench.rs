@@ -9,11 +9,11 @@
 use super::{BackendError, Result};
 use crate::backend::keys::{keygen, BackendKeys, VERIFYING_KEY};
 use crate::backend::protect::{default_bundle_path, protect, Protected};
-use crate::crypto::lut::Activation;
 use crate::crypto::params::{ParameterSet, SecurityLevel};
 use crate::engine::{decrypt, Decoding, FeatureMode};
 use crate::files::write_atomic;
 use crate::input::vectors::{format_sample, read_samples};
+use crate::model::activation::Activation;
 use crate::model::quant::{float_reference, Variant};
 use crate::model::{argmax, synth, Classifier};
 use crate::progress::Silent;

@@ -5,10 +5,10 @@
 
 use super::{BackendError, Result};
 use crate::crypto::keys::{self, EdgeKeys, KeySet};
-use crate::crypto::lut::Activation;
 use crate::crypto::params::ParameterSet;
 use crate::engine::{decrypt, Decoding, EdgeEngine, EncryptedModel, ModelInfo};
 use crate::input::images::{read_idx_images, read_idx_labels, Image};
+use crate::model::activation::Activation;
 use crate::model::argmax;
 use crate::model::network::Network;
 use crate::model::quant::{float_reference, BitWidths, FlipProbability, QuantModel, Variant};
@@ -430,10 +430,7 @@ pub fn run(
                 let activation = case.activation.or(head.activation);
                 match (case.variant, activation) {
                     (Variant::Act, Some(activation)) => {
-                        let name = match activation {
-                            Activation::Relu => "ReLU",
-                            Activation::Square => "square",
-                        };
+                        let name = activation.name();
                         match act_map {
                             Some(map) if map.per_table < q.out_dim || params.pbs.level > 1 => {
                                 format!(

@@ -10,8 +10,8 @@ pub fn registry(given: &Option<PathBuf>, keys: Option<&Path>) -> PathBuf {
         .clone()
         .unwrap_or_else(|| keys.unwrap_or(Path::new(".")).join("registry.sqlite"))
 }
-use hedge::crypto::lut::Activation;
 use hedge::crypto::params::SecurityLevel;
+use hedge::model::activation::Activation;
 
 pub fn parse_security(s: &str) -> Result<SecurityLevel, String> {
     s.parse::<u32>()
@@ -37,6 +37,12 @@ pub fn parse_shape(s: &str) -> Result<(usize, usize, usize)> {
 pub enum ActivationArg {
     Relu,
     Square,
+    Tanh,
+    Sigmoid,
+    Gelu,
+    Softplus,
+    /// No function: the bootstrap only refreshes (a model without an activation in act).
+    Identity,
 }
 
 impl From<ActivationArg> for Activation {
@@ -44,6 +50,11 @@ impl From<ActivationArg> for Activation {
         match a {
             ActivationArg::Relu => Activation::Relu,
             ActivationArg::Square => Activation::Square,
+            ActivationArg::Tanh => Activation::Tanh,
+            ActivationArg::Sigmoid => Activation::Sigmoid,
+            ActivationArg::Gelu => Activation::Gelu,
+            ActivationArg::Softplus => Activation::Softplus,
+            ActivationArg::Identity => Activation::Identity,
         }
     }
 }

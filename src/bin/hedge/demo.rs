@@ -107,7 +107,7 @@ pub fn run(a: Args, ui: &Ui) -> Result<()> {
         .collect();
     for &variant in &variants {
         let name = variant.name();
-        let act = (variant != Variant::Noact).then_some(hedge::crypto::lut::Activation::Relu);
+        let act = (variant != Variant::Noact).then_some(hedge::model::activation::Activation::Relu);
         let model_path = opts.dir.join(format!("model-{name}.onnx"));
         write_atomic(
             &model_path,
@@ -292,7 +292,7 @@ fn rollout(
     use hedge::backend::{deploy, fleet};
     use std::io::Write;
     let name = r.variant.name();
-    let act = (r.variant != Variant::Noact).then_some(hedge::crypto::lut::Activation::Relu);
+    let act = (r.variant != Variant::Noact).then_some(hedge::model::activation::Activation::Relu);
     let protect_seeded = |seed: u64, file: &str| -> Result<(PathBuf, String)> {
         let model = synth::classifier(seed, task, hidden, act);
         let p = protect::protect(

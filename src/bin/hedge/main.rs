@@ -83,6 +83,9 @@ fn main() {
         env_logger::Env::default()
             .default_filter_or("info,rumqttd=off,tracing=off,hedge::backend::decryptor=warn"),
     )
+    // tract's operator-set warning comes on every parse; the extractor says once what it
+    // means (model::split::Extractor).
+    .filter_module("tract_onnx::model", log::LevelFilter::Error)
     .init();
     let cli = Cli::parse();
     let ui = progress::Ui::new(cli.quiet);

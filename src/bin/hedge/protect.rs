@@ -28,7 +28,8 @@ pub struct Args {
     #[arg(long)]
     encrypt_from: Option<String>,
     /// Evaluate this activation instead of the model's own (variants act and last): the
-    /// paper's square for comparison, or an activation a model without one lacks.
+    /// paper's square for comparison, or an activation a model without one lacks (identity:
+    /// none, only refreshed by the bootstrap).
     #[arg(long, value_enum, conflicts_with = "drop_activation")]
     activation: Option<ActivationArg>,
     /// Leave out the model's hidden activation (variant noact on a model trained with one):
@@ -100,8 +101,9 @@ pub fn run(a: Args, registry: &Path, ui: &Ui) -> Result<()> {
         anyhow::bail!(
             "--variant {} encrypts both dense layers, but the encrypted part can only start \
              after {}: the dense layer {} before it would run in plaintext on the board, its \
-             weights in the clear. hedge encrypts dense → (ReLU | square | none) → dense: \
-             retrain with ReLU, use --variant last (its first layer runs in plaintext by \
+             weights in the clear. hedge encrypts dense → (a univariate activation: ReLU, \
+             square, tanh, sigmoid, GELU, leaky ReLU, ELU, softplus | none) → dense: retrain \
+             with one of those, use --variant last (its first layer runs in plaintext by \
              design), or name the cut knowingly with --encrypt-from",
             a.variant.name(),
             p.blocker,

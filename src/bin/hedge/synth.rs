@@ -1,8 +1,8 @@
 use crate::args::parse_shape;
 use anyhow::{Context, Result};
-use hedge::crypto::lut::Activation;
 use hedge::files::write_atomic;
 use hedge::input::vectors::format_sample;
+use hedge::model::activation::Activation;
 use hedge::model::{onnx, synth};
 use std::path::PathBuf;
 
