@@ -175,6 +175,21 @@ pub fn run(a: Args, registry: &Path, ui: &Ui) -> Result<()> {
         100.0 * high,
         100.0 * a.min_agreement
     );
+    let (bits, base) = (
+        p.quant.bits,
+        hedge::model::quant::BitWidths::for_variant(a.variant),
+    );
+    if bits != base {
+        println!(
+            "widths: inputs {}, W1 {}, hidden {}, W2 {} bits — widened: the features' \
+             magnitudes differ (costs {} bits of noise margin)",
+            bits.x,
+            bits.w1,
+            bits.a,
+            bits.w2,
+            bits.margin_cost(&base)
+        );
+    }
     if let Some(act) = &p.act {
         let seconds = p.bundle.engine()?.bootstrap_seconds_per_inference();
         println!("{}", act_summary(act, seconds));
