@@ -566,8 +566,9 @@ fn bad_vectors_are_rejected_and_the_rest_processed() {
 /// measures the integer model against the float model on the calibration inputs and refuses,
 /// naming the cause and the fix; nothing is written or recorded. The threshold is the user's
 /// to lower knowingly. `last` takes the model as it comes: one scale per feature and wider
-/// plaintext inputs, hidden values and W2, the widths and their cost printed; `noact`, whose
-/// 5-bit widths its noise budget fixes, still refuses.
+/// plaintext inputs, hidden values and W2, the widths and their cost printed, or widths set
+/// with `--bits` within its noise budget; `noact`, whose 5-bit widths its noise budget fixes,
+/// still refuses.
 #[test]
 fn a_model_that_would_be_silently_wrong_is_refused_at_protect() {
     let f = fixture();
@@ -590,6 +591,30 @@ fn a_model_that_would_be_silently_wrong_is_refused_at_protect() {
         out.contains("agrees with the float model on 100.0 %"),
         "{out}"
     );
+    // Widths set by hand are kept: the default ones are refused as before, others are taken
+    // and printed "as set", and what the noise budget or the variant cannot take is refused.
+    let set = |bits: &str, variant: &str| {
+        protect_with(
+            &f,
+            &model,
+            &calibration,
+            variant,
+            &f.root.join(format!("raw-bits-{variant}.bundle")),
+            &["--bits", bits],
+        )
+    };
+    refused(&set("8,8,8,8", "last"), "below --min-agreement 99.0 %");
+    let out = ok(&set("12,8,10,12", "last"));
+    assert!(
+        out.contains("inputs 12, W1 8, hidden 10, W2 12 bits — as set (costs 8 bits"),
+        "{out}"
+    );
+    refused(
+        &set("8,8,14,14", "last"),
+        "cost 18 bits of noise margin; at most 8",
+    );
+    refused(&set("8,8,8", "last"), "four widths");
+    refused(&set("10,8,10,12", "noact"), "applies to --variant last");
     let bundle = f.root.join("raw-noact.bundle");
     let o = protect_with(&f, &model, &calibration, "noact", &bundle, &[]);
     refused(&o, "agrees with the float model on");

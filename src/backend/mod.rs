@@ -44,6 +44,9 @@ pub enum BackendError {
     /// A model whose integer form would disagree with the float model it stands for.
     #[error("{0}")]
     Agreement(String),
+    /// Quantisation widths (`--bits`) the variant or its noise budget cannot take.
+    #[error("--bits: {0}")]
+    Widths(String),
     #[error(transparent)]
     Bundle(#[from] BundleError),
     #[error(transparent)]

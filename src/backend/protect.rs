@@ -11,7 +11,7 @@ use crate::crypto::lut::WindowMap;
 use crate::crypto::params::{ParameterSet, MAX_PBS_LEVELS};
 use crate::engine::{Decoding, EncryptedModel, ModelInfo, ResultChecks};
 use crate::model::activation::Activation;
-use crate::model::quant::{QuantModel, Variant};
+use crate::model::quant::{BitWidths, QuantModel, Variant, LAST_WIDE_BITS};
 use crate::model::split::PlainExtractor;
 use crate::model::Classifier;
 use crate::progress::Progress;
@@ -364,6 +364,7 @@ pub fn protect(
     name: &str,
     extractor: Option<PlainExtractor>,
     epoch: u64,
+    widths: Option<BitWidths>,
     progress: &dyn Progress,
 ) -> Result<Protected> {
     let BackendKeys {
@@ -410,7 +411,20 @@ pub fn protect(
         );
         (q, params, Some(candidate))
     } else {
-        let q = QuantModel::quantize(model, variant, activation, calibration, &secret.params)?;
+        let q = match widths {
+            Some(bits) => {
+                check_widths(variant, bits)?;
+                QuantModel::quantize_with_bits(
+                    model,
+                    variant,
+                    activation,
+                    calibration,
+                    &secret.params,
+                    bits,
+                )?
+            }
+            None => QuantModel::quantize(model, variant, activation, calibration, &secret.params)?,
+        };
         (q, secret.params, None)
     };
     let agreement = agreement(model, &quant, calibration, &params);
@@ -450,6 +464,39 @@ pub fn protect(
         checks,
         agreement,
     })
+}
+
+/// Widths a vendor sets (`--bits`): `last` only — the plaintext side's widths are free, the
+/// hidden values' and W2's cost noise margin, at most what [`LAST_WIDE_BITS`] costs (tested at
+/// every security level).
+fn check_widths(variant: Variant, bits: BitWidths) -> Result<()> {
+    if variant != Variant::Last {
+        return Err(BackendError::Widths(format!(
+            "--variant {}'s widths are fixed by its noise budget; --bits applies to --variant last",
+            variant.name()
+        )));
+    }
+    let widths = [bits.x, bits.w1, bits.a, bits.w2];
+    if widths.iter().any(|b| !(2..=16).contains(b)) {
+        return Err(BackendError::Widths(format!(
+            "{widths:?}: each width is 2 to 16 bits"
+        )));
+    }
+    let base = BitWidths::for_variant(variant);
+    let (cost, most) = (bits.margin_cost(&base), LAST_WIDE_BITS.margin_cost(&base));
+    if cost > most {
+        return Err(BackendError::Widths(format!(
+            "hidden values of {} bits and W2 of {} cost {cost} bits of noise margin; at most \
+             {most} keep every result decryptable at every security level (e.g. --bits {},{},{},{})",
+            bits.a,
+            bits.w2,
+            LAST_WIDE_BITS.x,
+            LAST_WIDE_BITS.w1,
+            LAST_WIDE_BITS.a,
+            LAST_WIDE_BITS.w2
+        )));
+    }
+    Ok(())
 }
 
 /// The epoch for the next bundle: one above every bundle the registry recorded.

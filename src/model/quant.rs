@@ -344,6 +344,14 @@ pub const LAST_WIDE_BITS: BitWidths = BitWidths {
     w2: 12,
 };
 
+/// Whether `last` may take [`LAST_WIDE_BITS`] when its own widths lose agreement (not when the
+/// vendor set them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Widen {
+    IfShort,
+    Never,
+}
+
 /// The scale of each hidden unit's integer pre-activation.
 enum UnitScales {
     One(f64),
@@ -407,7 +415,16 @@ impl QuantModel {
         params: &ParameterSet,
     ) -> Result<Self> {
         let bits = BitWidths::for_variant(variant);
-        Self::quantize_with_bits(model, variant, activation, calibration, params, bits)
+        Self::quantize_scaled(
+            model,
+            variant,
+            activation,
+            calibration,
+            params,
+            bits,
+            usize::MAX,
+            Widen::IfShort,
+        )
     }
 
     /// One shared input scale unless it loses agreement with the float model on the
@@ -422,6 +439,7 @@ impl QuantModel {
         params: &ParameterSet,
         bits: BitWidths,
         per_table: usize,
+        widen: Widen,
     ) -> Result<Self> {
         let float = float_reference(
             &Classifier {
@@ -459,7 +477,7 @@ impl QuantModel {
             })
         };
         let (q, n) = scaled(bits)?;
-        if variant != Variant::Last || enough(n) || bits.w2 >= LAST_WIDE_BITS.w2 {
+        if widen == Widen::Never || variant != Variant::Last || enough(n) {
             return Ok(q);
         }
         // Across features of different magnitudes the second layer's columns carry the input
@@ -490,12 +508,14 @@ impl QuantModel {
             params,
             bits,
             per_table,
+            Widen::Never,
         )
     }
 
-    /// As [`Self::quantize`] with other bit widths: for accuracy studies of the integer
-    /// reference. Only the variant's own widths are sized for its encrypted noise budget.
-    pub(crate) fn quantize_with_bits(
+    /// As [`Self::quantize`] with the widths given, kept as they are: `last` with `--bits`
+    /// (checked against its noise budget by the backend), and accuracy studies of the integer
+    /// reference.
+    pub fn quantize_with_bits(
         model: &Classifier,
         variant: Variant,
         activation: Option<Activation>,
@@ -511,6 +531,7 @@ impl QuantModel {
             params,
             bits,
             usize::MAX,
+            Widen::Never,
         )
     }
 

@@ -289,6 +289,7 @@ impl<'a> Bench<'a> {
             "bench",
             None,
             1,
+            None,
             &Silent,
         )?;
         log::info!(

@@ -126,6 +126,7 @@ pub fn run(a: Args, ui: &Ui) -> Result<()> {
             "demo",
             None,
             protect::next_epoch(&registry)?,
+            None,
             &hedge::progress::Silent,
         )?;
         let bundle_path = protect::default_bundle_path(&opts.dir, variant);
@@ -305,6 +306,7 @@ fn rollout(
             "demo",
             None,
             protect::next_epoch(r.registry)?,
+            None,
             &hedge::progress::Silent,
         )?;
         let path = r.dir.join(file);

@@ -4,7 +4,7 @@ use anyhow::{Context, Result};
 use hedge::backend::keys::BackendKeys;
 use hedge::backend::protect::{self, ActSettings};
 use hedge::model::network::Network;
-use hedge::model::quant::Variant;
+use hedge::model::quant::{BitWidths, Variant};
 use std::path::{Path, PathBuf};
 
 #[derive(clap::Args)]
@@ -61,6 +61,24 @@ pub struct Args {
     /// this fraction of the calibration inputs: it would be silently wrong.
     #[arg(long, default_value = "0.99")]
     min_agreement: f64,
+    /// Variant last: quantisation widths in bits, inputs,W1,hidden,W2 (default 8,8,8,8, widened
+    /// to 10,8,10,12 when that agrees better). The hidden values and W2 cost noise margin.
+    #[arg(long, value_parser = parse_bits)]
+    bits: Option<BitWidths>,
+}
+
+fn parse_bits(s: &str) -> std::result::Result<BitWidths, String> {
+    let v: Vec<u32> = s
+        .split(',')
+        .map(|t| t.trim().parse::<u32>())
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| format!("{s:?}: {e}"))?;
+    match v.as_slice() {
+        &[x, w1, a, w2] => Ok(BitWidths { x, w1, a, w2 }),
+        _ => Err(format!(
+            "{s:?}: four widths, inputs,W1,hidden,W2 (e.g. 10,8,10,12)"
+        )),
+    }
 }
 
 pub fn run(a: Args, registry: &Path, ui: &Ui) -> Result<()> {
@@ -149,6 +167,7 @@ pub fn run(a: Args, registry: &Path, ui: &Ui) -> Result<()> {
         &a.name,
         network.extractor.map(|(plain, _)| plain),
         epoch,
+        a.bits,
         &spinner,
     )?;
     spinner.0.finish_and_clear();
@@ -180,9 +199,14 @@ pub fn run(a: Args, registry: &Path, ui: &Ui) -> Result<()> {
         hedge::model::quant::BitWidths::for_variant(a.variant),
     );
     if bits != base {
+        let why = if a.bits.is_some() {
+            "as set"
+        } else {
+            "widened: the features' magnitudes differ"
+        };
         println!(
-            "widths: inputs {}, W1 {}, hidden {}, W2 {} bits — widened: the features' \
-             magnitudes differ (costs {} bits of noise margin)",
+            "widths: inputs {}, W1 {}, hidden {}, W2 {} bits — {why} (costs {} bits of noise \
+             margin)",
             bits.x,
             bits.w1,
             bits.a,
