@@ -587,8 +587,16 @@ pub(crate) fn classifier_from_graph(graph: &pb::GraphProto, input: &str) -> Resu
                     "Tanh" => Activation::Tanh,
                     "Sigmoid" => Activation::Sigmoid,
                     "Softplus" => Activation::Softplus,
-                    "LeakyRelu" => Activation::LeakyRelu(Alpha::new(attr_f(node, "alpha", 0.01))),
-                    "Elu" => Activation::Elu(Alpha::new(attr_f(node, "alpha", 1.0))),
+                    "LeakyRelu" | "Elu" => {
+                        let alpha = attr_f(node, "alpha", if op == "Elu" { 1.0 } else { 0.01 });
+                        if !alpha.is_finite() {
+                            return Err(refuse("holds NaN or infinity"));
+                        }
+                        match op {
+                            "Elu" => Activation::Elu(Alpha::new(alpha)),
+                            _ => Activation::LeakyRelu(Alpha::new(alpha)),
+                        }
+                    }
                     "Gelu" => match attr_s(node, "approximate").as_deref() {
                         None | Some("none") => Activation::Gelu,
                         Some("tanh") => Activation::GeluTanh,
@@ -1134,6 +1142,23 @@ mod tests {
                 assert_eq!(back, m, "{f:?}");
             }
         }
+    }
+
+    /// An activation's constant from the file is checked like a weight.
+    #[test]
+    fn a_non_finite_activation_constant_is_refused() {
+        let task = synth::Task::new(1, 20, 4);
+        let m = synth::classifier(1, &task, 8, Some(Activation::LeakyRelu(Alpha::new(0.1))));
+        let mut model = pb::ModelProto::decode(&to_bytes(&m, false)[..]).unwrap();
+        let graph = model.graph.as_mut().unwrap();
+        let leaky = graph
+            .node
+            .iter_mut()
+            .find(|n| n.op_type == "LeakyRelu")
+            .unwrap();
+        leaky.attribute[0].f = f32::NAN;
+        let e = from_bytes(&model.encode_to_vec()).unwrap_err().to_string();
+        assert!(e.contains("(LeakyRelu) holds NaN or infinity"), "{e}");
     }
 
     /// A Sigmoid is the hidden activation where a dense layer follows it, and the scores'
