@@ -41,14 +41,21 @@ def write(name, onnx_model, predicted, x):
         f.write("".join(f"{int(p)}: {vec(v)}\n" for p, v in zip(predicted, x)))
 
 
+def scaled_relu_mlp(x_train, y_train):
+    """A StandardScaler + ReLU MLP's float32 weights w1, b1, w2, b2, the scaler folded into the
+    first layer."""
+    scaler = StandardScaler().fit(x_train)
+    mlp = MLPClassifier((16,), max_iter=3000, random_state=0).fit(scaler.transform(x_train), y_train)
+    w1 = (mlp.coefs_[0] / scaler.scale_[:, None]).astype(np.float32)
+    b1 = (mlp.intercepts_[0] - (scaler.mean_ / scaler.scale_) @ mlp.coefs_[0]).astype(np.float32)
+    return w1, b1, mlp.coefs_[1].astype(np.float32), mlp.intercepts_[1].astype(np.float32)
+
+
 def batchnorm_mlp(x_train, y_train):
     """Dense → BatchNormalization → ReLU → Dense, the statistics from the training data."""
     rng = np.random.default_rng(5)
-    scaler = StandardScaler().fit(x_train)
-    mlp = MLPClassifier((16,), max_iter=3000, random_state=0).fit(scaler.transform(x_train), y_train)
-    # Fold the scaler into the first layer, then undo a batch norm the graph will redo.
-    w1 = (mlp.coefs_[0] / scaler.scale_[:, None]).astype(np.float32)
-    b1 = (mlp.intercepts_[0] - (scaler.mean_ / scaler.scale_) @ mlp.coefs_[0]).astype(np.float32)
+    # The scaler folded into the first layer, then a batch norm undone that the graph redoes.
+    w1, b1, w2, b2 = scaled_relu_mlp(x_train, y_train)
     gamma = rng.uniform(0.5, 2.0, 16).astype(np.float32)
     beta = rng.normal(0, 0.5, 16).astype(np.float32)
     mean = rng.normal(0, 1.0, 16).astype(np.float32)
@@ -58,8 +65,6 @@ def batchnorm_mlp(x_train, y_train):
     # BN(W·x + b) = k·(W·x + b − mean) + beta must equal the trained pre-activation.
     w1_bn = (w1 / k).astype(np.float32)
     b1_bn = ((b1 - beta) / k + mean).astype(np.float32)
-    w2 = mlp.coefs_[1].astype(np.float32)
-    b2 = mlp.intercepts_[1].astype(np.float32)
     init = [numpy_helper.from_array(a, n) for a, n in [
         (w1_bn, "w1"), (b1_bn, "b1"), (gamma, "gamma"), (beta, "beta"), (mean, "mean"),
         (var, "var"), (w2, "w2"), (b2, "b2")]]
@@ -93,12 +98,7 @@ def activation_mlp(x_train, y_train, op, attrs, f):
     """A scaler + ReLU MLP's weights (the scaler folded in) with another activation `op`
     between the layers, as PyTorch and Keras write LeakyRelu and Gelu: the graph's own forward
     pass `f` gives the predictions (scikit-learn trains neither)."""
-    scaler = StandardScaler().fit(x_train)
-    mlp = MLPClassifier((16,), max_iter=3000, random_state=0).fit(scaler.transform(x_train), y_train)
-    w1 = (mlp.coefs_[0] / scaler.scale_[:, None]).astype(np.float32)
-    b1 = (mlp.intercepts_[0] - (scaler.mean_ / scaler.scale_) @ mlp.coefs_[0]).astype(np.float32)
-    w2 = mlp.coefs_[1].astype(np.float32)
-    b2 = mlp.intercepts_[1].astype(np.float32)
+    w1, b1, w2, b2 = scaled_relu_mlp(x_train, y_train)
     init = [numpy_helper.from_array(a, n) for a, n in [(w1, "w1"), (b1, "b1"), (w2, "w2"), (b2, "b2")]]
     nodes = [
         helper.make_node("MatMul", ["x", "w1"], ["h0"], name="dense"),

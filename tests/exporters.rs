@@ -484,24 +484,19 @@ fn raw_logistic_regression(level: SecurityLevel) {
     let (q, mut engine, decoding) = encrypted(&set, &head, Variant::Last, &calibration);
     assert_eq!(q.bits, hedge::model::quant::LAST_WIDE_BITS);
     let inputs = read("inputs.txt");
+    let beyond = beyond_calibration(&calibration);
     let (mut agree, mut clamped, mut margin) = (0, 0, f64::MAX);
     for (label, x) in &inputs {
         let d = decrypt(&engine.infer_plain(x).unwrap(), &decoding, &set.secret).unwrap();
         margin = margin.min(d.noise_margin_bits);
-        let scores = head.forward(x);
-        let beyond = x.iter().enumerate().any(|(i, &v)| {
-            let (lo, hi) = calibration
-                .iter()
-                .map(|c| c[i])
-                .fold((f32::MAX, f32::MIN), |(l, h), v| (l.min(v), h.max(v)));
-            (v - (lo + hi) / 2.0).abs() > 1.25 * (hi - lo) / 2.0
-        });
+        let beyond = beyond(x);
         if Some(d.class) == *label {
             agree += 1;
         } else {
             assert!(
-                beyond || (scores[0] - scores[1]).abs() < 0.1,
-                "an unexplained disagreement: {scores:?}"
+                beyond || near_tie(&head, x),
+                "an unexplained disagreement: {:?}",
+                head.forward(x)
             );
             clamped += beyond as usize;
         }
@@ -513,6 +508,32 @@ fn raw_logistic_regression(level: SecurityLevel) {
     );
     assert!(agree >= 99, "{agree}/100");
     assert!(margin > 4.0, "{margin}");
+}
+
+/// Whether an input has a feature beyond what the calibration inputs cover, with the quarter
+/// of headroom each side the quantiser keeps: the board clamps it.
+fn beyond_calibration(calibration: &[Vec<f32>]) -> impl Fn(&[f32]) -> bool + '_ {
+    let dim = calibration.first().map_or(0, Vec::len);
+    let (lo, hi): (Vec<f32>, Vec<f32>) = (0..dim)
+        .map(|i| {
+            calibration
+                .iter()
+                .map(|c| c[i])
+                .fold((f32::MAX, f32::MIN), |(l, h), v| (l.min(v), h.max(v)))
+        })
+        .unzip();
+    move |x: &[f32]| {
+        x.iter()
+            .enumerate()
+            .any(|(i, &v)| (v - (lo[i] + hi[i]) / 2.0).abs() > 1.25 * (hi[i] - lo[i]) / 2.0)
+    }
+}
+
+/// Whether the float model's two best scores are within 0.1 of each other.
+fn near_tie(head: &Classifier, x: &[f32]) -> bool {
+    let mut f = head.forward(x);
+    f.sort_by(|a, b| b.total_cmp(a));
+    f[0] - f[1] < 0.1
 }
 
 fn pipeline_vectors(name: &str) -> Vec<(Option<usize>, Vec<f32>)> {
@@ -577,23 +598,8 @@ fn models_with_their_preprocessing_import_and_run_encrypted() {
         );
         // Why an input may disagree: a feature beyond what the calibration inputs cover (it
         // is clamped), or a near-tie of the float scores.
-        let (lo, hi) = (0..head.in_dim())
-            .map(|i| {
-                calibration
-                    .iter()
-                    .map(|c| c[i])
-                    .fold((f32::MAX, f32::MIN), |(l, h), v| (l.min(v), h.max(v)))
-            })
-            .unzip::<_, _, Vec<f32>, Vec<f32>>();
-        let explained = |x: &[f32]| {
-            let beyond = x.iter().enumerate().any(|(i, &v)| {
-                let half = (hi[i] - lo[i]) / 2.0;
-                (v - (lo[i] + hi[i]) / 2.0).abs() > 1.25 * half
-            });
-            let mut f = head.forward(x);
-            f.sort_by(|a, b| b.total_cmp(a));
-            beyond || f[0] - f[1] < 0.1
-        };
+        let beyond = beyond_calibration(&calibration);
+        let explained = |x: &[f32]| beyond(x) || near_tie(head, x);
         for &variant in variants {
             let (_, mut engine, decoding) = encrypted(&set, head, variant, &calibration);
             let count = if variant == Variant::Act {

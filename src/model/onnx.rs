@@ -582,21 +582,18 @@ pub(crate) fn classifier_from_graph(graph: &pb::GraphProto, input: &str) -> Resu
             }
             _ if is_activation_op(op) || matches!(op, "Mul" | "Pow") || sigmoid_activation => {
                 finish(&mut pending, &mut layers, &mut last_output);
+                // An activation's constant comes from the file like a weight.
+                let alpha = |default| match attr_f(node, "alpha", default) {
+                    a if a.is_finite() => Ok(Alpha::new(a)),
+                    _ => Err(refuse("holds NaN or infinity")),
+                };
                 let found = match op {
                     "Relu" => Activation::Relu,
                     "Tanh" => Activation::Tanh,
                     "Sigmoid" => Activation::Sigmoid,
                     "Softplus" => Activation::Softplus,
-                    "LeakyRelu" | "Elu" => {
-                        let alpha = attr_f(node, "alpha", if op == "Elu" { 1.0 } else { 0.01 });
-                        if !alpha.is_finite() {
-                            return Err(refuse("holds NaN or infinity"));
-                        }
-                        match op {
-                            "Elu" => Activation::Elu(Alpha::new(alpha)),
-                            _ => Activation::LeakyRelu(Alpha::new(alpha)),
-                        }
-                    }
+                    "LeakyRelu" => Activation::LeakyRelu(alpha(0.01)?),
+                    "Elu" => Activation::Elu(alpha(1.0)?),
                     "Gelu" => match attr_s(node, "approximate").as_deref() {
                         None | Some("none") => Activation::Gelu,
                         Some("tanh") => Activation::GeluTanh,
@@ -1117,25 +1114,13 @@ mod tests {
     use super::*;
     use crate::model::synth;
 
-    use crate::model::activation::Alpha;
-
-    /// Every activation hedge imports, as the exporters write it.
-    const ACTIVATIONS: [Activation; 9] = [
-        Activation::Relu,
-        Activation::Square,
-        Activation::Tanh,
-        Activation::Sigmoid,
-        Activation::Gelu,
-        Activation::GeluTanh,
-        Activation::Softplus,
-        Activation::LeakyRelu(Alpha::new(0.01)),
-        Activation::Elu(Alpha::new(0.5)),
-    ];
+    use crate::model::activation::{Alpha, EACH};
 
     #[test]
     fn round_trip_gemm_and_matmul_forms() {
         let task = synth::Task::new(1, 20, 4);
-        for f in ACTIVATIONS {
+        // The identity is no operator: it imports as no activation.
+        for f in EACH.into_iter().filter(|&f| f != Activation::Identity) {
             let m = synth::classifier(1, &task, 8, Some(f));
             for matmul in [false, true] {
                 let back = from_bytes(&to_bytes(&m, matmul)).unwrap();
@@ -1183,10 +1168,12 @@ mod tests {
     /// for every activation opset 13 has (Gelu is newer than tract's operator set).
     #[test]
     fn tract_runs_the_exported_model_like_we_do() {
-        for f in ACTIVATIONS
-            .into_iter()
-            .filter(|f| !matches!(f, Activation::Gelu | Activation::GeluTanh))
-        {
+        for f in EACH.into_iter().filter(|f| {
+            !matches!(
+                f,
+                Activation::Gelu | Activation::GeluTanh | Activation::Identity
+            )
+        }) {
             tract_agrees(f);
         }
     }

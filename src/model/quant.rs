@@ -428,8 +428,8 @@ impl QuantModel {
     }
 
     /// One shared input scale unless it loses agreement with the float model on the
-    /// calibration inputs (below 99 %) and one scale per feature does better; for `last`, then
-    /// a wider W2 ([`LAST_WIDE_W2_BITS`]) if it still loses and that does better.
+    /// calibration inputs (below 99 %) and one scale per feature does better; for `last` with
+    /// `widen`, then [`LAST_WIDE_BITS`] if it still loses and that does better.
     #[allow(clippy::too_many_arguments)]
     fn quantize_scaled(
         model: &Classifier,
@@ -469,11 +469,11 @@ impl QuantModel {
                 return Ok((shared, shared_agree));
             }
             Ok(match quantize(InputScaling::PerFeature) {
-                Ok(per) if agree(&per) > shared_agree => {
-                    let n = agree(&per);
-                    (per, n)
-                }
-                _ => (shared, shared_agree),
+                Ok(per) => match agree(&per) {
+                    n if n > shared_agree => (per, n),
+                    _ => (shared, shared_agree),
+                },
+                Err(_) => (shared, shared_agree),
             })
         };
         let (q, n) = scaled(bits)?;
