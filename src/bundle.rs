@@ -30,7 +30,8 @@ pub(crate) const MAGIC: [u8; 8] = *b"HEDGEBDL";
 /// 2: the optional plaintext feature extractor. 3: the key-switching key modulo 2^32.
 /// 4: the epoch (anti-rollback) and the parameter sets of 2026-12 (today's security fits).
 /// 5: `act`'s accuracy settings (class groups per unit, gadget levels) and expected agreement.
-pub const FORMAT_VERSION: u16 = 7;
+/// 6: per-unit activation steps. 7: any activation. 8: the result shape (modulus switch, cut).
+pub const FORMAT_VERSION: u16 = 8;
 const PREFIX: usize = 8 + 2 + 8;
 const TRAILER: usize = 32 + 8 + 64;
 
@@ -397,7 +398,7 @@ mod tests {
             header: BundleHeader {
                 params,
                 key_id: ks.secret.key_id,
-                model: ModelInfo::of(&q),
+                model: ModelInfo::of(&q, &params).unwrap(),
                 created: 0,
                 name: "test".into(),
                 epoch: 1,

@@ -53,6 +53,22 @@ impl Attacker {
         self.engine.infer_plain(&x).unwrap()
     }
 
+    /// A one-part result of full 64-bit words as the board would send it: cut for the wire
+    /// as the bundle says (the attacker sees the bundle).
+    fn crafted(&self, words: Vec<u64>) -> ResultCiphertext {
+        let shape = &self.bundle.bundle.header.model.result;
+        ResultCiphertext {
+            key_id: self.bundle.bundle.header.key_id,
+            bits: shape.wire.bits(),
+            parts: vec![U64s(shape.cut(&shape.parts[0], &words))],
+        }
+    }
+
+    /// The polynomial size of its results.
+    fn poly_size(&self) -> usize {
+        self.bundle.bundle.header.model.result.poly_size as usize
+    }
+
     /// A message as `device`, signed with `key` (the board's, unless it says otherwise).
     fn message(&self, device: &str, seq: u64, result: ResultCiphertext) -> ResultMessage {
         let mut m = ResultMessage {
@@ -74,11 +90,6 @@ impl Attacker {
             .publish(topic, rumqttc::QoS::AtLeastOnce, false, m.encode())
             .unwrap();
     }
-}
-
-fn with_part(mut r: ResultCiphertext, words: Vec<u64>) -> ResultCiphertext {
-    r.parts[0] = U64s(words);
-    r
 }
 
 /// Lines of the decryptor's output with these sequence numbers.
@@ -113,7 +124,7 @@ fn every_attack_of_a_compromised_board_is_refused() {
 
     let mut a = Attacker::new(&st, &spool, broker.port);
     let genuine = a.genuine(&st);
-    let n = genuine.parts[0].0.len() / 2;
+    let n = a.poly_size();
     let delta = 1u64 << 40;
     let own = "hedge/board/results";
     let mut attacks: Vec<(&str, u64)> = Vec::new();
@@ -127,11 +138,7 @@ fn every_attack_of_a_compromised_board_is_refused() {
     // 1. The key-extraction shape: a constant mask, so that the phase is the secret key.
     let mut words = vec![1u64; 2 * n];
     words[n..].fill(0);
-    let m = a.message(
-        "board",
-        next("constant mask"),
-        with_part(genuine.clone(), words),
-    );
+    let m = a.message("board", next("constant mask"), a.crafted(words));
     a.publish(own, &m);
     // 2. The bundle's own weight GLWE as a result: it would decrypt to model weights.
     let EncryptedModel::Last { output, .. } = &a.bundle.bundle.model else {
@@ -144,11 +151,7 @@ fn every_attack_of_a_compromised_board_is_refused() {
         .next()
         .unwrap()
         .to_vec();
-    let m = a.message(
-        "board",
-        next("weight GLWE"),
-        with_part(genuine.clone(), weights),
-    );
+    let m = a.message("board", next("weight GLWE"), a.crafted(weights));
     a.publish(own, &m);
     // 3. A data source's encrypted-feature GGSW row as a result: it would decrypt to its
     //    features (and, in the mask rows, to products with the secret key).
@@ -158,20 +161,12 @@ fn every_attack_of_a_compromised_board_is_refused() {
         .values;
     let features = a.engine.encrypt_features(&x).unwrap();
     let row = features.groups()[0].0[..2 * n].to_vec();
-    let m = a.message(
-        "board",
-        next("feature GGSW row"),
-        with_part(genuine.clone(), row),
-    );
+    let m = a.message("board", next("feature GGSW row"), a.crafted(row));
     a.publish(own, &m);
     // 4. A trivial ciphertext: mask 0, body Δ·z — a forged class.
     let mut trivial = vec![0u64; 2 * n];
     trivial[n + 3] = 50 * delta;
-    let m = a.message(
-        "board",
-        next("trivial ciphertext"),
-        with_part(genuine.clone(), trivial),
-    );
+    let m = a.message("board", next("trivial ciphertext"), a.crafted(trivial));
     a.publish(own, &m);
     // 5. A result from a device the backend does not know.
     let m = a.message("ghost", next("unknown device"), genuine.clone());
@@ -295,15 +290,14 @@ fn a_quarantined_board_is_withheld_until_cleared() {
     wait_ok(hedged(&st, &broker.addr(), s(&input), &spool), "hedged");
     wait_lines(&out, 2);
     // The board turns: three crafted results, signed by it.
-    let mut a = Attacker::new(&st, &spool, broker.port);
-    let genuine = a.genuine(&st);
-    let n = genuine.parts[0].0.len() / 2;
+    let a = Attacker::new(&st, &spool, broker.port);
+    let n = a.poly_size();
     for seq in 500..503 {
         let mut words = vec![7u64; 2 * n];
         words[n..].fill(0);
         a.publish(
             "hedge/board/results",
-            &a.message("board", seq, with_part(genuine.clone(), words)),
+            &a.message("board", seq, a.crafted(words)),
         );
     }
     std::thread::sleep(Duration::from_secs(2));
@@ -421,10 +415,6 @@ fn a_board_that_sees_its_classes_learns_nothing_of_the_key() {
         .key(hedge::crypto::keys::KeyKind::Wide)
         .prepare()
         .unwrap();
-    let genuine = ResultCiphertext {
-        key_id: header.key_id,
-        parts: vec![U64s(Vec::new())],
-    };
     let first_seq = 5000;
     let mut queries = Vec::new(); // (seq, j, flip)
     for j in 1..=pairs {
@@ -433,7 +423,7 @@ fn a_board_that_sees_its_classes_learns_nothing_of_the_key() {
             let words = key_query(&mut pk, delta, j, flip);
             a.publish(
                 "hedge/board/results",
-                &a.message("board", seq, with_part(genuine.clone(), words)),
+                &a.message("board", seq, a.crafted(words)),
             );
             queries.push((seq, j, flip));
         }

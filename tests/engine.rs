@@ -64,6 +64,8 @@ fn run_with(
             ("enc", engine.infer_encrypted(&feats).unwrap()),
         ] {
             let groups = 10usize.div_ceil(per_table.min(10));
+            assert_eq!(result.byte_len(), engine.info.result.wire_bytes(), "{mode}");
+            assert!(result.bits < 64, "{mode}: switched");
             if variant == Variant::Act {
                 assert_eq!(result.parts.len(), groups, "one GLWE per class group");
             }
@@ -185,10 +187,12 @@ fn crafted_results_are_refused_before_anything_is_revealed() {
     decrypt(&genuine, &decoding, &ks.secret).unwrap();
     let n = params.wide.poly_size.0;
     let delta = q.delta_out;
+    let shape = engine.info.result.clone();
+    let full = full_part(&shape, &genuine);
     let with_part = |f: &dyn Fn(&mut Vec<u64>)| {
-        let mut r = genuine.clone();
-        f(&mut r.parts[0].0);
-        decrypt(&r, &decoding, &ks.secret)
+        let mut w = full.clone();
+        f(&mut w);
+        decrypt(&on_the_wire(&shape, &genuine, &w), &decoding, &ks.secret)
     };
     // The key-extraction shape: a constant mask reveals the key's coefficients as the phase.
     assert_eq!(
@@ -248,6 +252,41 @@ fn crafted_results_are_refused_before_anything_is_revealed() {
         decrypt(&foreign, &decoding, &ks.secret),
         Err(Refusal::WrongKey { .. })
     ));
+    // Words of another width than the bundle's (full words, as before the switch).
+    let mut wide = genuine.clone();
+    wide.bits = 64;
+    assert!(matches!(
+        decrypt(&wide, &decoding, &ks.secret),
+        Err(Refusal::Bits { found: 64, .. })
+    ));
+}
+
+/// A result's first part as full words modulo 2^64 (the bodies no slot reads zero): what a
+/// board changes before cutting its result for the wire again.
+fn full_part(shape: &hedge::engine::ResultShape, r: &hedge::engine::ResultCiphertext) -> Vec<u64> {
+    let n = shape.poly_size as usize;
+    let drop = 64 - r.bits;
+    let hedge::engine::PartShape::Glwe { slots } = &shape.parts[0] else {
+        panic!("a GLWE part");
+    };
+    let words = &r.parts[0].0;
+    let mut full: Vec<u64> = words[..n].iter().map(|&w| w << drop).collect();
+    full.resize(2 * n, 0);
+    for (i, &k) in slots.iter().enumerate() {
+        full[n + k as usize] = words[n + i] << drop;
+    }
+    full
+}
+
+/// `r` with its first part replaced by `full` cut for the wire.
+fn on_the_wire(
+    shape: &hedge::engine::ResultShape,
+    r: &hedge::engine::ResultCiphertext,
+    full: &[u64],
+) -> hedge::engine::ResultCiphertext {
+    let mut out = r.clone();
+    out.parts[0] = hedge::crypto::raw::U64s(shape.cut(&shape.parts[0], full));
+    out
 }
 
 /// A `last` model, its engine and the decoding with its secret checks.
@@ -295,10 +334,12 @@ fn changed_and_forged_results_fail_their_checks() {
     for r in &honest {
         decrypt_(r).unwrap();
     }
+    let shape = f.engine.info.result.clone();
+    let full: Vec<Vec<u64>> = honest.iter().map(|r| full_part(&shape, r)).collect();
     let changed = |f: &dyn Fn(&mut Vec<u64>)| {
-        let mut r = honest[0].clone();
-        f(&mut r.parts[0].0);
-        r
+        let mut w = full[0].clone();
+        f(&mut w);
+        on_the_wire(&shape, &honest[0], &w)
     };
     let is_check =
         |r: Result<hedge::engine::Decrypted, Refusal>| matches!(r, Err(Refusal::Check { .. }));
@@ -352,7 +393,7 @@ fn changed_and_forged_results_fail_their_checks() {
     // Sums and differences of honest results: the bias input becomes 2 or 0.
     let combine = |sign: u64| {
         changed(&|p| {
-            for (a, b) in p.iter_mut().zip(&honest[1].parts[0].0) {
+            for (a, b) in p.iter_mut().zip(&full[1]) {
                 *a = a.wrapping_add(b.wrapping_mul(sign));
             }
         })
@@ -369,11 +410,7 @@ fn changed_and_forged_results_fail_their_checks() {
     // An affine combination (weights summing to 1) is an honest computation on a combined
     // input — a chosen-input query, which no check refuses (docs/THREATS.md).
     let affine = changed(&|p| {
-        for ((a, b), c) in p
-            .iter_mut()
-            .zip(&honest[1].parts[0].0)
-            .zip(&honest[2].parts[0].0)
-        {
+        for ((a, b), c) in p.iter_mut().zip(&full[1]).zip(&full[2]) {
             *a = a.wrapping_add(*b).wrapping_sub(*c);
         }
     });

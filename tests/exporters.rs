@@ -107,7 +107,7 @@ fn encrypted(
         evaluation: (variant == Variant::Act).then(|| set.evaluation.clone()),
     };
     let engine = EdgeEngine::new(
-        ModelInfo::of(&q),
+        ModelInfo::of(&q, &params).unwrap(),
         params,
         set.secret.key_id,
         &edge_keys,

@@ -626,6 +626,7 @@ mod tests {
                 extract_us: 0,
                 result: ResultCiphertext {
                     key_id: [0; 16],
+                    bits: 64,
                     parts: Vec::new(),
                 },
                 signed: None,

@@ -437,7 +437,7 @@ pub fn protect(
         header: BundleHeader {
             params,
             key_id: secret.key_id,
-            model: ModelInfo::of(&quant),
+            model: ModelInfo::of(&quant, &params)?,
             created: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())

@@ -10,6 +10,7 @@ pub mod lut;
 pub mod params;
 pub mod pke;
 pub mod raw;
+pub mod switch;
 
 pub use tfhe::core_crypto::commons::math::random::{CompressionSeed, Seed, Seeder};
 use tfhe::core_crypto::prelude::*;

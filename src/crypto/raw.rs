@@ -144,9 +144,109 @@ impl Bodies {
     }
 }
 
+/// `words`, each below 2^`bits` (8 ≤ bits ≤ 64), as a little-endian bit string: word i
+/// occupies bits [i·bits, (i+1)·bits); the last byte's unused high bits are zero.
+pub(crate) fn pack_bits(words: &[u64], bits: u32) -> Vec<u8> {
+    debug_assert!((8..=64).contains(&bits));
+    let mut out = Vec::with_capacity((words.len() * bits as usize).div_ceil(8));
+    let (mut acc, mut filled) = (0u128, 0u32);
+    let mask = if bits == 64 {
+        u64::MAX
+    } else {
+        (1u64 << bits) - 1
+    };
+    for &w in words {
+        acc |= ((w & mask) as u128) << filled;
+        filled += bits;
+        while filled >= 8 {
+            out.push(acc as u8);
+            acc >>= 8;
+            filled -= 8;
+        }
+    }
+    if filled > 0 {
+        out.push(acc as u8);
+    }
+    out
+}
+
+/// The words of [`pack_bits`] back; `None` unless `bytes` is exactly such a string (bits in
+/// 8..=64, fewer than 8 padding bits, all zero), so each word list has one encoding.
+pub(crate) fn unpack_bits(bytes: &[u8], bits: u32) -> Option<Vec<u64>> {
+    if !(8..=64).contains(&bits) {
+        return None;
+    }
+    let count = bytes.len() * 8 / bits as usize;
+    if (count * bits as usize).div_ceil(8) != bytes.len() {
+        return None;
+    }
+    let mask = if bits == 64 {
+        u64::MAX
+    } else {
+        (1u64 << bits) - 1
+    };
+    let bits = bits as usize;
+    let out = (0..count)
+        .map(|i| {
+            let (byte, shift) = (i * bits / 8, (i * bits % 8) as u32);
+            if shift as usize + bits <= 64 && byte + 8 <= bytes.len() {
+                let window: [u8; 8] = bytes[byte..byte + 8].try_into().expect("8 bytes");
+                return (u64::from_le_bytes(window) >> shift) & mask;
+            }
+            // Sixteen bytes from the word's first: enough for any width and offset.
+            let mut window = [0u8; 16];
+            let end = (byte + 16).min(bytes.len());
+            window[..end - byte].copy_from_slice(&bytes[byte..end]);
+            (u128::from_le_bytes(window) >> shift) as u64 & mask
+        })
+        .collect();
+    // The padding: the last byte's bits above the last word.
+    let used = (count * bits % 8) as u32;
+    let padding_clear = used == 0 || bytes.last().is_none_or(|&b| b >> used == 0);
+    padding_clear.then_some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bit_strings_round_trip_at_every_width() {
+        for bits in 8..=64u32 {
+            let mask = if bits == 64 {
+                u64::MAX
+            } else {
+                (1u64 << bits) - 1
+            };
+            for len in [0usize, 1, 2, 7, 9, 64] {
+                let words: Vec<u64> = (0..len as u64)
+                    .map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(bits) & mask)
+                    .collect();
+                let bytes = pack_bits(&words, bits);
+                assert_eq!(bytes.len(), (len * bits as usize).div_ceil(8));
+                assert_eq!(
+                    unpack_bits(&bytes, bits),
+                    Some(words),
+                    "{bits} bits, {len} words"
+                );
+            }
+        }
+        // 64 bits: the same bytes as U64s.
+        assert_eq!(
+            pack_bits(&[1, u64::MAX], 64),
+            [&1u64.to_le_bytes()[..], &[0xff; 8]].concat()
+        );
+    }
+
+    #[test]
+    fn bit_strings_have_one_encoding() {
+        // Nonzero padding, a byte too many, a width out of range.
+        assert_eq!(unpack_bits(&[0xff, 0xff], 12), None);
+        assert_eq!(unpack_bits(&[0xff, 0x0f], 12), Some(vec![0xfff]));
+        assert_eq!(unpack_bits(&[1, 0, 0], 16), None);
+        assert_eq!(unpack_bits(&[1], 7), None);
+        assert_eq!(unpack_bits(&[1; 9], 65), None);
+    }
 
     #[test]
     fn bodies_round_to_the_kept_bits() {

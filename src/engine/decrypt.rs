@@ -2,21 +2,30 @@
 //! registry), the secret check outputs, and the decryption that refuses anything but an honest
 //! result of that model (feature `backend`; never in the boards' build).
 
-use super::model::{EncryptedModel, ResultCiphertext};
+use super::model::{
+    part_words, EncryptedModel, PartShape, ResultCiphertext, ResultShape, Wire, CHECK_BITS,
+    CHECK_ROWS,
+};
 use super::{EngineError, Result};
 use crate::crypto::keys::{KeyId, KeyKind, SecretKeys};
-use crate::crypto::linear::PackedLayout;
 use crate::crypto::params::ParameterSet;
 use crate::hex::hex;
-use crate::model::quant::{HiddenMap, QuantModel, Variant};
+use crate::model::quant::{QuantModel, Variant};
 use serde::{Deserialize, Serialize};
 use tfhe::core_crypto::prelude::*;
 
 impl EncryptedModel {
-    /// Fingerprints of the masks of its GLWEs (weights and lookup tables), sorted.
+    /// Fingerprints of the masks of its GLWEs (weights and lookup tables), sorted, as they
+    /// would arrive cut by `wire`.
     #[cfg(feature = "backend")]
-    pub(crate) fn mask_fingerprints(&self) -> Result<Vec<u64>> {
-        let fingerprint = |glwe: &[u64]| mask_fingerprint(&glwe[..glwe.len() / 2]);
+    pub(crate) fn mask_fingerprints(&self, wire: Wire) -> Result<Vec<u64>> {
+        use crate::crypto::switch::switch_word;
+        let drop = 64 - wire.bits();
+        let fingerprint = |glwe: &[u64]| {
+            let mask = &glwe[..glwe.len() / 2];
+            let switched: Vec<u64> = mask.iter().map(|&w| switch_word(w, drop)).collect();
+            mask_fingerprint(&switched, drop)
+        };
         let first = match self {
             Self::Last { output, .. } => output,
             Self::Noact { first, .. } | Self::Act { first, .. } => first,
@@ -30,12 +39,6 @@ impl EncryptedModel {
         Ok(out)
     }
 }
-
-/// Bits of each secret check coefficient, and check rows per result of variant `last`: a
-/// result changed in any way passes one row with probability at most 2^-CHECK_BITS, all of
-/// them with at most 2^-(CHECK_BITS·CHECK_ROWS) = 2^-20 (docs/THREATS.md).
-pub const CHECK_BITS: u32 = 5;
-pub const CHECK_ROWS: usize = 4;
 
 /// Secret check outputs of a protected model: extra output rows, each a secret random
 /// combination Σ_c r_c·(row c) of the class rows (weights and bias) plus a secret odd offset ρ
@@ -139,15 +142,6 @@ impl ResultChecks {
     }
 }
 
-/// The shape of one part of a result.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum PartShape {
-    /// A GLWE (k = 1); class scores at these coefficients.
-    Glwe { slots: Vec<u32> },
-    /// An LWE of dimension N holding one class score.
-    Lwe,
-}
-
 /// How to read the results of one protected model: recorded by the backend when it protects
 /// the model, never taken from a result.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -174,6 +168,9 @@ pub struct Decoding {
     /// The secret check outputs, read after the classes (none in records made before them).
     #[serde(default)]
     pub checks: ResultChecks,
+    /// How the board cuts its results for the wire (full words in records made before).
+    #[serde(default)]
+    pub wire: Wire,
 }
 
 impl Decoding {
@@ -185,47 +182,20 @@ impl Decoding {
         key_id: KeyId,
         checks: &ResultChecks,
     ) -> Result<Self> {
-        let out = q.out_dim;
-        let (key, poly_size, parts) = match &q.hidden_map {
-            HiddenMap::Window { map, .. } => (
-                KeyKind::Pbs,
-                params.pbs_glwe.poly_size.0,
-                (0..map.groups(out))
-                    .map(|g| PartShape::Glwe {
-                        slots: (0..map.group_classes(g, out).len() as u32)
-                            .map(|w| w * map.window as u32)
-                            .collect(),
-                    })
-                    .collect(),
-            ),
-            _ if q.variant == Variant::Noact => (
-                KeyKind::Wide,
-                params.wide.poly_size.0,
-                vec![PartShape::Lwe; out],
-            ),
-            _ => {
-                let rows = out + checks.rows.len();
-                let layout = PackedLayout::new(params.wide.poly_size.0, rows, q.hidden_dim + 1)?;
-                let parts = (0..layout.blocks())
-                    .map(|b| PartShape::Glwe {
-                        slots: (0..layout.rows_in(b) as u32).collect(),
-                    })
-                    .collect();
-                (KeyKind::Wide, params.wide.poly_size.0, parts)
-            }
-        };
+        let shape = ResultShape::of(q, params, checks.rows.len())?;
         Ok(Self {
             key_id,
-            key,
-            poly_size: poly_size as u32,
+            key: shape.key,
+            poly_size: shape.poly_size,
             delta_out: q.delta_out,
             out_scale: q.out_scale,
-            parts,
+            parts: shape.parts,
             exact: q.variant != Variant::Act,
             score_limits: q.score_limits(params),
             own_masks: Vec::new(),
             labels: None,
             checks: checks.clone(),
+            wire: shape.wire,
         })
     }
 
@@ -243,7 +213,7 @@ impl Decoding {
     /// The same, refusing the GLWEs of `model` (the bundle's) as results.
     #[cfg(feature = "backend")]
     pub(crate) fn refusing(mut self, model: &EncryptedModel) -> Result<Self> {
-        self.own_masks = model.mask_fingerprints()?;
+        self.own_masks = model.mask_fingerprints(self.wire)?;
         Ok(self)
     }
 
@@ -264,11 +234,7 @@ impl Decoding {
 
     /// Words of each part's ciphertext.
     fn part_words(&self, part: &PartShape) -> usize {
-        let n = self.poly_size as usize;
-        match part {
-            PartShape::Glwe { .. } => 2 * n,
-            PartShape::Lwe => n + 1,
-        }
+        part_words(self.poly_size as usize, part, self.wire)
     }
 }
 
@@ -279,6 +245,8 @@ pub enum Refusal {
     WrongKey { found: String, expected: String },
     #[error("the secret key loaded is {loaded}, the bundle's key is {expected}")]
     SecretKey { loaded: String, expected: String },
+    #[error("words of {found} bits, the bundle's results have {expected}")]
+    Bits { found: u32, expected: u32 },
     #[error("{found} parts, the bundle's results have {expected}")]
     PartCount { found: usize, expected: usize },
     #[error("part {part} has {found} words, expected {expected}")]
@@ -315,7 +283,7 @@ impl Refusal {
         match self {
             Refusal::WrongKey { .. } => "wrong key",
             Refusal::SecretKey { .. } => "secret key",
-            Refusal::PartCount { .. } | Refusal::PartSize { .. } => "shape",
+            Refusal::Bits { .. } | Refusal::PartCount { .. } | Refusal::PartSize { .. } => "shape",
             Refusal::Mask { .. } | Refusal::BundleCiphertext { .. } => "mask",
             Refusal::Noise { .. } => "noise",
             Refusal::OutOfRange { .. } | Refusal::Degenerate => "range",
@@ -343,9 +311,13 @@ pub struct Decrypted {
 /// copy of one of the bundle's ciphertexts (a re-randomised copy is a chosen-input query like
 /// any other, which no check can tell apart: docs/THREATS.md). Not a cryptographic hash: an
 /// honest mask is uniform, and one pass keeps the check off the decryption's cost.
-fn mask_fingerprint(mask: &[u64]) -> u64 {
+/// The mask's words are taken at modulus 2^64 (a switched word w as w·2^drop), so a mask cut
+/// for the wire and the same mask switched by the backend agree.
+fn mask_fingerprint(mask: &[u64], drop: u32) -> u64 {
     mask.iter().fold(0x9e37_79b9_7f4a_7c15, |h: u64, &w| {
-        (h ^ w).wrapping_mul(0x0100_0000_01b3).rotate_left(29)
+        (h ^ (w << drop))
+            .wrapping_mul(0x0100_0000_01b3)
+            .rotate_left(29)
     })
 }
 
@@ -391,6 +363,12 @@ fn check_shape(
             expected: hex(&decoding.key_id),
         });
     }
+    if result.bits != decoding.wire.bits() {
+        return Err(Refusal::Bits {
+            found: result.bits,
+            expected: decoding.wire.bits(),
+        });
+    }
     if result.parts.len() != decoding.parts.len() {
         return Err(Refusal::PartCount {
             found: result.parts.len(),
@@ -421,21 +399,30 @@ pub fn phases(
     check_shape(result, decoding, keys)?;
     let sk = keys.key(decoding.key);
     let n = decoding.poly_size as usize;
+    // A switched word w stands for w·2^drop: the phase computed from the words as they came
+    // is the switched phase, and shifted it is the phase at modulus 2^64 (2^(64 − drop)
+    // divides 2^64), so everything after compares at the one scale.
+    let drop = 64 - decoding.wire.bits();
     let mut phases = Vec::new();
     for (data, shape) in result.parts.iter().zip(&decoding.parts) {
+        let words = &data.0;
         match shape {
             PartShape::Glwe { slots } => {
                 // Only the class slots: the body less one coefficient of mask·s each.
-                let (mask, body) = data.0.split_at(n);
-                phases.extend(slots.iter().map(|&k| {
+                let (mask, body) = words.split_at(n);
+                phases.extend(slots.iter().enumerate().map(|(i, &k)| {
                     let k = k as usize;
-                    body[k].wrapping_sub(negacyclic_coefficient(mask, sk.as_ref(), k))
+                    let at = match decoding.wire {
+                        Wire::Full => k,
+                        Wire::Switched { .. } => i,
+                    };
+                    body[at].wrapping_sub(negacyclic_coefficient(mask, sk.as_ref(), k)) << drop
                 }));
             }
             PartShape::Lwe => {
-                let ct = LweCiphertext::from_container(data.0.as_slice(), crate::crypto::modulus());
+                let ct = LweCiphertext::from_container(&words[..], crate::crypto::modulus());
                 let lwe_key = LweSecretKey::from_container(sk.as_ref());
-                phases.push(decrypt_lwe_ciphertext(&lwe_key, &ct).0);
+                phases.push(decrypt_lwe_ciphertext(&lwe_key, &ct).0 << drop);
             }
         }
     }
@@ -459,7 +446,7 @@ pub fn decrypt(
         if matches!(shape, PartShape::Glwe { .. })
             && decoding
                 .own_masks
-                .binary_search(&mask_fingerprint(mask))
+                .binary_search(&mask_fingerprint(mask, 64 - decoding.wire.bits()))
                 .is_ok()
         {
             return Err(Refusal::BundleCiphertext { part: i });

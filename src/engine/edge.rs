@@ -1,11 +1,13 @@
 //! What the board runs: the inference engine an encrypted model expands into, and the
 //! encrypted features a data source or the board makes with the bundle's public key.
 
-use super::model::{first_layer_hidden, EncryptedModel, ModelInfo, PlainLayer, ResultCiphertext};
+use super::model::{
+    first_layer_hidden, EncryptedModel, ModelInfo, PartShape, PlainLayer, ResultCiphertext,
+};
 use super::{EngineError, Result};
 use crate::crypto::error::CryptoError;
 use crate::crypto::ggsw::{ExactGgsw, FftEngine};
-use crate::crypto::keys::{EdgeKeys, KeyId, PreparedEvaluationKeys};
+use crate::crypto::keys::{EdgeKeys, KeyId, KeyKind, PreparedEvaluationKeys};
 use crate::crypto::linear::{
     encrypt_features, encrypt_features_each, PackedLayout, PreparedGgswRows, PreparedMatrix,
 };
@@ -135,6 +137,7 @@ impl EdgeEngine {
             }
         };
         let public_key = keys.public.key(key).prepare()?;
+        check_result_shape(&info, &prepared, key, public_key.poly_size())?;
         let fft = FftEngine::new(public_key.poly_size());
         Ok(Self {
             info,
@@ -280,7 +283,7 @@ impl EdgeEngine {
     /// From the first encrypted layer's output to the published result (its parts in the
     /// order [`Decoding::new`] describes them).
     fn finish(&mut self, blocks: Vec<GlweCiphertextOwned<u64>>) -> ResultCiphertext {
-        let parts = match &self.prepared {
+        let parts: Vec<U64s> = match &self.prepared {
             Prepared::Last { .. } => blocks
                 .into_iter()
                 .map(|ct| U64s(ct.into_container()))
@@ -296,11 +299,42 @@ impl EdgeEngine {
                 .map(|sum| U64s(sum.into_container()))
                 .collect(),
         };
+        let shape = &self.info.result;
         ResultCiphertext {
             key_id: self.key_id,
-            parts,
+            bits: shape.wire.bits(),
+            parts: parts
+                .iter()
+                .zip(&shape.parts)
+                .map(|(words, part)| U64s(shape.cut(part, &words.0)))
+                .collect(),
         }
     }
+}
+
+/// The bundle's result shape is what this engine computes: its key, its parts, slots inside
+/// the polynomial, a modulus switch that leaves words of at least 12 bits.
+fn check_result_shape(info: &ModelInfo, prepared: &Prepared, key: KeyKind, n: usize) -> Result<()> {
+    let shape = &info.result;
+    let (parts, glwe) = match prepared {
+        Prepared::Last { output, .. } => (output.layout.blocks(), true),
+        Prepared::Noact { .. } => (info.out_dim, false),
+        Prepared::Act { luts, .. } => (luts.map.groups(info.out_dim), true),
+    };
+    let fits = shape.key == key
+        && shape.poly_size as usize == n
+        && shape.parts.len() == parts
+        && shape.wire.bits() >= 64 - crate::crypto::switch::MAX_DROP_BITS
+        && shape.parts.iter().all(|p| match p {
+            PartShape::Glwe { slots } => glwe && slots.iter().all(|&k| (k as usize) < n),
+            PartShape::Lwe => !glwe,
+        });
+    if !fits {
+        return Err(EngineError::Malformed(
+            "model: its result shape does not fit its layers".into(),
+        ));
+    }
+    Ok(())
 }
 
 fn check_plain_layer(l: &PlainLayer, hidden: usize, in_dim: usize) -> Result<()> {

@@ -29,12 +29,12 @@ pub mod model;
 pub mod synthetic;
 
 #[cfg(any(feature = "backend", test))]
-pub use decrypt::{
-    decode, decrypt, phases, Decoding, Decrypted, PartShape, Refusal, ResultChecks, CHECK_BITS,
-    CHECK_ROWS,
-};
+pub use decrypt::{decode, decrypt, phases, Decoding, Decrypted, Refusal, ResultChecks};
 pub use edge::{EdgeEngine, EncryptedFeatures};
-pub use model::{first_layer_hidden, EncryptedModel, ModelInfo, PlainLayer, ResultCiphertext};
+pub use model::{
+    first_layer_hidden, EncryptedModel, ModelInfo, PartShape, PlainLayer, ResultCiphertext,
+    ResultShape, Wire, CHECK_BITS, CHECK_ROWS,
+};
 
 /// The engine's errors: inputs it refuses, keys that do not match, models or results whose
 /// parts do not fit together.

@@ -94,7 +94,7 @@ impl Protected {
                 .then(|| keys.evaluation.with_bootstrap_gadget(&keys.secret, &params)),
         };
         let engine = EdgeEngine::new(
-            ModelInfo::of(&q),
+            ModelInfo::of(&q, &params).expect("a result shape"),
             params,
             keys.secret.key_id,
             &edge_keys,

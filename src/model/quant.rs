@@ -922,10 +922,31 @@ impl QuantModel {
         [1.0 - low / n, 1.0 - high / n]
     }
 
-    /// For `act`: the bootstrap output noise on each score, in score units (`hidden`
-    /// accumulators summed, divided by Δ_out).
+    /// For `act`: the noise each score gets after the bootstraps, in score units: the
+    /// bootstrap output noise of `hidden` summed accumulators, and the modulus switch of the
+    /// published result ([`Self::act_switch_drop_bits`]), divided by Δ_out.
     pub fn act_output_noise(&self, params: &ParameterSet) -> f64 {
-        params.pbs_output_std() * (self.hidden_dim as f64).sqrt() / self.delta_out as f64
+        let accumulators = self.act_accumulator_noise(params);
+        let switch = crate::crypto::switch::error_std(params.pbs_glwe.poly_size.0)
+            * 2f64.powi(self.act_switch_drop_bits(params) as i32);
+        (accumulators * accumulators + switch * switch).sqrt() / self.delta_out as f64
+    }
+
+    /// For `act`: the low bits the published result drops. The switch's error (a standard
+    /// deviation: `act` is not exact, what counts is the variance it adds) may be half the
+    /// accumulators' noise, which it grows by at most 12 % in standard deviation — a small
+    /// part of a score's noise, most of which comes from the bootstraps' inputs, and counted
+    /// in the noise model, its score bound and its expected agreement.
+    pub fn act_switch_drop_bits(&self, params: &ParameterSet) -> u32 {
+        crate::crypto::switch::drop_bits_within(
+            self.act_accumulator_noise(params) / 2.0,
+            crate::crypto::switch::error_std(params.pbs_glwe.poly_size.0),
+        )
+    }
+
+    /// The bootstrap output noise of `hidden` accumulators summed (2^64 scale).
+    fn act_accumulator_noise(&self, params: &ParameterSet) -> f64 {
+        params.pbs_output_std() * (self.hidden_dim as f64).sqrt()
     }
 
     /// Row j of W2 (the weights into output j).

@@ -367,7 +367,7 @@ pub fn run(
 
         let (enc, checks) = EncryptedModel::encrypt(&q, &keys.secret)?;
         let mut engine = EdgeEngine::new(
-            ModelInfo::of(&q),
+            ModelInfo::of(&q, &params)?,
             params,
             keys.secret.key_id,
             edge_keys,

@@ -6,6 +6,8 @@
 //! versions still decode (a spool written before an upgrade is published after it, signed by
 //! the upgraded daemon).
 //!
+//! - 4: the ciphertext's width: each part a string of `bits`-bit words (the board switches
+//!   results to the bits their scores need; docs/CRYPTO.md).
 //! - 3: the board's Ed25519 signature over the provenance and the ciphertext's hash; the
 //!   ciphertext carries only its key id and raw parts (how to read them is the backend's
 //!   record, not the board's say).
@@ -18,7 +20,7 @@ use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-pub(crate) const MESSAGE_VERSION: u8 = 3;
+pub(crate) const MESSAGE_VERSION: u8 = 4;
 
 /// Largest payload a decryptor accepts (a 256-bit `noact` result is ~640 KB).
 pub(crate) const MAX_PAYLOAD: usize = 4 << 20;
@@ -99,6 +101,9 @@ impl ResultMessage {
         let malformed = |e: postcard::Error| MessageError::Undecodable(e.to_string());
         match bytes.split_first() {
             Some((&MESSAGE_VERSION, body)) => postcard::from_bytes(body).map_err(malformed),
+            Some((3, body)) => postcard::from_bytes::<legacy::MessageV3>(body)
+                .map(Into::into)
+                .map_err(malformed),
             Some((2, body)) => postcard::from_bytes::<legacy::MessageV2>(body)
                 .map(Into::into)
                 .map_err(malformed),
@@ -112,10 +117,7 @@ impl ResultMessage {
 
     /// The bytes the signature covers: the provenance and a hash of the ciphertext.
     fn signed_bytes(&self) -> Vec<u8> {
-        let digest: [u8; 32] = Sha256::digest(
-            postcard::to_allocvec(&self.result).expect("serialising to a Vec cannot fail"),
-        )
-        .into();
+        let digest: [u8; 32] = Sha256::digest(self.result.signed_form()).into();
         let mut out = SIGNED_DOMAIN.to_vec();
         out.extend(
             postcard::to_allocvec(&(
@@ -166,6 +168,46 @@ impl ResultMessage {
 mod legacy {
     use super::*;
 
+    /// Version 3: full 64-bit words, no width.
+    #[derive(Deserialize)]
+    #[cfg_attr(test, derive(Serialize))]
+    pub(crate) struct ResultV3 {
+        pub key_id: KeyId,
+        pub parts: Vec<U64s>,
+    }
+
+    #[derive(Deserialize)]
+    #[cfg_attr(test, derive(Serialize))]
+    pub(crate) struct MessageV3 {
+        pub device_id: String,
+        pub bundle_id: String,
+        pub seq: u64,
+        pub timestamp_ms: u64,
+        pub infer_us: u64,
+        pub extract_us: u64,
+        pub result: ResultV3,
+        pub signed: Option<Signed>,
+    }
+
+    impl From<MessageV3> for ResultMessage {
+        fn from(m: MessageV3) -> Self {
+            ResultMessage {
+                device_id: m.device_id,
+                bundle_id: m.bundle_id,
+                seq: m.seq,
+                timestamp_ms: m.timestamp_ms,
+                infer_us: m.infer_us,
+                extract_us: m.extract_us,
+                result: ResultCiphertext {
+                    key_id: m.result.key_id,
+                    bits: 64,
+                    parts: m.result.parts,
+                },
+                signed: m.signed,
+            }
+        }
+    }
+
     /// Version 1 and 2 results carried their own decoding parameters (ignored now).
     #[derive(Deserialize)]
     #[cfg_attr(test, derive(Serialize))]
@@ -191,6 +233,7 @@ mod legacy {
         fn from(r: ResultV2) -> Self {
             ResultCiphertext {
                 key_id: r.key_id,
+                bits: 64,
                 parts: r
                     .parts
                     .into_iter()
@@ -280,6 +323,7 @@ mod tests {
             extract_us: 56,
             result: ResultCiphertext {
                 key_id: [3; 16],
+                bits: 64,
                 parts: vec![U64s(vec![1, 2, 3, 4, 5])],
             },
             signed: None,
@@ -373,6 +417,77 @@ mod tests {
                 ..m.clone()
             }
         );
+    }
+
+    #[test]
+    fn a_version_3_message_signed_before_an_upgrade_verifies_after_it() {
+        let board = SigningKey::from_bytes(&[1; 32]);
+        let m = message();
+        // Signed as version 3 did: the hash of the width-less result.
+        let v3 = ResultV3 {
+            key_id: m.result.key_id,
+            parts: m.result.parts.clone(),
+        };
+        let digest: [u8; 32] = Sha256::digest(postcard::to_allocvec(&v3).unwrap()).into();
+        let mut signed = SIGNED_DOMAIN.to_vec();
+        signed.extend(
+            postcard::to_allocvec(&(
+                &m.device_id,
+                &m.bundle_id,
+                m.seq,
+                m.timestamp_ms,
+                m.infer_us,
+                m.extract_us,
+                digest,
+            ))
+            .unwrap(),
+        );
+        let old = MessageV3 {
+            device_id: m.device_id.clone(),
+            bundle_id: m.bundle_id.clone(),
+            seq: m.seq,
+            timestamp_ms: m.timestamp_ms,
+            infer_us: m.infer_us,
+            extract_us: m.extract_us,
+            result: v3,
+            signed: Some(Signed {
+                key: board.verifying_key().to_bytes(),
+                signature: board.sign(&signed),
+            }),
+        };
+        let mut bytes = vec![3u8];
+        bytes.extend(postcard::to_allocvec(&old).unwrap());
+        let back = ResultMessage::decode(&bytes).unwrap();
+        assert_eq!(back.result, m.result);
+        back.verify(&board.verifying_key()).unwrap();
+    }
+
+    #[test]
+    fn switched_results_travel_packed_and_their_width_is_signed() {
+        let board = SigningKey::from_bytes(&[1; 32]);
+        let mut m = message();
+        m.result.bits = 20;
+        m.result.parts = vec![U64s(vec![0xf_ffff, 0, 12345])];
+        m.sign(&board);
+        // Key id, width, part count, length, 3 words of 20 bits in 8 bytes (not 24).
+        let packed = postcard::to_allocvec(&m.result).unwrap();
+        assert_eq!(packed.len(), 16 + 1 + 1 + 1 + 8);
+        let back = ResultMessage::decode(&m.encode()).unwrap();
+        assert_eq!(back, m);
+        back.verify(&board.verifying_key()).unwrap();
+        let mut wider = m.clone();
+        wider.result.bits = 21;
+        assert_eq!(
+            wider.verify(&board.verifying_key()),
+            Err(MessageError::BadSignature)
+        );
+        // Nonzero padding (one string, one encoding), a width out of range: undecodable.
+        let mut bad = packed.clone();
+        *bad.last_mut().unwrap() |= 0xf0;
+        assert!(postcard::from_bytes::<ResultCiphertext>(&bad).is_err());
+        let mut bad = packed;
+        bad[16] = 7;
+        assert!(postcard::from_bytes::<ResultCiphertext>(&bad).is_err());
     }
 
     #[test]

@@ -23,6 +23,7 @@ pub fn decoding() -> Decoding {
             log2_deltas: vec![30],
             offsets: vec![5],
         },
+        wire: crate::engine::Wire::Switched { drop_bits: 21 },
     }
 }
 

@@ -94,13 +94,14 @@ pub fn run(a: Args, ui: &Ui) -> Result<()> {
     };
     if !a.json {
         println!(
-            "{:<6} {:<5} {:>4} {:>10} {:>9} {:>7} {:>10} {:>7} {:>10} {:>9} {:>8}  correct",
+            "{:<6} {:<5} {:>4} {:>10} {:>9} {:>7} {:>9} {:>10} {:>7} {:>10} {:>9} {:>8}  correct",
             "var",
             "feat",
             "sec",
             "infer ms",
             "peak MB",
             "margin",
+            "result B",
             "model KB",
             "×float",
             "enc ms",
@@ -190,13 +191,14 @@ fn print_cell(c: &Cell, json: bool) {
     } else {
         let _ = writeln!(
             out,
-            "{:<6} {:<5} {:>4} {:>10.1} {:>9.1} {:>7.1} {:>10.1} {:>7.2} {:>10.1} {:>9.2} {:>8}  {}",
+            "{:<6} {:<5} {:>4} {:>10.1} {:>9.1} {:>7.1} {:>9} {:>10.1} {:>7.2} {:>10.1} {:>9.2} {:>8}  {}",
             c.variant,
             c.features,
             c.security,
             c.infer_ms,
             c.peak_rss_mb,
             c.noise_margin_bits,
+            c.result_bytes,
             c.model_bytes as f64 / 1024.0,
             c.model_ratio,
             c.encrypt_model_ms,

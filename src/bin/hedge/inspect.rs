@@ -48,6 +48,7 @@ pub fn run(a: Args) -> Result<()> {
     );
     println!("bundle      {} bytes", opened.len);
     println!("weights     {} bytes encrypted", b.model.encrypted_bytes());
+    println!("results     {}", m.result.describe());
     match &b.extractor {
         Some(e) => println!(
             "extractor   plaintext ONNX, {} bytes, input {:?}, pixels ×{}",

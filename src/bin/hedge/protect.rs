@@ -184,6 +184,7 @@ pub fn run(a: Args, registry: &Path, ui: &Ui) -> Result<()> {
         p.bundle.model.encrypted_bytes(),
         t.elapsed().as_secs_f64()
     );
+    println!("each result: {}", p.bundle.header.model.result.describe());
     let (low, high) = p.agreement.interval();
     println!(
         "integer model agrees with the float model on {:.1} % of {} calibration inputs (95 % \
