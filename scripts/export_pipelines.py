@@ -122,6 +122,46 @@ def activation_mlp(x_train, y_train, op, attrs, f):
     return model, predict
 
 
+def torch_gelu_mlp(x_train, y_train):
+    """The GELU MLP as PyTorch exports nn.GELU() below opset 20 (torch/onnx/symbolic_opset9.py):
+    x·(1 + erf(x / √2))·½ in five nodes, its scalars as Constant nodes, opset 17."""
+    w1, b1, w2, b2 = scaled_relu_mlp(x_train, y_train)
+    init = [numpy_helper.from_array(a, n) for a, n in [(w1, "w1"), (b1, "b1"), (w2, "w2"), (b2, "b2")]]
+
+    def scalar(name, value):
+        return helper.make_node("Constant", [], [name], name=name,
+                                value=numpy_helper.from_array(np.array(value, dtype=np.float32)))
+
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h0"], name="/fc1/MatMul"),
+        helper.make_node("Add", ["h0", "b1"], ["h1"], name="/fc1/Add"),
+        scalar("sqrt2", np.sqrt(2.0)),
+        helper.make_node("Div", ["h1", "sqrt2"], ["g0"], name="/act/Div"),
+        helper.make_node("Erf", ["g0"], ["g1"], name="/act/Erf"),
+        scalar("one", 1.0),
+        helper.make_node("Add", ["g1", "one"], ["g2"], name="/act/Add"),
+        helper.make_node("Mul", ["h1", "g2"], ["g3"], name="/act/Mul"),
+        scalar("half", 0.5),
+        helper.make_node("Mul", ["g3", "half"], ["h2"], name="/act/Mul_1"),
+        helper.make_node("MatMul", ["h2", "w2"], ["o0"], name="/fc2/MatMul"),
+        helper.make_node("Add", ["o0", "b2"], ["scores"], name="/fc2/Add"),
+    ]
+    graph = helper.make_graph(
+        nodes, "torch_gelu_mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, x_train.shape[1]])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [None, len(b2)])],
+        init)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    from math import erf
+    gelu_f = np.vectorize(lambda v: 0.5 * v * (1 + erf(v / np.sqrt(2))))
+
+    def predict(x):
+        return np.argmax(gelu_f(x.astype(np.float64) @ w1 + b1) @ w2 + b2, axis=1)
+
+    return model, predict
+
+
 def activations(x32, y, train, test, options):
     """MLPs with the activations hedge bootstraps besides ReLU: tanh and logistic pipelines as
     scikit-learn exports them, leaky ReLU and GELU as PyTorch and Keras write them."""
@@ -138,6 +178,8 @@ def activations(x32, y, train, test, options):
     gelu_f = np.vectorize(lambda v: 0.5 * v * (1 + erf(v / np.sqrt(2))))
     gelu, predict = activation_mlp(x32[train], y[train], "Gelu", {}, gelu_f)
     write("gelu-mlp", gelu, predict(x32[test]), x32[test])
+    torch_gelu, predict = torch_gelu_mlp(x32[train], y[train])
+    write("torch-gelu-mlp", torch_gelu, predict(x32[test]), x32[test])
 
 
 def main():

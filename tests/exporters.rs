@@ -6,6 +6,7 @@
 use hedge::crypto::keys;
 use hedge::crypto::params::{ParameterSet, SecurityLevel};
 use hedge::engine::{decrypt, Decoding, EdgeEngine, EncryptedModel, ModelInfo};
+use hedge::model::activation::Activation;
 use hedge::model::network::Network;
 use hedge::model::quant::{QuantModel, Variant};
 use hedge::model::{argmax, Classifier};
@@ -547,6 +548,25 @@ fn pipeline_vectors(name: &str) -> Vec<(Option<usize>, Vec<f32>)> {
         .collect()
 }
 
+/// PyTorch's nn.GELU() below opset 20 is five nodes (x·(1 + erf(x/√2))·½): it imports as the
+/// Gelu operator does — the same head, both layers encrypted — where before the split stopped
+/// at the Erf and left the first layer and its activation in the plaintext extractor.
+#[test]
+fn a_decomposed_gelu_imports_as_the_gelu_operator() {
+    let load = |m: &str| {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data/pipelines")
+            .join(m);
+        Network::load(&path, None).unwrap_or_else(|e| panic!("{m}: {e}"))
+    };
+    let (decomposed, operator) = (load("torch-gelu-mlp.onnx"), load("gelu-mlp.onnx"));
+    assert!(decomposed.extractor.is_none(), "both layers in the head");
+    assert_eq!(decomposed.head.activation, Some(Activation::Gelu));
+    for (_, x) in pipeline_vectors("torch-gelu-mlp.inputs.txt") {
+        assert_eq!(decomposed.head.forward(&x), operator.head.forward(&x));
+    }
+}
+
 /// Issue 22: models with their pre-processing, as users export them
 /// (tests/data/pipelines, scripts/export_pipelines.py, on scikit-learn's wine data whose
 /// features run from 0.1 to 1,680): Pipeline(StandardScaler, LogisticRegression) (Scaler and
@@ -574,6 +594,8 @@ fn models_with_their_preprocessing_import_and_run_encrypted() {
         ("scaler-mlp-logistic", &[Variant::Last, Variant::Act]),
         ("leaky-mlp", &[Variant::Last, Variant::Act]),
         ("gelu-mlp", &[Variant::Last, Variant::Act]),
+        // GELU as PyTorch writes it below opset 20: Div, Erf, Add, Mul, Mul.
+        ("torch-gelu-mlp", &[Variant::Last, Variant::Act]),
     ];
     for &(model, variants) in cases {
         let path = Path::new(env!("CARGO_MANIFEST_DIR"))

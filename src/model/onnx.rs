@@ -14,8 +14,9 @@
 //!   or ai.onnx.ml's LinearClassifier (scikit-learn's linear models); one layer (a linear
 //!   model) is imported with an identity hidden layer;
 //! - after a dense layer, a BatchNormalization (Keras' Dense → BatchNormalization), folded in;
-//! - between two layers, the activation: Relu, Tanh, Sigmoid, Gelu (either form), LeakyRelu,
-//!   Elu, Softplus, or the square (Mul(x, x) or Pow(x, 2));
+//! - between two layers, the activation: Relu, Tanh, Sigmoid, Gelu (either form, or the
+//!   five nodes PyTorch writes for it below opset 20), LeakyRelu, Elu, Softplus, or the square
+//!   (Mul(x, x) or Pow(x, 2));
 //! - after the last layer, the classifier's post-processing, which preserves the argmax and is
 //!   dropped for the encrypted head: Softmax, LogSoftmax, Sigmoid, Normalizer (L1, L2), ArgMax,
 //!   ArrayFeatureExtractor and ZipMap (the class labels they carry are kept), Cast, Reshape,
@@ -337,11 +338,130 @@ fn attr_labels(node: &pb::NodeProto, strings: &str, ints: &str) -> Option<Vec<St
         .map(|a| a.ints.iter().map(i64::to_string).collect())
 }
 
+/// The single value of a scalar constant (an initializer or a Constant node's), if `name` is
+/// one.
+fn scalar_constant(graph: &pb::GraphProto, name: &str) -> Option<f32> {
+    let from_tensor = |t: &pb::TensorProto| match tensor_f32(t) {
+        Ok((_, v)) if v.len() == 1 => Some(v[0]),
+        _ => None,
+    };
+    graph
+        .initializer
+        .iter()
+        .find(|t| t.name == name)
+        .and_then(from_tensor)
+        .or_else(|| {
+            graph
+                .node
+                .iter()
+                .filter(|n| {
+                    n.op_type == "Constant" && n.output.first().map(String::as_str) == Some(name)
+                })
+                .find_map(|n| {
+                    attr(n, "value")
+                        .and_then(|a| a.t.as_ref())
+                        .and_then(from_tensor)
+                })
+        })
+}
+
+/// GELU as exporters write it where the operator set has no Gelu (PyTorch below opset 20):
+/// ½·x·(1 + erf(x/√2)) in five nodes — Div by √2 (or Mul by 1/√2), Erf, Add 1, and the two
+/// products by x and by ½ in any order (TorchScript's, torch.export's and by hand). Each such chain becomes one Gelu node, so that the
+/// split sees an activation (not a node it cannot encrypt) and the importer reads it.
+pub(crate) fn fuse_decomposed_gelu(graph: &mut pb::GraphProto) {
+    let near =
+        |v: Option<f32>, want: f64| v.is_some_and(|v| ((v as f64) / want - 1.0).abs() < 1e-4);
+    loop {
+        let g = &*graph;
+        // The only node reading `tensor`, and its other input.
+        let sole_reader = |tensor: &str| -> Option<(usize, String)> {
+            let mut readers = g
+                .node
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| n.input.iter().any(|i| i == tensor));
+            let (at, n) = readers.next()?;
+            if readers.next().is_some() {
+                return None;
+            }
+            let other = n
+                .input
+                .iter()
+                .find(|i| *i != tensor)
+                .cloned()
+                .unwrap_or_default();
+            Some((at, other))
+        };
+        let op_at = |at: usize| g.node[at].op_type.as_str();
+        let out = |at: usize| g.node[at].output.first().cloned().unwrap_or_default();
+        let fused = g.node.iter().enumerate().find_map(|(div, n)| {
+            let scaled = match n.op_type.as_str() {
+                "Div" => near(
+                    scalar_constant(g, n.input.get(1)?),
+                    std::f64::consts::SQRT_2,
+                ),
+                "Mul" => n
+                    .input
+                    .iter()
+                    .any(|i| near(scalar_constant(g, i), std::f64::consts::FRAC_1_SQRT_2)),
+                _ => false,
+            };
+            if !scaled || n.input.len() != 2 {
+                return None;
+            }
+            let x = match n.op_type.as_str() {
+                "Div" => n.input[0].clone(),
+                _ => n
+                    .input
+                    .iter()
+                    .find(|i| scalar_constant(g, i).is_none())?
+                    .clone(),
+            };
+            let (erf, _) = sole_reader(&out(div)).filter(|(at, _)| op_at(*at) == "Erf")?;
+            let (add, one) = sole_reader(&out(erf)).filter(|(at, _)| op_at(*at) == "Add")?;
+            if !near(scalar_constant(g, &one), 1.0) {
+                return None;
+            }
+            let (m1, by) = sole_reader(&out(add)).filter(|(at, _)| op_at(*at) == "Mul")?;
+            let is_half = |t: &str| near(scalar_constant(g, t), 0.5);
+            let last = if by == x || is_half(&by) {
+                // (1 + erf)·x then ·½, or (1 + erf)·½ then ·x.
+                let (m2, other) = sole_reader(&out(m1)).filter(|(at, _)| op_at(*at) == "Mul")?;
+                let rest = if by == x { is_half(&other) } else { other == x };
+                rest.then_some((vec![div, erf, add, m1], m2))?
+            } else {
+                // (1 + erf)·(½·x).
+                let h = g.node.iter().position(|n| n.output.first() == Some(&by))?;
+                let halves = g.node[h].op_type == "Mul"
+                    && g.node[h].input.contains(&x)
+                    && g.node[h].input.iter().any(|i| is_half(i));
+                (halves && sole_reader(&by).is_some()).then_some((vec![div, erf, add, h], m1))?
+            };
+            Some((x, last))
+        });
+        let Some((x, (gone, last))) = fused else {
+            return;
+        };
+        let node = &mut graph.node[last];
+        node.op_type = "Gelu".into();
+        node.input = vec![x];
+        node.attribute.clear();
+        node.domain.clear();
+        let mut at = 0;
+        graph.node.retain(|_| {
+            at += 1;
+            !gone.contains(&(at - 1))
+        });
+    }
+}
+
 /// Parse an ONNX model held in memory.
 pub fn from_bytes(bytes: &[u8]) -> Result<Classifier> {
     let model =
         pb::ModelProto::decode(bytes).map_err(|e| err(format!("not an ONNX model: {e}")))?;
-    let graph = model.graph.ok_or_else(|| err("ONNX model has no graph"))?;
+    let mut graph = model.graph.ok_or_else(|| err("ONNX model has no graph"))?;
+    fuse_decomposed_gelu(&mut graph);
     let input = graph_input(&graph)?;
     classifier_from_graph(&graph, &input)
 }
@@ -1115,6 +1235,69 @@ mod tests {
     use crate::model::synth;
 
     use crate::model::activation::{Alpha, EACH};
+
+    /// The five-node GELU, in TorchScript's order, torch.export's and by hand (½·x first, 1/√2
+    /// as a Mul), is one Gelu node; a chain with another constant (1 + erf(x/2)) is left alone.
+    #[test]
+    fn decomposed_gelu_chains_become_one_node() {
+        let graph = |nodes: Vec<pb::NodeProto>, c: [f32; 3]| pb::GraphProto {
+            node: nodes,
+            initializer: vec![
+                tensor("c", &[], &[c[0]]),
+                tensor("one", &[], &[c[1]]),
+                tensor("half", &[], &[c[2]]),
+            ],
+            ..Default::default()
+        };
+        let torch = vec![
+            node("Relu", &["x"], "h", vec![]),
+            node("Div", &["h", "c"], "d", vec![]),
+            node("Erf", &["d"], "e", vec![]),
+            node("Add", &["e", "one"], "a", vec![]),
+            node("Mul", &["h", "a"], "m", vec![]),
+            node("Mul", &["m", "half"], "y", vec![]),
+            node("Relu", &["y"], "z", vec![]),
+        ];
+        let other = vec![
+            node("Relu", &["x"], "h", vec![]),
+            node("Mul", &["c", "h"], "d", vec![]),
+            node("Mul", &["half", "h"], "hh", vec![]),
+            node("Erf", &["d"], "e", vec![]),
+            node("Add", &["one", "e"], "a", vec![]),
+            node("Mul", &["a", "hh"], "y", vec![]),
+            node("Relu", &["y"], "z", vec![]),
+        ];
+        // torch.export (onnxscript's torchlib): ½·(1 + erf), then ·x.
+        let export = vec![
+            node("Relu", &["x"], "h", vec![]),
+            node("Div", &["h", "c"], "d", vec![]),
+            node("Erf", &["d"], "e", vec![]),
+            node("Add", &["e", "one"], "a", vec![]),
+            node("Mul", &["half", "a"], "m", vec![]),
+            node("Mul", &["h", "m"], "y", vec![]),
+            node("Relu", &["y"], "z", vec![]),
+        ];
+        let sqrt2 = std::f32::consts::SQRT_2;
+        for (nodes, c) in [
+            (torch.clone(), sqrt2),
+            (other, 1.0 / sqrt2),
+            (export, sqrt2),
+        ] {
+            let mut g = graph(nodes, [c, 1.0, 0.5]);
+            fuse_decomposed_gelu(&mut g);
+            let ops: Vec<(&str, &[String], &str)> = g
+                .node
+                .iter()
+                .map(|n| (n.op_type.as_str(), &n.input[..], n.output[0].as_str()))
+                .collect();
+            assert_eq!(ops.len(), 3, "{ops:?}");
+            assert_eq!(ops[1], ("Gelu", &["h".to_string()][..], "y"));
+            assert_eq!(ops[2].0, "Relu");
+        }
+        let mut g = graph(torch, [2.0, 1.0, 0.5]);
+        fuse_decomposed_gelu(&mut g);
+        assert_eq!(g.node.len(), 7, "not a GELU: left alone");
+    }
 
     #[test]
     fn round_trip_gemm_and_matmul_forms() {

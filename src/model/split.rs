@@ -41,8 +41,11 @@ pub struct PlaintextDense {
 }
 
 pub fn split(bytes: &[u8], encrypt_from: Option<&str>) -> Result<Split> {
-    let model =
+    let mut model =
         pb::ModelProto::decode(bytes).map_err(|e| err(format!("not an ONNX model: {e}")))?;
+    if let Some(g) = model.graph.as_mut() {
+        super::onnx::fuse_decomposed_gelu(g);
+    }
     let graph = model
         .graph
         .clone()
