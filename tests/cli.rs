@@ -530,7 +530,19 @@ fn bad_vectors_are_rejected_and_the_rest_processed() {
         v[0] = "1e30";
         v.join(",")
     };
-    let input = format!("{good}\n{short}\nhello world\n{nan}\n{huge}\n{good}\n");
+    // Beyond what the bundle was calibrated on, within what it accepts: computed on the
+    // clamped value, and said (issue 22: never silently wrong).
+    let beyond = {
+        let mut v = values.clone();
+        let largest = values
+            .iter()
+            .map(|x| x.trim().parse::<f32>().unwrap().abs())
+            .fold(0.0, f32::max);
+        let far = (6.0 * largest).to_string();
+        v[0] = &far;
+        v.join(",")
+    };
+    let input = format!("{good}\n{short}\nhello world\n{nan}\n{huge}\n{good}\n{beyond}\n");
     let out = f.root.join("out");
     let o = hedged(
         &[
@@ -550,6 +562,7 @@ fn bad_vectors_are_rejected_and_the_rest_processed() {
         "not a number",
         "NaN",
         "out of range",
+        "1 feature(s) beyond the range the bundle was calibrated on",
     ] {
         assert!(err.contains(reason), "{reason} missing from {err}");
     }
@@ -557,7 +570,7 @@ fn bad_vectors_are_rejected_and_the_rest_processed() {
         .unwrap()
         .filter(|e| e.as_ref().unwrap().path().extension() == Some("bin".as_ref()))
         .count();
-    assert_eq!(results, 2);
+    assert_eq!(results, 3);
 }
 
 /// Issue 22: a scikit-learn logistic regression on raw features spanning five orders of

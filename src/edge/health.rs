@@ -23,6 +23,8 @@ pub struct Health {
     /// The status changed since the publisher last sent it (a bundle swap).
     changed: AtomicBool,
     inferences: AtomicU64,
+    /// Inferences whose input had features beyond the calibrated range (clamped).
+    clamped: AtomicU64,
     last_infer_us: AtomicU64,
     last_inference_ms: AtomicU64,
     queue: Arc<BoundedQueue<Input>>,
@@ -42,6 +44,7 @@ impl Health {
             bundle: Mutex::new((bundle.0.to_string(), bundle.1)),
             changed: AtomicBool::new(false),
             inferences: AtomicU64::new(0),
+            clamped: AtomicU64::new(0),
             last_infer_us: AtomicU64::new(0),
             last_inference_ms: AtomicU64::new(0),
             queue,
@@ -64,12 +67,15 @@ impl Health {
             .clone()
     }
 
-    /// One inference done, taking `took`.
-    pub(crate) fn inferred(&self, took: Duration) {
+    /// One inference done, taking `took`, with `clamped` features beyond the calibrated range.
+    /// Returns how many inferences had clamped features so far (this one's count if it had).
+    pub(crate) fn inferred(&self, took: Duration, clamped: usize) -> Option<u64> {
         self.inferences.fetch_add(1, Ordering::Relaxed);
+        let clamped = (clamped > 0).then(|| self.clamped.fetch_add(1, Ordering::Relaxed) + 1);
         self.last_infer_us
             .store(took.as_micros() as u64, Ordering::Relaxed);
         self.last_inference_ms.store(now_ms(), Ordering::Relaxed);
+        clamped
     }
 
     /// Whether the status changed since the last call.
@@ -100,7 +106,8 @@ impl Health {
         message.to_string().into_bytes()
     }
 
-    /// One metrics message: queue, spool, inferences, rejected inputs by kind.
+    /// One metrics message: queue, spool, inferences (and those with clamped features),
+    /// rejected inputs by kind.
     pub fn metrics(&self, spool: &Spool) -> Vec<u8> {
         json!({
             "device": self.device,
@@ -110,6 +117,7 @@ impl Health {
             "spool_depth": spool.len(),
             "spool_bytes": spool.bytes(),
             "inferences": self.inferences.load(Ordering::Relaxed),
+            "clamped_inputs": self.clamped.load(Ordering::Relaxed),
             "last_infer_ms": self.last_infer_us.load(Ordering::Relaxed) as f64 / 1e3,
             "last_inference_ms": self.last_inference_ms.load(Ordering::Relaxed),
             "rejected": self
@@ -152,10 +160,15 @@ mod tests {
         );
         let v: serde_json::Value = serde_json::from_slice(&h.status(false)).unwrap();
         assert_eq!(v["state"], "offline");
-        h.inferred(Duration::from_millis(7));
+        assert_eq!(h.inferred(Duration::from_millis(9), 0), None);
+        assert_eq!(h.inferred(Duration::from_millis(8), 3), Some(1));
+        assert_eq!(h.inferred(Duration::from_millis(7), 1), Some(2));
         let spool = Spool::open(dir.path(), 8, 1 << 20).unwrap();
         let m: serde_json::Value = serde_json::from_slice(&h.metrics(&spool)).unwrap();
-        assert_eq!(m["inferences"], 1);
+        assert_eq!(
+            (m["inferences"].as_u64(), m["clamped_inputs"].as_u64()),
+            (Some(3), Some(2))
+        );
         assert_eq!(m["last_infer_ms"], 7.0);
         assert_eq!(m["rejected"]["width"], 1);
         assert_eq!(m["spool_depth"], 0);

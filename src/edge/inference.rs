@@ -31,6 +31,9 @@ pub(crate) struct Inferred {
     /// Time in the plaintext extractor, and in the encrypted part.
     pub extract: Duration,
     pub infer: Duration,
+    /// Features beyond the calibrated range, clamped (plaintext features only: the board
+    /// never sees encrypted ones).
+    pub clamped: usize,
 }
 
 impl Inference {
@@ -97,6 +100,7 @@ impl Inference {
                     result,
                     extract: Duration::ZERO,
                     infer: started.elapsed(),
+                    clamped: 0,
                 });
             }
             (Input::Plain(x), None) => x,
@@ -121,6 +125,7 @@ impl Inference {
             result,
             extract,
             infer: started.elapsed() - extract,
+            clamped: self.engine.info.input.clamped(features),
         })
     }
 }

@@ -165,7 +165,18 @@ impl Scheduler {
             if let Some(step) = self.rollout.inferred() {
                 self.carry_out(step)?;
             }
-            self.health.inferred(inferred.extract + inferred.infer);
+            let clamped = self
+                .health
+                .inferred(inferred.extract + inferred.infer, inferred.clamped);
+            if let Some(n) = clamped.filter(|n| n.is_power_of_two()) {
+                log::warn!(
+                    "an input had {} feature(s) beyond the range the bundle was calibrated on, \
+                     clamped to it: its class may differ from the float model's ({n} such \
+                     input(s) so far; metrics clamped_inputs). If this recurs, protect the model \
+                     again with calibration data that covers these inputs",
+                    inferred.clamped
+                );
+            }
             let bundle_id = &self.inference.bundle_id;
             let message = |seq| ResultMessage {
                 device_id: device.clone(),

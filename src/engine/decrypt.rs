@@ -363,7 +363,8 @@ fn check_shape(
             expected: hex(&decoding.key_id),
         });
     }
-    if result.bits != decoding.wire.bits() {
+    // Widths below 8 bits come from no honest result (nor from the wire's decoder).
+    if result.bits != decoding.wire.bits() || !(8..=64).contains(&result.bits) {
         return Err(Refusal::Bits {
             found: result.bits,
             expected: decoding.wire.bits(),

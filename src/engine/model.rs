@@ -123,11 +123,12 @@ pub enum Wire {
 }
 
 impl Wire {
-    /// Bits each word keeps on the wire.
+    /// Bits each word keeps on the wire (0 for a corrupt record that drops more than 64,
+    /// which the board refuses to load and the decryptor matches with no result).
     pub fn bits(self) -> u32 {
         match self {
             Wire::Full => 64,
-            Wire::Switched { drop_bits } => 64 - drop_bits,
+            Wire::Switched { drop_bits } => 64u32.saturating_sub(drop_bits),
         }
     }
 }
@@ -222,7 +223,7 @@ impl ResultShape {
             Wire::Switched { drop_bits } => format!(
                 "words of {} bits (modulus switch from 2^64: error σ 2^{:.1}, ≤ 2^{:.1} at \
                  probability 1 − 2^-{:.0})",
-                64 - drop_bits,
+                self.wire.bits(),
                 switch::error_std(self.poly_size as usize).log2() + drop_bits as f64,
                 switch::error_bound(self.poly_size as usize).log2() + drop_bits as f64,
                 switch::LOG2_FAILURE

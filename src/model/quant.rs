@@ -181,6 +181,19 @@ impl InputQuant {
 }
 
 impl InputQuant {
+    /// How many features of `x` lie beyond the calibrated range and are clamped to it when
+    /// quantised (0 for a vector [`Self::quantize`] refuses): such an input is computed, but
+    /// on values other than its own, so its class may differ from the float model's.
+    pub fn clamped(&self, x: &[f32]) -> usize {
+        x.iter()
+            .zip(self.scales.iter().zip(&self.offsets))
+            .filter(|(v, (s, o))| {
+                let q = ((**v - **o) / **s).round();
+                q.is_finite() && (q < self.min_q as f32 || q > self.max_q as f32)
+            })
+            .count()
+    }
+
     pub fn quantize(&self, x: &[f32]) -> Result<Vec<i64>> {
         if x.len() != self.dim {
             return Err(FeatureFault::WrongLength {
@@ -1037,8 +1050,27 @@ fn with_bias(w: &[i64], b: &[i64], in_dim: usize) -> Vec<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
     use crate::crypto::params::SecurityLevel;
     use crate::model::{argmax, synth};
+
+    #[test]
+    fn inputs_beyond_the_calibrated_range_are_counted() {
+        let q = InputQuant {
+            dim: 3,
+            scales: vec![1.0, 0.5, 2.0],
+            offsets: vec![0.0, 1.0, 0.0],
+            min_q: -127,
+            max_q: 127,
+            limit: 1e6,
+        };
+        assert_eq!(q.clamped(&[127.0, 64.0, -254.0]), 0, "the edges are inside");
+        assert_eq!(q.clamped(&[128.0, 64.0, -256.0]), 2);
+        assert_eq!(
+            q.quantize(&[128.0, 64.0, -256.0]).unwrap(),
+            vec![127, 126, -127]
+        );
+    }
 
     #[test]
     fn quantised_reference_agrees_with_float_model() {
