@@ -176,35 +176,50 @@ mod legacy {
         pub parts: Vec<U64s>,
     }
 
+    /// What versions 2 and 3 carried before the result (postcard writes a nested struct as
+    /// its fields in order, so this reads the same bytes as the fields in place).
     #[derive(Deserialize)]
     #[cfg_attr(test, derive(Serialize))]
-    pub(crate) struct MessageV3 {
+    pub(crate) struct Provenance {
         pub device_id: String,
         pub bundle_id: String,
         pub seq: u64,
         pub timestamp_ms: u64,
         pub infer_us: u64,
         pub extract_us: u64,
+    }
+
+    impl Provenance {
+        fn with(self, result: ResultCiphertext, signed: Option<Signed>) -> ResultMessage {
+            ResultMessage {
+                device_id: self.device_id,
+                bundle_id: self.bundle_id,
+                seq: self.seq,
+                timestamp_ms: self.timestamp_ms,
+                infer_us: self.infer_us,
+                extract_us: self.extract_us,
+                result,
+                signed,
+            }
+        }
+    }
+
+    #[derive(Deserialize)]
+    #[cfg_attr(test, derive(Serialize))]
+    pub(crate) struct MessageV3 {
+        pub provenance: Provenance,
         pub result: ResultV3,
         pub signed: Option<Signed>,
     }
 
     impl From<MessageV3> for ResultMessage {
         fn from(m: MessageV3) -> Self {
-            ResultMessage {
-                device_id: m.device_id,
-                bundle_id: m.bundle_id,
-                seq: m.seq,
-                timestamp_ms: m.timestamp_ms,
-                infer_us: m.infer_us,
-                extract_us: m.extract_us,
-                result: ResultCiphertext {
-                    key_id: m.result.key_id,
-                    bits: 64,
-                    parts: m.result.parts,
-                },
-                signed: m.signed,
-            }
+            let result = ResultCiphertext {
+                key_id: m.result.key_id,
+                bits: 64,
+                parts: m.result.parts,
+            };
+            m.provenance.with(result, m.signed)
         }
     }
 
@@ -248,27 +263,13 @@ mod legacy {
     #[derive(Deserialize)]
     #[cfg_attr(test, derive(Serialize))]
     pub(crate) struct MessageV2 {
-        pub device_id: String,
-        pub bundle_id: String,
-        pub seq: u64,
-        pub timestamp_ms: u64,
-        pub infer_us: u64,
-        pub extract_us: u64,
+        pub provenance: Provenance,
         pub result: ResultV2,
     }
 
     impl From<MessageV2> for ResultMessage {
         fn from(m: MessageV2) -> Self {
-            ResultMessage {
-                device_id: m.device_id,
-                bundle_id: m.bundle_id,
-                seq: m.seq,
-                timestamp_ms: m.timestamp_ms,
-                infer_us: m.infer_us,
-                extract_us: m.extract_us,
-                result: m.result.into(),
-                signed: None,
-            }
+            m.provenance.with(m.result.into(), None)
         }
     }
 
@@ -287,12 +288,14 @@ mod legacy {
     impl From<MessageV1> for ResultMessage {
         fn from(m: MessageV1) -> Self {
             MessageV2 {
-                device_id: m.device_id,
-                bundle_id: m.bundle_id,
-                seq: m.seq,
-                timestamp_ms: m.timestamp_ms,
-                infer_us: m.infer_us,
-                extract_us: 0,
+                provenance: Provenance {
+                    device_id: m.device_id,
+                    bundle_id: m.bundle_id,
+                    seq: m.seq,
+                    timestamp_ms: m.timestamp_ms,
+                    infer_us: m.infer_us,
+                    extract_us: 0,
+                },
                 result: m.result,
             }
             .into()
@@ -327,6 +330,17 @@ mod tests {
                 parts: vec![U64s(vec![1, 2, 3, 4, 5])],
             },
             signed: None,
+        }
+    }
+
+    fn provenance(m: &ResultMessage) -> Provenance {
+        Provenance {
+            device_id: m.device_id.clone(),
+            bundle_id: m.bundle_id.clone(),
+            seq: m.seq,
+            timestamp_ms: m.timestamp_ms,
+            infer_us: m.infer_us,
+            extract_us: m.extract_us,
         }
     }
 
@@ -387,13 +401,21 @@ mod tests {
     #[test]
     fn old_spool_entries_decode_unsigned() {
         let m = message();
+        // A nested struct is its fields in place: the flat messages older daemons wrote.
+        assert_eq!(
+            postcard::to_allocvec(&provenance(&m)).unwrap(),
+            postcard::to_allocvec(&(
+                &m.device_id,
+                &m.bundle_id,
+                m.seq,
+                m.timestamp_ms,
+                m.infer_us,
+                m.extract_us
+            ))
+            .unwrap()
+        );
         let v2 = MessageV2 {
-            device_id: m.device_id.clone(),
-            bundle_id: m.bundle_id.clone(),
-            seq: m.seq,
-            timestamp_ms: m.timestamp_ms,
-            infer_us: m.infer_us,
-            extract_us: m.extract_us,
+            provenance: provenance(&m),
             result: legacy_result(),
         };
         let mut bytes = vec![2u8];
@@ -443,12 +465,7 @@ mod tests {
             .unwrap(),
         );
         let old = MessageV3 {
-            device_id: m.device_id.clone(),
-            bundle_id: m.bundle_id.clone(),
-            seq: m.seq,
-            timestamp_ms: m.timestamp_ms,
-            infer_us: m.infer_us,
-            extract_us: m.extract_us,
+            provenance: provenance(&m),
             result: v3,
             signed: Some(Signed {
                 key: board.verifying_key().to_bytes(),
