@@ -3,8 +3,8 @@
 //! result of that model (feature `backend`; never in the boards' build).
 
 use super::model::{
-    part_words, EncryptedModel, PartShape, ResultCiphertext, ResultShape, Wire, CHECK_BITS,
-    CHECK_ROWS,
+    check_log2_delta, part_words, EncryptedModel, PartShape, ResultCiphertext, ResultShape, Wire,
+    CHECK_BITS, CHECK_ROWS,
 };
 use super::{EngineError, Result};
 use crate::crypto::keys::{KeyId, KeyKind, SecretKeys};
@@ -72,6 +72,11 @@ impl ResultChecks {
             return Ok(checks);
         }
         let limits = q.score_limits(params);
+        let log2_delta = check_log2_delta(&limits).ok_or_else(|| {
+            EngineError::Malformed(
+                "model: its scores are too large to leave room for check outputs".into(),
+            )
+        })?;
         while checks.rows.len() < CHECK_ROWS {
             let r: Vec<i64> = (0..q.out_dim)
                 .map(|_| rng.gen_range(0..1i64 << CHECK_BITS))
@@ -80,22 +85,8 @@ impl ResultChecks {
                 continue;
             }
             let offset = rng.gen_range(0..1i64 << (CHECK_BITS - 1)) * 2 + 1;
-            let bound: f64 = r
-                .iter()
-                .zip(&limits)
-                .map(|(&c, &l)| c as f64 * l)
-                .sum::<f64>()
-                + offset as f64;
-            // Δ·bound ≤ 2^62, as for the classes: a quarter of the torus each side.
-            let log2_delta = (62.0 - bound.log2()).floor().min(62.0);
-            if log2_delta < 16.0 {
-                return Err(EngineError::Malformed(format!(
-                    "model: scores of up to 2^{:.0} leave no room for check outputs",
-                    bound.log2()
-                )));
-            }
             checks.rows.push(r);
-            checks.log2_deltas.push(log2_delta as u32);
+            checks.log2_deltas.push(log2_delta);
             checks.offsets.push(offset);
         }
         Ok(checks)
@@ -487,14 +478,17 @@ pub fn decrypt(
         }
     }
     // Each check is exact: on its grid, and equal to its secret combination of the scores
-    // (both sides within a quarter of its torus, so equal as integers iff equal modulo it).
+    // modulo its torus, M = 2^64/Δ (sound for every change the range checks let through:
+    // check_log2_delta; records from before kept both sides within a quarter of M, where
+    // equal modulo M is equal).
     let mut margin = (delta as f64 / 2.0).log2()
         - (errors.iter().copied().max().unwrap_or(0).max(1) as f64).log2();
     let checks = &decoding.checks;
     for (row, (&p, check_delta)) in check_phases.iter().zip(checks.deltas()).enumerate() {
         let z = decode(p, check_delta);
         let e = error(p, z, check_delta);
-        if e > check_delta / 8 || z as i128 != checks.expected(row, &scores) {
+        let modulus = 1i128 << (64 - check_delta.trailing_zeros());
+        if e > check_delta / 8 || (z as i128 - checks.expected(row, &scores)) % modulus != 0 {
             return Err(Refusal::Check { row });
         }
         margin = margin.min((check_delta as f64 / 2.0).log2() - (e.max(1) as f64).log2());

@@ -24,6 +24,17 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 pub const CHECK_BITS: u32 = 5;
 pub const CHECK_ROWS: usize = 4;
 
+/// log2 Δ of the check rows, from the classes' score limits alone (public): a check is verified
+/// modulo M = 2^64/Δ, so M must keep r ↦ r·d injective on CHECK_BITS-bit r for every change d of
+/// a class score that the range checks let through (0 < |d| ≤ 2·limit, so d has at most
+/// ⌊log2(2·limit)⌋ factors of 2): M = 2^(⌊log2(2·limit)⌋ + CHECK_BITS + 1), one bit to spare.
+/// `None` if that leaves Δ below 2^16 (no room for noise).
+pub fn check_log2_delta(score_limits: &[f64]) -> Option<u32> {
+    let limit = score_limits.iter().copied().fold(1.0, f64::max);
+    let modulus_bits = (2.0 * limit).log2().floor() as u32 + CHECK_BITS + 1;
+    64u32.checked_sub(modulus_bits).filter(|&l| l >= 16)
+}
+
 /// The plaintext first layer of variant `last` (public, like the feature extractor).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PlainLayer {
@@ -147,9 +158,8 @@ impl ResultShape {
     ///
     /// The modulus switch drops as many low bits as its budget allows: for the exact variants,
     /// with probability 1 − 2^-40 ([`switch::error_bound`]), 1/16 of the Δ/8 an honest score
-    /// may err by, at the smallest Δ of any slot (a check row's, for `last`: its worst case,
-    /// every coefficient and offset 2^CHECK_BITS − 1, so the cut says nothing of the secret
-    /// rows); for `act`, what [`QuantModel::act_switch_drop_bits`] allows (the noise model
+    /// may err by, at the smallest Δ of any slot (for `last`, the check rows', which depends on
+    /// the score limits alone: [`check_log2_delta`]); for `act`, what [`QuantModel::act_switch_drop_bits`] allows (the noise model
     /// counts it).
     #[cfg(any(feature = "backend", test))]
     pub fn of(q: &QuantModel, params: &ParameterSet, check_rows: usize) -> Result<Self> {
@@ -187,9 +197,8 @@ impl ResultShape {
         } else {
             let mut delta = q.delta_out as f64;
             if check_rows > 0 {
-                let top = ((1u64 << CHECK_BITS) - 1) as f64;
-                let worst = top * q.score_limits(params).iter().sum::<f64>() + top;
-                delta = delta.min(2f64.powf((62.0 - worst.log2()).floor()));
+                let log2 = check_log2_delta(&q.score_limits(params)).unwrap_or(16);
+                delta = delta.min(2f64.powi(log2 as i32));
             }
             switch::drop_bits_within(delta / 8.0 / 16.0, switch::error_bound(poly_size))
         };
@@ -371,6 +380,24 @@ pub fn first_layer_hidden(l: &PlainLayer, xq: &[i64]) -> Vec<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The check modulus keeps r ↦ r·d injective on CHECK_BITS-bit r for every change d the
+    /// range checks let through (exhaustively, for a small limit), and one bit less than
+    /// the formula's spare would not for some d (the bound is not loose by more than it says).
+    #[test]
+    fn check_rows_modulo_their_torus_tell_every_change() {
+        for limit in [37.0, 1000.0] {
+            let m = 1i64 << (64 - check_log2_delta(&[limit, 1.0]).unwrap());
+            let collides = |m: i64| {
+                (1..=(2.0 * limit) as i64).any(|d| {
+                    (1..1i64 << CHECK_BITS).any(|diff| (diff * d).rem_euclid(m) == 0)
+                })
+            };
+            assert!(!collides(m), "limit {limit}: M = {m}");
+            assert!(collides(m / 4), "limit {limit}: M/4 = {} suffices", m / 4);
+        }
+        assert_eq!(check_log2_delta(&[2f64.powi(45)]), None, "no room left");
+    }
 
     #[test]
     fn a_cut_part_keeps_the_mask_and_the_read_bodies() {
