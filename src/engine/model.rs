@@ -389,9 +389,8 @@ mod tests {
         for limit in [37.0, 1000.0] {
             let m = 1i64 << (64 - check_log2_delta(&[limit, 1.0]).unwrap());
             let collides = |m: i64| {
-                (1..=(2.0 * limit) as i64).any(|d| {
-                    (1..1i64 << CHECK_BITS).any(|diff| (diff * d).rem_euclid(m) == 0)
-                })
+                (1..=(2.0 * limit) as i64)
+                    .any(|d| (1..1i64 << CHECK_BITS).any(|diff| (diff * d).rem_euclid(m) == 0))
             };
             assert!(!collides(m), "limit {limit}: M = {m}");
             assert!(collides(m / 4), "limit {limit}: M/4 = {} suffices", m / 4);
