@@ -7,6 +7,7 @@ pub mod decryptor;
 pub mod deploy;
 pub mod fleet;
 pub mod keys;
+pub mod loadgen;
 pub mod protect;
 pub mod registry;
 

@@ -461,6 +461,20 @@ impl Registry {
     /// Enrol a device with its identity key. Re-adding the same key is harmless; another key
     /// under a known id is refused (revoke the device first).
     pub fn add_device(&self, id: &str, key: &[u8; 32]) -> Result<()> {
+        self.insert_device(id, key)
+    }
+
+    /// [`Self::add_device`] for many, in one transaction (a fleet enrolled at once: one
+    /// commit, not one per board).
+    pub fn add_devices(&self, devices: &[(String, [u8; 32])]) -> Result<()> {
+        let tx = Tx::exclusive(self.store())?;
+        for (id, key) in devices {
+            self.insert_device(id, key)?;
+        }
+        tx.commit()
+    }
+
+    fn insert_device(&self, id: &str, key: &[u8; 32]) -> Result<()> {
         if let Some(d) = self.device(id)? {
             if d.identity_key != *key {
                 return Err(BackendError::Registry(format!(

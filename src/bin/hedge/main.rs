@@ -12,6 +12,7 @@ mod eval;
 mod fleet;
 mod inspect;
 mod keygen;
+mod loadgen;
 mod params;
 mod plot;
 mod progress;
@@ -68,6 +69,9 @@ enum Command {
     Eval(eval::Args),
     /// Redraw the accuracy plot from `hedge eval --json` outputs (several runs in one figure).
     Plot(plot::Args),
+    /// Simulate a fleet of boards speaking the real protocol to measure the backend: ends
+    /// with one JSON line (sent, acknowledged, lost, duplicates, results/s, latencies).
+    Loadgen(loadgen::Args),
     /// Run the paper's evaluation grid.
     Bench(bench::Args),
     /// Run the whole system on this machine: keys, model, protection, edge, decryption.
@@ -117,6 +121,10 @@ fn main() {
         Command::Device(d) => {
             let registry = args::registry(&cli.registry, d.keys.as_deref());
             device::run(d.command, &registry)
+        }
+        Command::Loadgen(a) => {
+            let registry = args::registry(&cli.registry, Some(&a.keys));
+            loadgen::run(a, &registry)
         }
         Command::Eval(a) => eval::run(a, &ui),
         Command::Plot(a) => plot::run(a),
