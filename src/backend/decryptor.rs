@@ -201,6 +201,9 @@ pub struct Decryptor {
     registry: Registry,
     keys: KeyRing,
     policy: Policy,
+    /// The output file's name in the registry and where it ends: recorded with each result
+    /// ([`super::output`]).
+    output: Option<(String, u64)>,
     pub stats: Stats,
 }
 
@@ -213,8 +216,19 @@ impl Decryptor {
             registry,
             keys,
             policy,
+            output: None,
             stats: Stats::default(),
         }
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Record where the output file `name` ends with each result accepted (it ends at `end`
+    /// now), so that a restart can cut off what was written and not committed.
+    pub fn track_output(&mut self, name: String, end: u64) {
+        self.output = Some((name, end));
     }
 
     /// Check, decrypt and record one message. `topic_device` is the device its topic names
@@ -347,12 +361,21 @@ impl Decryptor {
                 .and_then(|_| out.flush())
                 .map_err(|e| IoError::new("output", e).into())
         };
+        let output = self
+            .output
+            .as_ref()
+            .map(|(name, end)| (name.as_str(), end + text.len() as u64));
         Ok(
             match self
                 .registry
-                .accept_under(&device, seq, Some(&key_set), write)?
+                .accept_under(&device, seq, Some(&key_set), output, write)?
             {
-                Acceptance::New => Outcome::Recorded { device, seq },
+                Acceptance::New => {
+                    if let Some((_, end)) = &mut self.output {
+                        *end += text.len() as u64;
+                    }
+                    Outcome::Recorded { device, seq }
+                }
                 Acceptance::Seen => Outcome::Duplicate { device, seq },
                 Acceptance::TooOld => {
                     return self.suspicious(&m, None, Refused::TooOld);
@@ -544,7 +567,7 @@ async fn subscribe(
             };
             match event {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    backoff.reset();
+                    backoff.connected();
                     log::info!("connected; subscribing to {}", opts.filter);
                     conn.subscribe(&opts.filter, QoS::AtLeastOnce);
                 }
@@ -566,8 +589,20 @@ async fn subscribe(
             }
         };
         let delay = backoff.next_delay();
-        log::warn!("broker connection: {error}; retrying in {delay:.1?}");
-        tokio::time::sleep(delay).await;
+        match backoff.taken_over() {
+            Some(n) => log::error!(
+                "broker connection: closed right after it was accepted, {n} times in a row: \
+                 another client is probably connected with the same client id {:?} (two \
+                 agents started with one --client-id?); retrying in {delay:.1?}",
+                opts.client_id
+            ),
+            None => log::warn!("broker connection: {error}; retrying in {delay:.1?}"),
+        }
+        // A stop request does not wait out the delay.
+        let until = Instant::now() + delay;
+        while Instant::now() < until && !opts.stop.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 }
 

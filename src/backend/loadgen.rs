@@ -450,7 +450,7 @@ async fn drive(board: Identity, index: usize, boards: usize, shared: Arc<Shared>
             match event {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     up = true;
-                    backoff.reset();
+                    backoff.connected();
                     shared.progress.connected.fetch_add(1, Ordering::Relaxed);
                     conn.subscribe(&ack_topic, QoS::AtLeastOnce);
                 }

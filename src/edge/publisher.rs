@@ -328,7 +328,7 @@ async fn run(
                     let (host, port) = options.broker_address();
                     log::info!("connected to {host}:{port}");
                     up = true;
-                    backoff.reset();
+                    backoff.connected();
                     if let Some(acks) = &route.acks {
                         conn.subscribe(acks, QoS::AtLeastOnce);
                     }
@@ -362,10 +362,19 @@ async fn run(
             return;
         }
         let delay = backoff.next_delay();
-        log::warn!(
-            "broker connection: {error}; retrying in {delay:.1?} ({} spooled)",
-            spool.len()
-        );
+        match backoff.taken_over() {
+            Some(n) => log::error!(
+                "broker connection: closed right after it was accepted, {n} times in a row: \
+                 another client is probably connected with the same client id (a second \
+                 board with this device id, e.g. a cloned SD card?); retrying in {delay:.1?} \
+                 ({} spooled)",
+                spool.len()
+            ),
+            None => log::warn!(
+                "broker connection: {error}; retrying in {delay:.1?} ({} spooled)",
+                spool.len()
+            ),
+        }
         // New results do not shorten the wait (a board that keeps inferring would otherwise
         // reconnect as fast as it infers); only a stop request does.
         let until = tokio::time::Instant::now() + delay;

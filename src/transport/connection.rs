@@ -17,7 +17,7 @@
 
 use rumqttc::{AsyncClient, ClientError, ConnectionError, Event, MqttOptions, Publish, QoS};
 use std::collections::VecDeque;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 /// Events buffered between the driver and the owner; the driver waits when it is full, so
@@ -163,12 +163,28 @@ impl Drop for Connection {
 /// fleet that lost its broker at the same moment does not come back at the same moment.
 /// "Equal jitter": half of each step is fixed, half random, so the attempts stay spaced out
 /// (at most about log2(max/min) + t/max attempts in t).
+///
+/// A connection counts as a success only once it has stayed up for [`STABLE`]: one the broker
+/// closes sooner after accepting it — most often because another client connected with the
+/// same client id and took the session — keeps the delay growing, so two such clients do not
+/// take the session from each other every second ([`Backoff::taken_over`] says when to
+/// suspect it).
 #[derive(Clone, Debug)]
 pub struct Backoff {
     step: Duration,
     min: Duration,
     max: Duration,
+    /// When the broker last accepted a connection (None: not since the last failure).
+    up_since: Option<Instant>,
+    /// Connections in a row the broker closed within [`STABLE`] of accepting them.
+    short: u32,
 }
+
+/// A connection up this long was a success: the next failure starts the delays over.
+pub const STABLE: Duration = Duration::from_secs(10);
+
+/// Short connections in a row before [`Backoff::taken_over`] says so.
+const TAKEOVER_AFTER: u32 = 3;
 
 impl Backoff {
     pub fn new(min: Duration, max: Duration) -> Self {
@@ -176,25 +192,45 @@ impl Backoff {
             step: min,
             min,
             max,
+            up_since: None,
+            short: 0,
         }
     }
 
-    /// The delay before the next attempt, given a uniform random `unit` in [0, 1); the step
-    /// then doubles, up to the cap.
-    pub(crate) fn next_delay_with(&mut self, unit: f64) -> Duration {
+    /// The delay before the next attempt, given a uniform random `unit` in [0, 1) and the
+    /// time the connection ended; the step then doubles, up to the cap.
+    pub(crate) fn next_delay_with(&mut self, unit: f64, now: Instant) -> Duration {
+        match self.up_since.take() {
+            Some(up) if now.duration_since(up) >= STABLE => {
+                self.step = self.min;
+                self.short = 0;
+            }
+            Some(_) => self.short += 1,
+            None => {}
+        }
         let half = self.step / 2;
         let delay = half + half.mul_f64(unit.clamp(0.0, 1.0));
         self.step = (self.step * 2).min(self.max);
         delay
     }
 
-    pub(crate) fn next_delay(&mut self) -> Duration {
-        self.next_delay_with(rand::random::<f64>())
+    pub fn next_delay(&mut self) -> Duration {
+        self.next_delay_with(rand::random::<f64>(), Instant::now())
     }
 
-    /// After a successful connection.
-    pub(crate) fn reset(&mut self) {
-        self.step = self.min;
+    /// The broker accepted the connection (CONNACK).
+    pub fn connected(&mut self) {
+        self.connected_at(Instant::now());
+    }
+
+    pub(crate) fn connected_at(&mut self, now: Instant) {
+        self.up_since = Some(now);
+    }
+
+    /// Connections in a row the broker closed soon after accepting them, once that suggests
+    /// another client with the same id (else None).
+    pub fn taken_over(&self) -> Option<u32> {
+        (self.short >= TAKEOVER_AFTER).then_some(self.short)
     }
 }
 
@@ -211,21 +247,25 @@ mod tests {
 
     #[test]
     fn backoff_doubles_with_jitter_up_to_the_cap() {
+        let now = Instant::now();
         let mut b = Backoff::default();
         let low: Vec<f64> = (0..8)
-            .map(|_| b.next_delay_with(0.0).as_secs_f64())
+            .map(|_| b.next_delay_with(0.0, now).as_secs_f64())
             .collect();
         assert_eq!(low, [0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 15.0, 15.0]);
-        b.reset();
-        let high: Vec<f64> = (0..7)
-            .map(|_| b.next_delay_with(0.999_999).as_secs_f64().round())
+        // A connection that stayed up starts the delays over.
+        b.connected_at(now);
+        let later = now + STABLE;
+        assert_eq!(b.next_delay_with(0.0, later).as_secs_f64(), 0.5);
+        let high: Vec<f64> = (0..6)
+            .map(|_| b.next_delay_with(0.999_999, later).as_secs_f64().round())
             .collect();
-        assert_eq!(high, [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]);
+        assert_eq!(high, [2.0, 4.0, 8.0, 16.0, 30.0, 30.0]);
         // Attempts in 30 s of outage, even with the shortest delays: the first, then 5 more.
         let mut b = Backoff::default();
         let (mut t, mut attempts) = (Duration::ZERO, 1);
         loop {
-            t += b.next_delay_with(0.0);
+            t += b.next_delay_with(0.0, now);
             if t > Duration::from_secs(30) {
                 break;
             }
@@ -238,5 +278,29 @@ mod tests {
             let d = b.next_delay().as_secs_f64();
             assert!(d >= step / 2.0 && d <= step, "{d} for step {step}");
         }
+    }
+
+    #[test]
+    fn connections_closed_right_after_they_are_accepted_keep_the_delay_growing() {
+        let t0 = Instant::now();
+        let mut b = Backoff::default();
+        let mut delays = Vec::new();
+        let mut now = t0;
+        for _ in 0..5 {
+            b.connected_at(now);
+            // Taken over 100 ms after the CONNACK.
+            now += Duration::from_millis(100);
+            let d = b.next_delay_with(0.0, now);
+            delays.push(d.as_secs_f64());
+            now += d;
+        }
+        assert_eq!(delays, [0.5, 1.0, 2.0, 4.0, 8.0]);
+        assert_eq!(b.taken_over(), Some(5));
+        // A failure to connect at all is not a takeover, and does not clear the count.
+        b.next_delay_with(0.0, now);
+        assert_eq!(b.taken_over(), Some(5));
+        b.connected_at(now);
+        b.next_delay_with(0.0, now + STABLE);
+        assert_eq!(b.taken_over(), None);
     }
 }

@@ -115,6 +115,12 @@ const MIGRATIONS: &[&str] = &[
         received_ms INTEGER NOT NULL,
         PRIMARY KEY (device, seq)
     );",
+    // 5: where each agent's output file ends with everything committed (a line written and
+    //    not committed — the agent killed in between — is removed when it starts again).
+    "CREATE TABLE outputs (
+        path TEXT PRIMARY KEY,
+        committed_end INTEGER NOT NULL
+    );",
 ];
 
 /// Results kept per quarantined device; beyond, its results are left unacknowledged (the
@@ -792,15 +798,17 @@ impl Registry {
         seq: u64,
         record: impl FnOnce() -> Result<()>,
     ) -> Result<Acceptance> {
-        self.accept_under(device, seq, None, record)
+        self.accept_under(device, seq, None, None, record)
     }
 
-    /// [`Self::accept`], counting a new result against `key_set` in the same transaction.
+    /// [`Self::accept`], counting a new result against `key_set` and recording where
+    /// `output` (its name, its end once this result is written) ends, in the same transaction.
     pub(crate) fn accept_under(
         &mut self,
         device: &str,
         seq: u64,
         key_set: Option<&KeyId>,
+        output: Option<(&str, u64)>,
         record: impl FnOnce() -> Result<()>,
     ) -> Result<Acceptance> {
         let tx = Tx::exclusive(self.store())?;
@@ -846,8 +854,30 @@ impl Registry {
             )?;
         }
         record()?;
+        if let Some((name, end)) = output {
+            self.set_output_end(name, end)?;
+        }
         tx.commit()?;
         Ok(Acceptance::New)
+    }
+
+    /// Where the agent output `name` ends with everything committed, if it was used before.
+    pub fn output_end(&self, name: &str) -> Result<Option<u64>> {
+        self.one(
+            "SELECT committed_end FROM outputs WHERE path = $1",
+            params![name],
+        )?
+        .map(|r| r.uint(0))
+        .transpose()
+    }
+
+    pub fn set_output_end(&self, name: &str, end: u64) -> Result<()> {
+        self.store.execute(
+            "INSERT INTO outputs (path, committed_end) VALUES ($1, $2)
+             ON CONFLICT (path) DO UPDATE SET committed_end = excluded.committed_end",
+            params![name, end],
+        )?;
+        Ok(())
     }
 
     /// Keep a quarantined device's result to decrypt once it is cleared. False if the device

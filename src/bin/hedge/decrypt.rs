@@ -3,6 +3,7 @@ use hedge::backend::decryptor::{
     self, Decryptor, Outcome, Output, Policy, Reveal, SubscribeOptions,
 };
 use hedge::backend::keys;
+use hedge::backend::output::{self, Repair};
 use hedge::backend::registry::Registry;
 use hedge::transport::mqtt::MqttArgs;
 use std::path::PathBuf;
@@ -63,18 +64,37 @@ pub fn run(a: Args, registry: &std::path::Path) -> Result<()> {
     );
     // One JSON line per result, the same fields in both modes.
     let mut out: Box<dyn Output> = match &a.output {
-        Some(path) => Box::new(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .with_context(|| path.display().to_string())?,
-        ),
+        Some(path) => {
+            let (file, repair) = output::open(path, decryptor.registry())
+                .with_context(|| format!("--output {}", path.display()))?;
+            report_repair(path, &repair);
+            decryptor.track_output(file.name, file.end);
+            Box::new(file.file)
+        }
         None => Box::new(std::io::stdout().lock()),
     };
     match &a.subscribe {
         Some(broker) => subscribe(&a, broker, &mut decryptor, &mut out),
         None => files(&a, &mut decryptor, &mut out),
+    }
+}
+
+fn report_repair(path: &std::path::Path, repair: &Repair) {
+    let path = path.display();
+    match repair {
+        Repair::Clean => {}
+        Repair::Uncommitted { bytes, lines } => log::warn!(
+            "{path}: removed {bytes} bytes ({lines} whole line(s)) written after the last \
+             commit: the agent stopped between writing and committing; those results are \
+             decrypted again when the broker redelivers them"
+        ),
+        Repair::TornLine { bytes } => {
+            log::warn!("{path}: removed a torn last line ({bytes} bytes) left by a crash")
+        }
+        Repair::Shorter { recorded, found } => log::warn!(
+            "{path}: {found} bytes, shorter than the {recorded} recorded (rotated?): \
+             appending from here"
+        ),
     }
 }
 
