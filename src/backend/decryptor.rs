@@ -28,7 +28,7 @@
 //! alike — so it tells a board nothing about the checks: refusals go to the operators (log,
 //! registry, `hedge device list`) only.
 
-use super::registry::{Acceptance, DeviceState, Registry};
+use super::registry::{Accept, Acceptance, DeviceState, Registry};
 use super::{BackendError, Result};
 use crate::crypto::keys::{KeyId, SecretKeys};
 use crate::engine::{decrypt, Refusal};
@@ -176,6 +176,20 @@ pub struct Stats {
     pub withheld: usize,
 }
 
+/// What the checks made of a message.
+enum Checked {
+    /// Refused, withheld: nothing to write.
+    Done(Outcome),
+    /// Passed every check: its line, to write once accepted.
+    Decrypted(Decrypted),
+}
+
+struct Decrypted {
+    message: ResultMessage,
+    key_set: KeyId,
+    line: String,
+}
+
 /// Secret keys by key id: the one given, and others the registry points to.
 struct KeyRing {
     keys: HashMap<KeyId, SecretKeys>,
@@ -239,8 +253,83 @@ impl Decryptor {
         payload: &[u8],
         out: &mut dyn Output,
     ) -> Result<Outcome> {
-        let outcome = self.check_and_decrypt(topic_device, payload, out)?;
-        match &outcome {
+        let mut outcomes = self.handle_batch(&[(topic_device, payload)], out)?;
+        Ok(outcomes.remove(0))
+    }
+
+    /// [`Self::handle`] for several messages, accepted in one registry transaction and
+    /// written in one write (group commit); one outcome per message, in order.
+    pub fn handle_batch(
+        &mut self,
+        messages: &[(Option<&str>, &[u8])],
+        out: &mut dyn Output,
+    ) -> Result<Vec<Outcome>> {
+        let mut outcomes = Vec::with_capacity(messages.len());
+        let mut decrypted = Vec::new();
+        for (i, &(topic_device, payload)) in messages.iter().enumerate() {
+            match self.check(topic_device, payload)? {
+                Checked::Done(outcome) => outcomes.push(Some(outcome)),
+                Checked::Decrypted(d) => {
+                    outcomes.push(None);
+                    decrypted.push((i, d));
+                }
+            }
+        }
+        if !decrypted.is_empty() {
+            let items: Vec<Accept> = decrypted
+                .iter()
+                .map(|(_, d)| Accept {
+                    device: &d.message.device_id,
+                    seq: d.message.seq,
+                    key_set: Some(&d.key_set),
+                })
+                .collect();
+            let output = self
+                .output
+                .as_ref()
+                .map(|(name, end)| (name.as_str(), *end));
+            let accepted = self.registry.accept_all(&items, output, |accepted| {
+                let text: String = decrypted
+                    .iter()
+                    .zip(accepted)
+                    .filter(|(_, a)| **a == Acceptance::New)
+                    .map(|((_, d), _)| d.line.as_str())
+                    .collect();
+                // One write for the batch: formatted straight into the file, a JSON value
+                // goes out in many small writes. A crash mid-write tears the last line, which
+                // the next start cuts off (super::output).
+                out.write_all(text.as_bytes())
+                    .and_then(|_| out.flush())
+                    .map_err(|e| IoError::new("output", e))?;
+                Ok(text.len() as u64)
+            })?;
+            for ((i, d), acceptance) in decrypted.into_iter().zip(accepted) {
+                let (device, seq) = (d.message.device_id.clone(), d.message.seq);
+                outcomes[i] = Some(match acceptance {
+                    Acceptance::New => {
+                        if let Some((_, end)) = &mut self.output {
+                            *end += d.line.len() as u64;
+                        }
+                        Outcome::Recorded { device, seq }
+                    }
+                    Acceptance::Seen => Outcome::Duplicate { device, seq },
+                    Acceptance::TooOld => self.suspicious(&d.message, None, Refused::TooOld)?,
+                });
+            }
+        }
+        let outcomes: Vec<Outcome> = outcomes
+            .into_iter()
+            .map(|o| o.expect("every message has an outcome"))
+            .collect();
+        for outcome in &outcomes {
+            self.note(outcome);
+        }
+        Ok(outcomes)
+    }
+
+    /// Count and log one outcome.
+    fn note(&mut self, outcome: &Outcome) {
+        match outcome {
             Outcome::Recorded { .. } => self.stats.results += 1,
             Outcome::Duplicate { device, seq } => {
                 self.stats.duplicates += 1;
@@ -268,32 +357,27 @@ impl Decryptor {
                 log::warn!("refused a result [{}]: {name}: {reason}", reason.kind());
             }
         }
-        Ok(outcome)
     }
 
-    fn check_and_decrypt(
-        &mut self,
-        topic_device: Option<&str>,
-        payload: &[u8],
-        out: &mut dyn Output,
-    ) -> Result<Outcome> {
+    /// Every check, then the decryption: the line to write, or what became of the message.
+    fn check(&mut self, topic_device: Option<&str>, payload: &[u8]) -> Result<Checked> {
         let m = match ResultMessage::decode(payload) {
             Ok(m) => m,
             Err(e) => {
-                return Ok(Outcome::Refused {
+                return Ok(Checked::Done(Outcome::Refused {
                     reason: e.into(),
                     claimed: None,
                     vouched: false,
-                })
+                }))
             }
         };
         let (device, seq) = (m.device_id.clone(), m.seq);
         let refuse = |reason: Refused| {
-            Ok(Outcome::Refused {
+            Ok(Checked::Done(Outcome::Refused {
                 reason,
                 claimed: Some((device.clone(), seq)),
                 vouched: false,
-            })
+            }))
         };
         if let Some(t) = topic_device {
             if t != device {
@@ -321,19 +405,33 @@ impl Decryptor {
         }
         if record.state == DeviceState::Quarantined {
             let kept = self.registry.withhold(&device, seq, payload)?;
-            return Ok(Outcome::Withheld { device, seq, kept });
+            return Ok(Checked::Done(Outcome::Withheld { device, seq, kept }));
         }
         // From here on the device vouches for the message.
         let Some(bundle) = self.registry.bundle(&m.bundle_id)? else {
-            return self.suspicious(&m, None, Refused::UnknownBundle(m.bundle_id.clone()));
+            return Ok(Checked::Done(self.suspicious(
+                &m,
+                None,
+                Refused::UnknownBundle(m.bundle_id.clone()),
+            )?));
         };
         let key_set = bundle.decoding.key_id;
         let Some(keys) = self.keys.get(&key_set, &self.registry)? else {
-            return self.suspicious(&m, Some(&key_set), Refused::NoSecretKey(bundle.id));
+            return Ok(Checked::Done(self.suspicious(
+                &m,
+                Some(&key_set),
+                Refused::NoSecretKey(bundle.id),
+            )?));
         };
         let d = match decrypt(&m.result, &bundle.decoding, keys) {
             Ok(d) => d,
-            Err(e) => return self.suspicious(&m, Some(&key_set), e.into()),
+            Err(e) => {
+                return Ok(Checked::Done(self.suspicious(
+                    &m,
+                    Some(&key_set),
+                    e.into(),
+                )?))
+            }
         };
         let mut line = serde_json::json!({
             "device": device,
@@ -353,35 +451,11 @@ impl Decryptor {
         if self.policy.reveal >= Reveal::Diagnostics {
             line["noise_margin_bits"] = ((d.noise_margin_bits * 10.0).round() / 10.0).into();
         }
-        // One write of the whole line: formatted straight into the file, a JSON value goes out
-        // in many small writes, and a crash between them leaves a torn line.
-        let text = format!("{line}\n");
-        let write = || {
-            out.write_all(text.as_bytes())
-                .and_then(|_| out.flush())
-                .map_err(|e| IoError::new("output", e).into())
-        };
-        let output = self
-            .output
-            .as_ref()
-            .map(|(name, end)| (name.as_str(), end + text.len() as u64));
-        Ok(
-            match self
-                .registry
-                .accept_under(&device, seq, Some(&key_set), output, write)?
-            {
-                Acceptance::New => {
-                    if let Some((_, end)) = &mut self.output {
-                        *end += text.len() as u64;
-                    }
-                    Outcome::Recorded { device, seq }
-                }
-                Acceptance::Seen => Outcome::Duplicate { device, seq },
-                Acceptance::TooOld => {
-                    return self.suspicious(&m, None, Refused::TooOld);
-                }
-            },
-        )
+        Ok(Checked::Decrypted(Decrypted {
+            line: format!("{line}\n"),
+            key_set,
+            message: m,
+        }))
     }
 
     /// Decrypt up to `limit` withheld results of devices an operator has cleared since; each
@@ -565,6 +639,24 @@ async fn subscribe(
                 e = conn.next() => e,
                 _ = tokio::time::sleep(Duration::from_millis(50)) => continue,
             };
+            // Messages already waiting behind this one are taken with it: one transaction,
+            // one write, one sync for the batch (group commit).
+            let (batch, event) = take_batch(&mut conn, event);
+            if !batch.is_empty() {
+                last_message = Instant::now();
+                let messages: Vec<(Option<&str>, &[u8])> = batch
+                    .iter()
+                    .map(|p| (topic_device(&opts.mqtt.topic, &p.topic), &p.payload[..]))
+                    .collect();
+                for outcome in decryptor.handle_batch(&messages, out)? {
+                    acks.add(&outcome);
+                }
+                // Only once the lines are written: a crash before this redelivers.
+                for p in &batch {
+                    conn.ack(p);
+                }
+            }
+            let Some(event) = event else { continue };
             match event {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     backoff.connected();
@@ -575,14 +667,6 @@ async fn subscribe(
                     if let Some(ready) = &opts.ready {
                         let _ = ready.send(());
                     }
-                }
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    last_message = Instant::now();
-                    let device = topic_device(&opts.mqtt.topic, &p.topic);
-                    let outcome = decryptor.handle(device, &p.payload, out)?;
-                    acks.add(&outcome);
-                    // Only once the line is written: a crash before this redelivers.
-                    conn.ack(&p);
                 }
                 Ok(_) => {}
                 Err(e) => break e,
@@ -604,6 +688,30 @@ async fn subscribe(
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+/// Results taken at once, at most.
+const MAX_BATCH: usize = 256;
+
+/// `first` and the result messages already waiting behind it, up to [`MAX_BATCH`]; and the
+/// event that ended the batch, if it is not a result message.
+fn take_batch(
+    conn: &mut Connection,
+    first: std::result::Result<Event, rumqttc::ConnectionError>,
+) -> (
+    Vec<rumqttc::Publish>,
+    Option<std::result::Result<Event, rumqttc::ConnectionError>>,
+) {
+    let mut batch = Vec::new();
+    let mut next = Some(first);
+    while let Some(Ok(Event::Incoming(Packet::Publish(p)))) = next {
+        batch.push(p);
+        if batch.len() == MAX_BATCH {
+            return (batch, None);
+        }
+        next = conn.try_next();
+    }
+    (batch, next)
 }
 
 /// Sync the output, then tell each board what is recorded.

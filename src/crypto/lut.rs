@@ -507,8 +507,11 @@ mod tests {
             v.truncation.log2(),
             v.fft.log2()
         );
+        // A standard deviation from a few hundred samples is itself off by ~1/√(2·samples)
+        // (3.5 % at 400; the output error is not quite Gaussian, so somewhat more): 10 % was
+        // exceeded once in many runs by chance, 15 % (~0.2 bits) still tells a wrong model.
         assert!(
-            (measured_out / model_out - 1.0).abs() < 0.1,
+            (measured_out / model_out - 1.0).abs() < 0.15,
             "output noise: measured 2^{:.3}, model 2^{:.3}",
             measured_out.log2(),
             model_out.log2()

@@ -73,6 +73,13 @@ impl Connection {
         event.unwrap_or(Err(ConnectionError::RequestsDone))
     }
 
+    /// The next event if one is already waiting (for taking a batch of messages at once).
+    pub fn try_next(&mut self) -> Option<Result<Event, ConnectionError>> {
+        let event = self.events.try_recv().ok();
+        self.flush();
+        event
+    }
+
     pub fn client(&self) -> &AsyncClient {
         &self.client
     }

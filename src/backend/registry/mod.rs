@@ -18,6 +18,7 @@ use crate::crypto::keys::KeyId;
 use crate::engine::Decoding;
 use crate::hex::hex;
 use crate::model::quant::Variant;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use store::{params, Dialect, Row, Store, Tx};
 
@@ -249,6 +250,15 @@ pub struct DeviceRecord {
     pub last_seen_ms: u64,
     /// Refused results over the device's life (`refused` restarts when it is cleared).
     pub refused_total: u64,
+}
+
+/// One result to accept ([`Registry::accept_all`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Accept<'a> {
+    pub device: &'a str,
+    pub seq: u64,
+    /// The key set of the bundle it came from (its query budget), when known.
+    pub key_set: Option<&'a KeyId>,
 }
 
 /// What [`Registry::accept`] found.
@@ -798,20 +808,67 @@ impl Registry {
         seq: u64,
         record: impl FnOnce() -> Result<()>,
     ) -> Result<Acceptance> {
-        self.accept_under(device, seq, None, None, record)
+        let item = Accept {
+            device,
+            seq,
+            key_set: None,
+        };
+        let accepted = self.accept_all(&[item], None, |a| {
+            if a[0] == Acceptance::New {
+                record()?;
+            }
+            Ok(0)
+        })?;
+        Ok(accepted[0])
     }
 
-    /// [`Self::accept`], counting a new result against `key_set` and recording where
-    /// `output` (its name, its end once this result is written) ends, in the same transaction.
-    pub(crate) fn accept_under(
+    /// Accept each item once, all in one transaction (group commit: one commit, one sync, for
+    /// a batch of results), counting each new one against its key set. `record` gets what
+    /// became of each item, in order, writes out the new ones and returns how many bytes it
+    /// appended to `output` (its name and its end before); the output's new end is recorded
+    /// in the same transaction. If `record` fails, or the process dies before the commit,
+    /// nothing is accepted and the redelivered results are taken again.
+    ///
+    /// Devices are locked in sorted order, so agents sharing a PostgreSQL registry cannot
+    /// deadlock on each other's batches.
+    pub(crate) fn accept_all(
         &mut self,
-        device: &str,
-        seq: u64,
-        key_set: Option<&KeyId>,
+        items: &[Accept<'_>],
         output: Option<(&str, u64)>,
-        record: impl FnOnce() -> Result<()>,
-    ) -> Result<Acceptance> {
+        record: impl FnOnce(&[Acceptance]) -> Result<u64>,
+    ) -> Result<Vec<Acceptance>> {
         let tx = Tx::exclusive(self.store())?;
+        let mut order: Vec<usize> = (0..items.len()).collect();
+        order.sort_by_key(|&i| (items[i].device, items[i].seq));
+        let mut accepted = vec![Acceptance::Seen; items.len()];
+        let mut per_key_set: BTreeMap<&KeyId, u64> = BTreeMap::new();
+        for i in order {
+            accepted[i] = self.accept_one(&items[i])?;
+            if let (Acceptance::New, Some(k)) = (accepted[i], items[i].key_set) {
+                *per_key_set.entry(k).or_default() += 1;
+            }
+        }
+        // The key sets' counters last, once each: a lock taken after them could close a
+        // cycle with another agent's batch (PostgreSQL aborts one as a deadlock).
+        for (k, n) in per_key_set {
+            self.store.execute(
+                "UPDATE key_sets SET accepted = accepted + $2 WHERE id = $1",
+                params![hex(k), n],
+            )?;
+        }
+        let appended = record(&accepted)?;
+        if let Some((name, end)) = output {
+            if appended > 0 {
+                self.set_output_end(name, end + appended)?;
+            }
+        }
+        tx.commit()?;
+        Ok(accepted)
+    }
+
+    /// One item of [`Self::accept_all`], inside its transaction.
+    fn accept_one(&self, item: &Accept<'_>) -> Result<Acceptance> {
+        let Accept { device, seq, .. } = *item;
         // PostgreSQL: the device's row stays locked until the commit (SQLite's transaction
         // already excludes every other writer).
         let lock = match self.store.dialect() {
@@ -847,17 +904,6 @@ impl Registry {
                 params![device, REPLAY_WINDOW, new_high],
             )?;
         }
-        if let Some(k) = key_set {
-            self.store.execute(
-                "UPDATE key_sets SET accepted = accepted + 1 WHERE id = $1",
-                params![hex(k)],
-            )?;
-        }
-        record()?;
-        if let Some((name, end)) = output {
-            self.set_output_end(name, end)?;
-        }
-        tx.commit()?;
         Ok(Acceptance::New)
     }
 

@@ -9,7 +9,8 @@ use super::super::{BackendError, Result};
 use super::store::{Dialect, Row, Store, Value};
 use crate::files::IoError;
 use postgres::types::{ToSql, Type};
-use postgres::{Client, NoTls};
+use postgres::{Client, NoTls, Statement};
+use std::collections::HashMap;
 use std::sync::{mpsc, Mutex};
 
 /// The client lives on a thread of its own: `postgres::Client` drives its own runtime and
@@ -19,7 +20,14 @@ pub struct Postgres {
     jobs: Mutex<mpsc::Sender<Job>>,
 }
 
-type Job = Box<dyn FnOnce(&mut Client) + Send>;
+type Job = Box<dyn FnOnce(&mut Session) + Send>;
+
+/// The connection and its prepared statements: the registry runs a few dozen statements
+/// over and over, and preparing each anew costs a round trip and a parse on the server.
+struct Session {
+    client: Client,
+    statements: HashMap<String, Statement>,
+}
 
 fn sql(e: postgres::Error) -> BackendError {
     BackendError::Registry(format!("postgres: {e}"))
@@ -63,12 +71,19 @@ fn column(row: &postgres::Row, i: usize) -> Result<Value> {
 
 /// Prepare `query`, type its parameters, and run `f` on them.
 fn prepared<T>(
-    client: &mut Client,
+    session: &mut Session,
     query: &str,
     params: &[Value],
-    f: impl FnOnce(&mut Client, &postgres::Statement, &[&(dyn ToSql + Sync)]) -> Result<T>,
+    f: impl FnOnce(&mut Client, &Statement, &[&(dyn ToSql + Sync)]) -> Result<T>,
 ) -> Result<T> {
-    let stmt = client.prepare(query).map_err(sql)?;
+    let stmt = match session.statements.get(query) {
+        Some(stmt) => stmt.clone(),
+        None => {
+            let stmt = session.client.prepare(query).map_err(sql)?;
+            session.statements.insert(query.to_string(), stmt.clone());
+            stmt
+        }
+    };
     if stmt.params().len() != params.len() {
         return Err(BackendError::Registry(format!(
             "postgres: {} parameter(s) given, the statement takes {}",
@@ -82,7 +97,7 @@ fn prepared<T>(
         .map(|(v, t)| param(v, t))
         .collect::<Result<Vec<_>>>()?;
     let refs: Vec<&(dyn ToSql + Sync)> = boxed.iter().map(|b| b.as_ref()).collect();
-    f(client, &stmt, &refs)
+    f(&mut session.client, &stmt, &refs)
 }
 
 impl Postgres {
@@ -98,10 +113,14 @@ impl Postgres {
                     c.batch_execute("SET client_min_messages = warning")
                         .map(|_| c)
                 }) {
-                    Ok(mut client) => {
+                    Ok(client) => {
                         let _ = ready_tx.send(Ok(()));
+                        let mut session = Session {
+                            client,
+                            statements: HashMap::new(),
+                        };
                         for job in rx {
-                            job(&mut client);
+                            job(&mut session);
                         }
                     }
                     Err(e) => {
@@ -121,7 +140,7 @@ impl Postgres {
     /// Run `f` on the client's thread and wait for it.
     fn with<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut Client) -> Result<T> + Send + 'static,
+        f: impl FnOnce(&mut Session) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let (tx, rx) = mpsc::channel();
         let job: Job = Box::new(move |client| {
@@ -171,7 +190,7 @@ impl Store for Postgres {
 
     fn batch(&self, query: &str) -> Result<()> {
         let query = query.to_string();
-        self.with(move |c| c.batch_execute(&query).map_err(sql))
+        self.with(move |s| s.client.batch_execute(&query).map_err(sql))
     }
 
     fn schema_version(&self) -> Result<usize> {
