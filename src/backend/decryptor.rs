@@ -218,8 +218,14 @@ pub struct Decryptor {
     /// The output file's name in the registry and where it ends: recorded with each result
     /// ([`super::output`]).
     output: Option<(String, u64)>,
+    /// Identity keys decompressed once (a point decompression is a fifth of a signature
+    /// check); keyed by the key's bytes, so a device enrolled anew never meets a stale one.
+    identities: HashMap<[u8; 32], VerifyingKey>,
     pub stats: Stats,
 }
+
+/// Decompressed identity keys kept, at most (a fleet's worth; then the cache starts over).
+const MAX_IDENTITIES: usize = 1 << 17;
 
 impl Decryptor {
     pub fn new(registry: Registry, secret: SecretKeys, policy: Policy) -> Self {
@@ -231,6 +237,7 @@ impl Decryptor {
             keys,
             policy,
             output: None,
+            identities: HashMap::new(),
             stats: Stats::default(),
         }
     }
@@ -398,8 +405,19 @@ impl Decryptor {
         if record.state == DeviceState::Revoked {
             return refuse(Refused::Revoked(device.clone()));
         }
-        let identity = VerifyingKey::from_bytes(&record.identity_key)
-            .map_err(|_| BackendError::Registry(format!("device {device}: invalid key")))?;
+        let identity = match self.identities.get(&record.identity_key) {
+            Some(key) => *key,
+            None => {
+                let key = VerifyingKey::from_bytes(&record.identity_key).map_err(|_| {
+                    BackendError::Registry(format!("device {device}: invalid key"))
+                })?;
+                if self.identities.len() >= MAX_IDENTITIES {
+                    self.identities.clear();
+                }
+                self.identities.insert(record.identity_key, key);
+                key
+            }
+        };
         if let Err(e) = m.verify(&identity) {
             return refuse(e.into());
         }
