@@ -443,12 +443,6 @@ fn backoff_holds_while_the_broker_is_down() {
     );
 }
 
-/// `hedge loadgen`'s last line, parsed.
-fn loadgen_report(stdout: &str) -> serde_json::Value {
-    let last = stdout.lines().last().expect("loadgen printed nothing");
-    serde_json::from_str(last).unwrap_or_else(|e| panic!("{e}: {last}"))
-}
-
 /// 200 simulated boards × 20 results through mosquitto to two agents in one shared
 /// subscription, the broker restarted and one agent SIGKILLed (and started again) midway:
 /// every result acknowledged, none lost, each decrypted line written exactly once.
@@ -476,28 +470,42 @@ fn a_simulated_fleet_through_a_broker_restart_and_an_agent_kill_loses_nothing() 
     };
     let mut outs = vec![st.root.join("agent-0.jsonl"), st.root.join("agent-1.jsonl")];
     let mut agents = vec![agent(0, &outs[0]), agent(1, &outs[1])];
-    let mut loadgen = Draining::spawn(
-        Command::new(env!("CARGO_BIN_EXE_hedge"))
-            .args(["loadgen", "--keys", s(&st.keys), "--bundle", s(&st.bundle)])
-            .args(["--broker", &addr, "--boards", &BOARDS.to_string()])
-            .args(["--results", &RESULTS.to_string(), "--rate", "400"])
-            .args(["--resend-after", "5", "--grace", "90", "--prefix", "sim"])
-            .stdout(Stdio::piped()),
-    );
-    std::thread::sleep(Duration::from_secs(4));
-    broker.stop();
-    std::thread::sleep(Duration::from_secs(2));
-    broker.restart();
-    std::thread::sleep(Duration::from_secs(3));
-    signal(agents[1].id(), 9);
-    agents[1].wait().unwrap();
-    outs.push(st.root.join("agent-1-again.jsonl"));
-    agents[1] = agent(1, outs.last().unwrap());
-    let mut stdout = String::new();
-    let mut pipe = loadgen.child.stdout.take().unwrap();
-    pipe.read_to_string(&mut stdout).unwrap();
-    loadgen.wait_ok("loadgen");
-    let report = loadgen_report(&stdout);
+    let (boards, results) = (BOARDS.to_string(), RESULTS.to_string());
+    let report = std::thread::scope(|scope| {
+        let run = scope.spawn(|| {
+            loadgen(&[
+                "loadgen",
+                "--keys",
+                s(&st.keys),
+                "--bundle",
+                s(&st.bundle),
+                "--broker",
+                &addr,
+                "--boards",
+                &boards,
+                "--results",
+                &results,
+                "--rate",
+                "400",
+                "--resend-after",
+                "5",
+                "--grace",
+                "90",
+                "--prefix",
+                "sim",
+            ])
+        });
+        std::thread::sleep(Duration::from_secs(4));
+        broker.stop();
+        std::thread::sleep(Duration::from_secs(2));
+        broker.restart();
+        std::thread::sleep(Duration::from_secs(3));
+        signal(agents[1].id(), 9);
+        agents[1].wait().unwrap();
+        outs.push(st.root.join("agent-1-again.jsonl"));
+        agents[1] = agent(1, outs.last().unwrap());
+        run.join().unwrap()
+    });
     eprintln!("{report}");
     let total = (BOARDS * RESULTS) as u64;
     assert_eq!(report["boards"], BOARDS as u64);

@@ -651,3 +651,23 @@ impl Drop for Postgres {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// Run `hedge loadgen` (with `args` after the global ones) to its end; its last line, parsed.
+pub fn loadgen(args: &[&str]) -> serde_json::Value {
+    let mut run = Draining::spawn(
+        Command::new(env!("CARGO_BIN_EXE_hedge"))
+            .args(args)
+            .stdout(Stdio::piped()),
+    );
+    let mut stdout = String::new();
+    use std::io::Read;
+    run.child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    run.wait_ok("hedge loadgen");
+    let last = stdout.lines().last().expect("loadgen printed nothing");
+    serde_json::from_str(last).unwrap_or_else(|e| panic!("{e}: {last}"))
+}
