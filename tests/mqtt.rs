@@ -523,3 +523,163 @@ fn status_with_last_will_metrics_and_the_fleet_view() {
     let o = hedge(&["fleet", "--keys", s(&st.keys)]);
     assert!(String::from_utf8_lossy(&o.stdout).contains("offline"));
 }
+
+/// GET `url` with curl (the HTTP client operators check exporters with): its body.
+fn scrape(url: &str) -> String {
+    let o = std::process::Command::new("curl")
+        .args(["-sS", "--fail", "--max-time", "5", url])
+        .output()
+        .expect("curl (apt-get install curl; .ci/run does)");
+    assert!(
+        o.status.success(),
+        "{url}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout).unwrap()
+}
+
+/// The value of the series `series` (name and labels, exactly) in a scrape.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Prometheus metrics scraped over HTTP: the agent's counters move with results and refusals,
+/// the fleet exporter shows the board online with its inferences and bundle, and flags a
+/// second board started under the same device id (a cloned SD card).
+#[test]
+fn prometheus_metrics_of_the_agent_and_the_fleet() {
+    let st = setup("last");
+    let broker = Mosquitto::start(&st.root);
+    let (agent_port, fleet_port) = (free_port(), free_port());
+    let agent_addr = format!("127.0.0.1:{agent_port}");
+    let agent_url = format!("http://{agent_addr}/metrics");
+    let fleet_url = format!("http://127.0.0.1:{fleet_port}/metrics");
+    let out = st.root.join("agent.jsonl");
+    let agent = decryptor_with(
+        &st,
+        &broker.addr(),
+        &["--client-id", "agent", "--metrics-listen", &agent_addr],
+        &out,
+    );
+    let fleet = Draining::spawn(
+        std::process::Command::new(env!("CARGO_BIN_EXE_hedge"))
+            .args(["fleet", "--keys", s(&st.keys), "--broker", &broker.addr()])
+            .args(["--metrics-listen", &format!("127.0.0.1:{fleet_port}")])
+            .env("RUST_LOG", "info"),
+    );
+    let before = scrape(&agent_url);
+    assert_eq!(
+        sample(&before, "hedge_results_total{outcome=\"recorded\"}"),
+        Some(0.0)
+    );
+
+    let config = st.root.join("hedged.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[mqtt]\nhost = \"127.0.0.1\"\nport = {}\nmetrics_interval_s = 1\n",
+            broker.port
+        ),
+    )
+    .unwrap();
+    let board = |spool: &std::path::Path| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_hedged"));
+        c.args(["--config", s(&config), "--bundle", s(&st.bundle)])
+            .args(["--verifying-key", s(&st.keys.join("verifying.key"))])
+            .args([
+                "--input",
+                "-",
+                "--spool-dir",
+                s(spool),
+                "--device-id",
+                "board",
+            ])
+            .env("RUST_LOG", "warn")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null());
+        Draining::spawn(&mut c)
+    };
+    let spool = st.root.join("spool");
+    enrol(&st, &spool, "board");
+    let mut h = board(&spool);
+    feed(&mut h.child, &st.vectors[..3]);
+    wait_lines(&out, 3);
+    // A message no board signed: refused, counted by reason.
+    let garbage = std::process::Command::new("mosquitto_pub")
+        .args(["-p", &broker.port.to_string(), "-q", "1"])
+        .args(["-t", "hedge/board/results", "-m", "not a result"])
+        .status()
+        .unwrap();
+    assert!(garbage.success());
+    wait_for(
+        || {
+            let m = scrape(&agent_url);
+            sample(&m, "hedge_refused_total{reason=\"version\"}") == Some(1.0)
+                && sample(&m, "hedge_ack_latency_seconds_count").unwrap_or(0.0) >= 3.0
+        },
+        "the refusal and the acknowledgements counted",
+    );
+    let m = scrape(&agent_url);
+    assert_eq!(
+        sample(&m, "hedge_results_total{outcome=\"recorded\"}"),
+        Some(3.0),
+        "{m}"
+    );
+    assert_eq!(
+        sample(&m, "hedge_results_total{outcome=\"refused\"}"),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        sample(&m, "hedge_device_results_total{device=\"board\"}"),
+        Some(3.0)
+    );
+    assert!(
+        sample(&m, "hedge_registry_seconds_count").unwrap() >= 1.0,
+        "{m}"
+    );
+
+    wait_for(
+        || {
+            let f = scrape(&fleet_url);
+            sample(&f, "hedge_board_online{device=\"board\"}") == Some(1.0)
+                && sample(&f, "hedge_board_inferences_total{device=\"board\"}") == Some(3.0)
+        },
+        "the board online with its 3 inferences in the fleet's metrics",
+    );
+    let f = scrape(&fleet_url);
+    assert!(
+        f.contains("hedge_board_bundle_info{device=\"board\""),
+        "{f}"
+    );
+    assert_eq!(
+        sample(&f, "hedge_boards{state=\"online\"}"),
+        Some(1.0),
+        "{f}"
+    );
+    assert!(!f.contains("hedge_board_shared_id{"), "{f}");
+
+    // A clone of the board: the same device id, started later.
+    let twin_spool = st.root.join("twin-spool");
+    std::fs::create_dir_all(&twin_spool).unwrap();
+    let twin = board(&twin_spool);
+    wait_for(
+        || {
+            sample(
+                &scrape(&fleet_url),
+                "hedge_board_shared_id{device=\"board\"}",
+            ) == Some(1.0)
+        },
+        "two boards under one id flagged",
+    );
+    for p in [h, twin] {
+        terminate(&p.child);
+        p.finish();
+    }
+    terminate(&fleet.child);
+    let log = fleet.wait_ok("hedge fleet --metrics-listen");
+    assert!(log.contains("two boards share this device id"), "{log}");
+    terminate(&agent);
+    wait_ok(agent, "agent");
+}

@@ -28,6 +28,7 @@
 //! alike — so it tells a board nothing about the checks: refusals go to the operators (log,
 //! registry, `hedge device list`) only.
 
+use super::metrics::AgentMetrics;
 use super::registry::{Accept, Acceptance, DeviceState, Registry};
 use super::{BackendError, Result};
 use crate::crypto::keys::{KeyId, SecretKeys};
@@ -43,7 +44,7 @@ use rumqttc::{Event, Packet, QoS};
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The largest packet MQTT 3.1.1 can express (remaining length 268,435,455 plus header).
@@ -221,6 +222,8 @@ pub struct Decryptor {
     /// Identity keys decompressed once (a point decompression is a fifth of a signature
     /// check); keyed by the key's bytes, so a device enrolled anew never meets a stale one.
     identities: HashMap<[u8; 32], VerifyingKey>,
+    /// Exported for Prometheus (`--metrics-listen`), when asked for.
+    metrics: Option<Arc<Mutex<AgentMetrics>>>,
     pub stats: Stats,
 }
 
@@ -238,8 +241,20 @@ impl Decryptor {
             policy,
             output: None,
             identities: HashMap::new(),
+            metrics: None,
             stats: Stats::default(),
         }
+    }
+
+    /// Count outcomes and time the registry into `metrics`.
+    pub fn export(&mut self, metrics: Arc<Mutex<AgentMetrics>>) {
+        self.metrics = Some(metrics);
+    }
+
+    fn metrics(&self) -> Option<std::sync::MutexGuard<'_, AgentMetrics>> {
+        self.metrics
+            .as_ref()
+            .map(|m| m.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     pub fn registry(&self) -> &Registry {
@@ -295,6 +310,7 @@ impl Decryptor {
                 .output
                 .as_ref()
                 .map(|(name, end)| (name.as_str(), *end));
+            let started = Instant::now();
             let accepted = self.registry.accept_all(&items, output, |accepted| {
                 let text: String = decrypted
                     .iter()
@@ -310,6 +326,10 @@ impl Decryptor {
                     .map_err(|e| IoError::new("output", e))?;
                 Ok(text.len() as u64)
             })?;
+            if let Some(mut m) = self.metrics() {
+                m.registry_latency.observe(started.elapsed().as_secs_f64());
+                m.batch_size.observe(items.len() as f64);
+            }
             for ((i, d), acceptance) in decrypted.into_iter().zip(accepted) {
                 let (device, seq) = (d.message.device_id.clone(), d.message.seq);
                 outcomes[i] = Some(match acceptance {
@@ -336,6 +356,21 @@ impl Decryptor {
 
     /// Count and log one outcome.
     fn note(&mut self, outcome: &Outcome) {
+        if let Some(mut m) = self.metrics() {
+            let name = match outcome {
+                Outcome::Recorded { device, .. } => {
+                    m.recorded(device);
+                    "recorded"
+                }
+                Outcome::Duplicate { .. } => "duplicate",
+                Outcome::Withheld { .. } => "withheld",
+                Outcome::Refused { reason, .. } => {
+                    *m.refused.entry(reason.kind()).or_default() += 1;
+                    "refused"
+                }
+            };
+            *m.results.entry(name).or_default() += 1;
+        }
         match outcome {
             Outcome::Recorded { .. } => self.stats.results += 1,
             Outcome::Duplicate { device, seq } => {
@@ -408,9 +443,8 @@ impl Decryptor {
         let identity = match self.identities.get(&record.identity_key) {
             Some(key) => *key,
             None => {
-                let key = VerifyingKey::from_bytes(&record.identity_key).map_err(|_| {
-                    BackendError::Registry(format!("device {device}: invalid key"))
-                })?;
+                let key = VerifyingKey::from_bytes(&record.identity_key)
+                    .map_err(|_| BackendError::Registry(format!("device {device}: invalid key")))?;
                 if self.identities.len() >= MAX_IDENTITIES {
                     self.identities.clear();
                 }
@@ -525,6 +559,8 @@ impl Decryptor {
 struct AckBatch {
     received: BTreeMap<String, Vec<u64>>,
     since: Option<Instant>,
+    /// When each result waiting for its acknowledgement arrived.
+    arrivals: Vec<Instant>,
 }
 
 /// Acknowledge at most this late, or at this many results.
@@ -536,7 +572,7 @@ const RELEASE_EVERY: Duration = Duration::from_secs(1);
 impl AckBatch {
     /// Whatever the device signed is acknowledged alike, whatever became of it; only what
     /// cannot be attributed (no valid signature) or could not be kept is not.
-    fn add(&mut self, outcome: &Outcome) {
+    fn add(&mut self, outcome: &Outcome, arrived: Instant) {
         let (device, seq) = match outcome {
             Outcome::Recorded { device, seq }
             | Outcome::Duplicate { device, seq }
@@ -554,6 +590,7 @@ impl AckBatch {
         };
         self.received.entry(device.clone()).or_default().push(seq);
         self.since.get_or_insert_with(Instant::now);
+        self.arrivals.push(arrived);
     }
 
     fn due(&self) -> bool {
@@ -643,11 +680,17 @@ async fn subscribe(
             if last_release.elapsed() >= RELEASE_EVERY {
                 last_release = Instant::now();
                 for outcome in decryptor.release(ACK_BATCH as u64, out)? {
-                    acks.add(&outcome);
+                    acks.add(&outcome, Instant::now());
                 }
             }
             if done || acks.due() {
-                send_acks(&mut acks, &mut conn, opts, out)?;
+                send_acks(
+                    &mut acks,
+                    &mut conn,
+                    opts,
+                    out,
+                    decryptor.metrics.as_deref(),
+                )?;
             }
             if done {
                 conn.close(Duration::from_secs(5)).await;
@@ -666,8 +709,12 @@ async fn subscribe(
                     .iter()
                     .map(|p| (topic_device(&opts.mqtt.topic, &p.topic), &p.payload[..]))
                     .collect();
+                let arrived = Instant::now();
                 for outcome in decryptor.handle_batch(&messages, out)? {
-                    acks.add(&outcome);
+                    acks.add(&outcome, arrived);
+                }
+                if let Some(mut m) = decryptor.metrics() {
+                    m.queue_depth = conn.waiting() as u64;
                 }
                 // Only once the lines are written: a crash before this redelivers.
                 for p in &batch {
@@ -738,14 +785,24 @@ fn send_acks(
     conn: &mut Connection,
     opts: &SubscribeOptions,
     out: &mut dyn Output,
+    metrics: Option<&Mutex<AgentMetrics>>,
 ) -> Result<()> {
     if acks.since.is_none() {
         return Ok(());
     }
     out.sync().map_err(|e| IoError::new("output", e))?;
-    for ack in acks.take() {
-        if let Some(key) = &opts.ack_key {
+    let arrivals = std::mem::take(&mut acks.arrivals);
+    let batch = acks.take();
+    if let Some(key) = &opts.ack_key {
+        for ack in &batch {
             conn.publish(&opts.mqtt.ack_topic_for(&ack.device_id), ack.encode(key));
+        }
+        if let Some(m) = metrics {
+            let mut m = m.lock().unwrap_or_else(|p| p.into_inner());
+            m.acks_sent += batch.len() as u64;
+            for t in arrivals {
+                m.ack_latency.observe(t.elapsed().as_secs_f64());
+            }
         }
     }
     Ok(())
@@ -830,37 +887,56 @@ mod tests {
     #[test]
     fn acknowledgements_batch_per_device() {
         let mut b = AckBatch::default();
+        let now = Instant::now();
         assert!(!b.due());
         for seq in [3, 1, 2] {
-            b.add(&Outcome::Recorded {
-                device: "a".into(),
-                seq,
-            });
+            b.add(
+                &Outcome::Recorded {
+                    device: "a".into(),
+                    seq,
+                },
+                now,
+            );
         }
-        b.add(&Outcome::Duplicate {
-            device: "b".into(),
-            seq: 9,
-        });
-        b.add(&Outcome::Refused {
-            reason: Refused::Result(Refusal::Check { row: 0 }),
-            claimed: Some(("a".into(), 7)),
-            vouched: true,
-        });
-        b.add(&Outcome::Refused {
-            reason: Refused::Message(MessageError::BadSignature),
-            claimed: Some(("a".into(), 8)),
-            vouched: false,
-        });
-        b.add(&Outcome::Withheld {
-            device: "c".into(),
-            seq: 1,
-            kept: true,
-        });
-        b.add(&Outcome::Withheld {
-            device: "d".into(),
-            seq: 1,
-            kept: false,
-        });
+        b.add(
+            &Outcome::Duplicate {
+                device: "b".into(),
+                seq: 9,
+            },
+            now,
+        );
+        b.add(
+            &Outcome::Refused {
+                reason: Refused::Result(Refusal::Check { row: 0 }),
+                claimed: Some(("a".into(), 7)),
+                vouched: true,
+            },
+            now,
+        );
+        b.add(
+            &Outcome::Refused {
+                reason: Refused::Message(MessageError::BadSignature),
+                claimed: Some(("a".into(), 8)),
+                vouched: false,
+            },
+            now,
+        );
+        b.add(
+            &Outcome::Withheld {
+                device: "c".into(),
+                seq: 1,
+                kept: true,
+            },
+            now,
+        );
+        b.add(
+            &Outcome::Withheld {
+                device: "d".into(),
+                seq: 1,
+                kept: false,
+            },
+            now,
+        );
         std::thread::sleep(ACK_DELAY);
         assert!(b.due());
         let acks = b.take();

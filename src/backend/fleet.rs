@@ -14,6 +14,8 @@ use crate::transport::message::now_ms;
 use crate::transport::mqtt::MqttConfig;
 use crate::transport::Connection;
 use rumqttc::{Event, Packet, QoS};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// Larger status or metrics messages are ignored.
@@ -75,6 +77,30 @@ pub struct Heard {
     pub statuses: u64,
     pub metrics: u64,
     pub ignored: u64,
+    /// Devices whose statuses come from two boards at once (see [`Twins`]).
+    pub twins: Twins,
+}
+
+/// Two boards under one device id (a cloned SD card, a copied configuration): each says when
+/// it started in its status, and one board's start times only ever grow — so a status with a
+/// start time older than one already seen from that id comes from another board.
+#[derive(Debug, Default)]
+pub struct Twins {
+    latest: BTreeMap<String, u64>,
+    pub flagged: BTreeSet<String>,
+}
+
+impl Twins {
+    /// A status of `device` from a board started at `started_ms`; true the first time the
+    /// device is flagged.
+    pub fn observe(&mut self, device: &str, started_ms: u64) -> bool {
+        let latest = self.latest.entry(device.to_string()).or_insert(started_ms);
+        if started_ms < *latest {
+            return self.flagged.insert(device.to_string());
+        }
+        *latest = started_ms;
+        false
+    }
 }
 
 /// Listen for `duration` to the status and metrics topics of every board and record what
@@ -84,22 +110,60 @@ pub fn listen(config: &MqttConfig, registry: &Registry, duration: Duration) -> R
         .enable_all()
         .build()
         .map_err(|e| IoError::new("tokio runtime", e))?;
-    rt.block_on(listen_async(config, registry, duration))
+    let mut heard = Heard::default();
+    let until = Instant::now() + duration;
+    let never = AtomicBool::new(false);
+    let mut nothing = |_: &Registry, _: &Heard| Ok(());
+    let pass = listen_async(config, registry, &mut heard, (until, &never), &mut nothing);
+    rt.block_on(pass)?;
+    Ok(heard)
+}
+
+/// Listen until `stop`, recording what arrives and calling `heard` (with the registry and what
+/// was heard so far) after each message and each quiet second; reconnects after a broker
+/// failure.
+pub fn watch(
+    config: &MqttConfig,
+    registry: &Registry,
+    stop: &AtomicBool,
+    mut heard: impl FnMut(&Registry, &Heard) -> Result<()>,
+) -> Result<Heard> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| IoError::new("tokio runtime", e))?;
+    let mut all = Heard::default();
+    let mut backoff = crate::transport::Backoff::default();
+    let forever = Instant::now() + Duration::from_secs(100 * 365 * 86_400);
+    while !stop.load(Ordering::Relaxed) {
+        let pass = listen_async(config, registry, &mut all, (forever, stop), &mut heard);
+        if let Err(e) = rt.block_on(pass) {
+            let delay = backoff.next_delay();
+            log::warn!("fleet: {e}; reconnecting in {delay:.1?}");
+            std::thread::sleep(delay);
+        }
+    }
+    Ok(all)
 }
 
 async fn listen_async(
     config: &MqttConfig,
     registry: &Registry,
-    duration: Duration,
-) -> Result<Heard> {
+    heard: &mut Heard,
+    (until, stop): (Instant, &AtomicBool),
+    after_each: &mut impl FnMut(&Registry, &Heard) -> Result<()>,
+) -> Result<()> {
     let options = config.options(&format!("hedge-fleet-{}", std::process::id()))?;
     let mut conn = Connection::open(options, 16);
-    let mut heard = Heard::default();
-    let until = Instant::now() + duration;
-    while Instant::now() < until {
+    while Instant::now() < until && !stop.load(Ordering::Relaxed) {
+        // A stop request is seen within a second.
+        let wake = until.min(Instant::now() + Duration::from_secs(1));
         let event = tokio::select! {
             e = conn.next() => e,
-            _ = tokio::time::sleep_until(until.into()) => break,
+            _ = tokio::time::sleep_until(wake.into()) => {
+                after_each(registry, heard)?;
+                continue;
+            }
         };
         match event {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
@@ -110,8 +174,17 @@ async fn listen_async(
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 let at = now_ms();
                 let recorded = if let Some(device) = device_of(&config.status_topic, &p.topic) {
-                    parse_status(device, &p.payload, at)
-                        .map(|h| registry.record_status(&h).map(|_| heard.statuses += 1))
+                    parse_status(device, &p.payload, at).map(|h| {
+                        if h.online && h.started_ms.is_some_and(|t| heard.twins.observe(device, t))
+                        {
+                            log::error!(
+                                "device {device}: statuses from two boards started at \
+                                 different times: two boards share this device id (a cloned \
+                                 SD card?); give each its own id and identity"
+                            );
+                        }
+                        registry.record_status(&h).map(|_| heard.statuses += 1)
+                    })
                 } else if let Some(device) = device_of(&config.metrics_topic, &p.topic) {
                     object_for(device, &p.payload).map(|v| {
                         registry
@@ -128,13 +201,14 @@ async fn listen_async(
                         log::warn!("ignored a message on {}: {why}", p.topic);
                     }
                 }
+                after_each(registry, heard)?;
             }
             Ok(_) => {}
             Err(e) => return Err(super::BackendError::Connection(e.to_string())),
         }
     }
     conn.close(Duration::from_millis(200)).await;
-    Ok(heard)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ pub mod deploy;
 pub mod fleet;
 pub mod keys;
 pub mod loadgen;
+pub mod metrics;
 pub mod output;
 pub mod protect;
 pub mod registry;

@@ -80,6 +80,11 @@ impl Connection {
         event
     }
 
+    /// Events received and not yet taken.
+    pub fn waiting(&self) -> usize {
+        self.events.len()
+    }
+
     pub fn client(&self) -> &AsyncClient {
         &self.client
     }

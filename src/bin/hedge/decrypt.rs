@@ -3,12 +3,13 @@ use hedge::backend::decryptor::{
     self, Decryptor, Outcome, Output, Policy, Reveal, SubscribeOptions,
 };
 use hedge::backend::keys;
+use hedge::backend::metrics::{self, AgentMetrics};
 use hedge::backend::output::{self, Repair};
 use hedge::backend::registry::Registry;
 use hedge::transport::mqtt::MqttArgs;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -45,6 +46,11 @@ pub struct Args {
     /// Quarantine a device after this many refused results it signed.
     #[arg(long, default_value_t = 10)]
     quarantine_after: u64,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464): results by
+    /// outcome and refusal reason, per device, acknowledgement and registry latency, queue
+    /// depth. For the monitoring network only, never where boards reach.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<String>,
     /// Result files written by hedged (`out_dir`).
     results: Vec<PathBuf>,
 }
@@ -62,6 +68,12 @@ pub fn run(a: Args, registry: &std::path::Path) -> Result<()> {
             quarantine_after: a.quarantine_after,
         },
     );
+    if let Some(addr) = &a.metrics_listen {
+        let metrics = Arc::new(Mutex::new(AgentMetrics::default()));
+        decryptor.export(metrics.clone());
+        let bound = metrics::serve_shared(addr, metrics, AgentMetrics::render)?;
+        log::info!("metrics at http://{bound}/metrics");
+    }
     // One JSON line per result, the same fields in both modes.
     let mut out: Box<dyn Output> = match &a.output {
         Some(path) => {

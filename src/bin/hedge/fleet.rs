@@ -1,8 +1,14 @@
 use anyhow::{Context, Result};
 use hedge::backend::fleet;
+use hedge::backend::metrics;
 use hedge::backend::registry::Registry;
+use hedge::transport::message::now_ms;
 use hedge::transport::mqtt::MqttArgs;
-use std::time::Duration;
+use hedge::transport::mqtt::MqttConfig;
+use std::collections::BTreeSet;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -15,6 +21,11 @@ pub struct Args {
     listen: u64,
     #[command(flatten)]
     mqtt: MqttArgs,
+    /// Keep listening (until SIGTERM) and serve the boards' health as Prometheus metrics at
+    /// http://ADDR/metrics (online, last seen, bundle, queue, spool; a device id two boards
+    /// share).
+    #[arg(long, value_name = "ADDR", requires = "broker")]
+    metrics_listen: Option<String>,
     /// The key directory whose registry to use (or --registry).
     #[arg(long)]
     pub keys: Option<std::path::PathBuf>,
@@ -22,6 +33,10 @@ pub struct Args {
 
 pub fn run(a: Args, registry: &std::path::Path) -> Result<()> {
     let registry = Registry::open(registry)?;
+    if let (Some(addr), Some(broker)) = (&a.metrics_listen, &a.broker) {
+        let config = a.mqtt.config_for(broker).context("--broker")?;
+        return export(addr, &config, &registry);
+    }
     if let Some(broker) = &a.broker {
         let config = a.mqtt.config_for(broker).context("--broker")?;
         let heard = fleet::listen(&config, &registry, Duration::from_secs(a.listen))?;
@@ -78,5 +93,42 @@ pub fn run(a: Args, registry: &std::path::Path) -> Result<()> {
     {
         println!("{device:<16} {:<10}", "never seen");
     }
+    Ok(())
+}
+
+/// Listen until SIGTERM/SIGINT, serving the fleet's health at `addr` (refreshed from the
+/// registry at most once a second as messages come; "last seen" is computed per scrape).
+fn export(addr: &str, config: &MqttConfig, registry: &Registry) -> Result<()> {
+    let snapshot = Arc::new(Mutex::new((registry.health()?, BTreeSet::new())));
+    let shared = snapshot.clone();
+    let bound = metrics::serve(addr, move || {
+        let guard = shared.lock().unwrap_or_else(|p| p.into_inner());
+        metrics::render_fleet(&guard.0, &guard.1, now_ms())
+    })?;
+    log::info!("fleet metrics at http://{bound}/metrics");
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, stop.clone()).context("signal handler")?;
+    }
+    let mut refreshed = Instant::now();
+    let heard = fleet::watch(config, registry, &stop, |r, heard| {
+        let twins_changed = snapshot
+            .lock()
+            .map(|g| g.1 != heard.twins.flagged)
+            .unwrap_or(true);
+        if refreshed.elapsed() >= Duration::from_secs(1) || twins_changed {
+            let health = r.health()?;
+            *snapshot.lock().unwrap_or_else(|p| p.into_inner()) =
+                (health, heard.twins.flagged.clone());
+            refreshed = Instant::now();
+        }
+        Ok(())
+    })?;
+    log::info!(
+        "{} status and {} metrics message(s), {} ignored",
+        heard.statuses,
+        heard.metrics,
+        heard.ignored
+    );
     Ok(())
 }
