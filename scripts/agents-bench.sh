@@ -85,7 +85,7 @@ for n in "${counts[@]}"; do
   cpu() { ps -o times= -p "$@" 2>/dev/null | paste -sd+ | bc; }
   pg_cpu=$([[ $store == postgres ]] && ps -o times= -u postgres | paste -sd+ | bc || echo 0)
   echo "$store agents=$n $line"
-  echo "  cpu seconds: agents $(cpu "${agents[@]}"), mosquitto $(cpu "$mq_pid"), postgres $pg_cpu, loadgen $(cat "$mq/loadgen.cpu")"
+  echo "  cpu seconds: agents $(cpu "${agents[@]}"), mosquitto $(ps -o times= -C mosquitto | paste -sd+ | bc), postgres $pg_cpu, loadgen $(cat "$mq/loadgen.cpu")"
   kill "${agents[@]}" "$mq_pid" 2>/dev/null || true
   wait "${agents[@]}" "$mq_pid" 2>/dev/null || true
 done

@@ -403,6 +403,38 @@ mod tests {
         assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
     }
 
+    /// Every series docs/grafana-dashboard.json queries is one an exporter serves.
+    #[test]
+    fn the_dashboard_queries_what_is_exported() {
+        let board = super::super::registry::HealthRecord {
+            device: "b".into(),
+            online: true,
+            bundle: Some("x".into()),
+            metrics: Some(r#"{"queue_depth":1,"spool_depth":2}"#.into()),
+            ..Default::default()
+        };
+        let twins = ["b".to_string()].into_iter().collect();
+        let exported = AgentMetrics::default().render() + &render_fleet(&[board], &twins, 0);
+        let dashboard = include_str!("../../docs/grafana-dashboard.json");
+        let mut names: Vec<&str> = dashboard
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("hedge_"))
+            .collect();
+        names.sort();
+        names.dedup();
+        assert!(names.len() >= 8, "{names:?}");
+        for name in names {
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .unwrap_or(name);
+            assert!(
+                exported.contains(&format!("# TYPE {family} ")),
+                "{name} is not exported"
+            );
+        }
+    }
+
     #[test]
     fn device_labels_are_bounded() {
         let mut m = AgentMetrics::default();

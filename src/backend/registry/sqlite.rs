@@ -33,11 +33,14 @@ impl Sqlite {
             .map_err(|e| BackendError::Registry(format!("{}: {e}", path.display())))?;
         conn.busy_timeout(std::time::Duration::from_secs(10))
             .map_err(sql)?;
-        // WAL: readers do not block the writer; NORMAL sync is durable across a process crash
-        // (a power loss may lose the last transactions, which the boards then resend).
+        // WAL: readers do not block the writer. FULL: each commit is synced before it returns,
+        // so what the agent acknowledges survives a power loss too (with NORMAL the last
+        // commits could vanish while the output file, synced, kept their lines — and the
+        // output repair at start-up would then cut acknowledged lines). Agents commit a batch
+        // at a time, so this is one sync per batch.
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(sql)?;
-        conn.pragma_update(None, "synchronous", "NORMAL")
+        conn.pragma_update(None, "synchronous", "FULL")
             .map_err(sql)?;
         conn.pragma_update(None, "foreign_keys", "ON")
             .map_err(sql)?;
