@@ -412,6 +412,30 @@ fn full_disk_pauses_inference_and_loses_nothing() {
 }
 
 /// `hedge fleet --broker … --listen 2`: its table's row for `device` (state and the rest).
+/// hedged as board "board" reading vectors from stdin, with `config` and `spool`.
+fn stdin_board(
+    st: &Setup,
+    config: &std::path::Path,
+    spool: &std::path::Path,
+    log: &str,
+) -> Draining {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_hedged"));
+    c.args(["--config", s(config), "--bundle", s(&st.bundle)])
+        .args(["--verifying-key", s(&st.keys.join("verifying.key"))])
+        .args([
+            "--input",
+            "-",
+            "--spool-dir",
+            s(spool),
+            "--device-id",
+            "board",
+        ])
+        .env("RUST_LOG", log)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null());
+    Draining::spawn(&mut c)
+}
+
 fn fleet_row(st: &Setup, broker: &str, device: &str) -> String {
     let o = hedge(&[
         "fleet",
@@ -449,23 +473,7 @@ fn status_with_last_will_metrics_and_the_fleet_view() {
         ),
     )
     .unwrap();
-    let start = || {
-        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_hedged"));
-        c.args(["--config", s(&config), "--bundle", s(&st.bundle)])
-            .args(["--verifying-key", s(&st.keys.join("verifying.key"))])
-            .args([
-                "--input",
-                "-",
-                "--spool-dir",
-                s(&spool),
-                "--device-id",
-                "board",
-            ])
-            .env("RUST_LOG", "info")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null());
-        Draining::spawn(&mut c)
-    };
+    let start = || stdin_board(&st, &config, &spool, "info");
     let bundle_id = hedge(&["inspect", s(&st.bundle), "--keys", s(&st.keys)]);
     let bundle_id = String::from_utf8_lossy(&bundle_id.stdout)
         .lines()
@@ -583,23 +591,7 @@ fn prometheus_metrics_of_the_agent_and_the_fleet() {
         ),
     )
     .unwrap();
-    let board = |spool: &std::path::Path| {
-        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_hedged"));
-        c.args(["--config", s(&config), "--bundle", s(&st.bundle)])
-            .args(["--verifying-key", s(&st.keys.join("verifying.key"))])
-            .args([
-                "--input",
-                "-",
-                "--spool-dir",
-                s(spool),
-                "--device-id",
-                "board",
-            ])
-            .env("RUST_LOG", "warn")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null());
-        Draining::spawn(&mut c)
-    };
+    let board = |spool: &std::path::Path| stdin_board(&st, &config, spool, "warn");
     let spool = st.root.join("spool");
     enrol(&st, &spool, "board");
     let mut h = board(&spool);

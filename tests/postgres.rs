@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 #[test]
@@ -23,6 +23,36 @@ fn hedge_on(registry: &Path, args: &[&str]) -> std::process::Output {
     let mut all = vec!["--registry", s(registry)];
     all.extend_from_slice(args);
     hedge(&all)
+}
+
+/// Keys and the 48→16→10 synthetic model (`test` test vectors) protected for `last` under
+/// `root`, recorded in `registry`: (keys, synth directory, bundle).
+fn protected(registry: &Path, root: &Path, test: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let keys = root.join("keys");
+    hedge_on(registry, &["keygen", "--out", s(&keys)]);
+    let synth = root.join("synth");
+    let shape = ["--seed", "1", "--shape", "48,16,10", "--test", test];
+    hedge(&[&["synth", "--out", s(&synth)][..], &shape].concat());
+    let bundle = root.join("b.bundle");
+    let model = synth.join("model.onnx");
+    let calibration = synth.join("calibration.txt");
+    hedge_on(
+        registry,
+        &[
+            "protect",
+            "--model",
+            s(&model),
+            "--keys",
+            s(&keys),
+            "--variant",
+            "last",
+            "--calibration",
+            s(&calibration),
+            "--out",
+            s(&bundle),
+        ],
+    );
+    (keys, synth, bundle)
 }
 
 fn agent(registry: &Path, keys: &Path, broker: &str, i: usize, out: &Path) -> Draining {
@@ -49,37 +79,7 @@ fn two_agents_on_one_shared_subscription_accept_each_result_once() {
     let registry = pg.database("fleet");
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    let keys = root.join("keys");
-    hedge_on(&registry, &["keygen", "--out", s(&keys)]);
-    let synth = root.join("synth");
-    hedge(&[
-        "synth",
-        "--out",
-        s(&synth),
-        "--seed",
-        "1",
-        "--shape",
-        "48,16,10",
-        "--test",
-        "200",
-    ]);
-    let bundle = root.join("b.bundle");
-    hedge_on(
-        &registry,
-        &[
-            "protect",
-            "--model",
-            s(&synth.join("model.onnx")),
-            "--keys",
-            s(&keys),
-            "--variant",
-            "last",
-            "--calibration",
-            s(&synth.join("calibration.txt")),
-            "--out",
-            s(&bundle),
-        ],
-    );
+    let (keys, synth, bundle) = protected(&registry, root, "200");
     let broker = Mosquitto::start(root);
     let addr = broker.addr();
     let spool = root.join("spool");
@@ -197,35 +197,7 @@ fn four_agents_under_a_simulated_fleet_accept_each_result_once() {
     let registry = pg.database("four");
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    let keys = root.join("keys");
-    hedge_on(&registry, &["keygen", "--out", s(&keys)]);
-    let synth = root.join("synth");
-    hedge(&[
-        "synth",
-        "--out",
-        s(&synth),
-        "--seed",
-        "1",
-        "--shape",
-        "48,16,10",
-    ]);
-    let bundle = root.join("b.bundle");
-    hedge_on(
-        &registry,
-        &[
-            "protect",
-            "--model",
-            s(&synth.join("model.onnx")),
-            "--keys",
-            s(&keys),
-            "--variant",
-            "last",
-            "--calibration",
-            s(&synth.join("calibration.txt")),
-            "--out",
-            s(&bundle),
-        ],
-    );
+    let (keys, _, bundle) = protected(&registry, root, "10");
     let broker = Mosquitto::start(root);
     let addr = broker.addr();
     let mut outs: Vec<_> = (0..4)
