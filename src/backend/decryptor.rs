@@ -321,8 +321,10 @@ impl Decryptor {
                 // One write for the batch: formatted straight into the file, a JSON value
                 // goes out in many small writes. A crash mid-write tears the last line, which
                 // the next start cuts off (super::output).
+                // Synced before the commit: a power loss after it cannot take lines the
+                // registry counts as written (and acknowledged).
                 out.write_all(text.as_bytes())
-                    .and_then(|_| out.flush())
+                    .and_then(|_| out.sync())
                     .map_err(|e| IoError::new("output", e))?;
                 Ok(text.len() as u64)
             })?;

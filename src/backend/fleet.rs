@@ -136,11 +136,19 @@ pub fn watch(
     let mut backoff = crate::transport::Backoff::default();
     let forever = Instant::now() + Duration::from_secs(100 * 365 * 86_400);
     while !stop.load(Ordering::Relaxed) {
+        let started = Instant::now();
         let pass = listen_async(config, registry, &mut all, (forever, stop), &mut heard);
         if let Err(e) = rt.block_on(pass) {
+            // A connection that lasted starts the delays over.
+            if started.elapsed() >= crate::transport::connection::STABLE {
+                backoff = crate::transport::Backoff::default();
+            }
             let delay = backoff.next_delay();
             log::warn!("fleet: {e}; reconnecting in {delay:.1?}");
-            std::thread::sleep(delay);
+            let until = Instant::now() + delay;
+            while Instant::now() < until && !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(100));
+            }
         }
     }
     Ok(all)
@@ -175,8 +183,10 @@ async fn listen_async(
                 let at = now_ms();
                 let recorded = if let Some(device) = device_of(&config.status_topic, &p.topic) {
                     parse_status(device, &p.payload, at).map(|h| {
-                        if h.online && h.started_ms.is_some_and(|t| heard.twins.observe(device, t))
-                        {
+                        // Live statuses only: a retained one the broker restored after a
+                        // restart may be older than one already seen.
+                        let live = h.online && !p.retain;
+                        if live && h.started_ms.is_some_and(|t| heard.twins.observe(device, t)) {
                             log::error!(
                                 "device {device}: statuses from two boards started at \
                                  different times: two boards share this device id (a cloned \

@@ -242,11 +242,13 @@ pub struct Report {
     pub acknowledged: u64,
     /// Sent and never acknowledged within the grace period.
     pub lost: u64,
+    /// Made and never published (a board that could not reach the broker to the end).
+    pub unsent: u64,
     /// Acknowledgements of results acknowledged before (results sent again).
     pub duplicates: u64,
     /// Publishes of results already published (resends after a timeout or reconnect).
     pub resent: u64,
-    /// Boards that could not connect or lost their connection at some point.
+    /// Connections that failed or ended before a board was done (each followed by a retry).
     pub reconnects: u64,
     pub seconds: f64,
     /// Acknowledged results per second, from the first publish to the last acknowledgement.
@@ -270,6 +272,7 @@ pub struct Progress {
 /// One board's share of the report.
 #[derive(Default)]
 struct BoardOutcome {
+    made: u64,
     sent: u64,
     acknowledged: u64,
     duplicates: u64,
@@ -349,6 +352,7 @@ pub fn run(
         ..Report::default()
     };
     let mut latencies = Vec::new();
+    let mut made = 0;
     let (mut first, mut last) = (None::<Instant>, None::<Instant>);
     for o in outcomes {
         report.sent += o.sent;
@@ -356,6 +360,7 @@ pub fn run(
         report.duplicates += o.duplicates;
         report.resent += o.resent;
         report.reconnects += o.reconnects;
+        made += o.made;
         latencies.extend(o.latencies_us);
         first = match (first, o.first_publish) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -364,6 +369,7 @@ pub fn run(
         last = last.max(o.last_ack);
     }
     report.lost = report.sent - report.acknowledged.min(report.sent);
+    report.unsent = made - report.sent.min(made);
     if let (Some(a), Some(b)) = (first, last) {
         let span = b.duration_since(a).as_secs_f64();
         if span > 0.0 {
@@ -497,6 +503,7 @@ async fn drive(board: Identity, index: usize, boards: usize, shared: Arc<Shared>
         );
         tokio::time::sleep(delay).await;
     }
+    out.made = sim.made;
     out.sent = sim.sent();
     out.acknowledged = sim.acknowledged();
     out

@@ -206,9 +206,18 @@ pub fn serve(
     std::thread::Builder::new()
         .name("metrics".into())
         .spawn(move || {
-            for stream in listener.incoming().flatten() {
-                if let Err(e) = answer(stream, &render) {
-                    log::debug!("metrics request: {e}");
+            for stream in listener.incoming() {
+                match stream {
+                    Ok(stream) => {
+                        if let Err(e) = answer(stream, &render) {
+                            log::debug!("metrics request: {e}");
+                        }
+                    }
+                    // Out of file descriptors, say: do not spin.
+                    Err(e) => {
+                        log::warn!("metrics listener: {e}");
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
                 }
             }
         })
@@ -233,7 +242,12 @@ fn answer(mut stream: TcpStream, render: &impl Fn() -> String) -> std::io::Resul
     stream.set_write_timeout(Some(Duration::from_secs(5)))?;
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
+    // One request at a time, so a client that trickles its head gets 5 s in all.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !head.windows(4).any(|w| w == b"\r\n\r\n")
+        && head.len() < 8192
+        && std::time::Instant::now() < deadline
+    {
         let n = stream.read(&mut buf)?;
         if n == 0 {
             break;

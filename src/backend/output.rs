@@ -1,9 +1,10 @@
-//! The decryption agent's JSON-lines file, never holding a torn or uncommitted line. Each line
-//! is written, then its result committed in the registry together with where the file then
-//! ends ([`super::registry::Registry::accept_under`]); a crash between the two leaves bytes
-//! past the committed end — a torn line, or a whole line whose result was not accepted and
-//! will be written again when the broker redelivers it — and [`open`] cuts them off before
-//! the agent starts.
+//! The decryption agent's JSON-lines file, never holding a torn or uncommitted line. Each
+//! batch's lines are written and synced, then their results committed in the registry
+//! together with where the file then ends (`Registry::accept_all`, keyed by host and path);
+//! a crash between the two leaves bytes past the committed end — a torn line, or whole lines
+//! whose results were not accepted and will be written again when the broker redelivers
+//! them — and [`open`] cuts them off before the agent starts. Synced before the commit, the
+//! file never ends before what the registry says was written.
 
 use super::registry::Registry;
 use super::Result;
@@ -43,13 +44,18 @@ pub fn open(path: &Path, registry: &Registry) -> Result<(AgentOutput, Repair)> {
         .append(true)
         .open(path)
         .map_err(io)?;
-    let name = path.canonicalize().map_err(io)?.display().to_string();
+    // Agents on several hosts may share a PostgreSQL registry and use the same path: the
+    // record is per host and file.
+    let host = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_default();
+    let name = format!("{host}:{}", path.canonicalize().map_err(io)?.display());
     let len = file.metadata().map_err(io)?.len();
     let (end, repair) = match registry.output_end(&name)? {
         Some(recorded) if recorded == len => (len, Repair::Clean),
         Some(recorded) if recorded < len => {
-            let tail = read_from(&mut file, recorded).map_err(io)?;
-            let lines = tail.iter().filter(|&&b| b == b'\n').count();
+            let lines = newlines_from(&mut file, recorded).map_err(io)?;
             (
                 recorded,
                 Repair::Uncommitted {
@@ -58,8 +64,10 @@ pub fn open(path: &Path, registry: &Registry) -> Result<(AgentOutput, Repair)> {
                 },
             )
         }
+        // Rotated, or a power loss took more than the last commit (the output is synced
+        // before each commit, so only if the disk lied): keep whole lines.
         Some(recorded) => (
-            len,
+            last_line_end(&mut file, len).map_err(io)?,
             Repair::Shorter {
                 recorded,
                 found: len,
@@ -84,11 +92,18 @@ pub fn open(path: &Path, registry: &Registry) -> Result<(AgentOutput, Repair)> {
     Ok((AgentOutput { file, name, end }, repair))
 }
 
-fn read_from(file: &mut File, from: u64) -> std::io::Result<Vec<u8>> {
+/// Newlines from `from` to the end, read a block at a time.
+fn newlines_from(file: &mut File, from: u64) -> std::io::Result<usize> {
     file.seek(SeekFrom::Start(from))?;
-    let mut tail = Vec::new();
-    file.read_to_end(&mut tail)?;
-    Ok(tail)
+    let mut block = vec![0u8; 64 << 10];
+    let mut lines = 0;
+    loop {
+        let n = file.read(&mut block)?;
+        if n == 0 {
+            return Ok(lines);
+        }
+        lines += block[..n].iter().filter(|&&b| b == b'\n').count();
+    }
 }
 
 /// The offset just after the last newline of the file's first `len` bytes (0 if none).
@@ -141,13 +156,26 @@ mod tests {
         drop(out);
         let (_, repair) = open(&path, &registry).unwrap();
         assert_eq!(repair, Repair::Clean);
+        // Shorter than recorded and ending mid-line: whole lines kept.
+        std::fs::write(&path, "{\"seq\":1}\n{\"s").unwrap();
+        let (out, repair) = open(&path, &registry).unwrap();
+        assert_eq!(
+            repair,
+            Repair::Shorter {
+                recorded: 20,
+                found: 13
+            }
+        );
+        assert_eq!(out.end, 10);
+        drop(out);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"seq\":1}\n");
         // Rotated under the agent: kept, the record follows the file.
         std::fs::write(&path, "").unwrap();
         let (out, repair) = open(&path, &registry).unwrap();
         assert_eq!(
             repair,
             Repair::Shorter {
-                recorded: 20,
+                recorded: 10,
                 found: 0
             }
         );
