@@ -416,10 +416,15 @@ fn tampered_foreign_older_and_failing_bundles_leave_the_board_serving() {
         &addr,
         &["--chunk-size", "16384"],
     );
-    let stored = st.keys.join("deployments/1.bundle");
-    let mut bytes = std::fs::read(&stored).unwrap();
-    bytes[100_000] ^= 0x40;
-    std::fs::write(&stored, bytes).unwrap();
+    // Byte 100,000 of the bundle: chunk 6 of 16,384 bytes, as stored in the registry.
+    let db = rusqlite::Connection::open(st.keys.join("registry.sqlite")).unwrap();
+    let chunk = "WHERE deployment = 1 AND payload = 'bundle' AND idx = 6";
+    let select = format!("SELECT bytes FROM deployment_chunks {chunk}");
+    let mut bytes: Vec<u8> = db.query_row(&select, [], |r| r.get(0)).unwrap();
+    bytes[100_000 - 6 * 16_384] ^= 0x40;
+    let update = format!("UPDATE deployment_chunks SET bytes = ?1 {chunk}");
+    assert_eq!(db.execute(&update, [bytes]).unwrap(), 1);
+    drop(db);
     let mut serving = agent(&st.keys, &addr, None);
     let row = wait_state(&st.keys, 1, "b", "failed");
     assert!(

@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -191,7 +191,7 @@ fn run_fleet(plan: &Plan) -> (Setup, Report, BTreeMap<(String, u64), u64>) {
     let control_out = st.root.join("control.bin");
     let control = control_consumer(broker.port, &control_out);
     let session = ["--client-id", "backend-1", "--idle-timeout", "600"];
-    let mut outs = vec![st.root.join("dec-0.jsonl")];
+    let outs = [st.root.join("dec-0.jsonl")];
     let mut dec = decryptor_with(&st, &broker.addr(), &session, &outs[0]);
     let devices: Vec<String> = (1..=plan.devices).map(|d| format!("board-{d}")).collect();
     let mut daemons = Vec::new();
@@ -225,8 +225,9 @@ fn run_fleet(plan: &Plan) -> (Setup, Report, BTreeMap<(String, u64), u64>) {
             signal(dec.id(), 9);
             dec.wait().unwrap();
             std::thread::sleep(Duration::from_millis(500));
-            outs.push(st.root.join(format!("dec-{}.jsonl", outs.len())));
-            dec = decryptor_with(&st, &broker.addr(), &session, outs.last().unwrap());
+            // Started again on the same file, as a service would be: what the kill left
+            // written and not committed is cut off (backend::output).
+            dec = decryptor_with(&st, &broker.addr(), &session, &outs[0]);
             kills += 1;
         }
     }
@@ -443,17 +444,27 @@ fn backoff_holds_while_the_broker_is_down() {
     );
 }
 
-/// 200 simulated boards × 20 results through mosquitto to two agents in one shared
-/// subscription, the broker restarted and one agent SIGKILLed (and started again) midway:
-/// every result acknowledged, none lost, each decrypted line written exactly once.
-#[test]
-fn a_simulated_fleet_through_a_broker_restart_and_an_agent_kill_loses_nothing() {
-    const BOARDS: usize = 200;
-    const RESULTS: usize = 20;
+/// A fleet of simulated boards (`hedge loadgen`) through mosquitto to agents in one shared
+/// subscription, with faults spread over the run.
+struct FleetPlan {
+    boards: usize,
+    results: usize,
+    /// Results per second for all boards together (None: as fast as acknowledgements allow).
+    rate: Option<usize>,
+    agents: usize,
+    broker_restarts: usize,
+    agent_kills: usize,
+    /// Time before each fault (a broker restart, then 3 s later an agent kill).
+    fault_every: Duration,
+}
+
+/// Run `plan` and check it: every result acknowledged, none lost, each decrypted line written
+/// exactly once, to the class of the one honest result the simulated boards re-sign.
+fn simulated_fleet(plan: &FleetPlan) -> serde_json::Value {
     let st = setup("last");
     let mut broker = Mosquitto::start_with(
         &st.root,
-        "allow_anonymous true\nautosave_interval 1\nmax_queued_messages 10000\n",
+        "allow_anonymous true\nautosave_interval 1\nmax_queued_messages 100000\n",
     );
     let addr = broker.addr();
     let agent = |i: usize, out: &Path| {
@@ -468,12 +479,15 @@ fn a_simulated_fleet_through_a_broker_restart_and_an_agent_kill_loses_nothing() 
         ];
         decryptor_with(&st, &addr, &args, out)
     };
-    let mut outs = vec![st.root.join("agent-0.jsonl"), st.root.join("agent-1.jsonl")];
-    let mut agents = vec![agent(0, &outs[0]), agent(1, &outs[1])];
-    let (boards, results) = (BOARDS.to_string(), RESULTS.to_string());
+    let outs: Vec<PathBuf> = (0..plan.agents)
+        .map(|i| st.root.join(format!("agent-{i}.jsonl")))
+        .collect();
+    let mut agents: Vec<Child> = (0..plan.agents).map(|i| agent(i, &outs[i])).collect();
+    let (boards, results) = (plan.boards.to_string(), plan.results.to_string());
+    let rate = plan.rate.map(|r| r.to_string());
     let report = std::thread::scope(|scope| {
         let run = scope.spawn(|| {
-            loadgen(&[
+            let mut args = vec![
                 "loadgen",
                 "--keys",
                 s(&st.keys),
@@ -485,30 +499,40 @@ fn a_simulated_fleet_through_a_broker_restart_and_an_agent_kill_loses_nothing() 
                 &boards,
                 "--results",
                 &results,
-                "--rate",
-                "400",
                 "--resend-after",
                 "5",
                 "--grace",
                 "90",
                 "--prefix",
                 "sim",
-            ])
+            ];
+            args.extend(rate.iter().flat_map(|r| ["--rate", r.as_str()]));
+            loadgen(&args)
         });
-        std::thread::sleep(Duration::from_secs(4));
-        broker.stop();
-        std::thread::sleep(Duration::from_secs(2));
-        broker.restart();
-        std::thread::sleep(Duration::from_secs(3));
-        signal(agents[1].id(), 9);
-        agents[1].wait().unwrap();
-        outs.push(st.root.join("agent-1-again.jsonl"));
-        agents[1] = agent(1, outs.last().unwrap());
+        for i in 0..plan.broker_restarts.max(plan.agent_kills) {
+            std::thread::sleep(plan.fault_every);
+            if run.is_finished() {
+                break;
+            }
+            if i < plan.broker_restarts {
+                broker.stop();
+                std::thread::sleep(Duration::from_secs(2));
+                broker.restart();
+            }
+            std::thread::sleep(Duration::from_secs(3));
+            if i < plan.agent_kills {
+                // Started again on the same file, as a service would be.
+                let k = i % plan.agents;
+                signal(agents[k].id(), 9);
+                agents[k].wait().unwrap();
+                agents[k] = agent(k, &outs[k]);
+            }
+        }
         run.join().unwrap()
     });
     eprintln!("{report}");
-    let total = (BOARDS * RESULTS) as u64;
-    assert_eq!(report["boards"], BOARDS as u64);
+    let total = (plan.boards * plan.results) as u64;
+    assert_eq!(report["boards"], plan.boards as u64);
     assert_eq!(report["sent"], total, "{report}");
     assert_eq!(report["acknowledged"], total, "{report}");
     assert_eq!(report["lost"], 0, "{report}");
@@ -521,15 +545,71 @@ fn a_simulated_fleet_through_a_broker_restart_and_an_agent_kill_loses_nothing() 
     let (seen, written_twice) = decrypted(&paths);
     assert_eq!(seen.len() as u64, total, "every result decrypted");
     assert_eq!(written_twice, 0, "no line written twice");
-    let boards: Vec<String> = (0..BOARDS).map(|i| format!("sim-{i:03}")).collect();
-    let expected: BTreeSet<(String, u64)> = boards
-        .iter()
-        .flat_map(|b| (1..=RESULTS as u64).map(move |q| (b.clone(), q)))
+    let width = (plan.boards - 1).to_string().len();
+    let expected: BTreeSet<(String, u64)> = (0..plan.boards)
+        .map(|i| format!("sim-{i:0width$}"))
+        .flat_map(|b| (1..=plan.results as u64).map(move |q| (b.clone(), q)))
         .collect();
     assert_eq!(seen.keys().cloned().collect::<BTreeSet<_>>(), expected);
     // One honest result re-signed: every line decrypts to the class of the all-zero input.
     let classes: BTreeSet<u64> = seen.values().copied().collect();
     assert_eq!(classes.len(), 1, "{classes:?}");
+    report
+}
+
+/// 200 simulated boards × 20 results through mosquitto to two agents in one shared
+/// subscription, the broker restarted and one agent SIGKILLed (and started again) midway:
+/// every result acknowledged, none lost, each decrypted line written exactly once.
+#[test]
+fn a_simulated_fleet_through_a_broker_restart_and_an_agent_kill_loses_nothing() {
+    simulated_fleet(&FleetPlan {
+        boards: 200,
+        results: 20,
+        rate: Some(400),
+        agents: 2,
+        broker_restarts: 1,
+        agent_kills: 1,
+        fault_every: Duration::from_secs(4),
+    });
+}
+
+/// The same at a size of your choosing (`scripts/soak.sh --fleet`).
+#[test]
+#[ignore = "long: run by scripts/soak.sh --fleet"]
+fn soak_fleet() {
+    let var = |name: &str, default: usize| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let plan = FleetPlan {
+        boards: var("SOAK_BOARDS", 1000),
+        results: var("SOAK_RESULTS", 20),
+        rate: Some(var("SOAK_RATE", 0)).filter(|&r| r > 0),
+        agents: var("SOAK_AGENTS", 2),
+        broker_restarts: var("SOAK_BROKER_RESTARTS", 2),
+        agent_kills: var("SOAK_AGENT_KILLS", 2),
+        fault_every: Duration::from_secs(var("SOAK_FAULT_EVERY", 5) as u64),
+    };
+    let r = simulated_fleet(&plan);
+    println!(
+        "soak: {} boards × {} results, {} agents, {} broker restarts, {} agent kills: \
+         {} acknowledged, {} lost, 0 written twice, {} resent, {:.0} results/s, \
+         p50/p95/p99 {}/{}/{} ms",
+        plan.boards,
+        plan.results,
+        plan.agents,
+        plan.broker_restarts,
+        plan.agent_kills,
+        r["acknowledged"],
+        r["lost"],
+        r["resent"],
+        r["results_per_s"].as_f64().unwrap_or(0.0),
+        r["p50_ms"],
+        r["p95_ms"],
+        r["p99_ms"]
+    );
 }
 
 /// Two agents started with one `--client-id` take the MQTT session from each other (the

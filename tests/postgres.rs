@@ -30,10 +30,23 @@ fn hedge_on(registry: &Path, args: &[&str]) -> std::process::Output {
 fn protected(registry: &Path, root: &Path, test: &str) -> (PathBuf, PathBuf, PathBuf) {
     let keys = root.join("keys");
     hedge_on(registry, &["keygen", "--out", s(&keys)]);
-    let synth = root.join("synth");
-    let shape = ["--seed", "1", "--shape", "48,16,10", "--test", test];
+    let (synth, bundle) = synth_protected(registry, root, &keys, "", "1", test);
+    (keys, synth, bundle)
+}
+
+/// The synthetic model of `seed` protected with `keys`: `<name>synth/`, `<name>b.bundle`.
+fn synth_protected(
+    registry: &Path,
+    root: &Path,
+    keys: &Path,
+    name: &str,
+    seed: &str,
+    test: &str,
+) -> (PathBuf, PathBuf) {
+    let synth = root.join(format!("{name}synth"));
+    let shape = ["--seed", seed, "--shape", "48,16,10", "--test", test];
     hedge(&[&["synth", "--out", s(&synth)][..], &shape].concat());
-    let bundle = root.join("b.bundle");
+    let bundle = root.join(format!("{name}b.bundle"));
     let model = synth.join("model.onnx");
     let calibration = synth.join("calibration.txt");
     hedge_on(
@@ -43,7 +56,7 @@ fn protected(registry: &Path, root: &Path, test: &str) -> (PathBuf, PathBuf, Pat
             "--model",
             s(&model),
             "--keys",
-            s(&keys),
+            s(keys),
             "--variant",
             "last",
             "--calibration",
@@ -52,7 +65,58 @@ fn protected(registry: &Path, root: &Path, test: &str) -> (PathBuf, PathBuf, Pat
             s(&bundle),
         ],
     );
-    (keys, synth, bundle)
+    (synth, bundle)
+}
+
+/// The board "board" of `bundle` (state under `root`, its `[mqtt]` section the broker at
+/// `port` and the lines `mqtt`), enrolled in `registry` as an operator does it:
+/// `hedged --print-identity`, then `hedge device add`. Returns its command, given the rest of
+/// its arguments.
+fn enrolled_board<'a>(
+    registry: &'a Path,
+    root: &'a Path,
+    keys: &'a Path,
+    bundle: &'a Path,
+    port: u16,
+    mqtt: &str,
+) -> impl Fn(&[&str]) -> Command + 'a {
+    let config = root.join("hedged.toml");
+    let section = format!("[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\n{mqtt}\n");
+    std::fs::write(&config, section).unwrap();
+    let hedged = move |extra: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_hedged"));
+        c.args(["--config", s(&config), "--bundle", s(bundle)])
+            .args(["--verifying-key", s(&keys.join("verifying.key"))])
+            .args([
+                "--spool-dir",
+                s(&root.join("spool")),
+                "--device-id",
+                "board",
+            ])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        c
+    };
+    let printed = hedged(&["--input", "-", "--print-identity"])
+        .stdout(Stdio::piped())
+        .output()
+        .unwrap();
+    let key = String::from_utf8(printed.stdout).unwrap();
+    hedge_on(
+        registry,
+        &[
+            "device",
+            "--keys",
+            s(keys),
+            "add",
+            "board",
+            "--key",
+            key.trim(),
+        ],
+    );
+    hedged
 }
 
 fn agent(registry: &Path, keys: &Path, broker: &str, i: usize, out: &Path) -> Draining {
@@ -82,44 +146,10 @@ fn two_agents_on_one_shared_subscription_accept_each_result_once() {
     let (keys, synth, bundle) = protected(&registry, root, "200");
     let broker = Mosquitto::start(root);
     let addr = broker.addr();
-    let spool = root.join("spool");
-    let config = root.join("hedged.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[mqtt]\nhost = \"127.0.0.1\"\nport = {}\ne2e_timeout_s = 2\ne2e_window = 32\n",
-            broker.port
-        ),
-    )
-    .unwrap();
-    let hedged = |extra: &[&str]| {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_hedged"));
-        c.args(["--config", s(&config), "--bundle", s(&bundle)])
-            .args(["--verifying-key", s(&keys.join("verifying.key"))])
-            .args(["--spool-dir", s(&spool), "--device-id", "board"])
-            .args(extra)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        c
-    };
-    let printed = hedged(&["--input", "-", "--print-identity"])
-        .output()
-        .unwrap();
-    let key = String::from_utf8(printed.stdout)
-        .unwrap()
-        .trim()
-        .to_string();
-    hedge_on(
-        &registry,
-        &["device", "--keys", s(&keys), "add", "board", "--key", &key],
-    );
+    let mqtt = "e2e_timeout_s = 2\ne2e_window = 32";
+    let hedged = enrolled_board(&registry, root, &keys, &bundle, broker.port, mqtt);
 
-    let outs = [
-        root.join("a.jsonl"),
-        root.join("b.jsonl"),
-        root.join("a2.jsonl"),
-    ];
+    let outs = [root.join("a.jsonl"), root.join("b.jsonl")];
     let mut first = agent(&registry, &keys, &addr, 0, &outs[0]);
     let second = agent(&registry, &keys, &addr, 1, &outs[1]);
     std::thread::sleep(std::time::Duration::from_millis(800));
@@ -128,7 +158,7 @@ fn two_agents_on_one_shared_subscription_accept_each_result_once() {
     wait_lines(&outs[0], 20);
     signal(first.child.id(), 9);
     first.child.wait().unwrap();
-    first = agent(&registry, &keys, &addr, 0, &outs[2]);
+    first = agent(&registry, &keys, &addr, 0, &outs[0]);
     board.wait_ok("hedged");
     let lines = || {
         outs.iter()
@@ -200,7 +230,7 @@ fn four_agents_under_a_simulated_fleet_accept_each_result_once() {
     let (keys, _, bundle) = protected(&registry, root, "10");
     let broker = Mosquitto::start(root);
     let addr = broker.addr();
-    let mut outs: Vec<_> = (0..4)
+    let outs: Vec<_> = (0..4)
         .map(|i| root.join(format!("agent-{i}.jsonl")))
         .collect();
     let mut agents: Vec<Draining> = (0..4)
@@ -234,8 +264,7 @@ fn four_agents_under_a_simulated_fleet_accept_each_result_once() {
         wait_lines(&outs[3], 50);
         signal(agents[3].child.id(), 9);
         let _ = agents.pop().unwrap().finish();
-        outs.push(root.join("agent-3-again.jsonl"));
-        agents.push(agent(&registry, &keys, &addr, 3, &outs[4]));
+        agents.push(agent(&registry, &keys, &addr, 3, &outs[3]));
         run.join().unwrap()
     });
     eprintln!("{report}");
@@ -266,4 +295,94 @@ fn four_agents_under_a_simulated_fleet_accept_each_result_once() {
         shares[..4].iter().all(|&n| n > 0),
         "every agent took a share: {shares:?}"
     );
+}
+
+/// Deployments without a shared directory: `hedge deploy` on one host stores the payload in
+/// the PostgreSQL registry, and a deployment agent on another — its own empty working
+/// directory, no key directory — serves it: the board takes the new bundle and runs it.
+#[test]
+fn a_deployment_agent_on_another_host_serves_the_payload_from_the_registry() {
+    let pg = Postgres::start();
+    let registry = pg.database("deploy");
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let (keys, _, bundle) = protected(&registry, root, "4");
+    let (_, next) = synth_protected(&registry, root, &keys, "next-", "2", "4");
+    let broker = Mosquitto::start(root);
+    let addr = broker.addr();
+    let mqtt = "deploy_window = 4\ndeploy_timeout_s = 3";
+    let hedged = enrolled_board(&registry, root, &keys, &bundle, broker.port, mqtt);
+    let board = Draining::spawn(hedged(&["--input", "-"]).stdin(Stdio::piped()));
+    let mut deploy = vec!["deploy", "--keys", s(&keys), "--bundle", s(&next)];
+    deploy.extend([
+        "--device",
+        "board",
+        "--broker",
+        &addr,
+        "--chunk-size",
+        "16384",
+    ]);
+    hedge_on(&registry, &deploy);
+
+    let elsewhere = tempfile::tempdir().unwrap();
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_hedge"));
+    serve
+        .current_dir(elsewhere.path())
+        .args([
+            "--registry",
+            s(&registry),
+            "deploy",
+            "serve",
+            "--broker",
+            &addr,
+        ])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null());
+    let serving = Draining::spawn(&mut serve);
+    let state = || {
+        let o = hedge_on(&registry, &["deploy", "status", "--deployment", "1"]);
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    wait_for(
+        || {
+            state()
+                .lines()
+                .any(|l| l.contains(" board ") && l.contains(" active "))
+        },
+        "the board runs the deployed bundle",
+    );
+    terminate(&serving.child);
+    serving.wait_ok("deployment agent");
+    terminate(&board.child);
+    let log = board.wait_ok("hedged");
+    assert!(log.contains("deployment 1"), "{log}");
+    let files: Vec<_> = walk(root)
+        .into_iter()
+        .chain(walk(elsewhere.path()))
+        .filter(|p| {
+            p.extension()
+                .is_some_and(|e| e == "bundle" || e == "update")
+        })
+        .filter(|p| !p.starts_with(root.join("spool")))
+        .collect();
+    assert_eq!(
+        files,
+        [root.join("b.bundle"), root.join("next-b.bundle")],
+        "no payload copy on either host"
+    );
+}
+
+/// Every file under `dir`, sorted.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
 }

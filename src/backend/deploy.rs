@@ -23,8 +23,7 @@ use crate::transport::Connection;
 use ed25519_dalek::SigningKey;
 use rumqttc::{Event, Packet, QoS};
 use sha2::{Digest, Sha256};
-use std::io::{Read, Seek, SeekFrom};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -76,8 +75,8 @@ fn offer_for(
 }
 
 /// Record a deployment of the bundle at `path` to `devices` and sign an offer for each; its
-/// payloads are kept in `dir` (the agents serve them from there: with agents on several
-/// hosts, a directory they share). The bundle must be this backend's (signed by `signer`,
+/// payloads are stored in the registry, so that any deployment agent on any host that shares
+/// the registry serves them (no shared directory). The bundle must be this backend's (signed by `signer`,
 /// recorded by `hedge protect`). Unless `full`, a board that last reported running a bundle of
 /// the same key set gets the model update.
 #[allow(clippy::too_many_arguments)]
@@ -85,7 +84,6 @@ pub fn create(
     registry: &Registry,
     config: &MqttConfig,
     signer: &SigningKey,
-    dir: &Path,
     path: &Path,
     devices: &[String],
     chunk_size: u32,
@@ -138,18 +136,12 @@ pub fn create(
         .any(|(_, u)| *u)
         .then(|| ModelUpdate::of(bundle, id.clone()).to_bytes(signer));
     let deployment = registry.add_deployment(&id, epoch, chunk_size)?;
-    crate::files::create_dir_all(dir)?;
-    let file = dir.join(format!("{deployment}.bundle"));
-    crate::files::write_atomic(&file, &bytes, 0o644)?;
-    let update_file = match &update {
-        Some(u) => {
-            let f = dir.join(format!("{deployment}.update"));
-            crate::files::write_atomic(&f, u, 0o644)?;
-            Some(f)
-        }
-        None => None,
-    };
-    registry.set_deployment_files(deployment, &file, update_file.as_deref())?;
+    if plan.iter().any(|(_, u)| !*u) {
+        registry.add_deployment_payload(deployment, Payload::Bundle.name(), &bytes, chunk_size)?;
+    }
+    if let Some(u) = &update {
+        registry.add_deployment_payload(deployment, Payload::ModelUpdate.name(), u, chunk_size)?;
+    }
     let mut offers = Vec::new();
     for (device, takes_update) in plan {
         let payload = match (&update, takes_update) {
@@ -440,32 +432,30 @@ fn serve_request(
         .into_iter()
         .find(|t| t.device == device)
         .ok_or_else(|| format!("{device} is no target of deployment {}", d.id))?;
-    let file: PathBuf = match (target.payload.as_str(), &d.update_file) {
-        ("model-update", Some(u)) => u.clone(),
-        _ => d.file.clone(),
-    };
-    let mut f = std::fs::File::open(&file).map_err(|e| format!("{}: {e}", file.display()))?;
-    let size = f.metadata().map_err(|e| e.to_string())?.len();
     let topic = config.deploy_topic_for(device, "data");
     let last = request.first.saturating_add(request.count.min(MAX_RUN));
     for index in request.first..last {
-        let start = index as u64 * d.chunk_size as u64;
-        if start >= size {
-            break;
-        }
-        let len = (size - start).min(d.chunk_size as u64) as usize;
         if outgoing.is_queued(&topic, d.id, index) {
             continue;
         }
-        if !outgoing.has_room(len) {
+        if index as u64 * d.chunk_size as u64 >= target.size {
+            break;
+        }
+        let bytes = registry
+            .deployment_chunk(d.id, &target.payload, index)
+            .map_err(|e| e.to_string())?
+            // Made by a build that kept payloads in files.
+            .ok_or_else(|| {
+                format!(
+                    "deployment {} has no {} chunk {index} in the registry: deploy the bundle again",
+                    d.id, target.payload
+                )
+            })?;
+        if !outgoing.has_room(bytes.len()) {
             return Err(format!(
                 "{MAX_QUEUED_BYTES} bytes of chunks already wait: request dropped"
             ));
         }
-        let mut bytes = vec![0; len];
-        f.seek(SeekFrom::Start(start))
-            .and_then(|_| f.read_exact(&mut bytes))
-            .map_err(|e| format!("{}: {e}", file.display()))?;
         outgoing.push(
             topic.clone(),
             Chunk {

@@ -184,8 +184,20 @@ pub fn fleet_and_deployments_are_recorded(path: &Path) {
     let one = r.add_deployment("aa", 3, 4096).unwrap();
     let two = r.add_deployment("bb", 4, 4096).unwrap();
     assert!(two > one);
-    r.set_deployment_files(one, Path::new("/d/1.bundle"), None)
+    // Payloads in chunks, bytes as stored (every byte value, a short last chunk).
+    let payload: Vec<u8> = (0..=255u8).cycle().take(4096 * 2 + 100).collect();
+    r.add_deployment_payload(one, "bundle", &payload, 4096)
         .unwrap();
+    let chunks: Vec<Vec<u8>> = (0..4)
+        .map_while(|i| r.deployment_chunk(one, "bundle", i).unwrap())
+        .collect();
+    assert_eq!(chunks.concat(), payload);
+    assert_eq!(
+        chunks.iter().map(Vec::len).collect::<Vec<_>>(),
+        [4096, 4096, 100]
+    );
+    assert_eq!(r.deployment_chunk(one, "model-update", 0).unwrap(), None);
+    assert_eq!(r.deployment_chunk(two, "bundle", 0).unwrap(), None);
     r.add_target(one, "a", "bundle", 100).unwrap();
     r.add_target(two, "a", "model-update", 10).unwrap();
     assert!(
@@ -203,8 +215,8 @@ pub fn fleet_and_deployments_are_recorded(path: &Path) {
     r.cancel_deployment(two).unwrap();
     let d = r.deployment(one).unwrap().unwrap();
     assert_eq!(
-        (d.file.to_str(), d.update_file, d.cancelled),
-        (Some("/d/1.bundle"), None, false)
+        (d.bundle.as_str(), d.chunk_size, d.cancelled),
+        ("aa", 4096, false)
     );
     assert!(r.deployment(two).unwrap().unwrap().cancelled);
     let all = r.targets(None).unwrap();

@@ -122,6 +122,16 @@ const MIGRATIONS: &[&str] = &[
         path TEXT PRIMARY KEY,
         committed_end INTEGER NOT NULL
     );",
+    // 6: deployment payloads in the registry, chunk by chunk as the boards ask for them, so
+    //    that any deployment agent on any host serves them (`deployments.file` and
+    //    `update_file`, where earlier builds kept them, are no longer read).
+    "CREATE TABLE deployment_chunks (
+        deployment INTEGER NOT NULL REFERENCES deployments(id),
+        payload TEXT NOT NULL,
+        idx INTEGER NOT NULL,
+        bytes BLOB NOT NULL,
+        PRIMARY KEY (deployment, payload, idx)
+    );",
 ];
 
 /// Results kept per quarantined device; beyond, its results are left unacknowledged (the
@@ -134,9 +144,6 @@ pub struct DeploymentRecord {
     pub id: u64,
     pub bundle: String,
     pub epoch: u64,
-    /// The signed bundle, and the model update cut from it (if a target takes one).
-    pub file: PathBuf,
-    pub update_file: Option<PathBuf>,
     pub chunk_size: u32,
     pub created_ms: u64,
     pub cancelled: bool,
@@ -642,21 +649,41 @@ impl Registry {
         .uint(0)
     }
 
-    pub(crate) fn set_deployment_files(
+    /// Store a deployment's payload ("bundle" or "model-update") in `chunk_size` pieces, in
+    /// one transaction: a deployment agent serves them from here.
+    pub(crate) fn add_deployment_payload(
         &self,
-        id: u64,
-        file: &Path,
-        update: Option<&Path>,
+        deployment: u64,
+        payload: &str,
+        bytes: &[u8],
+        chunk_size: u32,
     ) -> Result<()> {
-        self.store.execute(
-            "UPDATE deployments SET file = $2, update_file = $3 WHERE id = $1",
-            params![
-                id,
-                file.to_string_lossy().into_owned(),
-                update.map(|u| u.to_string_lossy().into_owned())
-            ],
-        )?;
-        Ok(())
+        let tx = Tx::exclusive(self.store())?;
+        for (idx, chunk) in bytes.chunks(chunk_size as usize).enumerate() {
+            self.store.execute(
+                "INSERT INTO deployment_chunks (deployment, payload, idx, bytes)
+                 VALUES ($1, $2, $3, $4)",
+                params![deployment, payload, idx, chunk],
+            )?;
+        }
+        tx.commit()
+    }
+
+    /// Chunk `idx` of a deployment's payload (None past its end, or if the deployment was
+    /// made by a build that kept payloads in files).
+    pub(crate) fn deployment_chunk(
+        &self,
+        deployment: u64,
+        payload: &str,
+        idx: u32,
+    ) -> Result<Option<Vec<u8>>> {
+        self.one(
+            "SELECT bytes FROM deployment_chunks
+             WHERE deployment = $1 AND payload = $2 AND idx = $3",
+            params![deployment, payload, idx],
+        )?
+        .map(|r| r.bytes(0).map(<[u8]>::to_vec))
+        .transpose()
     }
 
     pub(crate) fn add_target(
@@ -676,7 +703,7 @@ impl Registry {
 
     pub fn deployment(&self, id: u64) -> Result<Option<DeploymentRecord>> {
         self.one(
-            "SELECT id, bundle, epoch, file, update_file, chunk_size, created_ms, cancelled
+            "SELECT id, bundle, epoch, chunk_size, created_ms, cancelled
              FROM deployments WHERE id = $1",
             params![id],
         )?
@@ -685,11 +712,9 @@ impl Registry {
                 id: r.uint(0)?,
                 bundle: r.text(1)?,
                 epoch: r.uint(2)?,
-                file: PathBuf::from(r.text(3)?),
-                update_file: r.opt_text(4)?.map(PathBuf::from),
-                chunk_size: r.uint(5)? as u32,
-                created_ms: r.uint(6)?,
-                cancelled: r.int(7)? != 0,
+                chunk_size: r.uint(3)? as u32,
+                created_ms: r.uint(4)?,
+                cancelled: r.int(5)? != 0,
             })
         })
         .transpose()

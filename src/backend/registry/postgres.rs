@@ -40,6 +40,7 @@ fn param(v: &Value, ty: &Type) -> Result<Box<dyn ToSql + Sync>> {
         (Value::Int(i), t) if *t == Type::INT4 => Box::new(*i as i32),
         (Value::Int(i), t) if *t == Type::BOOL => Box::new(*i != 0),
         (Value::Text(s), t) if *t == Type::TEXT || *t == Type::VARCHAR => Box::new(s.clone()),
+        (Value::Bytes(b), t) if *t == Type::BYTEA => Box::new(b.clone()),
         (Value::Null, t) if *t == Type::INT8 => Box::new(None::<i64>),
         (Value::Null, t) if *t == Type::INT4 => Box::new(None::<i32>),
         (Value::Null, t) if *t == Type::BOOL => Box::new(None::<bool>),
@@ -62,6 +63,9 @@ fn column(row: &postgres::Row, i: usize) -> Result<Value> {
     } else if ty == Type::BOOL {
         row.try_get::<_, Option<bool>>(i)
             .map(|v| v.map(|v| Value::Int(v.into())))
+    } else if ty == Type::BYTEA {
+        row.try_get::<_, Option<Vec<u8>>>(i)
+            .map(|v| v.map(Value::Bytes))
     } else {
         row.try_get::<_, Option<String>>(i)
             .map(|v| v.map(Value::Text))

@@ -24,6 +24,7 @@ fn to_sqlite(v: &Value) -> rusqlite::types::Value {
         Value::Null => rusqlite::types::Value::Null,
         Value::Int(i) => rusqlite::types::Value::Integer(*i),
         Value::Text(t) => rusqlite::types::Value::Text(t.clone()),
+        Value::Bytes(b) => rusqlite::types::Value::Blob(b.clone()),
     }
 }
 
@@ -35,9 +36,9 @@ impl Sqlite {
             .map_err(sql)?;
         // WAL: readers do not block the writer. FULL: each commit is synced before it returns,
         // so what the agent acknowledges survives a power loss too (with NORMAL the last
-        // commits could vanish while the output file, synced, kept their lines — and the
-        // output repair at start-up would then cut acknowledged lines). Agents commit a batch
-        // at a time, so this is one sync per batch.
+        // commits could vanish while the output file, synced before them, kept their lines —
+        // and the output repair at start-up would then cut acknowledged lines). Agents commit
+        // a batch at a time, so this is one sync per batch.
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(sql)?;
         conn.pragma_update(None, "synchronous", "FULL")
@@ -74,7 +75,7 @@ impl Store for Sqlite {
                             ValueRef::Integer(v) => Value::Int(v),
                             ValueRef::Text(t) => Value::Text(String::from_utf8_lossy(t).into()),
                             ValueRef::Real(f) => Value::Int(f as i64),
-                            ValueRef::Blob(b) => Value::Text(String::from_utf8_lossy(b).into()),
+                            ValueRef::Blob(b) => Value::Bytes(b.to_vec()),
                         })
                     })
                     .collect::<rusqlite::Result<Vec<Value>>>()

@@ -4,12 +4,14 @@
 
 use super::super::{BackendError, Result};
 
-/// A value in or out of a statement: the registry stores integers and text only.
+/// A value in or out of a statement: the registry stores integers, text and (deployment
+/// payloads) bytes.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Value {
     Null,
     Int(i64),
     Text(String),
+    Bytes(Vec<u8>),
 }
 
 impl From<i64> for Value {
@@ -57,6 +59,12 @@ impl From<String> for Value {
 impl From<&String> for Value {
     fn from(v: &String) -> Self {
         Value::Text(v.clone())
+    }
+}
+
+impl From<&[u8]> for Value {
+    fn from(v: &[u8]) -> Self {
+        Value::Bytes(v.to_vec())
     }
 }
 
@@ -109,6 +117,13 @@ impl Row {
     pub fn text(&self, i: usize) -> Result<String> {
         self.opt_text(i)?
             .ok_or_else(|| column_error(i, "text", &Value::Null))
+    }
+
+    pub(crate) fn bytes(&self, i: usize) -> Result<&[u8]> {
+        match self.0.get(i) {
+            Some(Value::Bytes(v)) => Ok(v),
+            other => Err(column_error(i, "bytes", other.unwrap_or(&Value::Null))),
+        }
     }
 }
 
@@ -173,4 +188,5 @@ pub(crate) fn postgres_schema(sqlite: &str) -> String {
         .replace("INTEGER PRIMARY KEY AUTOINCREMENT", "BIGSERIAL PRIMARY KEY")
         .replace("INTEGER", "BIGINT")
         .replace(" WITHOUT ROWID", "")
+        .replace(" BLOB", " BYTEA")
 }

@@ -397,7 +397,6 @@ fn rollout(
             &registry,
             &config,
             &set.signer,
-            &r.keys.join("deployments"),
             &second,
             std::slice::from_ref(&device),
             deploy::DEFAULT_CHUNK,

@@ -136,17 +136,7 @@ fn create(c: Create, keys_dir: &Path, r: &Registry) -> Result<()> {
     };
     let config = c.mqtt.config_for(broker).context("--broker")?;
     let signer = keys::load_signing(keys_dir)?;
-    let dir = keys_dir.join("deployments");
-    let created = deploy::create(
-        r,
-        &config,
-        &signer,
-        &dir,
-        bundle,
-        &devices,
-        c.chunk_size,
-        c.full,
-    )?;
+    let created = deploy::create(r, &config, &signer, bundle, &devices, c.chunk_size, c.full)?;
     deploy::publish(&config, &created.offers)?;
     println!(
         "deployment {}: bundle {} offered to {} board(s)",
