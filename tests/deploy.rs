@@ -90,18 +90,6 @@ impl Board {
     }
 }
 
-fn bundle_id(bundle: &Path, keys: &Path) -> String {
-    let o = hedge(&["inspect", s(bundle), "--keys", s(keys)]);
-    String::from_utf8_lossy(&o.stdout)
-        .lines()
-        .find_map(|l| {
-            l.split("(id ")
-                .nth(1)
-                .map(|r| r.trim_end_matches(')').to_string())
-        })
-        .unwrap()
-}
-
 /// The deployment agent of the backend whose key directory is `keys`, as a service runs it.
 fn agent(keys: &Path, broker: &str, rate: Option<&str>) -> Draining {
     let mut c = Command::new(env!("CARGO_BIN_EXE_hedge"));

@@ -181,6 +181,18 @@ pub fn setup(variant: &str) -> Setup {
 /// Synthesise model `{name}model.onnx` (with `{name}calibration.txt`, `{name}test.txt`) from
 /// `seed` under `root` and protect it as `{name}b.bundle`.
 pub fn model(root: &Path, keys: &Path, name: &str, seed: u64, variant: &str) -> PathBuf {
+    model_shaped(root, keys, name, seed, variant, "48,16,10")
+}
+
+/// [`model`] of another shape (`input,hidden,classes`).
+pub fn model_shaped(
+    root: &Path,
+    keys: &Path,
+    name: &str,
+    seed: u64,
+    variant: &str,
+    shape: &str,
+) -> PathBuf {
     let dir = root.join(format!("{name}synth"));
     let seed = seed.to_string();
     let mut synth = vec![
@@ -190,7 +202,7 @@ pub fn model(root: &Path, keys: &Path, name: &str, seed: u64, variant: &str) -> 
         "--seed",
         &seed,
         "--shape",
-        "48,16,10",
+        shape,
         "--test",
         "40",
         "--calibration",
@@ -670,4 +682,17 @@ pub fn loadgen(args: &[&str]) -> serde_json::Value {
     run.wait_ok("hedge loadgen");
     let last = stdout.lines().last().expect("loadgen printed nothing");
     serde_json::from_str(last).unwrap_or_else(|e| panic!("{e}: {last}"))
+}
+
+/// A bundle's id, as `hedge inspect` prints it.
+pub fn bundle_id(bundle: &Path, keys: &Path) -> String {
+    let o = hedge(&["inspect", s(bundle), "--keys", s(keys)]);
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .find_map(|l| {
+            l.split("(id ")
+                .nth(1)
+                .map(|r| r.trim_end_matches(')').to_string())
+        })
+        .unwrap()
 }
