@@ -76,9 +76,9 @@ fn offer_for(
 
 /// Record a deployment of the bundle at `path` to `devices` and sign an offer for each; its
 /// payloads are stored in the registry, so that any deployment agent on any host that shares
-/// the registry serves them (no shared directory). The bundle must be this backend's (signed by `signer`,
-/// recorded by `hedge protect`). Unless `full`, a board that last reported running a bundle of
-/// the same key set gets the model update.
+/// the registry serves them (no shared directory). The bundle must be this backend's (signed
+/// by `signer`, recorded by `hedge protect`). Unless `full`, a board that last reported
+/// running a bundle of the same key set gets the model update.
 #[allow(clippy::too_many_arguments)]
 pub fn create(
     registry: &Registry,
