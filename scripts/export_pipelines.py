@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Models with their pre-processing, as scikit-learn users export them (issue 22): scaler
-pipelines, a float64 export, a dense layer followed by BatchNormalization (the Keras
-pattern, written with onnx.helper since no TensorFlow is at hand), and MLPs with tanh,
+pipelines, a float64 export, a dense layer followed by a BatchNormalization node (written
+with onnx.helper; scripts/export_keras_pipelines.py has Keras' own), and MLPs with tanh,
 logistic, leaky ReLU and GELU activations. On scikit-learn's wine
 data (13 features from 0.1 to 1,680: raw, they break an 8-bit input scale).
 

@@ -293,6 +293,13 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         "onnx",
         include_bytes!("../tests/data/pipelines/torch-gelu-mlp.onnx").to_vec(),
     ));
+    // Keras through tf2onnx: GELU's tanh form in eight nodes, a batch norm as Mul and Add.
+    for keras in [
+        &include_bytes!("../tests/data/pipelines/keras-gelu-tanh.onnx")[..],
+        &include_bytes!("../tests/data/pipelines/keras-batchnorm.onnx")[..],
+    ] {
+        out.push(("onnx", keras.to_vec()));
+    }
     let mut engine = f.engine.lock().unwrap_or_else(|e| e.into_inner());
     let features = engine.encrypt_features(&x).expect("encrypts");
     let bytes = postcard::to_allocvec(&features).expect("serialises");

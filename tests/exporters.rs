@@ -548,9 +548,10 @@ fn pipeline_vectors(name: &str) -> Vec<(Option<usize>, Vec<f32>)> {
         .collect()
 }
 
-/// PyTorch's nn.GELU() below opset 20 is five nodes (x·(1 + erf(x/√2))·½): it imports as the
-/// Gelu operator does — the same head, both layers encrypted — where before the split stopped
-/// at the Erf and left the first layer and its activation in the plaintext extractor.
+/// PyTorch's nn.GELU() below opset 20 is five nodes (x·(1 + erf(x/√2))·½), Keras' tanh form
+/// through tf2onnx eight: they import as the Gelu operator does — the same head, both layers
+/// encrypted — where before the split stopped at the Erf (or the Pow) and left the first
+/// layer and its activation in the plaintext extractor.
 #[test]
 fn a_decomposed_gelu_imports_as_the_gelu_operator() {
     let load = |m: &str| {
@@ -565,6 +566,11 @@ fn a_decomposed_gelu_imports_as_the_gelu_operator() {
     for (_, x) in pipeline_vectors("torch-gelu-mlp.inputs.txt") {
         assert_eq!(decomposed.head.forward(&x), operator.head.forward(&x));
     }
+    // Keras' gelu(approximate=True) as tf2onnx writes it: Mul ½, Pow 3, Mul, Add, Mul, Tanh,
+    // Add, Mul.
+    let keras = load("keras-gelu-tanh.onnx");
+    assert!(keras.extractor.is_none(), "both layers in the head");
+    assert_eq!(keras.head.activation, Some(Activation::GeluTanh));
 }
 
 /// Issue 22: models with their pre-processing, as users export them
@@ -596,6 +602,11 @@ fn models_with_their_preprocessing_import_and_run_encrypted() {
         ("gelu-mlp", &[Variant::Last, Variant::Act]),
         // GELU as PyTorch writes it below opset 20: Div, Erf, Add, Mul, Mul.
         ("torch-gelu-mlp", &[Variant::Last, Variant::Act]),
+        // Keras through tf2onnx (scripts/export_keras_pipelines.py): a Normalization layer
+        // (Sub, Mul), Dense → BatchNormalization (a Mul and an Add) → ReLU → Dense, and GELU's
+        // tanh form in eight nodes.
+        ("keras-batchnorm", &[Variant::Last, Variant::Act]),
+        ("keras-gelu-tanh", &[Variant::Last, Variant::Act]),
     ];
     for &(model, variants) in cases {
         let path = Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -14,9 +14,9 @@
 //!   or ai.onnx.ml's LinearClassifier (scikit-learn's linear models); one layer (a linear
 //!   model) is imported with an identity hidden layer;
 //! - after a dense layer, a BatchNormalization (Keras' Dense → BatchNormalization), folded in;
-//! - between two layers, the activation: Relu, Tanh, Sigmoid, Gelu (either form, or the
-//!   five nodes PyTorch writes for it below opset 20), LeakyRelu, Elu, Softplus, or the square
-//!   (Mul(x, x) or Pow(x, 2));
+//! - between two layers, the activation: Relu, Tanh, Sigmoid, Gelu (either form, or spelled
+//!   in elementwise nodes as PyTorch below opset 20 and tf2onnx write it, recognised by its
+//!   values), LeakyRelu, Elu, Softplus, or the square (Mul(x, x) or Pow(x, 2));
 //! - after the last layer, the classifier's post-processing, which preserves the argmax and is
 //!   dropped for the encrypted head: Softmax, LogSoftmax, Sigmoid, Normalizer (L1, L2), ArgMax,
 //!   ArrayFeatureExtractor and ZipMap (the class labels they carry are kept), Cast, Reshape,
@@ -365,95 +365,227 @@ fn scalar_constant(graph: &pb::GraphProto, name: &str) -> Option<f32> {
         })
 }
 
-/// GELU as exporters write it where the operator set has no Gelu (PyTorch below opset 20):
-/// ½·x·(1 + erf(x/√2)) in five nodes — Div by √2 (or Mul by 1/√2), Erf, Add 1, and the two
-/// products by x and by ½ in any order (TorchScript's, torch.export's and by hand). Each such chain becomes one Gelu node, so that the
-/// split sees an activation (not a node it cannot encrypt) and the importer reads it.
-pub(crate) fn fuse_decomposed_gelu(graph: &mut pb::GraphProto) {
-    let near =
-        |v: Option<f32>, want: f64| v.is_some_and(|v| ((v as f64) / want - 1.0).abs() < 1e-4);
-    loop {
-        let g = &*graph;
-        // The only node reading `tensor`, and its other input.
-        let sole_reader = |tensor: &str| -> Option<(usize, String)> {
-            let mut readers = g
-                .node
-                .iter()
-                .enumerate()
-                .filter(|(_, n)| n.input.iter().any(|i| i == tensor));
-            let (at, n) = readers.next()?;
-            if readers.next().is_some() {
-                return None;
-            }
-            let other = n
-                .input
-                .iter()
-                .find(|i| *i != tensor)
-                .cloned()
-                .unwrap_or_default();
-            Some((at, other))
+/// Elementwise operators an exporter spells an activation with where its operator set has
+/// none (GELU below opset 20, in either form).
+const SPELLING_OPS: &[&str] = &[
+    "Mul",
+    "Add",
+    "Sub",
+    "Div",
+    "Pow",
+    "Tanh",
+    "Erf",
+    "Exp",
+    "Sqrt",
+    "Neg",
+    "Reciprocal",
+];
+
+/// The most nodes a spelled activation is looked for in (GELU's tanh form takes eight).
+const MAX_SPELLING: usize = 24;
+
+/// The activations recognised by their values (those with a constant are not guessed).
+const SPELLED: [Activation; 5] = [
+    Activation::Gelu,
+    Activation::GeluTanh,
+    Activation::Tanh,
+    Activation::Sigmoid,
+    Activation::Softplus,
+];
+
+/// Activations as exporters spell them where the operator set has no operator for them:
+/// GELU below opset 20 as PyTorch writes it (x·(1 + erf(x/√2))·½ in five nodes, or its tanh
+/// form ½·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))) in eight), and as tf2onnx writes Keras'
+/// `gelu` in either form. A chain of elementwise nodes that reads one tensor and scalar
+/// constants only, and whose values are read only at its end, becomes that activation's one
+/// node, so the split sees an activation (not a node it cannot encrypt) and the importer reads
+/// it. The chain is recognised by what it computes, not by its nodes' order: evaluated at 65
+/// points of [−8, 8] it must match one of [`SPELLED`] within 10⁻⁵ (GELU's two forms differ by
+/// up to 2·10⁻⁴); anything else is left as it is.
+pub(crate) fn fuse_spelled_activations(graph: &mut pb::GraphProto) {
+    while let Some(found) = find_spelled(graph) {
+        let node = &mut graph.node[found.last];
+        let (op, attribute) = match found.activation {
+            Activation::GeluTanh => ("Gelu", vec![string_attr("approximate", "tanh")]),
+            f => (onnx_op(f), vec![]),
         };
-        let op_at = |at: usize| g.node[at].op_type.as_str();
-        let out = |at: usize| g.node[at].output.first().cloned().unwrap_or_default();
-        let fused = g.node.iter().enumerate().find_map(|(div, n)| {
-            let scaled = match n.op_type.as_str() {
-                "Div" => near(
-                    scalar_constant(g, n.input.get(1)?),
-                    std::f64::consts::SQRT_2,
-                ),
-                "Mul" => n
-                    .input
-                    .iter()
-                    .any(|i| near(scalar_constant(g, i), std::f64::consts::FRAC_1_SQRT_2)),
-                _ => false,
-            };
-            if !scaled || n.input.len() != 2 {
-                return None;
-            }
-            let x = match n.op_type.as_str() {
-                "Div" => n.input[0].clone(),
-                _ => n
-                    .input
-                    .iter()
-                    .find(|i| scalar_constant(g, i).is_none())?
-                    .clone(),
-            };
-            let (erf, _) = sole_reader(&out(div)).filter(|(at, _)| op_at(*at) == "Erf")?;
-            let (add, one) = sole_reader(&out(erf)).filter(|(at, _)| op_at(*at) == "Add")?;
-            if !near(scalar_constant(g, &one), 1.0) {
-                return None;
-            }
-            let (m1, by) = sole_reader(&out(add)).filter(|(at, _)| op_at(*at) == "Mul")?;
-            let is_half = |t: &str| near(scalar_constant(g, t), 0.5);
-            let last = if by == x || is_half(&by) {
-                // (1 + erf)·x then ·½, or (1 + erf)·½ then ·x.
-                let (m2, other) = sole_reader(&out(m1)).filter(|(at, _)| op_at(*at) == "Mul")?;
-                let rest = if by == x { is_half(&other) } else { other == x };
-                rest.then_some((vec![div, erf, add, m1], m2))?
-            } else {
-                // (1 + erf)·(½·x).
-                let h = g.node.iter().position(|n| n.output.first() == Some(&by))?;
-                let halves = g.node[h].op_type == "Mul"
-                    && g.node[h].input.contains(&x)
-                    && g.node[h].input.iter().any(|i| is_half(i));
-                (halves && sole_reader(&by).is_some()).then_some((vec![div, erf, add, h], m1))?
-            };
-            Some((x, last))
-        });
-        let Some((x, (gone, last))) = fused else {
-            return;
-        };
-        let node = &mut graph.node[last];
-        node.op_type = "Gelu".into();
-        node.input = vec![x];
-        node.attribute.clear();
+        node.op_type = op.into();
+        node.input = vec![found.input];
+        node.attribute = attribute;
         node.domain.clear();
         let mut at = 0;
         graph.node.retain(|_| {
             at += 1;
-            !gone.contains(&(at - 1))
+            !found.gone.contains(&(at - 1))
         });
     }
+}
+
+/// The operator of a parameter-free activation [`SPELLED`] finds.
+fn onnx_op(f: Activation) -> &'static str {
+    match f {
+        Activation::Tanh => "Tanh",
+        Activation::Sigmoid => "Sigmoid",
+        Activation::Softplus => "Softplus",
+        _ => "Gelu",
+    }
+}
+
+/// A spelled activation in a graph: the nodes it takes, the one that becomes it, its input.
+struct Spelling {
+    gone: Vec<usize>,
+    last: usize,
+    input: String,
+    activation: Activation,
+}
+
+fn find_spelled(graph: &pb::GraphProto) -> Option<Spelling> {
+    let nodes = &graph.node;
+    let mut readers: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (at, n) in nodes.iter().enumerate() {
+        for i in &n.input {
+            readers.entry(i.as_str()).or_default().push(at);
+        }
+    }
+    let graph_outputs: HashSet<&str> = graph.output.iter().map(|o| o.name.as_str()).collect();
+    let mut scalars: HashMap<String, Option<f64>> = HashMap::new();
+    let mut scalar = |name: &str| -> Option<f64> {
+        *scalars
+            .entry(name.to_string())
+            .or_insert_with(|| scalar_constant(graph, name).map(f64::from))
+    };
+    let spelling = |n: &pb::NodeProto| SPELLING_OPS.contains(&n.op_type.as_str());
+    for root in nodes.iter().filter_map(|n| n.output.first()) {
+        // The elementwise nodes computed from `root` and scalar constants alone.
+        let mut known: HashSet<&str> = HashSet::from([root.as_str()]);
+        let mut region: Vec<usize> = Vec::new();
+        let mut work = vec![root.as_str()];
+        while let Some(t) = work.pop() {
+            for &r in readers.get(t).map(Vec::as_slice).unwrap_or_default() {
+                let n = &nodes[r];
+                if region.contains(&r)
+                    || !spelling(n)
+                    || !n
+                        .input
+                        .iter()
+                        .all(|i| known.contains(i.as_str()) || scalar(i).is_some())
+                {
+                    continue;
+                }
+                region.push(r);
+                for o in &n.output {
+                    known.insert(o);
+                    work.push(o);
+                }
+            }
+            if region.len() > MAX_SPELLING {
+                break;
+            }
+        }
+        if region.len() < 2 || region.len() > MAX_SPELLING {
+            continue;
+        }
+        region.sort_unstable();
+        // The latest node first: the longest chain that is one of the activations.
+        for &last in region.iter().rev() {
+            let chain = ancestors(nodes, &region, last);
+            let sealed = chain.iter().filter(|&&c| c != last).all(|&c| {
+                nodes[c].output.iter().all(|o| {
+                    !graph_outputs.contains(o.as_str())
+                        && readers
+                            .get(o.as_str())
+                            .is_none_or(|rs| rs.iter().all(|r| chain.contains(r)))
+                })
+            });
+            if chain.len() < 2 || !sealed {
+                continue;
+            }
+            let mut values = |x: f64| evaluate(nodes, &chain, root, x, &mut scalar);
+            let sample: Vec<(f64, f64)> = (0..=64)
+                .map(|k| -8.0 + k as f64 * 0.25)
+                .filter_map(|x| Some((x, values(x)?)))
+                .collect();
+            if sample.len() != 65 {
+                continue;
+            }
+            let activation = SPELLED.into_iter().find(|f| {
+                sample
+                    .iter()
+                    .all(|&(x, y)| (y - f.eval(x)).abs() <= 1e-5 * f.eval(x).abs().max(1.0))
+            });
+            if let Some(activation) = activation {
+                return Some(Spelling {
+                    gone: chain.into_iter().filter(|&c| c != last).collect(),
+                    last,
+                    input: root.clone(),
+                    activation,
+                });
+            }
+        }
+    }
+    None
+}
+
+/// The nodes of `region` that `last` depends on, itself included, in graph order.
+fn ancestors(nodes: &[pb::NodeProto], region: &[usize], last: usize) -> Vec<usize> {
+    let mut chain = vec![last];
+    let mut work = vec![last];
+    while let Some(at) = work.pop() {
+        for i in &nodes[at].input {
+            if let Some(&p) = region
+                .iter()
+                .find(|&&r| nodes[r].output.iter().any(|o| o == i))
+            {
+                if !chain.contains(&p) {
+                    chain.push(p);
+                    work.push(p);
+                }
+            }
+        }
+    }
+    chain.sort_unstable();
+    chain
+}
+
+/// The value `chain` (in graph order) gives its last node for `root` = x, if every node is
+/// defined there.
+fn evaluate(
+    nodes: &[pb::NodeProto],
+    chain: &[usize],
+    root: &str,
+    x: f64,
+    scalar: &mut impl FnMut(&str) -> Option<f64>,
+) -> Option<f64> {
+    let mut values: HashMap<&str, f64> = HashMap::from([(root, x)]);
+    let mut last = None;
+    for &at in chain {
+        let n = &nodes[at];
+        let args: Vec<f64> = n
+            .input
+            .iter()
+            .map(|i| values.get(i.as_str()).copied().or_else(|| scalar(i)))
+            .collect::<Option<_>>()?;
+        let y = match (n.op_type.as_str(), args.as_slice()) {
+            ("Mul", [a, b]) => a * b,
+            ("Add", [a, b]) => a + b,
+            ("Sub", [a, b]) => a - b,
+            ("Div", [a, b]) => a / b,
+            ("Pow", [a, b]) => libm::pow(*a, *b),
+            ("Tanh", [a]) => libm::tanh(*a),
+            ("Erf", [a]) => libm::erf(*a),
+            ("Exp", [a]) => libm::exp(*a),
+            ("Sqrt", [a]) => libm::sqrt(*a),
+            ("Neg", [a]) => -a,
+            ("Reciprocal", [a]) => 1.0 / a,
+            _ => return None,
+        };
+        if !y.is_finite() {
+            return None;
+        }
+        values.insert(n.output.first()?, y);
+        last = Some(y);
+    }
+    last
 }
 
 /// Parse an ONNX model held in memory.
@@ -461,7 +593,7 @@ pub fn from_bytes(bytes: &[u8]) -> Result<Classifier> {
     let model =
         pb::ModelProto::decode(bytes).map_err(|e| err(format!("not an ONNX model: {e}")))?;
     let mut graph = model.graph.ok_or_else(|| err("ONNX model has no graph"))?;
-    fuse_decomposed_gelu(&mut graph);
+    fuse_spelled_activations(&mut graph);
     let input = graph_input(&graph)?;
     classifier_from_graph(&graph, &input)
 }
@@ -1237,7 +1369,8 @@ mod tests {
     use crate::model::activation::{Alpha, EACH};
 
     /// The five-node GELU, in TorchScript's order, torch.export's and by hand (½·x first, 1/√2
-    /// as a Mul), is one Gelu node; a chain with another constant (1 + erf(x/2)) is left alone.
+    /// as a Mul, as tf2onnx writes Keras' `gelu`), is one Gelu node; a chain with another
+    /// constant (1 + erf(x/2)) is left alone.
     #[test]
     fn decomposed_gelu_chains_become_one_node() {
         let graph = |nodes: Vec<pb::NodeProto>, c: [f32; 3]| pb::GraphProto {
@@ -1284,7 +1417,7 @@ mod tests {
             (export, sqrt2),
         ] {
             let mut g = graph(nodes, [c, 1.0, 0.5]);
-            fuse_decomposed_gelu(&mut g);
+            fuse_spelled_activations(&mut g);
             let ops: Vec<(&str, &[String], &str)> = g
                 .node
                 .iter()
@@ -1295,8 +1428,91 @@ mod tests {
             assert_eq!(ops[2].0, "Relu");
         }
         let mut g = graph(torch, [2.0, 1.0, 0.5]);
-        fuse_decomposed_gelu(&mut g);
+        fuse_spelled_activations(&mut g);
         assert_eq!(g.node.len(), 7, "not a GELU: left alone");
+    }
+
+    /// GELU's tanh form in eight nodes, as TorchScript writes `nn.GELU(approximate="tanh")`
+    /// below opset 20 (x·x·x, constants first) and as tf2onnx writes Keras'
+    /// `gelu(approximate=True)` (Pow 3, ½·x first), is one Gelu node with approximate="tanh";
+    /// a tanh form with another constant (0.05 for 0.044715) is left alone, and so is a chain
+    /// whose middle value is read elsewhere.
+    #[test]
+    fn gelu_tanh_chains_become_one_node() {
+        let graph = |nodes: Vec<pb::NodeProto>, kappa: f32| pb::GraphProto {
+            node: nodes,
+            initializer: vec![
+                tensor("beta", &[], &[(2.0 / std::f32::consts::PI).sqrt()]),
+                tensor("kappa", &[], &[kappa]),
+                tensor("one", &[], &[1.0]),
+                tensor("half", &[], &[0.5]),
+                tensor("three", &[], &[3.0]),
+            ],
+            output: vec![value_info("z", &[1, 4])],
+            ..Default::default()
+        };
+        let torch = vec![
+            node("Relu", &["x"], "h", vec![]),
+            node("Mul", &["h", "h"], "sq", vec![]),
+            node("Mul", &["h", "sq"], "cube", vec![]),
+            node("Mul", &["kappa", "cube"], "kc", vec![]),
+            node("Add", &["h", "kc"], "s", vec![]),
+            node("Mul", &["beta", "s"], "inner", vec![]),
+            node("Tanh", &["inner"], "t", vec![]),
+            node("Add", &["one", "t"], "a", vec![]),
+            node("Mul", &["h", "a"], "m", vec![]),
+            node("Mul", &["half", "m"], "y", vec![]),
+            node("Relu", &["y"], "z", vec![]),
+        ];
+        let keras = vec![
+            node("Relu", &["x"], "h", vec![]),
+            node("Mul", &["half", "h"], "hh", vec![]),
+            node("Pow", &["h", "three"], "cube", vec![]),
+            node("Mul", &["kappa", "cube"], "kc", vec![]),
+            node("Add", &["h", "kc"], "s", vec![]),
+            node("Mul", &["beta", "s"], "inner", vec![]),
+            node("Tanh", &["inner"], "t", vec![]),
+            node("Add", &["one", "t"], "a", vec![]),
+            node("Mul", &["hh", "a"], "y", vec![]),
+            node("Relu", &["y"], "z", vec![]),
+        ];
+        for nodes in [torch.clone(), keras] {
+            let mut g = graph(nodes, 0.044715);
+            fuse_spelled_activations(&mut g);
+            let ops: Vec<(&str, &[String], &str)> = g
+                .node
+                .iter()
+                .map(|n| (n.op_type.as_str(), &n.input[..], n.output[0].as_str()))
+                .collect();
+            assert_eq!(ops.len(), 3, "{ops:?}");
+            assert_eq!(ops[1], ("Gelu", &["h".to_string()][..], "y"));
+            assert_eq!(attr_s(&g.node[1], "approximate").as_deref(), Some("tanh"));
+        }
+        let mut g = graph(torch.clone(), 0.05);
+        fuse_spelled_activations(&mut g);
+        assert_eq!(g.node.len(), 11, "not a GELU: left alone");
+        // The tanh's output also feeds the graph's output: taking the chain would lose it.
+        let mut read_elsewhere = torch;
+        read_elsewhere.push(node("Add", &["z", "t"], "w", vec![]));
+        let mut g = graph(read_elsewhere, 0.044715);
+        g.output = vec![value_info("w", &[1, 4])];
+        fuse_spelled_activations(&mut g);
+        assert_eq!(
+            g.node.len(),
+            12,
+            "a middle value read elsewhere: left alone"
+        );
+    }
+
+    /// The erf form is GELU and the tanh form GELU's tanh form, not each other: they differ
+    /// by more than the recognition's tolerance.
+    #[test]
+    fn the_two_gelu_forms_are_told_apart() {
+        let gap = (0..=64)
+            .map(|k| -8.0 + k as f64 * 0.25)
+            .map(|x| (Activation::Gelu.eval(x) - Activation::GeluTanh.eval(x)).abs())
+            .fold(0.0, f64::max);
+        assert!(gap > 1e-4, "{gap}");
     }
 
     #[test]

@@ -44,7 +44,7 @@ pub fn split(bytes: &[u8], encrypt_from: Option<&str>) -> Result<Split> {
     let mut model =
         pb::ModelProto::decode(bytes).map_err(|e| err(format!("not an ONNX model: {e}")))?;
     if let Some(g) = model.graph.as_mut() {
-        super::onnx::fuse_decomposed_gelu(g);
+        super::onnx::fuse_spelled_activations(g);
     }
     let graph = model
         .graph
