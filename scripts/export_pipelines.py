@@ -24,7 +24,7 @@ from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
+from sklearn.preprocessing import Normalizer, StandardScaler
 
 OUT = os.path.join(os.path.dirname(__file__), "..", "tests", "data", "pipelines")
 
@@ -208,6 +208,20 @@ def main():
                                         target_opset=17), mlp64.predict(x[test]), x[test])
 
     activations(x32, y, train, test, options)
+
+    # A Normalizer in front (each input scaled by its own norm): L2 before a logistic
+    # regression, MAX (the largest |x|) after a StandardScaler before an MLP, L1 before an MLP.
+    for name, steps in [
+        ("normalizer-logistic", [Normalizer("l2"), LogisticRegression(max_iter=3000)]),
+        ("scaler-normalizer-mlp", [StandardScaler(), Normalizer("max"),
+                                   MLPClassifier((16,), max_iter=3000, random_state=0)]),
+        ("normalizer-l1-mlp", [StandardScaler(), Normalizer("l1"),
+                               MLPClassifier((16,), max_iter=3000, random_state=0)]),
+    ]:
+        model = make_pipeline(*steps).fit(x32[train], y[train])
+        write(name, to_onnx(model, x32[:1], options={id(model.steps[-1][1]): options},
+                            target_opset={"": 17, "ai.onnx.ml": 3}),
+              model.predict(x32[test]), x32[test])
 
     bn, predict = batchnorm_mlp(x32[train], y[train])
     write("dense-batchnorm", bn, predict(x32[test]), x32[test])

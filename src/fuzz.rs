@@ -217,9 +217,13 @@ pub fn image(data: &[u8]) {
     let _ = images::decode(data, "fuzz");
 }
 
-/// An ONNX model given to `hedge protect`.
+/// An ONNX model given to `hedge protect`: read as a head, and its leading ai.onnx.ml
+/// operators rewritten for the extractor as the split does.
 pub fn onnx(data: &[u8]) {
     let _ = crate::model::onnx::from_bytes(data);
+    if let Ok(mut model) = <tract_onnx::pb::ModelProto as prost::Message>::decode(data) {
+        crate::model::onnx::expand_leading_normalizers(&mut model);
+    }
 }
 
 /// One line of a vector file or stream.
@@ -300,6 +304,11 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     ] {
         out.push(("onnx", keras.to_vec()));
     }
+    // scikit-learn's Scaler and Normalizer in front (expanded for the extractor).
+    out.push((
+        "onnx",
+        include_bytes!("../tests/data/pipelines/scaler-normalizer-mlp.onnx").to_vec(),
+    ));
     let mut engine = f.engine.lock().unwrap_or_else(|e| e.into_inner());
     let features = engine.encrypt_features(&x).expect("encrypts");
     let bytes = postcard::to_allocvec(&features).expect("serialises");

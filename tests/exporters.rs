@@ -579,10 +579,12 @@ fn a_decomposed_gelu_imports_as_the_gelu_operator() {
 /// LinearClassifier), Pipeline(StandardScaler, MLPClassifier) (Scaler), the same exported from
 /// float64 arrays (Sub, Div, float64 weights), Dense → BatchNormalization → ReLU → Dense, and
 /// MLPs with tanh and logistic (scikit-learn pipelines), leaky ReLU and GELU (opset 20)
-/// activations. Each imports unedited — the pre-processing folded into the first layer, no extractor —
-/// and runs encrypted in every variant that applies, agreeing with the exporter's own
-/// predictions on all of its 60 held-out inputs but at most one near-tie (`act`: 8 inputs,
-/// within its expected agreement).
+/// activations, Keras' own exports, and a Normalizer in front (L2, MAX, L1). Each imports
+/// unedited — the linear pre-processing folded into the first layer, no extractor; a
+/// Normalizer (not linear) in a plaintext extractor of standard operators, the encrypted head
+/// unchanged — and runs encrypted in every variant that applies, agreeing with the exporter's
+/// own predictions on all of its 60 held-out inputs but at most three explained ones (`act`:
+/// 8 inputs, within its expected agreement).
 #[test]
 fn models_with_their_preprocessing_import_and_run_encrypted() {
     let set = keys::generate(ParameterSet::for_level(SecurityLevel::L128));
@@ -607,19 +609,34 @@ fn models_with_their_preprocessing_import_and_run_encrypted() {
         // tanh form in eight nodes.
         ("keras-batchnorm", &[Variant::Last, Variant::Act]),
         ("keras-gelu-tanh", &[Variant::Last, Variant::Act]),
+        // A Normalizer in front: each input divided by its own norm, in the extractor.
+        ("normalizer-logistic", &[Variant::Last, Variant::Noact]),
+        ("scaler-normalizer-mlp", &[Variant::Last, Variant::Act]),
+        ("normalizer-l1-mlp", &[Variant::Last, Variant::Act]),
     ];
     for &(model, variants) in cases {
         let path = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/data/pipelines")
             .join(format!("{model}.onnx"));
         let network = Network::load(&path, None).unwrap_or_else(|e| panic!("{model}: {e}"));
-        assert!(
-            network.extractor.is_none(),
-            "{model}: folded, not extracted"
+        assert_eq!(
+            network.extractor.is_some(),
+            model.contains("normalizer"),
+            "{model}: linear pre-processing folded, a Normalizer extracted"
         );
         let head = &network.head;
         assert_eq!(head.in_dim(), 13, "{model}");
-        let inputs = pipeline_vectors(&format!("{model}.inputs.txt"));
+        // The head's inputs: through the extractor where there is one.
+        let features = |x: Vec<f32>| match network.extractor() {
+            Some(e) => e.run(&x).unwrap(),
+            None => x,
+        };
+        let calibration: Vec<Vec<f32>> = calibration.iter().cloned().map(features).collect();
+        let inputs: Vec<(Option<usize>, Vec<f32>)> =
+            pipeline_vectors(&format!("{model}.inputs.txt"))
+                .into_iter()
+                .map(|(label, x)| (label, features(x)))
+                .collect();
         let float_agree = inputs
             .iter()
             .filter(|(label, x)| Some(argmax(&head.forward(x))) == *label)

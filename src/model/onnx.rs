@@ -8,7 +8,9 @@
 //!   Dropout, Squeeze, Unsqueeze), and linear pre-processing — ai.onnx.ml's Scaler
 //!   (scikit-learn's StandardScaler, MinMaxScaler), Sub, Div, Mul and Add by constants (a
 //!   scalar or one per feature), BatchNormalization — folded into the first dense layer, so
-//!   that the encrypted part keeps its shape;
+//!   that the encrypted part keeps its shape (a Normalizer in front, which is not linear,
+//!   is rewritten into standard operators for the plaintext extractor:
+//!   [`expand_leading_normalizers`]);
 //! - one or two dense layers: Gemm (any transA/transB, alpha and beta folded in), MatMul with a
 //!   constant weight on either side followed or not by an Add of a constant bias (either order),
 //!   or ai.onnx.ml's LinearClassifier (scikit-learn's linear models); one layer (a linear
@@ -586,6 +588,135 @@ fn evaluate(
         last = Some(y);
     }
     last
+}
+
+/// The smallest norm a [`expand_leading_normalizers`] divides by (ONNX's reference): a zero
+/// vector stays zero, as in scikit-learn.
+const MIN_NORM: f32 = 1e-30;
+
+/// ai.onnx.ml's `Normalizer` in front of the first dense layer (scikit-learn's
+/// `Pipeline(Normalizer(), …)`) scales each input by its own norm: not linear, so it cannot be
+/// folded into the first layer. It becomes the standard operators that compute it — x /
+/// max(‖x‖, 10⁻³⁰) with ReduceL1 (L1: Σ|xᵢ|), ReduceL2 (L2) or ReduceMax of Abs (MAX: max|xᵢ|),
+/// as ONNX's reference and scikit-learn define them — which the split leaves in the plaintext
+/// extractor, run by tract on the board (or by `hedge encrypt-features` at the data source)
+/// before the input is quantised. A Normalizer after a dense layer is post-processing and
+/// stays. Unknown norms are left for the importer to refuse.
+pub(crate) fn expand_leading_normalizers(model: &mut pb::ModelProto) {
+    let opset = model
+        .opset_import
+        .iter()
+        .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
+        .map_or(1, |o| o.version);
+    let Some(graph) = model.graph.as_mut() else {
+        return;
+    };
+    let double = graph.input.iter().any(|i| {
+        matches!(
+            i.r#type.as_ref().and_then(|t| t.value.as_ref()),
+            Some(pb::type_proto::Value::TensorType(t)) if t.elem_type == DOUBLE
+        )
+    });
+    let mut first_dense = graph
+        .node
+        .iter()
+        .position(|n| is_dense_op(&n.op_type))
+        .unwrap_or(graph.node.len());
+    let normalizer = |n: &pb::NodeProto| {
+        n.op_type == "Normalizer"
+            && matches!(attr_s(n, "norm").as_deref(), Some("L1" | "L2" | "MAX"))
+    };
+    if !graph.node[..first_dense].iter().any(normalizer) {
+        return;
+    }
+    let mut at = 0;
+    while at < first_dense.min(graph.node.len()) {
+        let n = &graph.node[at];
+        let (Some(x), Some(y)) = (n.input.first().cloned(), n.output.first().cloned()) else {
+            at += 1;
+            continue;
+        };
+        let name = |what: &str| format!("{y}/hedge_{what}");
+        // A Scaler before it would land in the extractor too, where tract has no Scaler:
+        // (x − offset)·scale as Sub and Mul (which fold into the first layer where they can).
+        if n.op_type == "Scaler" && !double {
+            let floats = |a: &str| attr(n, a).map(|a| a.floats.clone()).unwrap_or_default();
+            let (offset, scale) = (floats("offset"), floats("scale"));
+            let mut nodes = Vec::new();
+            let mut current = x;
+            for (op, what, values) in [("Sub", "offset", offset), ("Mul", "scale", scale)] {
+                if values.is_empty() {
+                    continue;
+                }
+                graph
+                    .initializer
+                    .push(tensor(&name(what), &[values.len()], &values));
+                let out = name(&format!("{what}ed"));
+                nodes.push(node(op, &[&current, &name(what)], &out, vec![]));
+                current = out;
+            }
+            nodes.push(node("Identity", &[&current], &y, vec![]));
+            let added = nodes.len();
+            graph.node.splice(at..=at, nodes);
+            at += added;
+            first_dense += added - 1;
+            continue;
+        }
+        if !normalizer(n) {
+            at += 1;
+            continue;
+        }
+        let norm = attr_s(n, "norm").unwrap_or_default();
+        let reduce = |op: &str, input: &str, output: &str| {
+            // The last axis, kept for the division's broadcast; an input from opset 18 on.
+            let mut r = node(op, &[input], output, vec![int_attr("keepdims", 1)]);
+            if opset >= 18 {
+                r.input.push(name("axes"));
+            } else {
+                r.attribute.push(pb::AttributeProto {
+                    name: "axes".into(),
+                    r#type: pb::attribute_proto::AttributeType::Ints as i32,
+                    ints: vec![-1],
+                    ..Default::default()
+                });
+            }
+            r
+        };
+        let mut nodes = match norm.as_str() {
+            "L1" => vec![reduce("ReduceL1", &x, &name("norm"))],
+            "L2" => vec![reduce("ReduceL2", &x, &name("norm"))],
+            _ => vec![
+                node("Abs", &[&x], &name("abs"), vec![]),
+                reduce("ReduceMax", &name("abs"), &name("norm")),
+            ],
+        };
+        nodes.push(node(
+            "Max",
+            &[&name("norm"), &name("min")],
+            &name("floor"),
+            vec![],
+        ));
+        nodes.push(node("Div", &[&x, &name("floor")], &y, vec![]));
+        let mut min = tensor(&name("min"), &[], &[MIN_NORM]);
+        if double {
+            min.data_type = DOUBLE;
+            min.raw_data = f64::from(MIN_NORM).to_le_bytes().to_vec();
+        }
+        graph.initializer.push(min);
+        if opset >= 18 {
+            graph.initializer.push(pb::TensorProto {
+                name: name("axes"),
+                dims: vec![1],
+                data_type: INT64,
+                raw_data: (-1i64).to_le_bytes().to_vec(),
+                ..Default::default()
+            });
+        }
+        let added = nodes.len();
+        graph.node.splice(at..=at, nodes);
+        at += added;
+        first_dense += added - 1;
+    }
 }
 
 /// Parse an ONNX model held in memory.

@@ -46,6 +46,7 @@ pub fn split(bytes: &[u8], encrypt_from: Option<&str>) -> Result<Split> {
     if let Some(g) = model.graph.as_mut() {
         super::onnx::fuse_spelled_activations(g);
     }
+    super::onnx::expand_leading_normalizers(&mut model);
     let graph = model
         .graph
         .clone()
@@ -464,5 +465,83 @@ mod tests {
             false,
         );
         assert!(split(&dense, None).unwrap().extractor.is_none());
+    }
+
+    /// A Normalizer in front (ai.onnx.ml, as skl2onnx writes scikit-learn's) is run by the
+    /// extractor as x / max(‖x‖, 10⁻³⁰) — L1 (Σ|xᵢ|), L2, MAX (max|xᵢ|), at opset 17 (axes an
+    /// attribute) and 18 (an input) — with a Scaler before it; a zero vector stays zero; the
+    /// head is the dense layers, unchanged.
+    #[test]
+    fn a_leading_normalizer_runs_in_the_extractor() {
+        let x = [3.0f32, -4.0, 0.0, 1.0];
+        let (offset, scale) = ([1.0f32, 0.0, 0.0, 0.0], [1.0f32, 1.0, 2.0, 1.0]);
+        let scaled: Vec<f32> = (0..4).map(|i| (x[i] - offset[i]) * scale[i]).collect();
+        for opset in [17, 18] {
+            for (norm, size) in [
+                ("L1", scaled.iter().map(|v| v.abs()).sum::<f32>()),
+                ("L2", scaled.iter().map(|v| v * v).sum::<f32>().sqrt()),
+                ("MAX", scaled.iter().fold(0.0f32, |m, v| m.max(v.abs()))),
+            ] {
+                let floats = |name: &str, v: &[f32]| pb::AttributeProto {
+                    name: name.into(),
+                    r#type: pb::attribute_proto::AttributeType::Floats as i32,
+                    floats: v.to_vec(),
+                    ..Default::default()
+                };
+                let ml = |op: &str, i: &str, o: &str, attrs| pb::NodeProto {
+                    domain: "ai.onnx.ml".into(),
+                    ..node(op, &[i], o, attrs)
+                };
+                let norm_attr = pb::AttributeProto {
+                    name: "norm".into(),
+                    r#type: pb::attribute_proto::AttributeType::String as i32,
+                    s: norm.as_bytes().to_vec(),
+                    ..Default::default()
+                };
+                let model = pb::ModelProto {
+                    ir_version: 8,
+                    opset_import: vec![
+                        pb::OperatorSetIdProto {
+                            domain: String::new(),
+                            version: opset,
+                        },
+                        pb::OperatorSetIdProto {
+                            domain: "ai.onnx.ml".into(),
+                            version: 1,
+                        },
+                    ],
+                    graph: Some(pb::GraphProto {
+                        node: vec![
+                            ml(
+                                "Scaler",
+                                "x",
+                                "s",
+                                vec![floats("offset", &offset), floats("scale", &scale)],
+                            ),
+                            ml("Normalizer", "s", "n", vec![norm_attr]),
+                            node("Gemm", &["n", "w", "b"], "y", vec![int_attr("transB", 1)]),
+                        ],
+                        initializer: vec![
+                            tensor("w", &[2, 4], &[1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0]),
+                            tensor("b", &[2], &[0.0, 0.5]),
+                        ],
+                        input: vec![value_info("x", &[1, 4])],
+                        output: vec![value_info("y", &[1, 2])],
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                };
+                let cut = split(&model.encode_to_vec(), None).unwrap();
+                assert_eq!((cut.head.in_dim(), cut.head.out_dim()), (4, 2));
+                assert_eq!(cut.head.output.b, vec![0.0, 0.5], "nothing folded");
+                let extractor = Extractor::new(cut.extractor.as_ref().unwrap(), &[1, 4]).unwrap();
+                let got = extractor.run(&x).unwrap();
+                for (g, want) in got.iter().zip(scaled.iter().map(|v| v / size)) {
+                    assert!((g - want).abs() < 1e-6, "{norm} opset {opset}: {got:?}");
+                }
+                let zero = extractor.run(&offset).unwrap();
+                assert_eq!(zero, vec![0.0; 4], "{norm} opset {opset}: a zero vector");
+            }
+        }
     }
 }
