@@ -135,38 +135,59 @@ pub fn create(
         .iter()
         .any(|(_, u)| *u)
         .then(|| ModelUpdate::of(bundle, id.clone()).to_bytes(signer));
-    let deployment = registry.add_deployment(&id, epoch, chunk_size)?;
-    if plan.iter().any(|(_, u)| !*u) {
-        registry.add_deployment_payload(deployment, Payload::Bundle.name(), &bytes, chunk_size)?;
-    }
-    if let Some(u) = &update {
-        registry.add_deployment_payload(deployment, Payload::ModelUpdate.name(), u, chunk_size)?;
-    }
-    let mut offers = Vec::new();
-    for (device, takes_update) in plan {
-        let payload = match (&update, takes_update) {
-            (Some(u), true) => (Payload::ModelUpdate, u.as_slice()),
-            _ => (Payload::Bundle, bytes.as_slice()),
-        };
-        let offer = offer_for(deployment, &device, &id, epoch, payload, chunk_size);
-        let message = offer.encode(signer);
-        if message.len() > MAX_OFFER_BYTES {
+    let payload_of = |takes_update: bool| match (&update, takes_update) {
+        (Some(u), true) => (Payload::ModelUpdate, u.as_slice()),
+        _ => (Payload::Bundle, bytes.as_slice()),
+    };
+    // Every offer fits before anything is recorded (the id not known yet: the largest one's
+    // encoding bounds its size).
+    for (device, takes_update) in &plan {
+        let offer = offer_for(
+            u64::MAX,
+            device,
+            &id,
+            epoch,
+            payload_of(*takes_update),
+            chunk_size,
+        );
+        let size = offer.encode(signer).len();
+        if size > MAX_OFFER_BYTES {
             return Err(BackendError::Data(format!(
-                "{} chunks of {chunk_size} bytes make an offer of {} bytes, over {MAX_OFFER_BYTES}: \
-                 use a larger --chunk-size",
+                "{} chunks of {chunk_size} bytes make an offer of {size} bytes, over \
+                 {MAX_OFFER_BYTES}: use a larger --chunk-size",
                 offer.chunks.len(),
-                message.len()
             )));
         }
-        registry.add_target(deployment, &device, payload.0.name(), offer.size)?;
-        offers.push(Offered {
-            topic: config.deploy_topic_for(&device, "offer"),
-            payload: payload.0,
-            size: offer.size,
-            message,
-            device,
-        });
     }
+    let mut payloads: Vec<(&str, &[u8])> = Vec::new();
+    for takes_update in [false, true] {
+        if plan.iter().any(|(_, u)| *u == takes_update) {
+            let (kind, bytes) = payload_of(takes_update);
+            payloads.push((kind.name(), bytes));
+        }
+    }
+    let targets: Vec<(&str, &str, u64)> = plan
+        .iter()
+        .map(|(device, u)| {
+            let (kind, bytes) = payload_of(*u);
+            (device.as_str(), kind.name(), bytes.len() as u64)
+        })
+        .collect();
+    let deployment = registry.add_deployment(&id, epoch, chunk_size, &payloads, &targets)?;
+    let offers = plan
+        .into_iter()
+        .map(|(device, takes_update)| {
+            let payload = payload_of(takes_update);
+            let offer = offer_for(deployment, &device, &id, epoch, payload, chunk_size);
+            Offered {
+                topic: config.deploy_topic_for(&device, "offer"),
+                payload: payload.0,
+                size: offer.size,
+                message: offer.encode(signer),
+                device,
+            }
+        })
+        .collect();
     Ok(Created {
         deployment,
         bundle: id,
@@ -427,30 +448,33 @@ fn serve_request(
         return Err(format!("deployment {} is cancelled", d.id));
     }
     let target = registry
-        .targets(Some(d.id))
+        .target(d.id, device)
         .map_err(|e| e.to_string())?
-        .into_iter()
-        .find(|t| t.device == device)
         .ok_or_else(|| format!("{device} is no target of deployment {}", d.id))?;
     let topic = config.deploy_topic_for(device, "data");
-    let last = request.first.saturating_add(request.count.min(MAX_RUN));
-    for index in request.first..last {
+    // Within the payload (the board asks for its window; a request past the end is cut).
+    let chunks = target.size.div_ceil(d.chunk_size as u64);
+    let last = request
+        .first
+        .saturating_add(request.count.min(MAX_RUN))
+        .min(u32::try_from(chunks).unwrap_or(u32::MAX));
+    if request.first >= last {
+        return Ok(());
+    }
+    let stored = registry
+        .deployment_chunks(d.id, &target.payload, request.first, last)
+        .map_err(|e| e.to_string())?;
+    if stored.len() as u32 != last - request.first {
+        // Made by a build that kept payloads in files.
+        return Err(format!(
+            "deployment {} has no {} chunks {}..{last} in the registry: deploy the bundle again",
+            d.id, target.payload, request.first
+        ));
+    }
+    for (index, bytes) in stored {
         if outgoing.is_queued(&topic, d.id, index) {
             continue;
         }
-        if index as u64 * d.chunk_size as u64 >= target.size {
-            break;
-        }
-        let bytes = registry
-            .deployment_chunk(d.id, &target.payload, index)
-            .map_err(|e| e.to_string())?
-            // Made by a build that kept payloads in files.
-            .ok_or_else(|| {
-                format!(
-                    "deployment {} has no {} chunk {index} in the registry: deploy the bundle again",
-                    d.id, target.payload
-                )
-            })?;
         if !outgoing.has_room(bytes.len()) {
             return Err(format!(
                 "{MAX_QUEUED_BYTES} bytes of chunks already wait: request dropped"

@@ -181,29 +181,77 @@ pub fn fleet_and_deployments_are_recorded(path: &Path) {
         ),
         (false, Some("aa"), Some(2), 8, Some(7))
     );
-    let one = r.add_deployment("aa", 3, 4096).unwrap();
-    let two = r.add_deployment("bb", 4, 4096).unwrap();
-    assert!(two > one);
     // Payloads in chunks, bytes as stored (every byte value, a short last chunk).
     let payload: Vec<u8> = (0..=255u8).cycle().take(4096 * 2 + 100).collect();
-    r.add_deployment_payload(one, "bundle", &payload, 4096)
+    let one = r
+        .add_deployment(
+            "aa",
+            3,
+            4096,
+            &[("bundle", &payload)],
+            &[("a", "bundle", 100)],
+        )
         .unwrap();
-    let chunks: Vec<Vec<u8>> = (0..4)
-        .map_while(|i| r.deployment_chunk(one, "bundle", i).unwrap())
-        .collect();
-    assert_eq!(chunks.concat(), payload);
+    let two = r
+        .add_deployment("bb", 4, 4096, &[], &[("a", "model-update", 10)])
+        .unwrap();
+    assert!(two > one);
+    let chunks = r.deployment_chunks(one, "bundle", 0, 4).unwrap();
     assert_eq!(
-        chunks.iter().map(Vec::len).collect::<Vec<_>>(),
+        chunks.iter().map(|c| c.0).collect::<Vec<_>>(),
+        [0, 1, 2],
+        "none past the end"
+    );
+    assert_eq!(
+        chunks
+            .iter()
+            .map(|c| c.1.clone())
+            .collect::<Vec<_>>()
+            .concat(),
+        payload
+    );
+    assert_eq!(
+        chunks.iter().map(|c| c.1.len()).collect::<Vec<_>>(),
         [4096, 4096, 100]
     );
-    assert_eq!(r.deployment_chunk(one, "model-update", 0).unwrap(), None);
-    assert_eq!(r.deployment_chunk(two, "bundle", 0).unwrap(), None);
-    r.add_target(one, "a", "bundle", 100).unwrap();
-    r.add_target(two, "a", "model-update", 10).unwrap();
-    assert!(
-        r.add_target(one, "a", "bundle", 100).is_err(),
-        "one row per target"
-    );
+    assert_eq!(r.target(one, "a").unwrap().map(|t| t.size), Some(100));
+    assert!(r.target(one, "zz").unwrap().is_none());
+    assert!(r.target(two, "a").unwrap().is_some());
+    let middle = r.deployment_chunks(one, "bundle", 1, 2).unwrap();
+    assert_eq!(middle, vec![(1, payload[4096..8192].to_vec())]);
+    assert!(r
+        .deployment_chunks(one, "model-update", 0, 4)
+        .unwrap()
+        .is_empty());
+    assert!(r.deployment_chunks(two, "bundle", 0, 4).unwrap().is_empty());
+    // One row per target; a deployment that fails part-way (here at its second target)
+    // leaves no deployment, payload or target behind.
+    assert!(r
+        .add_deployment(
+            "cc",
+            5,
+            4096,
+            &[("bundle", &payload)],
+            &[("b", "bundle", 100), ("b", "bundle", 100)],
+        )
+        .is_err());
+    // The failed one's id is taken again (SQLite) or skipped (a PostgreSQL sequence): either
+    // way nothing is stored under it.
+    let three = r.add_deployment("dd", 6, 4096, &[], &[]).unwrap();
+    for failed in two + 1..=three {
+        assert!(r
+            .deployment_chunks(failed, "bundle", 0, 4)
+            .unwrap()
+            .is_empty());
+        assert!(r.targets(Some(failed)).unwrap().is_empty());
+        if failed < three {
+            assert!(
+                r.deployment(failed).unwrap().is_none(),
+                "deployment {failed} left"
+            );
+        }
+    }
+    assert_eq!(r.latest_deployment_for("b").unwrap(), 0, "no target left");
     assert!(r
         .record_target_state(one, "a", "downloading", 50, None, "aa")
         .unwrap());

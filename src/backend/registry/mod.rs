@@ -638,67 +638,66 @@ impl Registry {
             .transpose()
     }
 
-    /// A new deployment of `bundle`; its files are named once its id is known.
-    pub(crate) fn add_deployment(&self, bundle: &str, epoch: u64, chunk_size: u32) -> Result<u64> {
-        self.one(
-            "INSERT INTO deployments (bundle, epoch, file, chunk_size, created_ms)
-             VALUES ($1, $2, '', $3, $4) RETURNING id",
-            params![bundle, epoch, chunk_size, now_ms()],
-        )?
-        .ok_or_else(|| BackendError::Registry("no deployment id returned".into()))?
-        .uint(0)
-    }
-
-    /// Store a deployment's payload ("bundle" or "model-update") in `chunk_size` pieces, in
-    /// one transaction: a deployment agent serves them from here.
-    pub(crate) fn add_deployment_payload(
+    /// A new deployment of `bundle`, its payloads (name, bytes) stored in `chunk_size` pieces
+    /// for the deployment agents to serve, and its targets (device, payload name, size) — all
+    /// in one transaction: a deployment that fails part-way leaves nothing behind.
+    pub(crate) fn add_deployment(
         &self,
-        deployment: u64,
-        payload: &str,
-        bytes: &[u8],
+        bundle: &str,
+        epoch: u64,
         chunk_size: u32,
-    ) -> Result<()> {
+        payloads: &[(&str, &[u8])],
+        targets: &[(&str, &str, u64)],
+    ) -> Result<u64> {
         let tx = Tx::exclusive(self.store())?;
-        for (idx, chunk) in bytes.chunks(chunk_size as usize).enumerate() {
+        let deployment = self
+            .one(
+                "INSERT INTO deployments (bundle, epoch, file, chunk_size, created_ms)
+                 VALUES ($1, $2, '', $3, $4) RETURNING id",
+                params![bundle, epoch, chunk_size, now_ms()],
+            )?
+            .ok_or_else(|| BackendError::Registry("no deployment id returned".into()))?
+            .uint(0)?;
+        for &(payload, bytes) in payloads {
+            for (idx, chunk) in bytes.chunks(chunk_size as usize).enumerate() {
+                self.store.execute(
+                    "INSERT INTO deployment_chunks (deployment, payload, idx, bytes)
+                     VALUES ($1, $2, $3, $4)",
+                    params![deployment, payload, idx, chunk],
+                )?;
+            }
+        }
+        for &(device, payload, size) in targets {
             self.store.execute(
-                "INSERT INTO deployment_chunks (deployment, payload, idx, bytes)
-                 VALUES ($1, $2, $3, $4)",
-                params![deployment, payload, idx, chunk],
+                "INSERT INTO deployment_targets (deployment, device, payload, size, state,
+                 updated_ms) VALUES ($1, $2, $3, $4, 'offered', $5)",
+                params![deployment, device, payload, size, now_ms()],
             )?;
         }
-        tx.commit()
+        tx.commit()?;
+        Ok(deployment)
     }
 
-    /// Chunk `idx` of a deployment's payload (None past its end, or if the deployment was
-    /// made by a build that kept payloads in files).
-    pub(crate) fn deployment_chunk(
+    /// Chunks `first..last` of a deployment's payload that are stored, with their indices, in
+    /// one query (fewer past the payload's end; none if the deployment was made by a build
+    /// that kept payloads in files).
+    pub(crate) fn deployment_chunks(
         &self,
         deployment: u64,
         payload: &str,
-        idx: u32,
-    ) -> Result<Option<Vec<u8>>> {
-        self.one(
-            "SELECT bytes FROM deployment_chunks
-             WHERE deployment = $1 AND payload = $2 AND idx = $3",
-            params![deployment, payload, idx],
-        )?
-        .map(|r| r.bytes(0).map(<[u8]>::to_vec))
-        .transpose()
-    }
-
-    pub(crate) fn add_target(
-        &self,
-        deployment: u64,
-        device: &str,
-        payload: &str,
-        size: u64,
-    ) -> Result<()> {
-        self.store.execute(
-            "INSERT INTO deployment_targets (deployment, device, payload, size, state,
-             updated_ms) VALUES ($1, $2, $3, $4, 'offered', $5)",
-            params![deployment, device, payload, size, now_ms()],
-        )?;
-        Ok(())
+        first: u32,
+        last: u32,
+    ) -> Result<Vec<(u32, Vec<u8>)>> {
+        self.store
+            .query(
+                "SELECT idx, bytes FROM deployment_chunks
+                 WHERE deployment = $1 AND payload = $2 AND idx >= $3 AND idx < $4
+                 ORDER BY idx",
+                params![deployment, payload, first, last],
+            )?
+            .iter()
+            .map(|r| Ok((r.uint(0)? as u32, r.bytes(1)?.to_vec())))
+            .collect()
     }
 
     pub fn deployment(&self, id: u64) -> Result<Option<DeploymentRecord>> {
@@ -740,9 +739,25 @@ impl Registry {
     }
 
     /// Targets of one deployment, or of all (newest deployment first).
+    const TARGET_COLUMNS: &'static str = "SELECT deployment, device, payload, size, state, \
+                                           received, reason, running, updated_ms FROM \
+                                           deployment_targets";
+
+    /// One board's row of a deployment, if it is a target.
+    pub(crate) fn target(&self, deployment: u64, device: &str) -> Result<Option<TargetRecord>> {
+        self.one(
+            &format!(
+                "{} WHERE deployment = $1 AND device = $2",
+                Self::TARGET_COLUMNS
+            ),
+            params![deployment, device],
+        )?
+        .map(|r| parse_target(&r))
+        .transpose()
+    }
+
     pub fn targets(&self, deployment: Option<u64>) -> Result<Vec<TargetRecord>> {
-        const COLUMNS: &str = "SELECT deployment, device, payload, size, state, received, \
-                               reason, running, updated_ms FROM deployment_targets";
+        const COLUMNS: &str = Registry::TARGET_COLUMNS;
         let rows = match deployment {
             Some(d) => self.store.query(
                 &format!("{COLUMNS} WHERE deployment = $1 ORDER BY device"),
