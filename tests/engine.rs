@@ -264,18 +264,11 @@ fn crafted_results_are_refused_before_anything_is_revealed() {
 /// A result's first part as full words modulo 2^64 (the bodies no slot reads zero): what a
 /// board changes before cutting its result for the wire again.
 fn full_part(shape: &hedge::engine::ResultShape, r: &hedge::engine::ResultCiphertext) -> Vec<u64> {
-    let n = shape.poly_size as usize;
-    let drop = 64 - r.bits;
-    let hedge::engine::PartShape::Glwe { slots } = &shape.parts[0] else {
-        panic!("a GLWE part");
-    };
-    let words = &r.parts[0].0;
-    let mut full: Vec<u64> = words[..n].iter().map(|&w| w << drop).collect();
-    full.resize(2 * n, 0);
-    for (i, &k) in slots.iter().enumerate() {
-        full[n + k as usize] = words[n + i] << drop;
-    }
-    full
+    assert!(
+        matches!(shape.parts[0], hedge::engine::PartShape::Glwe { .. }),
+        "a GLWE part"
+    );
+    shape.uncut(&shape.parts[0], &r.parts[0].0)
 }
 
 /// `r` with its first part replaced by `full` cut for the wire.

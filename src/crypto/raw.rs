@@ -95,11 +95,7 @@ impl Bodies {
         let width = (64 - drop_bits as usize) / 8;
         let mut data = Vec::with_capacity(values.len() * width);
         for &v in values {
-            let r = if drop_bits == 0 {
-                v
-            } else {
-                v.wrapping_add(1 << (drop_bits - 1)) >> drop_bits
-            };
+            let r = super::switch::switch_word(v, drop_bits.into());
             data.extend_from_slice(&r.to_le_bytes()[..width]);
         }
         Self {

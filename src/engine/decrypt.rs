@@ -23,8 +23,7 @@ impl EncryptedModel {
         let drop = 64 - wire.bits();
         let fingerprint = |glwe: &[u64]| {
             let mask = &glwe[..glwe.len() / 2];
-            let switched: Vec<u64> = mask.iter().map(|&w| switch_word(w, drop)).collect();
-            mask_fingerprint(&switched, drop)
+            mask_fingerprint(mask.iter().map(|&w| switch_word(w, drop)), drop)
         };
         let first = match self {
             Self::Last { output, .. } => output,
@@ -304,8 +303,8 @@ pub struct Decrypted {
 /// honest mask is uniform, and one pass keeps the check off the decryption's cost.
 /// The mask's words are taken at modulus 2^64 (a switched word w as w·2^drop), so a mask cut
 /// for the wire and the same mask switched by the backend agree.
-fn mask_fingerprint(mask: &[u64], drop: u32) -> u64 {
-    mask.iter().fold(0x9e37_79b9_7f4a_7c15, |h: u64, &w| {
+fn mask_fingerprint(mask: impl IntoIterator<Item = u64>, drop: u32) -> u64 {
+    mask.into_iter().fold(0x9e37_79b9_7f4a_7c15, |h: u64, w| {
         (h ^ (w << drop))
             .wrapping_mul(0x0100_0000_01b3)
             .rotate_left(29)
@@ -438,7 +437,10 @@ pub fn decrypt(
         if matches!(shape, PartShape::Glwe { .. })
             && decoding
                 .own_masks
-                .binary_search(&mask_fingerprint(mask, 64 - decoding.wire.bits()))
+                .binary_search(&mask_fingerprint(
+                    mask.iter().copied(),
+                    64 - decoding.wire.bits(),
+                ))
                 .is_ok()
         {
             return Err(Refusal::BundleCiphertext { part: i });

@@ -273,6 +273,29 @@ impl ResultShape {
             .map(|w| switch_word(w, drop_bits))
             .collect()
     }
+
+    /// The inverse of [`Self::cut`] as far as it goes: a part's words as they travel back to
+    /// full 64-bit words (each switched word w as w·2^drop, the bodies no slot reads zero) —
+    /// for tests and diagnostics, and what a board would change before cutting again.
+    pub fn uncut(&self, part: &PartShape, words: &[u64]) -> Vec<u64> {
+        let n = self.poly_size as usize;
+        let drop = match self.wire {
+            Wire::Switched { drop_bits } => drop_bits,
+            Wire::Full => 0,
+        };
+        let widen = |w: u64| if drop == 0 { w } else { w << drop };
+        match (part, self.wire) {
+            (PartShape::Glwe { slots }, Wire::Switched { .. }) => {
+                let mut full: Vec<u64> = words[..n].iter().map(|&w| widen(w)).collect();
+                full.resize(2 * n, 0);
+                for (i, &k) in slots.iter().enumerate() {
+                    full[n + k as usize] = widen(words[n + i]);
+                }
+                full
+            }
+            _ => words.iter().map(|&w| widen(w)).collect(),
+        }
+    }
 }
 
 /// Words of a part under `wire`: a GLWE's mask and its bodies (all, or the slots'), an LWE's
@@ -415,5 +438,14 @@ mod tests {
             ..shape.clone()
         };
         assert_eq!(full.cut(&full.parts[0], &words), words);
+        // Uncut: the kept words back at 2^64, the unread bodies zero; cut again, the same.
+        let cut = shape.cut(&shape.parts[0], &words);
+        let back = shape.uncut(&shape.parts[0], &cut);
+        assert_eq!(
+            back,
+            vec![1 << 60, 2 << 60, 3 << 60, 4 << 60, 0, 6 << 60, 0, 8 << 60]
+        );
+        assert_eq!(shape.cut(&shape.parts[0], &back), cut);
+        assert_eq!(full.uncut(&full.parts[0], &words), words);
     }
 }
