@@ -4,13 +4,16 @@
 //!
 //! A deployment's life on a board: offered → downloading → verifying → active, or failed
 //! (offer, transfer, checks), rolled back (its first inferences failed) or cancelled.
-//! The transfer's states (offered, downloading, verifying, cancelled, failed transfers) are
-//! the [`Deployer`]'s; from the fetched payload on, [`rollout::Rollout`] decides (active,
-//! failed checks, confirmed, rolled back) and the scheduler carries out and reports what it
-//! decides.
+//! Two state machines without I/O decide: [`offer::decide`] what an offer or a cancellation
+//! does (offered, refused, cancelled, superseded, fetched), which the [`Deployer`] carries out
+//! on the publisher's thread (the transfer itself reports downloading, verifying or a failed
+//! transfer); from the fetched payload on, [`rollout::Rollout`] (active, failed checks,
+//! confirmed, rolled back), which the scheduler carries out. Every state is reported through
+//! [`Deployments::report`].
 
 pub mod download;
 pub mod installed;
+pub mod offer;
 pub mod rollout;
 
 use super::health::Health;
@@ -20,6 +23,7 @@ use crate::transport::deploy::{Chunk, ChunkRequest, DeployState, Offer, Payload,
 use crate::transport::message::now_ms;
 use download::{Arrival, Download};
 use installed::Installed;
+use offer::{BoardFacts, Fetch, OfferFacts};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -179,68 +183,38 @@ impl Deployer {
             }
         };
         let id = offer.deployment;
-        let current = self.current.as_ref().map(|d| d.offer.deployment);
-        if offer.cancelled {
-            if current == Some(id) {
-                let d = self.current.take().expect("current");
-                let progress = d.progress();
+        let facts = OfferFacts {
+            deployment: id,
+            cancelled: offer.cancelled,
+            epoch: offer.epoch,
+            size: offer.size,
+        };
+        let board = BoardFacts {
+            fetching: self
+                .current
+                .as_ref()
+                .map(|d| (d.offer.deployment, d.progress())),
+            handed: self.shared.lock().handed,
+            decided: self.shared.installed.outcome(id).is_some(),
+            newest_epoch: self
+                .shared
+                .state
+                .epoch()
+                .max(self.shared.installed.offered_epoch()),
+            max_bytes: self.transfer.max_bytes,
+        };
+        let decision = offer::decide(facts, board);
+        if decision.fetch != Fetch::Keep {
+            if let Some(d) = self.current.take() {
                 d.discard();
-                self.shared
-                    .report(id, DeployState::Cancelled, progress, None);
-            } else if self.shared.installed.outcome(id).is_none() {
-                self.shared
-                    .report(id, DeployState::Cancelled, (0, offer.size), None);
             }
+        }
+        for r in decision.reports {
+            self.shared
+                .report(r.deployment, r.state, r.progress, r.reason);
+        }
+        if decision.fetch != Fetch::Start {
             return;
-        }
-        let handed = self.shared.lock().handed;
-        if self.shared.installed.outcome(id).is_some()
-            || current.is_some_and(|c| c >= id)
-            || handed.is_some_and(|h| h >= id)
-        {
-            // Done before, or the retained offer again (also while it is being verified), or
-            // older than the one under way.
-            return;
-        }
-        if let Some(old) = self.current.take() {
-            let (old_id, progress) = (old.offer.deployment, old.progress());
-            old.discard();
-            self.shared.report(
-                old_id,
-                DeployState::Cancelled,
-                progress,
-                Some(format!("superseded by deployment {id}")),
-            );
-        }
-        self.shared
-            .report(id, DeployState::Offered, (0, offer.size), None);
-        // Older than what the board runs, or than a newer offer it took (a replayed offer
-        // must not bring back a superseded bundle while the newer one is on probation).
-        let newest = self
-            .shared
-            .state
-            .epoch()
-            .max(self.shared.installed.offered_epoch());
-        if offer.epoch < newest {
-            return self.fail(
-                id,
-                (0, offer.size),
-                format!(
-                    "bundle epoch {} is older than epoch {newest}, which this board already ran \
-                     or was offered",
-                    offer.epoch
-                ),
-            );
-        }
-        if offer.size > self.transfer.max_bytes {
-            return self.fail(
-                id,
-                (0, offer.size),
-                format!(
-                    "{} bytes, more than deploy_max_bytes ({})",
-                    offer.size, self.transfer.max_bytes
-                ),
-            );
         }
         if let Err(e) = self.shared.installed.set_offered_epoch(offer.epoch) {
             return self.fail(id, (0, offer.size), e.to_string());
