@@ -56,10 +56,7 @@ fn main() {
             &mut gen,
         );
         for (b, l) in [(2usize, 30usize), (4, 15), (6, 10), (8, 7), (11, 5)] {
-            let d = hedge::crypto::params::DecompParams {
-                base_log: b,
-                level: l,
-            };
+            let d = hedge::crypto::params::DecompParams::new(b, l);
             let ggsw = pk.encrypt_ggsw(&one, d).unwrap();
             let mut out = vec![0u64; 2 * n];
             engine.add_external_product(&mut out, &ggsw, zero.as_ref());

@@ -65,8 +65,8 @@ fn main() {
                 let ksk = allocate_and_generate_new_lwe_keyswitch_key(
                     &big,
                     &lwe,
-                    DecompositionBaseLog(p.ks.base_log),
-                    DecompositionLevelCount(p.ks.level),
+                    p.ks.base_log,
+                    p.ks.level,
                     gaussian(p.lwe_log2_std),
                     modulus(),
                     &mut egen,
@@ -80,8 +80,8 @@ fn main() {
             let ksk = allocate_and_generate_new_lwe_keyswitch_key(
                 &ks_secret_key(big.as_ref()),
                 &ks_secret_key(lwe.as_ref()),
-                DecompositionBaseLog(p.ks.base_log),
-                DecompositionLevelCount(p.ks.level),
+                p.ks.base_log,
+                p.ks.level,
                 gaussian(p.lwe_log2_std),
                 CiphertextModulus::<KsScalar>::new_native(),
                 &mut egen,
@@ -107,8 +107,8 @@ fn main() {
             let bsk = allocate_and_generate_new_lwe_bootstrap_key(
                 &lwe,
                 &glwe,
-                DecompositionBaseLog(p.pbs.base_log),
-                DecompositionLevelCount(p.pbs.level),
+                p.pbs.base_log,
+                p.pbs.level,
                 gaussian(p.pbs_glwe.log2_std),
                 modulus(),
                 &mut egen,
@@ -132,8 +132,8 @@ fn main() {
             let bsk = allocate_and_generate_new_lwe_multi_bit_bootstrap_key(
                 &lwe,
                 &glwe,
-                DecompositionBaseLog(p.pbs.base_log),
-                DecompositionLevelCount(p.pbs.level),
+                p.pbs.base_log,
+                p.pbs.level,
                 LweBskGroupingFactor(g),
                 gaussian(p.pbs_glwe.log2_std),
                 modulus(),

@@ -208,7 +208,7 @@ impl EdgeBundle {
         // The bootstrap's gadget may be one of the allowed levels (act's accuracy knob); the
         // keys are the key set's, at the shipped set.
         if !p.is_shipped()
-            || (p.pbs.level != 1 && self.model.variant() != crate::model::quant::Variant::Act)
+            || (p.pbs.level.0 != 1 && self.model.variant() != crate::model::quant::Variant::Act)
             || self.keys.public.params != ParameterSet::for_level(p.security)
         {
             return Err(BundleError::Inconsistent(format!(
@@ -287,10 +287,10 @@ impl ModelUpdate {
                  the board holds {} ({}-bit, level {}): deploy the full bundle",
                 hex(&self.header.key_id),
                 self.header.params.security,
-                self.header.params.pbs.level,
+                self.header.params.pbs.level.0,
                 hex(&base.header.key_id),
                 base.header.params.security,
-                base.header.params.pbs.level,
+                base.header.params.pbs.level.0,
             )));
         }
         let bundle = EdgeBundle {

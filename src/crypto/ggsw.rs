@@ -146,11 +146,11 @@ impl FftEngine {
         assert_eq!(out.len(), 2 * n);
         let d = ggsw.decomp;
         // Digits of mask and body, per level; row index = level_index*2 + component, tfhe order.
-        let mut digit_ffts: Vec<FourierPoly> = Vec::with_capacity(2 * d.level);
+        let mut digit_ffts: Vec<FourierPoly> = Vec::with_capacity(2 * d.level.0);
         let digits = decompose(glwe, d);
-        for level_index in 0..d.level {
+        for level_index in 0..d.level.0 {
             for component in 0..2 {
-                let level = d.level - level_index;
+                let level = d.level.0 - level_index;
                 let poly = &digits[(level - 1) * 2 * n + component * n..][..n];
                 digit_ffts.push(self.forward_integer(poly));
             }
@@ -191,8 +191,8 @@ fn transform_integer(fft: &Fft, buffers: &mut ComputationBuffers, poly: &[u64]) 
 fn decompose(glwe: &[u64], d: DecompParams) -> Vec<u64> {
     let len = glwe.len();
     let bits = d.precision_bits() as u32;
-    let b = d.base_log as u32;
-    let mut out = vec![0u64; d.level * len];
+    let b = d.base_log.0 as u32;
+    let mut out = vec![0u64; d.level.0 * len];
     for (i, &v) in glwe.iter().enumerate() {
         // Round to the closest multiple of 2^(64 − bits), keep the top `bits` bits.
         let mut rest = if bits >= 64 {
@@ -200,7 +200,7 @@ fn decompose(glwe: &[u64], d: DecompParams) -> Vec<u64> {
         } else {
             (v >> (64 - bits)) + ((v >> (63 - bits)) & 1)
         };
-        let mut carry_level = d.level;
+        let mut carry_level = d.level.0;
         while carry_level >= 1 {
             let mut digit = (rest & ((1 << b) - 1)) as i64;
             rest >>= b;
@@ -226,7 +226,7 @@ pub struct ExactGgsw {
 impl ExactGgsw {
     /// Words of a standard-domain GGSW: `level` × (mask, body) rows of two polynomials each.
     pub(crate) fn standard_words(poly_size: usize, decomp: DecompParams) -> usize {
-        decomp.level * 2 * 2 * poly_size
+        decomp.level.0 * 2 * 2 * poly_size
     }
 
     /// From a standard-domain GGSW (rows of mask+body GLWEs in tfhe order).
@@ -237,15 +237,15 @@ impl ExactGgsw {
     ) -> Result<Self> {
         let n = engine.poly_size();
         if rows.len() != Self::standard_words(n, decomp)
-            || decomp.base_log == 0
-            || decomp.base_log > 16
+            || decomp.base_log.0 == 0
+            || decomp.base_log.0 > 16
             || decomp.precision_bits() > 64
         {
             return Err(CryptoError::Shape(format!(
                 "GGSW of {} words does not fit decomposition {}x{} at N = {n}",
                 rows.len(),
-                decomp.base_log,
-                decomp.level
+                decomp.base_log.0,
+                decomp.level.0
             )));
         }
         let rows = rows

@@ -210,8 +210,8 @@ impl EvaluationKeys {
         let bsk = allocate_and_generate_new_seeded_lwe_bootstrap_key(
             &secret.lwe,
             &secret.pbs,
-            DecompositionBaseLog(params.pbs.base_log),
-            DecompositionLevelCount(params.pbs.level),
+            params.pbs.base_log,
+            params.pbs.level,
             gaussian(params.pbs_glwe.log2_std),
             modulus(),
             &mut OsSeeder,
@@ -227,8 +227,8 @@ impl EvaluationKeys {
     /// Expand the seeded keys: Fourier bootstrapping key and full key-switching key.
     pub fn prepare(&self, p: &ParameterSet) -> Result<PreparedEvaluationKeys> {
         let n = p.pbs_glwe.poly_size;
-        let bsk_len = p.lwe_dim.0 * 2 * p.pbs.level * n.0;
-        let ksk_len = n.0 * p.ks.level;
+        let bsk_len = p.lwe_dim.0 * 2 * p.pbs.level.0 * n.0;
+        let ksk_len = n.0 * p.ks.level.0;
         if self.bsk.0.len() != bsk_len || self.ksk.0.len() != ksk_len {
             return Err(CryptoError::Shape(format!(
                 "evaluation keys have {}/{} words, parameter set {} needs {bsk_len}/{ksk_len}",
@@ -241,8 +241,8 @@ impl EvaluationKeys {
             self.bsk.0.clone(),
             GlweSize(2),
             n,
-            DecompositionBaseLog(p.pbs.base_log),
-            DecompositionLevelCount(p.pbs.level),
+            p.pbs.base_log,
+            p.pbs.level,
             self.bsk_seed.clone(),
             modulus(),
         );
@@ -266,8 +266,8 @@ impl EvaluationKeys {
             })?;
         let seeded_ksk = SeededLweKeyswitchKey::from_container(
             ksk_bodies,
-            DecompositionBaseLog(p.ks.base_log),
-            DecompositionLevelCount(p.ks.level),
+            p.ks.base_log,
+            p.ks.level,
             LweSize(p.lwe_dim.0 + 1),
             self.ksk_seed.clone(),
             CiphertextModulus::<KsScalar>::new_native(),
@@ -335,8 +335,8 @@ pub fn generate(params: ParameterSet) -> KeySet {
     let bsk = allocate_and_generate_new_seeded_lwe_bootstrap_key(
         &lwe,
         &pbs,
-        DecompositionBaseLog(params.pbs.base_log),
-        DecompositionLevelCount(params.pbs.level),
+        params.pbs.base_log,
+        params.pbs.level,
         gaussian(params.pbs_glwe.log2_std),
         modulus(),
         &mut seeder,
@@ -344,8 +344,8 @@ pub fn generate(params: ParameterSet) -> KeySet {
     let ksk = allocate_and_generate_new_seeded_lwe_keyswitch_key(
         &ks_secret_key(pbs.as_ref()),
         &ks_secret_key(lwe.as_ref()),
-        DecompositionBaseLog(params.ks.base_log),
-        DecompositionLevelCount(params.ks.level),
+        params.ks.base_log,
+        params.ks.level,
         gaussian(params.lwe_log2_std),
         CiphertextModulus::<KsScalar>::new_native(),
         &mut seeder,

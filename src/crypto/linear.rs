@@ -444,7 +444,7 @@ impl EncryptedGgswRows {
         }
         assert_eq!(w.len(), out_dim * in_dim);
         let t = in_dim - 1;
-        let levels = decomp.level;
+        let levels = decomp.level.0;
         let key_poly = sk.as_ref();
         // Rows in tfhe GGSW order: per output row j, per stored level (least significant
         // first), a mask row (phase −s·M·f) then a body row (phase +M·f); f = q/B^level.
@@ -463,7 +463,7 @@ impl EncryptedGgswRows {
             }
             for level_index in 0..levels {
                 let level = levels - level_index;
-                let f = 1u64 << (64 - decomp.base_log * level);
+                let f = 1u64 << (64 - decomp.base_log.0 * level);
                 plain.extend(sm.iter().map(|v| v.wrapping_mul(f).wrapping_neg()));
                 plain.extend(m.iter().map(|v| v.wrapping_mul(f)));
             }
@@ -512,7 +512,7 @@ impl EncryptedGgswRows {
 
     pub fn prepare(&self) -> Result<PreparedGgswRows> {
         let n = self.poly_size;
-        let levels = self.decomp.level;
+        let levels = self.decomp.level.0;
         if !n.is_power_of_two()
             || self.in_dim == 0
             || self.in_dim > n

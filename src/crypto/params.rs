@@ -27,7 +27,9 @@
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
-pub use tfhe::core_crypto::prelude::{LweDimension, PolynomialSize};
+pub use tfhe::core_crypto::prelude::{
+    DecompositionBaseLog, DecompositionLevelCount, LweDimension, PolynomialSize,
+};
 
 /// Security level in bits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
@@ -159,17 +161,25 @@ pub struct GlweParams {
     pub log2_std: f64,
 }
 
-/// A gadget decomposition: base 2^base_log, `level` digits.
+/// A gadget decomposition: base 2^base_log, `level` digits — tfhe's newtypes, which serialise
+/// as the bare integers they hold (bundles and registry records keep their form).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DecompParams {
-    pub base_log: usize,
-    pub level: usize,
+    pub base_log: DecompositionBaseLog,
+    pub level: DecompositionLevelCount,
 }
 
 impl DecompParams {
+    pub const fn new(base_log: usize, level: usize) -> Self {
+        Self {
+            base_log: DecompositionBaseLog(base_log),
+            level: DecompositionLevelCount(level),
+        }
+    }
+
     /// Bits of each coefficient the decomposition keeps.
     pub(crate) fn precision_bits(&self) -> usize {
-        self.base_log * self.level
+        self.base_log.0 * self.level.0
     }
 }
 
@@ -212,26 +222,11 @@ impl ParameterSet {
                 // n 930 at σ/q 2^-20.7: 0.52 bit above the line (880 was 0.76 below).
                 lwe_dim: LweDimension(930),
                 lwe_log2_std: 43.3,
-                pbs: DecompParams {
-                    base_log: 23,
-                    level: 1,
-                },
-                ks: DecompParams {
-                    base_log: 4,
-                    level: 4,
-                },
-                features_wide: DecompParams {
-                    base_log: 6,
-                    level: 10,
-                },
-                features_pbs: DecompParams {
-                    base_log: 15,
-                    level: 3,
-                },
-                weights_ggsw: DecompParams {
-                    base_log: 11,
-                    level: 5,
-                },
+                pbs: DecompParams::new(23, 1),
+                ks: DecompParams::new(4, 4),
+                features_wide: DecompParams::new(6, 10),
+                features_pbs: DecompParams::new(15, 3),
+                weights_ggsw: DecompParams::new(11, 5),
             },
             SecurityLevel::L192 => Self {
                 security: level,
@@ -247,26 +242,11 @@ impl ParameterSet {
                 // lattice-estimator (1340 was 0.55 below the line, 182.8 bits).
                 lwe_dim: LweDimension(1420),
                 lwe_log2_std: 42.4,
-                pbs: DecompParams {
-                    base_log: 23,
-                    level: 1,
-                },
-                ks: DecompParams {
-                    base_log: 4,
-                    level: 4,
-                },
-                features_wide: DecompParams {
-                    base_log: 6,
-                    level: 10,
-                },
-                features_pbs: DecompParams {
-                    base_log: 11,
-                    level: 5,
-                },
-                weights_ggsw: DecompParams {
-                    base_log: 11,
-                    level: 5,
-                },
+                pbs: DecompParams::new(23, 1),
+                ks: DecompParams::new(4, 4),
+                features_wide: DecompParams::new(6, 10),
+                features_pbs: DecompParams::new(11, 5),
+                weights_ggsw: DecompParams::new(11, 5),
             },
             SecurityLevel::L256 => Self {
                 security: level,
@@ -280,26 +260,11 @@ impl ParameterSet {
                 },
                 lwe_dim: LweDimension(1940),
                 lwe_log2_std: 42.5,
-                pbs: DecompParams {
-                    base_log: 23,
-                    level: 1,
-                },
-                ks: DecompParams {
-                    base_log: 4,
-                    level: 4,
-                },
-                features_wide: DecompParams {
-                    base_log: 6,
-                    level: 10,
-                },
-                features_pbs: DecompParams {
-                    base_log: 15,
-                    level: 3,
-                },
-                weights_ggsw: DecompParams {
-                    base_log: 11,
-                    level: 5,
-                },
+                pbs: DecompParams::new(23, 1),
+                ks: DecompParams::new(4, 4),
+                features_wide: DecompParams::new(6, 10),
+                features_pbs: DecompParams::new(15, 3),
+                weights_ggsw: DecompParams::new(11, 5),
             },
         }
     }
@@ -314,7 +279,7 @@ impl ParameterSet {
             return None;
         }
         let shipped = Self::for_level(self.security);
-        if levels == shipped.pbs.level {
+        if levels == shipped.pbs.level.0 {
             return Some(Self {
                 pbs: shipped.pbs,
                 ..self
@@ -322,10 +287,7 @@ impl ParameterSet {
         }
         (1..=64 / levels)
             .map(|base_log| Self {
-                pbs: DecompParams {
-                    base_log,
-                    level: levels,
-                },
+                pbs: DecompParams::new(base_log, levels),
                 ..self
             })
             .min_by(|a, b| a.pbs_output_std().total_cmp(&b.pbs_output_std()))
@@ -333,7 +295,7 @@ impl ParameterSet {
 
     /// Whether this is a shipped set, with its bootstrap gadget at any allowed level.
     pub(crate) fn is_shipped(&self) -> bool {
-        Self::for_level(self.security).with_pbs_levels(self.pbs.level) == Some(*self)
+        Self::for_level(self.security).with_pbs_levels(self.pbs.level.0) == Some(*self)
     }
 
     /// Each (name, dimension, log2 σ on the 2^64 scale) the security argument must cover. The
@@ -364,8 +326,8 @@ impl ParameterSet {
     pub fn pbs_input_std_slots(&self) -> f64 {
         let big_n = self.pbs_glwe.poly_size.0 as f64;
         let slot = 2f64.powi(64) / (2.0 * big_n);
-        let b = 2f64.powi(self.ks.base_log as i32);
-        let levels = self.ks.level as f64;
+        let b = 2f64.powi(self.ks.base_log.0 as i32);
+        let levels = self.ks.level.0 as f64;
         let sigma_lwe = 2f64.powf(self.lwe_log2_std);
         // Balanced digits have variance ≈ (B² + 2)/12.
         let ks_digits = big_n * levels * (b * b + 2.0) / 12.0 * sigma_lwe * sigma_lwe;
@@ -384,8 +346,8 @@ impl ParameterSet {
     pub(crate) fn pbs_output_variances(&self) -> OutputNoise {
         let n = self.lwe_dim.0 as f64;
         let big_n = self.pbs_glwe.poly_size.0 as f64;
-        let b = 2f64.powi(self.pbs.base_log as i32);
-        let levels = self.pbs.level as f64;
+        let b = 2f64.powi(self.pbs.base_log.0 as i32);
+        let levels = self.pbs.level.0 as f64;
         let sigma = 2f64.powf(self.pbs_glwe.log2_std);
         let key = n * 2.0 * levels * big_n * (b * b + 2.0) / 12.0 * sigma * sigma;
         let trunc = 2f64.powi(64 - self.pbs.precision_bits() as i32) / 2.0;
@@ -458,7 +420,7 @@ impl ParameterSet {
             if let Some(p) = self.with_pbs_levels(levels) {
                 out += &format!(
                     "    gadget {levels} level(s) of 2^{:<2} (act's accuracy knob): output noise 2^{:.2}, {levels}× the rotation's work\n",
-                    p.pbs.base_log,
+                    p.pbs.base_log.0,
                     p.pbs_output_std().log2()
                 );
             }
@@ -603,8 +565,23 @@ mod tests {
             }
         }
         let mut other = ParameterSet::for_level(SecurityLevel::L128);
-        other.pbs.base_log -= 1;
+        other.pbs.base_log.0 -= 1;
         assert!(!other.is_shipped());
+    }
+
+    /// tfhe's newtypes serialise as the integers hedge's fields were: bundle headers and
+    /// registry records written before read the same.
+    #[test]
+    fn decomposition_newtypes_keep_the_serialised_form() {
+        let d = DecompParams::new(23, 4);
+        assert_eq!(
+            postcard::to_allocvec(&d).unwrap(),
+            postcard::to_allocvec(&(23usize, 4usize)).unwrap()
+        );
+        assert_eq!(
+            serde_json::to_string(&d).unwrap(),
+            r#"{"base_log":23,"level":4}"#
+        );
     }
 
     #[test]

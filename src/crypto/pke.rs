@@ -179,7 +179,7 @@ impl PreparedPublicKey {
         for (r, row) in rows.chunks_exact_mut(2 * n).enumerate() {
             // tfhe stores the least significant level first; row r = level_index*2 + component.
             let (level_index, component) = (r / 2, r % 2);
-            let shift = 64 - decomp.base_log * (decomp.level - level_index);
+            let shift = 64 - decomp.base_log.0 * (decomp.level.0 - level_index);
             self.encrypt_zero(row);
             // Add M·q/B^l to one component: the mask row's phase becomes −s·M·q/B^l and the
             // body row's +M·q/B^l, tfhe's layout.

@@ -432,10 +432,10 @@ pub fn run(
                     (Variant::Act, Some(activation)) => {
                         let name = activation.name();
                         match act_map {
-                            Some(map) if map.per_table < q.out_dim || params.pbs.level > 1 => {
+                            Some(map) if map.per_table < q.out_dim || params.pbs.level.0 > 1 => {
                                 format!(
                                     "act ({name}, {} classes/bootstrap, {} gadget levels)",
-                                    map.per_table, params.pbs.level
+                                    map.per_table, params.pbs.level.0
                                 )
                             }
                             _ => format!("act ({name})"),
@@ -469,7 +469,7 @@ pub fn run(
             out_of_window_units,
             out_of_window_images,
             classes_per_bootstrap: act_map.map(|m| m.per_table),
-            gadget_levels: act_map.map(|_| params.pbs.level),
+            gadget_levels: act_map.map(|_| params.pbs.level.0),
         };
         on_case(&report);
         reports.push(report);

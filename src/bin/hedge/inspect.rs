@@ -72,7 +72,7 @@ pub fn run(a: Args) -> Result<()> {
             &luts.map,
             m.out_dim,
             m.hidden_dim,
-            b.header.params.pbs.level,
+            b.header.params.pbs.level.0,
             b.header.expected_agreement.unwrap_or([f64::NAN; 2]),
         );
         let seconds = b.engine()?.bootstrap_seconds_per_inference();
