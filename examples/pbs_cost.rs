@@ -4,6 +4,8 @@
 //! `cargo run --release --example pbs_cost [-- --classic-only [--reps N]]` (`--classic-only`:
 //! key switch and classic blind rotation only, N times each (default 3): for slow runs such as
 //! under qemu, and for instruction counts by difference, scripts/count-insns.sh).
+//! `--optimised`: at the parameters `hedge params` prints as the optimiser's choice (n and
+//! the two gadgets) instead of the shipped set's.
 
 use hedge::crypto::keys::{ks_secret_key, KsScalar};
 use hedge::crypto::keyswitch::keyswitch_batch;
@@ -24,7 +26,16 @@ fn time<F: FnMut()>(label: &str, reps: usize, mut f: F) -> f64 {
 }
 
 fn main() {
-    let p = ParameterSet::for_level(SecurityLevel::L128);
+    let shipped = ParameterSet::for_level(SecurityLevel::L128);
+    let p = if std::env::args().any(|a| a == "--optimised") {
+        hedge::crypto::optimise::bootstrap_layer(&shipped).params
+    } else {
+        shipped
+    };
+    println!(
+        "n {}, blind rotation {}x2^{}, key switch {}x2^{}",
+        p.lwe_dim.0, p.pbs.level.0, p.pbs.base_log.0, p.ks.level.0, p.ks.base_log.0
+    );
     let n_big = p.pbs_glwe.poly_size;
     let mut seeder = OsSeeder;
     let mut sgen = SecretRandomGenerator::<DefaultRandomGenerator>::new(seeder.seed());

@@ -7,6 +7,8 @@ pub mod keys;
 pub mod keyswitch;
 pub mod linear;
 pub mod lut;
+#[cfg(any(feature = "backend", test))]
+pub mod optimise;
 pub mod params;
 pub mod pke;
 pub mod raw;

@@ -12,9 +12,11 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
+    let shipped = ParameterSet::for_level(a.security);
+    print!("{}", shipped.noise_report(a.hidden));
     print!(
         "{}",
-        ParameterSet::for_level(a.security).noise_report(a.hidden)
+        hedge::crypto::optimise::bootstrap_layer(&shipped).report()
     );
     Ok(())
 }
