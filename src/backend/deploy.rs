@@ -47,28 +47,46 @@ pub struct Created {
     pub offers: Vec<Offered>,
 }
 
+/// A payload with its chunks' and its whole SHA-256, hashed once for every board's offer.
+struct Hashed<'a> {
+    kind: Payload,
+    bytes: &'a [u8],
+    chunks: Vec<[u8; 32]>,
+    digest: [u8; 32],
+}
+
+impl<'a> Hashed<'a> {
+    fn of(kind: Payload, bytes: &'a [u8], chunk_size: u32) -> Self {
+        Self {
+            kind,
+            bytes,
+            chunks: bytes
+                .chunks(chunk_size as usize)
+                .map(|c| Sha256::digest(c).into())
+                .collect(),
+            digest: Sha256::digest(bytes).into(),
+        }
+    }
+}
+
 fn offer_for(
     deployment: u64,
     device: &str,
     bundle: &str,
     epoch: u64,
-    payload: (Payload, &[u8]),
+    payload: &Hashed,
     chunk_size: u32,
 ) -> Offer {
-    let bytes = payload.1;
     Offer {
         deployment,
         device_id: device.to_string(),
         bundle_id: bundle.to_string(),
-        payload: payload.0,
+        payload: payload.kind,
         epoch,
-        size: bytes.len() as u64,
+        size: payload.bytes.len() as u64,
         chunk_size,
-        chunks: bytes
-            .chunks(chunk_size as usize)
-            .map(|c| Sha256::digest(c).into())
-            .collect(),
-        digest: Sha256::digest(bytes).into(),
+        chunks: payload.chunks.clone(),
+        digest: payload.digest,
         cancelled: false,
         issued_ms: now_ms(),
     }
@@ -135,21 +153,32 @@ pub fn create(
         .iter()
         .any(|(_, u)| *u)
         .then(|| ModelUpdate::of(bundle, id.clone()).to_bytes(signer));
-    let payload_of = |takes_update: bool| match (&update, takes_update) {
-        (Some(u), true) => (Payload::ModelUpdate, u.as_slice()),
-        _ => (Payload::Bundle, bytes.as_slice()),
+    // Each payload some board takes, hashed once: [whole bundle, model update].
+    let taken = |takes_update: bool| plan.iter().any(|(_, u)| *u == takes_update);
+    let hashed = [
+        taken(false).then(|| Hashed::of(Payload::Bundle, &bytes, chunk_size)),
+        update
+            .as_deref()
+            .map(|u| Hashed::of(Payload::ModelUpdate, u, chunk_size)),
+    ];
+    let payload_of = |takes_update: bool| {
+        hashed[takes_update as usize]
+            .as_ref()
+            .expect("hashed for the boards that take it")
     };
-    // Every offer fits before anything is recorded (the id not known yet: the largest one's
-    // encoding bounds its size).
-    for (device, takes_update) in &plan {
-        let offer = offer_for(
-            u64::MAX,
-            device,
-            &id,
-            epoch,
-            payload_of(*takes_update),
-            chunk_size,
-        );
+    // Every offer fits before anything is recorded: sized with the longest device id among
+    // its boards and the largest deployment id (the real id is not known yet).
+    for takes_update in [false, true] {
+        let Some(device) = plan
+            .iter()
+            .filter(|(_, u)| *u == takes_update)
+            .map(|(d, _)| d)
+            .max_by_key(|d| d.len())
+        else {
+            continue;
+        };
+        let payload = payload_of(takes_update);
+        let offer = offer_for(u64::MAX, device, &id, epoch, payload, chunk_size);
         let size = offer.encode(signer).len();
         if size > MAX_OFFER_BYTES {
             return Err(BackendError::Data(format!(
@@ -159,32 +188,34 @@ pub fn create(
             )));
         }
     }
-    let mut payloads: Vec<(&str, &[u8])> = Vec::new();
-    for takes_update in [false, true] {
-        if plan.iter().any(|(_, u)| *u == takes_update) {
-            let (kind, bytes) = payload_of(takes_update);
-            payloads.push((kind.name(), bytes));
-        }
-    }
+    let payloads: Vec<(&str, &[u8])> = hashed
+        .iter()
+        .flatten()
+        .map(|h| (h.kind.name(), h.bytes))
+        .collect();
     let targets: Vec<(&str, &str, u64)> = plan
         .iter()
         .map(|(device, u)| {
-            let (kind, bytes) = payload_of(*u);
-            (device.as_str(), kind.name(), bytes.len() as u64)
+            let payload = payload_of(*u);
+            (
+                device.as_str(),
+                payload.kind.name(),
+                payload.bytes.len() as u64,
+            )
         })
         .collect();
     let deployment = registry.add_deployment(&id, epoch, chunk_size, &payloads, &targets)?;
     let offers = plan
-        .into_iter()
+        .iter()
         .map(|(device, takes_update)| {
-            let payload = payload_of(takes_update);
-            let offer = offer_for(deployment, &device, &id, epoch, payload, chunk_size);
+            let payload = payload_of(*takes_update);
+            let offer = offer_for(deployment, device, &id, epoch, payload, chunk_size);
             Offered {
-                topic: config.deploy_topic_for(&device, "offer"),
-                payload: payload.0,
+                topic: config.deploy_topic_for(device, "offer"),
+                payload: payload.kind,
                 size: offer.size,
                 message: offer.encode(signer),
-                device,
+                device: device.clone(),
             }
         })
         .collect();
@@ -217,7 +248,7 @@ pub fn cancel(
             &t.device,
             &d.bundle,
             d.epoch,
-            (Payload::Bundle, &[]),
+            &Hashed::of(Payload::Bundle, &[], d.chunk_size),
             d.chunk_size,
         );
         offer.cancelled = true;
