@@ -64,6 +64,17 @@ impl Attacker {
         }
     }
 
+    /// The bundle's public key of the wide GLWE (the results' key of `last` and `noact`).
+    fn public_key(&self) -> hedge::crypto::pke::PreparedPublicKey {
+        self.bundle
+            .bundle
+            .keys
+            .public
+            .key(hedge::crypto::keys::KeyKind::Wide)
+            .prepare()
+            .unwrap()
+    }
+
     /// The polynomial size of its results.
     fn poly_size(&self) -> usize {
         self.bundle.bundle.header.model.result.poly_size as usize
@@ -356,30 +367,32 @@ fn key_query(
     words
 }
 
-/// The attack of issue 21, end to end: a compromised board that sees the class of every
-/// result it sends (the board's owner buys the classifications) crafts results whose class
-/// depends on secret-key bits. Before the check outputs it recovered one key relation per
-/// two results, none refused; now every crafted result is refused, the board is quarantined
-/// at the tenth, the rest are withheld, every one is acknowledged alike, and it recovers
-/// nothing. `HEDGE_ATTACK_PAIRS` sets the size (default 30 pairs, 60 results).
-#[test]
-fn a_board_that_sees_its_classes_learns_nothing_of_the_key() {
-    let st = setup("last");
+/// What a class-oracle attack got back: the class of each crafted result the decryptor let
+/// through (the board's owner sees them), how many were acknowledged, and the decryptor's log.
+struct Oracle {
+    class_of: std::collections::HashMap<u64, u64>,
+    acked: usize,
+    log: String,
+}
+
+/// Publish `results` as the board (sequence numbers from 5000 on) to a decryptor on a real
+/// broker, with the board's acknowledgements collected, and wait until every one is answered.
+fn class_oracle(st: &Setup, results: impl Fn(&mut Attacker) -> Vec<ResultCiphertext>) -> Oracle {
     let broker = Mosquitto::start(&st.root);
     let out = st.root.join("out.jsonl");
     let spool = st.root.join("spool");
     let dec = decryptor_with(
-        &st,
+        st,
         &broker.addr(),
         &["--client-id", "backend", "--idle-timeout", "600"],
         &out,
     );
     let input = st.root.join("in.txt");
     std::fs::write(&input, st.vectors[..2].join("\n")).unwrap();
-    wait_ok(hedged(&st, &broker.addr(), s(&input), &spool), "hedged");
+    wait_ok(hedged(st, &broker.addr(), s(&input), &spool), "hedged");
     wait_lines(&out, 2);
 
-    let a = Attacker::new(&st, &spool, broker.port);
+    let mut a = Attacker::new(st, &spool, broker.port);
     // What comes back to the board: its acknowledgements.
     let mut opts = rumqttc::MqttOptions::new("attacker-acks", "127.0.0.1", broker.port);
     opts.set_max_packet_size(1 << 20, 1 << 20);
@@ -401,37 +414,17 @@ fn a_board_that_sees_its_classes_learns_nothing_of_the_key() {
     });
     std::thread::sleep(Duration::from_millis(500));
 
-    let pairs: usize = std::env::var("HEDGE_ATTACK_PAIRS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(30);
-    let header = &a.bundle.bundle.header;
-    let delta = header.model.delta_out;
-    let mut pk = a
-        .bundle
-        .bundle
-        .keys
-        .public
-        .key(hedge::crypto::keys::KeyKind::Wide)
-        .prepare()
-        .unwrap();
     let first_seq = 5000;
-    let mut queries = Vec::new(); // (seq, j, flip)
-    for j in 1..=pairs {
-        for flip in [false, true] {
-            let seq = first_seq + queries.len() as u64;
-            let words = key_query(&mut pk, delta, j, flip);
-            a.publish(
-                "hedge/board/results",
-                &a.message("board", seq, a.crafted(words)),
-            );
-            queries.push((seq, j, flip));
-        }
+    let crafted = results(&mut a);
+    let seqs: Vec<u64> = (first_seq..first_seq + crafted.len() as u64).collect();
+    for (&seq, result) in seqs.iter().zip(crafted) {
+        a.publish("hedge/board/results", &a.message("board", seq, result));
+        // A moment between large messages keeps the broker's queue short.
+        std::thread::sleep(Duration::from_millis(5));
     }
     // Every query answered: by a class (the board sees it) or by an acknowledgement.
     let verifying = hedge::bundle::load_verifying_key(&st.keys.join("verifying.key")).unwrap();
     let mut acked = std::collections::BTreeSet::new();
-    let seqs: Vec<u64> = queries.iter().map(|q| q.0).collect();
     let t = std::time::Instant::now();
     loop {
         while let Ok(bytes) = acks.try_recv() {
@@ -444,7 +437,7 @@ fn a_board_that_sees_its_classes_learns_nothing_of_the_key() {
             break;
         }
         assert!(
-            t.elapsed() < Duration::from_secs(60),
+            t.elapsed() < Duration::from_secs(90),
             "{} acked, {classes} classes",
             acked.len()
         );
@@ -453,25 +446,78 @@ fn a_board_that_sees_its_classes_learns_nothing_of_the_key() {
     std::thread::sleep(Duration::from_secs(1));
     terminate(&dec);
     let log = wait_ok(dec, "decryptor");
+    Oracle {
+        class_of: lines_for(&out, &seqs)
+            .iter()
+            .map(|l| {
+                (
+                    l["seq"].as_u64().unwrap() - first_seq,
+                    l["class"].as_u64().unwrap(),
+                )
+            })
+            .collect(),
+        acked: acked.len(),
+        log,
+    }
+}
 
-    // What the board learnt: s_j ⊕ s_{j+1} wherever both classes of a pair came back.
-    let class_of: std::collections::HashMap<u64, u64> = lines_for(&out, &seqs)
-        .iter()
-        .map(|l| (l["seq"].as_u64().unwrap(), l["class"].as_u64().unwrap()))
-        .collect();
+/// After a class-oracle attack: no crafted result decrypted, every one acknowledged alike,
+/// the board quarantined at the tenth refusal (by a check output) and withheld after.
+fn assert_refused_and_quarantined(st: &Setup, o: &Oracle, queries: usize) {
+    assert!(o.class_of.is_empty(), "a crafted result was decrypted");
+    assert_eq!(
+        o.acked, queries,
+        "every signed result is acknowledged alike"
+    );
+    let list = String::from_utf8(hedge(&["device", "--keys", s(&st.keys), "list"]).stdout).unwrap();
+    assert!(list.contains("quarantined"), "{list}");
+    assert_eq!(o.log.matches("check output").count(), 10, "{}", o.log);
+    assert_eq!(
+        o.log.matches("withheld: the device is quarantined").count(),
+        queries - 10,
+        "{}",
+        o.log
+    );
+}
+
+/// The backend's secret key of kind `kind` (the attack's ground truth, never the board's).
+fn secret_key(st: &Setup, kind: hedge::crypto::keys::KeyKind) -> Vec<u64> {
     let secret = hedge::crypto::keys::SecretKeys::from_bytes(
         &std::fs::read(st.keys.join("secret.key")).unwrap(),
     )
     .unwrap();
-    let key = secret
-        .key(hedge::crypto::keys::KeyKind::Wide)
-        .as_ref()
-        .to_vec();
+    secret.key(kind).as_ref().to_vec()
+}
+
+/// The attack of issue 21, end to end: a compromised board that sees the class of every
+/// result it sends (the board's owner buys the classifications) crafts results whose class
+/// depends on secret-key bits. Before the check outputs it recovered one key relation per
+/// two results, none refused; now every crafted result is refused, the board is quarantined
+/// at the tenth, the rest are withheld, every one is acknowledged alike, and it recovers
+/// nothing. `HEDGE_ATTACK_PAIRS` sets the size (default 30 pairs, 60 results).
+#[test]
+fn a_board_that_sees_its_classes_learns_nothing_of_the_key() {
+    let st = setup("last");
+    let pairs = attack_size(30);
+    let queries: Vec<(usize, bool)> = (1..=pairs).flat_map(|j| [(j, false), (j, true)]).collect();
+    let o = class_oracle(&st, |a| {
+        let delta = a.bundle.bundle.header.model.delta_out;
+        let mut pk = a.public_key();
+        queries
+            .iter()
+            .map(|&(j, flip)| a.crafted(key_query(&mut pk, delta, j, flip)))
+            .collect()
+    });
+
+    // What the board learnt: s_j ⊕ s_{j+1} wherever both classes of a pair came back.
+    let key = secret_key(&st, hedge::crypto::keys::KeyKind::Wide);
     let mut recovered = 0;
     for j in 1..=pairs {
-        let seq_of = |flip| queries.iter().find(|q| q.1 == j && q.2 == flip).unwrap().0;
-        let (Some(&c01), Some(&c10)) = (class_of.get(&seq_of(false)), class_of.get(&seq_of(true)))
-        else {
+        let index_of = |flip| queries.iter().position(|q| *q == (j, flip)).unwrap() as u64;
+        let (Some(&c01), Some(&c10)) = (
+            o.class_of.get(&index_of(false)),
+            o.class_of.get(&index_of(true)),
+        ) else {
             continue;
         };
         // (0, 1): class 1 wins the first query; (1, 0): class 0 wins the second.
@@ -483,24 +529,76 @@ fn a_board_that_sees_its_classes_learns_nothing_of_the_key() {
     eprintln!(
         "class-oracle attack on last: {} crafted results, {} classes returned, {} acknowledged, \
          {recovered} of {pairs} key relations recovered",
-        seqs.len(),
-        class_of.len(),
-        acked.len()
+        queries.len(),
+        o.class_of.len(),
+        o.acked
     );
     assert!(recovered <= 64, "{recovered} key bits recovered");
     assert_eq!(recovered, 0, "{recovered} key relations recovered");
-    assert!(class_of.is_empty(), "a crafted result was decrypted");
-    assert_eq!(
-        acked.len(),
-        seqs.len(),
-        "every signed result is acknowledged alike"
+    assert_refused_and_quarantined(&st, &o, queries.len());
+}
+
+/// `HEDGE_ATTACK_PAIRS`, or `default`.
+fn attack_size(default: usize) -> usize {
+    std::env::var("HEDGE_ATTACK_PAIRS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The same attack on `noact`, whose classes are one LWE each, so one mask change moves one
+/// score: class 0 gets H + 1, class 1 an encryption of H + 2 with 2Δ added to its mask
+/// coefficient j (phase H + 2 − 2·s_j), the others 0, and every check output the board must
+/// send (the bundle says how many parts) a fresh encryption of zero, as it cannot compute
+/// them. The class says s_j: one key bit per result. Before `noact`'s check outputs the board
+/// recovered every bit it asked for, none refused.
+#[test]
+fn a_noact_board_that_sees_its_classes_learns_nothing_of_the_key() {
+    let st = setup("noact");
+    let bits = attack_size(30);
+    let o = class_oracle(&st, |a| {
+        let header = &a.bundle.bundle.header;
+        let (delta, parts) = (header.model.delta_out, header.model.result.parts.len());
+        let shape = header.model.result.clone();
+        let key_id = header.key_id;
+        let mut pk = a.public_key();
+        let mut lwe = |z: u64| public_lwe(&mut pk, z.wrapping_mul(delta));
+        let high = 20u64;
+        (1..=bits)
+            .map(|j| {
+                let mut words: Vec<Vec<u64>> = (0..parts)
+                    .map(|c| lwe(if c == 0 { high + 1 } else { 0 }))
+                    .collect();
+                words[1] = lwe(high + 2);
+                words[1][j] = words[1][j].wrapping_add(2u64.wrapping_mul(delta));
+                ResultCiphertext {
+                    key_id,
+                    bits: shape.wire.bits(),
+                    parts: words
+                        .iter()
+                        .zip(&shape.parts)
+                        .map(|(w, p)| U64s(shape.cut(p, w)))
+                        .collect(),
+                }
+            })
+            .collect()
+    });
+    let key = secret_key(&st, hedge::crypto::keys::KeyKind::Wide);
+    // Class 1 wins when s_j = 0 (H + 2 > H + 1), class 0 when s_j = 1 (H < H + 1).
+    let recovered = (1..=bits)
+        .filter(|&j| {
+            o.class_of
+                .get(&(j as u64 - 1))
+                .is_some_and(|&c| (c == 0) == (key[j] == 1))
+        })
+        .count();
+    eprintln!(
+        "class-oracle attack on noact: {bits} crafted results, {} classes returned, {} \
+         acknowledged, {recovered} of {bits} key bits recovered",
+        o.class_of.len(),
+        o.acked
     );
-    let list = String::from_utf8(hedge(&["device", "--keys", s(&st.keys), "list"]).stdout).unwrap();
-    assert!(list.contains("quarantined"), "{list}");
-    assert_eq!(log.matches("check output").count(), 10, "{log}");
-    assert_eq!(
-        log.matches("withheld: the device is quarantined").count(),
-        seqs.len() - 10,
-        "{log}"
-    );
+    assert!(recovered <= 64, "{recovered} key bits recovered");
+    assert_eq!(recovered, 0, "{recovered} key bits recovered");
+    assert_refused_and_quarantined(&st, &o, bits);
 }

@@ -1,6 +1,7 @@
 //! Encrypted inference against the plaintext integer reference, every variant and feature
 //! mode, on small shapes (the full shape runs in `hedge bench`).
 
+mod common;
 use hedge::crypto::keys;
 use hedge::crypto::params::{ParameterSet, SecurityLevel};
 use hedge::engine::synthetic::{Protected, Task};
@@ -416,4 +417,140 @@ fn changed_and_forged_results_fail_their_checks() {
     let err = decrypt(&honest[0], &old, &f.ks.secret).unwrap_err();
     assert_eq!(err, Refusal::Unverifiable);
     assert!(err.to_string().contains("protect"), "{err}");
+}
+
+/// `noact`'s results are one LWE a class and one a check row: every change a board can make
+/// to learn the key or forge a class — a mask coefficient moved (one key bit through one
+/// score), a chosen score, fresh public-key encryptions, sums and differences of results —
+/// fails a check row (each passes with probability at most 3^-13 = 2^-20.6); honest results
+/// of every input pass, in both feature modes.
+#[test]
+fn noact_results_changed_or_forged_fail_their_checks() {
+    use hedge::crypto::raw::U64s;
+    use hedge::engine::PartShape;
+    let params = ParameterSet::for_level(SecurityLevel::L128);
+    let ks = keys::generate(params);
+    let task = Task::small();
+    let Protected {
+        q,
+        mut engine,
+        decoding,
+        ..
+    } = Protected::new(&ks, params, task.model(Variant::Noact, &params));
+    assert_eq!(decoding.checks.strength_bits(), 20);
+    let shape = engine.info.result.clone();
+    assert_eq!(
+        shape.parts,
+        vec![PartShape::Lwe; 10 + hedge::engine::NOACT_CHECK_ROWS]
+    );
+    let (n, delta) = (params.wide.poly_size.0, q.delta_out);
+    let decrypt_ = |r: &hedge::engine::ResultCiphertext| decrypt(r, &decoding, &ks.secret);
+    let samples = task.task.samples(21, 3);
+    let mut honest = Vec::new();
+    for (x, _) in &samples {
+        let feats = engine.encrypt_features(x).unwrap();
+        for r in [
+            engine.infer_plain(x).unwrap(),
+            engine.infer_encrypted(&feats).unwrap(),
+        ] {
+            let d = decrypt_(&r).unwrap();
+            assert_eq!(d.scores, q.reference(&q.input.quantize(x).unwrap()).scores);
+            honest.push(r);
+        }
+    }
+    let genuine = decrypt_(&honest[0]).unwrap();
+    let full: Vec<Vec<Vec<u64>>> = honest
+        .iter()
+        .map(|r| {
+            r.parts
+                .iter()
+                .zip(&shape.parts)
+                .map(|(w, p)| shape.uncut(p, &w.0))
+                .collect()
+        })
+        .collect();
+    let wire = |parts: &[Vec<u64>]| hedge::engine::ResultCiphertext {
+        parts: parts
+            .iter()
+            .zip(&shape.parts)
+            .map(|(w, p)| U64s(shape.cut(p, w)))
+            .collect(),
+        ..honest[0].clone()
+    };
+    let changed = |f: &dyn Fn(&mut Vec<Vec<u64>>)| {
+        let mut parts = full[0].clone();
+        f(&mut parts);
+        decrypt_(&wire(&parts))
+    };
+    let is_check =
+        |r: Result<hedge::engine::Decrypted, Refusal>| matches!(r, Err(Refusal::Check { .. }));
+    // The key-recovery move: c·Δ added to mask coefficient i of class j's LWE moves its score
+    // by c·s_i. Refused whenever the bit is 1; when it is 0 nothing changed.
+    let key = ks.secret.key(keys::KeyKind::Wide).as_ref().to_vec();
+    let (mut refused, mut ones) = (0, 0);
+    for (t, i) in (1..=40).enumerate() {
+        let c = 1 + (t as u64 % 3);
+        let j = t % 10;
+        ones += key[i] as usize;
+        match changed(&|p| p[j][i] = p[j][i].wrapping_add(c.wrapping_mul(delta))) {
+            Ok(d) => {
+                assert_eq!(key[i], 0, "a changed score passed");
+                assert_eq!(d.scores, genuine.scores);
+            }
+            Err(e) => {
+                assert!(matches!(e, Refusal::Check { .. }), "{e}");
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!(refused, ones, "every move that changed a score was refused");
+    // Moves the range check lets through, of every size up to the whole torus: refused.
+    let limit = hedge::engine::phase_check_limit(delta) as u64;
+    for d in [1, 2, 3, limit / 3, limit / 2, limit, 2 * limit] {
+        let r = changed(&|p| p[2][n] = p[2][n].wrapping_add(d.wrapping_mul(delta)));
+        assert!(
+            matches!(r, Err(Refusal::Check { .. } | Refusal::OutOfRange { .. })),
+            "a score moved by {d} passed"
+        );
+    }
+    // A chosen score, with every check row moved by what a guess of its coefficient says.
+    for guess in [-1i64, 0, 1] {
+        let r = changed(&|p| {
+            p[3][n] = p[3][n].wrapping_add(delta);
+            for check in &mut p[10..] {
+                check[n] = check[n].wrapping_add((guess as u64).wrapping_mul(delta));
+            }
+        });
+        assert!(is_check(r), "guessing {guess} for every row passed");
+    }
+    // Fresh public-key encryptions of chosen scores (classes and checks alike).
+    let mut pk = ks.public.key(keys::KeyKind::Wide).prepare().unwrap();
+    let forged: Vec<Vec<u64>> = (0..shape.parts.len())
+        .map(|c| common::public_lwe(&mut pk, (c as u64 % 7).wrapping_mul(delta)))
+        .collect();
+    assert!(is_check(decrypt_(&wire(&forged))));
+    // Sums and differences of honest results: the bias input becomes 2 or 0.
+    for sign in [1u64, u64::MAX] {
+        let r = changed(&|p| {
+            for (a, b) in p.iter_mut().zip(&full[2]) {
+                for (x, y) in a.iter_mut().zip(b) {
+                    *x = x.wrapping_add(y.wrapping_mul(sign));
+                }
+            }
+        });
+        assert!(
+            matches!(r, Err(Refusal::Check { .. } | Refusal::OutOfRange { .. })),
+            "a sum or difference of results passed"
+        );
+    }
+    // A registry record from before the checks: refused, saying to protect again.
+    let mut old = decoding.clone();
+    old.checks = Default::default();
+    old.parts.truncate(10);
+    let mut classes_only = honest[0].clone();
+    classes_only.parts.truncate(10);
+    assert_eq!(
+        decrypt(&classes_only, &old, &ks.secret).unwrap_err(),
+        Refusal::Unverifiable
+    );
 }

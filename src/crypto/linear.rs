@@ -578,6 +578,11 @@ pub struct PreparedGgswRows {
 }
 
 impl PreparedGgswRows {
+    /// Output rows (classes, then any check rows).
+    pub fn rows(&self) -> usize {
+        self.ggsws.len()
+    }
+
     /// One LWE per output row: W·h + bias, from the GLWE holding h at coefficients 0..in.
     pub fn apply(
         &self,

@@ -3,8 +3,8 @@
 //! result of that model (feature `backend`; never in the boards' build).
 
 use super::model::{
-    check_log2_delta, part_words, EncryptedModel, PartShape, ResultCiphertext, ResultShape, Wire,
-    CHECK_BITS, CHECK_ROWS,
+    check_log2_delta, check_rows, part_words, EncryptedModel, PartShape, ResultCiphertext,
+    ResultShape, Wire, CHECK_BITS,
 };
 use super::{EngineError, Result};
 use crate::crypto::keys::{KeyId, KeyKind, SecretKeys};
@@ -40,22 +40,52 @@ impl EncryptedModel {
 }
 
 /// Secret check outputs of a protected model: extra output rows, each a secret random
-/// combination Σ_c r_c·(row c) of the class rows (weights and bias) plus a secret odd offset ρ
-/// on the bias column, encrypted like them and encoded at a power-of-two Δ of their own so
-/// that the combination's whole range fits. The board cannot compute the rows' values without
-/// r and ρ; an honest result satisfies check_k = Σ_c r_{k,c}·score_c + ρ_k exactly. The offset
-/// pins the bias input to 1: the bundle's weight ciphertexts on their own (bias 0), sums and
+/// combination Σ_c r_c·(row c) of the class rows (weights and bias) plus a secret offset ρ
+/// on the bias column, encrypted like them. The board cannot compute the rows' values without
+/// r and ρ; an honest result satisfies check_k = Σ_c r_{k,c}·score_c + ρ_k. The offset pins the
+/// bias input to 1: the bundle's weight ciphertexts on their own (bias 0), sums and
 /// differences of results (bias 2, 0) fail it. Kept in the backend's registry ([`Decoding`])
 /// only: the bundle carries the encrypted rows, never r or ρ.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ResultChecks {
-    /// One coefficient per class and check row, each in [0, 2^CHECK_BITS).
+    /// One coefficient per class and check row: in [0, 2^CHECK_BITS) ([`CheckMethod::Modular`])
+    /// or {−1, 0, 1} ([`CheckMethod::Phase`]).
     pub rows: Vec<Vec<i64>>,
-    /// log2 Δ of each check row.
+    /// log2 Δ of each check row ([`CheckMethod::Modular`]; the classes' Δ otherwise).
     pub log2_deltas: Vec<u32>,
-    /// ρ of each check row: odd, in [1, 2^CHECK_BITS).
+    /// ρ of each check row.
     #[serde(default)]
     pub offsets: Vec<i64>,
+    #[serde(default)]
+    pub method: CheckMethod,
+}
+
+/// How a result's check rows are verified.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CheckMethod {
+    /// `last`: each check decoded at a power-of-two Δ of its own, whose torus holds the
+    /// combination's range, and equal to Σ r·scores + ρ modulo that torus (coefficients of
+    /// CHECK_BITS bits; 2^-5 a row).
+    #[default]
+    Modular,
+    /// `noact`: at the classes' Δ, whose torus the scores fill, and with the first layer's
+    /// noise times ‖r·W2‖ in each check row — too much to decode one on its own. The phases
+    /// are compared instead: check_k − Σ_c r_{k,c}·class_c − Δ·ρ_k cancels every noise the rows
+    /// share (the first layer's, the decomposition's: the external product is exact and
+    /// linear in the row) and must lie within Δ/8 of 0 modulo 2^64. Sound with coefficients in
+    /// {−1, 0, 1} for every score change the range check lets through (1/3 a row:
+    /// [`phase_check_limit`]).
+    Phase,
+}
+
+/// The largest |score| a result verified by [`CheckMethod::Phase`] may decode to at `delta`.
+/// A change that moves a class by d ≠ 0 moves its phase by δ with 3Δ/4 ≤ |δ| ≤ Δ(2L + ¼)
+/// (both phases within Δ/8 of their grid, both scores within ±L); the three values r·δ of a
+/// coefficient r ∈ {−1, 0, 1} lie ≥ 3Δ/4 apart modulo 2^64 as long as 2|δ| < 2^64 − Δ/4,
+/// so at most one of them meets the Δ/8 tolerance: 4L + ¾ < M = 2^64/Δ.
+pub fn phase_check_limit(delta: u64) -> f64 {
+    let modulus = 2f64.powi(64) / delta as f64;
+    ((modulus - 1.0) / 4.0).floor()
 }
 
 impl ResultChecks {
@@ -67,8 +97,22 @@ impl ResultChecks {
     ) -> Result<Self> {
         use rand::Rng;
         let mut checks = Self::default();
-        if q.variant != Variant::Last {
-            return Ok(checks);
+        match q.variant {
+            Variant::Last => {}
+            Variant::Noact => {
+                // ρ up to a quarter of the classes' torus: ±Δ·ρ (bias 0 or 2) stays far from 0
+                // modulo 2^64.
+                let quarter = (phase_check_limit(q.delta_out) as i64).max(2);
+                for _ in 0..check_rows(Variant::Noact) {
+                    checks
+                        .rows
+                        .push((0..q.out_dim).map(|_| rng.gen_range(-1..=1)).collect());
+                    checks.offsets.push(rng.gen_range(1..quarter));
+                }
+                checks.method = CheckMethod::Phase;
+                return Ok(checks);
+            }
+            Variant::Act => return Ok(checks),
         }
         let limits = q.score_limits(params);
         let log2_delta = check_log2_delta(&limits).ok_or_else(|| {
@@ -76,7 +120,7 @@ impl ResultChecks {
                 "model: its scores are too large to leave room for check outputs".into(),
             )
         })?;
-        while checks.rows.len() < CHECK_ROWS {
+        while checks.rows.len() < check_rows(Variant::Last) {
             let r: Vec<i64> = (0..q.out_dim)
                 .map(|_| rng.gen_range(0..1i64 << CHECK_BITS))
                 .collect();
@@ -128,7 +172,24 @@ impl ResultChecks {
 
     /// −log2 of the largest probability that a changed result passes every row.
     pub fn strength_bits(&self) -> u32 {
-        CHECK_BITS * self.rows.len() as u32
+        match self.method {
+            CheckMethod::Modular => CHECK_BITS * self.rows.len() as u32,
+            CheckMethod::Phase => (self.rows.len() as f64 * 3f64.log2()).floor() as u32,
+        }
+    }
+
+    /// Row `k` of [`CheckMethod::Phase`] holds for these phases (classes', then the row's):
+    /// the distance of check − Σ r·class − Δ·ρ from 0 modulo 2^64 if within Δ/8.
+    fn phase_row(&self, k: usize, classes: &[u64], check: u64, delta: u64) -> Option<u64> {
+        let combined = self.rows[k]
+            .iter()
+            .zip(classes)
+            .fold(0u64, |acc, (&r, &p)| {
+                acc.wrapping_add((r as u64).wrapping_mul(p))
+            });
+        let offset = (self.offset(k) as u64).wrapping_mul(delta);
+        let d = (check.wrapping_sub(combined).wrapping_sub(offset) as i64).unsigned_abs();
+        (d <= delta / 8).then_some(d)
     }
 }
 
@@ -173,6 +234,11 @@ impl Decoding {
         checks: &ResultChecks,
     ) -> Result<Self> {
         let shape = ResultShape::of(q, params, checks.rows.len())?;
+        let mut score_limits = q.score_limits(params);
+        if checks.method == CheckMethod::Phase {
+            let limit = phase_check_limit(q.delta_out);
+            score_limits.iter_mut().for_each(|l| *l = l.min(limit));
+        }
         Ok(Self {
             key_id,
             key: shape.key,
@@ -181,7 +247,7 @@ impl Decoding {
             out_scale: q.out_scale,
             parts: shape.parts,
             exact: q.variant != Variant::Act,
-            score_limits: q.score_limits(params),
+            score_limits,
             own_masks: Vec::new(),
             labels: None,
             checks: checks.clone(),
@@ -189,15 +255,10 @@ impl Decoding {
         })
     }
 
-    /// Variant `last` is verifiable only with its check outputs: a record made before them
-    /// cannot tell a crafted result from an honest one.
+    /// The exact variants (`last`, `noact`) are verifiable only with their check outputs: a
+    /// record made before them cannot tell a crafted result from an honest one.
     fn verifiable(&self) -> bool {
-        let last = self.key == KeyKind::Wide
-            && self
-                .parts
-                .iter()
-                .all(|p| matches!(p, PartShape::Glwe { .. }));
-        !last || !self.checks.rows.is_empty()
+        !self.exact || !self.checks.rows.is_empty()
     }
 
     /// The same, refusing the GLWEs of `model` (the bundle's) as results.
@@ -486,7 +547,18 @@ pub fn decrypt(
     let mut margin = (delta as f64 / 2.0).log2()
         - (errors.iter().copied().max().unwrap_or(0).max(1) as f64).log2();
     let checks = &decoding.checks;
-    for (row, (&p, check_delta)) in check_phases.iter().zip(checks.deltas()).enumerate() {
+    if checks.method == CheckMethod::Phase {
+        for (row, &p) in check_phases.iter().enumerate() {
+            let d = checks
+                .phase_row(row, class_phases, p, delta)
+                .ok_or(Refusal::Check { row })?;
+            margin = margin.min((delta as f64 / 2.0).log2() - (d.max(1) as f64).log2());
+        }
+    }
+    let modular = checks
+        .deltas()
+        .take_while(|_| checks.method == CheckMethod::Modular);
+    for (row, (&p, check_delta)) in check_phases.iter().zip(modular).enumerate() {
         let z = decode(p, check_delta);
         let e = error(p, z, check_delta);
         let modulus = 1i128 << (64 - check_delta.trailing_zeros());

@@ -318,7 +318,7 @@ fn check_result_shape(info: &ModelInfo, prepared: &Prepared, key: KeyKind, n: us
     let shape = &info.result;
     let (parts, glwe) = match prepared {
         Prepared::Last { output, .. } => (output.layout.blocks(), true),
-        Prepared::Noact { .. } => (info.out_dim, false),
+        Prepared::Noact { second, .. } => (second.rows(), false),
         Prepared::Act { luts, .. } => (luts.map.groups(info.out_dim), true),
     };
     let fits = shape.key == key

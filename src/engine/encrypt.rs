@@ -28,7 +28,7 @@ impl EncryptedModel {
     ) -> Result<Self> {
         let p = keys.params;
         let (hidden, out) = (q.hidden_dim, q.out_dim);
-        if q.variant != Variant::Last && !checks.rows.is_empty() {
+        if q.variant == Variant::Act && !checks.rows.is_empty() {
             return Err(CryptoError::Unsupported(format!(
                 "check outputs for variant {}",
                 q.variant.name()
@@ -81,17 +81,28 @@ impl EncryptedModel {
                         &vec![0; layout.out_dim],
                         WIDE_DROP_BITS,
                     ),
-                    second: EncryptedGgswRows::encrypt(
-                        &keys.wide,
-                        KeyKind::Wide,
-                        p.wide,
-                        &q.w2,
-                        &q.b2,
-                        out,
-                        hidden,
-                        p.weights_ggsw,
-                        q.delta_out,
-                    )?,
+                    second: {
+                        // The check rows after the classes', bias column split off again.
+                        let classes = q.w2_with_bias();
+                        let cols = hidden + 1;
+                        let checked = checks.combine(&classes, cols);
+                        let (mut w, mut b) = (q.w2.clone(), q.b2.clone());
+                        for row in checked.chunks_exact(cols) {
+                            w.extend_from_slice(&row[..hidden]);
+                            b.push(row[hidden]);
+                        }
+                        EncryptedGgswRows::encrypt(
+                            &keys.wide,
+                            KeyKind::Wide,
+                            p.wide,
+                            &w,
+                            &b,
+                            out + checks.rows.len(),
+                            hidden,
+                            p.weights_ggsw,
+                            q.delta_out,
+                        )?
+                    },
                 }
             }
             Variant::Act => {

@@ -29,11 +29,14 @@ pub mod model;
 pub mod synthetic;
 
 #[cfg(any(feature = "backend", test))]
-pub use decrypt::{decode, decrypt, phases, Decoding, Decrypted, Refusal, ResultChecks};
+pub use decrypt::{
+    decode, decrypt, phase_check_limit, phases, CheckMethod, Decoding, Decrypted, Refusal,
+    ResultChecks,
+};
 pub use edge::{EdgeEngine, EncryptedFeatures};
 pub use model::{
     first_layer_hidden, EncryptedModel, ModelInfo, PartShape, PlainLayer, ResultCiphertext,
-    ResultShape, Wire, CHECK_BITS, CHECK_ROWS,
+    ResultShape, Wire, CHECK_BITS, CHECK_ROWS, NOACT_CHECK_ROWS,
 };
 
 /// The engine's errors: inputs it refuses, keys that do not match, models or results whose

@@ -24,6 +24,23 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 pub const CHECK_BITS: u32 = 5;
 pub const CHECK_ROWS: usize = 4;
 
+/// Check rows per result of variant `noact`, each a secret combination with coefficients in
+/// {−1, 0, 1} verified on the phases (docs/THREATS.md #25): a changed result passes one row
+/// with probability at most 1/3, all of them with at most 3^-13 = 2^-20.6. Three values, not
+/// 2^5, because `noact`'s scores fill their torus: a row of K values is sound only for changes
+/// below 2^64/(K − 1), and every bit of K would cost a bit of the noise margin.
+pub const NOACT_CHECK_ROWS: usize = 13;
+
+/// Check rows a result of `variant` carries after its classes (none for `act`, whose scores
+/// are not exact: docs/THREATS.md).
+pub fn check_rows(variant: Variant) -> usize {
+    match variant {
+        Variant::Last => CHECK_ROWS,
+        Variant::Noact => NOACT_CHECK_ROWS,
+        Variant::Act => 0,
+    }
+}
+
 /// log2 Δ of the check rows, from the classes' score limits alone (public): a check is verified
 /// modulo M = 2^64/Δ, so M must keep r ↦ r·d injective on CHECK_BITS-bit r for every change d of
 /// a class score that the range checks let through (0 < |d| ≤ 2·limit, so d has at most
@@ -96,11 +113,7 @@ impl ModelInfo {
     /// The public facts of `q` protected under `params` (with `last`'s check rows).
     #[cfg(any(feature = "backend", test))]
     pub fn of(q: &QuantModel, params: &ParameterSet) -> Result<Self> {
-        let check_rows = if q.variant == Variant::Last {
-            CHECK_ROWS
-        } else {
-            0
-        };
+        let check_rows = check_rows(q.variant);
         Ok(Self {
             variant: q.variant,
             input: q.input.clone(),
@@ -154,7 +167,8 @@ pub struct ResultShape {
 }
 
 impl ResultShape {
-    /// The results of `q` under `params` with `check_rows` check outputs after the classes.
+    /// The results of `q` under `params` with `check_rows` check outputs after the classes
+    /// (`noact`: one LWE each, like a class).
     ///
     /// The modulus switch drops as many low bits as its budget allows: for the exact variants,
     /// with probability 1 − 2^-40 ([`switch::error_bound`]), 1/16 of the Δ/8 an honest score
@@ -179,7 +193,7 @@ impl ResultShape {
             _ if q.variant == Variant::Noact => (
                 KeyKind::Wide,
                 params.wide.poly_size.0,
-                vec![PartShape::Lwe; out],
+                vec![PartShape::Lwe; out + check_rows],
             ),
             _ => {
                 let layout =
@@ -196,7 +210,8 @@ impl ResultShape {
             q.act_switch_drop_bits(params)
         } else {
             let mut delta = q.delta_out as f64;
-            if check_rows > 0 {
+            // `noact`'s checks are at the classes' Δ.
+            if q.variant == Variant::Last && check_rows > 0 {
                 let log2 = check_log2_delta(&q.score_limits(params)).unwrap_or(16);
                 delta = delta.min(2f64.powi(log2 as i32));
             }

@@ -145,6 +145,10 @@ pub struct CaseReport {
     pub out_of_window_units: usize,
     #[serde(default)]
     pub out_of_window_images: usize,
+    /// Accepted test images with a reference score beyond what the decryptor accepts (its
+    /// score limits; `noact`: twice the largest calibrated score): their results are refused.
+    #[serde(default)]
+    pub out_of_range_images: usize,
     /// Variant `act`: classes per bootstrap's table and the blind rotation's gadget levels.
     #[serde(default)]
     pub classes_per_bootstrap: Option<usize>,
@@ -212,6 +216,8 @@ struct ReferencePass {
     flip: Vec<FlipProbability>,
     out_of_window_units: usize,
     out_of_window_images: usize,
+    /// Images with a score beyond `limits`.
+    out_of_range: usize,
 }
 
 fn reference_pass(
@@ -219,15 +225,22 @@ fn reference_pass(
     feats: &[Vec<f32>],
     labels: &[usize],
     noise: Option<&ParameterSet>,
+    limits: &[f64],
 ) -> ReferencePass {
     let (mut correct, mut refused, mut flip) = (0, 0, Vec::new());
-    let (mut out_of_window_units, mut out_of_window_images) = (0, 0);
+    let (mut out_of_window_units, mut out_of_window_images, mut out_of_range) = (0, 0, 0);
     for (f, &l) in feats.iter().zip(labels) {
         let p = match q.input.quantize(f) {
             Ok(xq) => {
                 let r = q.reference(&xq);
                 out_of_window_units += r.out_of_window;
                 out_of_window_images += (r.out_of_window > 0) as usize;
+                out_of_range += r
+                    .scores
+                    .iter()
+                    .zip(limits)
+                    .any(|(z, &limit)| z.unsigned_abs() as f64 > limit)
+                    as usize;
                 correct += (argmax(&r.scores) == l) as usize;
                 noise.map(|params| q.act_flip_probability(&r, params))
             }
@@ -246,6 +259,7 @@ fn reference_pass(
         flip,
         out_of_window_units,
         out_of_window_images,
+        out_of_range,
     }
 }
 
@@ -357,15 +371,17 @@ pub fn run(
             case.variant.name(),
             case.network.display()
         ));
+        let (enc, checks) = EncryptedModel::encrypt(&q, &keys.secret)?;
+        let decoding = Decoding::new(&q, &params, keys.secret.key_id, &checks)?;
         let ReferencePass {
             accuracy: reference_accuracy,
             refused: reference_refused,
             flip,
             out_of_window_units,
             out_of_window_images,
-        } = reference_pass(&q, feats, &labels, Some(&params));
+            out_of_range,
+        } = reference_pass(&q, feats, &labels, Some(&params), &decoding.score_limits);
 
-        let (enc, checks) = EncryptedModel::encrypt(&q, &keys.secret)?;
         let mut engine = EdgeEngine::new(
             ModelInfo::of(&q, &params)?,
             params,
@@ -373,7 +389,6 @@ pub fn run(
             edge_keys,
             &enc,
         )?;
-        let decoding = Decoding::new(&q, &params, keys.secret.key_id, &checks)?;
         let sample = &order[..case.encrypted.min(order.len())];
         let bound = q.act_score_bound(&params);
         let (mut agree, mut correct, mut sample_ref_correct, mut ms) = (0, 0, 0, 0.0);
@@ -422,7 +437,7 @@ pub fn run(
                     &opts.params,
                     bits,
                 )?;
-                Ok((b, reference_pass(&q, feats, &labels, None).accuracy))
+                Ok((b, reference_pass(&q, feats, &labels, None, &[]).accuracy))
             })
             .collect::<Result<Vec<_>>>()?;
         let report = CaseReport {
@@ -468,6 +483,7 @@ pub fn run(
             hidden_units: q.hidden_dim,
             out_of_window_units,
             out_of_window_images,
+            out_of_range_images: out_of_range,
             classes_per_bootstrap: act_map.map(|m| m.per_table),
             gadget_levels: act_map.map(|_| params.pbs.level.0),
         };

@@ -696,3 +696,16 @@ pub fn bundle_id(bundle: &Path, keys: &Path) -> String {
         })
         .unwrap()
 }
+
+/// What a board can make with the public key alone: a fresh LWE (dimension N) of the phase
+/// `phase`, sample-extracted from a public-key GLWE encryption — a forged `noact` part.
+pub fn public_lwe(pk: &mut hedge::crypto::pke::PreparedPublicKey, phase: u64) -> Vec<u64> {
+    use tfhe::core_crypto::prelude::*;
+    let n = pk.poly_size();
+    let mut message = vec![0u64; n];
+    message[0] = phase;
+    let glwe = pk.encrypt_glwe(&message);
+    let mut lwe = LweCiphertext::new(0u64, LweSize(n + 1), hedge::crypto::modulus());
+    extract_lwe_sample_from_glwe_ciphertext(&glwe, &mut lwe, MonomialDegree(0));
+    lwe.into_container()
+}
