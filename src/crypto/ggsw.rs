@@ -140,25 +140,47 @@ impl FftEngine {
 
     /// out += GGSW ⊡ glwe, exactly. `glwe` holds mask then body, N coefficients each.
     pub fn add_external_product(&mut self, out: &mut [u64], ggsw: &ExactGgsw, glwe: &[u64]) {
+        let digits = self.decompose(glwe, ggsw.decomp);
+        self.add_external_product_decomposed(out, ggsw, &digits);
+    }
+
+    /// The transformed gadget digits of `glwe` (mask then body, N coefficients each): where
+    /// every external product with it starts, so several GGSWs (a layer's rows) share them.
+    pub fn decompose(&mut self, glwe: &[u64], d: DecompParams) -> DecomposedGlwe {
         let n = self.n;
-        assert_eq!(ggsw.n, n);
         assert_eq!(glwe.len(), 2 * n);
-        assert_eq!(out.len(), 2 * n);
-        let d = ggsw.decomp;
         // Digits of mask and body, per level; row index = level_index*2 + component, tfhe order.
-        let mut digit_ffts: Vec<FourierPoly> = Vec::with_capacity(2 * d.level.0);
+        let mut ffts: Vec<FourierPoly> = Vec::with_capacity(2 * d.level.0);
         let digits = decompose(glwe, d);
         for level_index in 0..d.level.0 {
             for component in 0..2 {
                 let level = d.level.0 - level_index;
                 let poly = &digits[(level - 1) * 2 * n + component * n..][..n];
-                digit_ffts.push(self.forward_integer(poly));
+                ffts.push(self.forward_integer(poly));
             }
         }
+        DecomposedGlwe { decomp: d, ffts }
+    }
+
+    /// out += GGSW ⊡ (the GLWE `digits` came from), exactly.
+    pub fn add_external_product_decomposed(
+        &mut self,
+        out: &mut [u64],
+        ggsw: &ExactGgsw,
+        digits: &DecomposedGlwe,
+    ) {
+        let n = self.n;
+        assert_eq!(ggsw.n, n);
+        assert_eq!(out.len(), 2 * n);
+        assert_eq!(
+            digits.decomp, ggsw.decomp,
+            "digits of the GGSW's own gadget"
+        );
         for out_component in 0..2 {
             for limb in 0..LIMBS {
                 let mut acc = self.multiply_accumulate(
-                    digit_ffts
+                    digits
+                        .ffts
                         .iter()
                         .zip(ggsw.rows.iter())
                         .map(|(df, row)| (df, &row[out_component * LIMBS + limb])),
@@ -172,6 +194,12 @@ impl FftEngine {
             }
         }
     }
+}
+
+/// A GLWE's balanced gadget digits, each transformed (tfhe's row order).
+pub struct DecomposedGlwe {
+    decomp: DecompParams,
+    ffts: Vec<FourierPoly>,
 }
 
 /// Forward FFT of an integer polynomial (apart from [`FftEngine`] so that a polynomial in the

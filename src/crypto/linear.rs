@@ -590,12 +590,17 @@ impl PreparedGgswRows {
         engine: &mut FftEngine,
     ) -> Vec<LweCiphertextOwned<u64>> {
         let n = h.polynomial_size();
+        // Every row reads the same digits of h: decomposed and transformed once.
+        let Some(decomp) = self.ggsws.first().map(|g| g.decomp) else {
+            return Vec::new();
+        };
+        let digits = engine.decompose(h.as_ref(), decomp);
         self.ggsws
             .iter()
             .zip(self.bias.iter())
             .map(|(ggsw, bias)| {
                 let mut acc = vec![0u64; 2 * n.0];
-                engine.add_external_product(&mut acc, ggsw, h.as_ref());
+                engine.add_external_product_decomposed(&mut acc, ggsw, &digits);
                 let acc = GlweCiphertext::from_container(acc, n, modulus());
                 let mut lwe = LweCiphertext::new(0u64, LweSize(n.0 + 1), modulus());
                 extract_lwe_sample_from_glwe_ciphertext(
