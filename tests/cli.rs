@@ -757,3 +757,49 @@ fn refusals_that_lead_somewhere_and_an_identity_without_a_bundle() {
     assert_eq!(first, again, "made once, then read");
     refused(&hedged(&["--print-identity"], ""), "pass --spool-dir");
 }
+
+/// `--prune`: hidden units go while the model's classes stay the same on the share of
+/// calibration inputs asked for; the bundle has the fewer units and its results decrypt to the
+/// pruned model's classes. A share outside (0, 1] is refused with what it means.
+#[test]
+fn protect_prunes_hidden_units_to_an_agreement() {
+    let f = fixture();
+    let (model, calibration) = (f.root.join("model.onnx"), f.root.join("calibration.txt"));
+    let bundle = f.root.join("pruned.bundle");
+    let out = ok(&protect_with(
+        &f,
+        &model,
+        &calibration,
+        "act",
+        &bundle,
+        &["--prune", "0.95"],
+    ));
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("pruned 16 → "))
+        .unwrap_or_else(|| panic!("{out}"));
+    let kept: usize = line["pruned 16 → ".len()..]
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(kept < 16, "{line}");
+    assert!(line.contains("of 60 calibration inputs"), "{line}");
+    let summary = ok(&hedge(&["inspect", s(&bundle), "--keys", s(&f.keys)]));
+    assert!(
+        summary.contains(&format!("shape       48 → {kept} → 10")),
+        "{summary}"
+    );
+    refused(
+        &protect_with(
+            &f,
+            &model,
+            &calibration,
+            "act",
+            &bundle,
+            &["--prune", "1.5"],
+        ),
+        "share of calibration inputs",
+    );
+}

@@ -7,6 +7,8 @@ pub mod activation;
 pub mod error;
 pub mod network;
 pub mod onnx;
+#[cfg(feature = "backend")]
+pub mod prune;
 pub mod quant;
 pub mod split;
 pub mod synth;

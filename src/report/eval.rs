@@ -11,7 +11,9 @@ use crate::input::images::{read_idx_images, read_idx_labels, Image};
 use crate::model::activation::Activation;
 use crate::model::argmax;
 use crate::model::network::Network;
+use crate::model::prune::{self, PruneReport};
 use crate::model::quant::{float_reference, BitWidths, FlipProbability, QuantModel, Variant};
+use crate::model::Classifier;
 use crate::progress::Progress;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -98,6 +100,9 @@ pub struct EvalOptions {
     pub encrypt_from: Option<String>,
     /// How variant `act` spends its bootstraps (classes per table, gadget levels).
     pub act: crate::backend::protect::ActSettings,
+    /// Prune hidden units to this agreement with the model's own classes on the calibration
+    /// inputs first (`hedge protect --prune`).
+    pub prune: Option<f64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -149,6 +154,12 @@ pub struct CaseReport {
     /// score limits; `noact`: twice the largest calibrated score): their results are refused.
     #[serde(default)]
     pub out_of_range_images: usize,
+    /// With `--prune`: the units kept and the agreement with the unpruned model on the
+    /// calibration inputs, and the same agreement on the test images.
+    #[serde(default)]
+    pub pruned: Option<PruneReport>,
+    #[serde(default)]
+    pub pruned_test_agreement: Option<f64>,
     /// Variant `act`: classes per bootstrap's table and the blind rotation's gadget levels.
     #[serde(default)]
     pub classes_per_bootstrap: Option<usize>,
@@ -341,7 +352,24 @@ pub fn run(
             extractor_ms,
             ..
         } = loaded.as_ref().expect("loaded");
-        let head = &network.head;
+        let (pruned, pruned_test_agreement) = match opts.prune {
+            Some(target) => {
+                // Pruned as it is evaluated: the case's activation, none for noact.
+                let evaluated = Classifier {
+                    activation: match case.variant {
+                        Variant::Noact => None,
+                        _ => case.activation.or(network.head.activation),
+                    },
+                    ..network.head.clone()
+                };
+                let p = prune::to_agreement(&evaluated, calibration, target)?;
+                let on_test =
+                    prune::agreeing(&evaluated, &p.head, feats) as f64 / feats.len().max(1) as f64;
+                (Some(p), Some(on_test))
+            }
+            None => (None, None),
+        };
+        let head = pruned.as_ref().map_or(&network.head, |p| &p.head);
         let float = float_reference(head, case.variant);
         let float_correct = feats
             .iter()
@@ -484,6 +512,8 @@ pub fn run(
             out_of_window_units,
             out_of_window_images,
             out_of_range_images: out_of_range,
+            pruned: pruned.map(|p| p.report),
+            pruned_test_agreement,
             classes_per_bootstrap: act_map.map(|m| m.per_table),
             gadget_levels: act_map.map(|_| params.pbs.level.0),
         };

@@ -55,6 +55,10 @@ pub struct Args {
     /// Variant act: the blind rotation's gadget levels, 1 to 3, as `hedge protect`.
     #[arg(long, default_value_t = 1)]
     gadget_levels: usize,
+    /// Prune hidden units first, to this agreement with the model's own classes on the
+    /// calibration inputs (as `hedge protect --prune`); reports it on the test images too.
+    #[arg(long)]
+    prune: Option<f64>,
     /// Write the accuracy plot here.
     #[arg(long)]
     plot: Option<PathBuf>,
@@ -134,6 +138,7 @@ pub fn run(a: Args, ui: &Ui) -> Result<()> {
             classes_per_bootstrap: a.classes_per_bootstrap.unwrap_or(usize::MAX),
             gadget_levels: a.gadget_levels,
         },
+        prune: a.prune,
     };
     if !a.json {
         println!(
@@ -210,6 +215,24 @@ fn print_case(r: &CaseReport) {
             r.out_of_window_units as f64 / (accepted as f64 * r.hidden_units.max(1) as f64),
             r.out_of_window_images,
             100.0 * r.out_of_window_images as f64 / accepted as f64
+        );
+    }
+    if let (Some(p), Some(test)) = (&r.pruned, r.pruned_test_agreement) {
+        println!(
+            "    pruned {} → {} hidden units: classes as the unpruned model's on {:.2} % of {} \
+             calibration inputs and {:.2} % of the test images",
+            p.units_before,
+            p.units_after,
+            100.0 * p.agreement(),
+            p.inputs,
+            100.0 * test
+        );
+    }
+    if r.out_of_range_images > 0 {
+        println!(
+            "    {} test images score beyond what the decryptor accepts (refused): protect \
+             with calibration data that covers them",
+            r.out_of_range_images
         );
     }
     for d in &r.disagreements {
