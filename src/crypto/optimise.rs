@@ -71,29 +71,25 @@ pub fn bootstrap_layer(shipped: &ParameterSet) -> Choice {
         // The blind rotation: the fewest levels (work grows with them) whose best base keeps
         // the output noise within the limit. The output noise grows with n, so once one level
         // count's best base fails at every count, larger n cannot do better for this part.
-        let rotation = (1..=MAX_PBS_LEVELS).find_map(|levels| {
-            (1..=64 / levels)
-                .map(|b| ParameterSet {
-                    pbs: DecompParams::new(b, levels),
-                    ..base
-                })
-                .filter(|p| p.pbs_output_std() <= output_limit)
-                .min_by(|a, b| a.pbs_output_std().total_cmp(&b.pbs_output_std()))
-        });
+        let rotation = fewest_levels(
+            MAX_PBS_LEVELS,
+            64,
+            |pbs| ParameterSet { pbs, ..base },
+            ParameterSet::pbs_output_std,
+            output_limit,
+        );
         let Some(rotation) = rotation else {
             break;
         };
         // The key switch: the fewest levels whose best base keeps the input noise within the
         // limit.
-        let switched = (1..=KS_MAX_LEVELS).find_map(|levels| {
-            (1..=KS_MAX_PRECISION / levels)
-                .map(|b| ParameterSet {
-                    ks: DecompParams::new(b, levels),
-                    ..rotation
-                })
-                .filter(|p| p.pbs_input_std_slots() <= input_limit)
-                .min_by(|a, b| a.pbs_input_std_slots().total_cmp(&b.pbs_input_std_slots()))
-        });
+        let switched = fewest_levels(
+            KS_MAX_LEVELS,
+            KS_MAX_PRECISION,
+            |ks| ParameterSet { ks, ..rotation },
+            ParameterSet::pbs_input_std_slots,
+            input_limit,
+        );
         let Some(candidate) = switched else {
             continue;
         };
@@ -107,6 +103,24 @@ pub fn bootstrap_layer(shipped: &ParameterSet) -> Choice {
         }
     }
     best
+}
+
+/// A gadget search: for 1..=`max_levels` levels in turn, every base that keeps the levels
+/// within `precision` bits, the set `with` makes of it; the first level count with a set whose
+/// `noise` stays within `limit` gives its least noisy one (work grows with the levels).
+fn fewest_levels(
+    max_levels: usize,
+    precision: usize,
+    with: impl Fn(DecompParams) -> ParameterSet,
+    noise: impl Fn(&ParameterSet) -> f64,
+    limit: f64,
+) -> Option<ParameterSet> {
+    (1..=max_levels).find_map(|levels| {
+        (1..=precision / levels)
+            .map(|b| with(DecompParams::new(b, levels)))
+            .filter(|p| noise(p) <= limit)
+            .min_by(|a, b| noise(a).total_cmp(&noise(b)))
+    })
 }
 
 impl Choice {

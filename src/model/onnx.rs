@@ -407,10 +407,7 @@ const SPELLED: [Activation; 5] = [
 pub(crate) fn fuse_spelled_activations(graph: &mut pb::GraphProto) {
     while let Some(found) = find_spelled(graph) {
         let node = &mut graph.node[found.last];
-        let (op, attribute) = match found.activation {
-            Activation::GeluTanh => ("Gelu", vec![string_attr("approximate", "tanh")]),
-            f => (onnx_op(f), vec![]),
-        };
+        let (op, attribute) = activation_node(found.activation);
         node.op_type = op.into();
         node.input = vec![found.input];
         node.attribute = attribute;
@@ -423,13 +420,20 @@ pub(crate) fn fuse_spelled_activations(graph: &mut pb::GraphProto) {
     }
 }
 
-/// The operator of a parameter-free activation [`SPELLED`] finds.
-fn onnx_op(f: Activation) -> &'static str {
+/// The ONNX operator and attributes that compute `f` on one input (the square is Mul, its
+/// input given twice).
+fn activation_node(f: Activation) -> (&'static str, Vec<pb::AttributeProto>) {
     match f {
-        Activation::Tanh => "Tanh",
-        Activation::Sigmoid => "Sigmoid",
-        Activation::Softplus => "Softplus",
-        _ => "Gelu",
+        Activation::Relu => ("Relu", vec![]),
+        Activation::Square => ("Mul", vec![]),
+        Activation::Tanh => ("Tanh", vec![]),
+        Activation::Sigmoid => ("Sigmoid", vec![]),
+        Activation::Softplus => ("Softplus", vec![]),
+        Activation::Gelu => ("Gelu", vec![]),
+        Activation::GeluTanh => ("Gelu", vec![string_attr("approximate", "tanh")]),
+        Activation::LeakyRelu(a) => ("LeakyRelu", vec![float_attr("alpha", a.get())]),
+        Activation::Elu(a) => ("Elu", vec![float_attr("alpha", a.get())]),
+        Activation::Identity => ("Identity", vec![]),
     }
 }
 
@@ -1442,24 +1446,12 @@ pub fn to_bytes(model: &Classifier, matmul: bool) -> Vec<u8> {
         }
         current = out;
         if let (0, Some(f)) = (k, model.activation) {
-            let (op, attrs) = match f {
-                Activation::Relu => ("Relu", vec![]),
-                Activation::Square => ("Square", vec![]),
-                Activation::Tanh => ("Tanh", vec![]),
-                Activation::Sigmoid => ("Sigmoid", vec![]),
-                Activation::Softplus => ("Softplus", vec![]),
-                Activation::Gelu => ("Gelu", vec![]),
-                Activation::GeluTanh => ("Gelu", vec![string_attr("approximate", "tanh")]),
-                Activation::LeakyRelu(a) => ("LeakyRelu", vec![float_attr("alpha", a.get())]),
-                Activation::Elu(a) => ("Elu", vec![float_attr("alpha", a.get())]),
-                Activation::Identity => ("Identity", vec![]),
-            };
-            let inputs = if op == "Square" {
+            let (op, attrs) = activation_node(f);
+            let inputs = if matches!(f, Activation::Square) {
                 vec![current.as_str(), current.as_str()]
             } else {
                 vec![current.as_str()]
             };
-            let op = if op == "Square" { "Mul" } else { op };
             nodes.push(node(op, &inputs, "act0", attrs));
             current = "act0".into();
         }
