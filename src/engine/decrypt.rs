@@ -178,6 +178,49 @@ impl ResultChecks {
         }
     }
 
+    /// Every check row holds for this result (its classes' phases and decoded scores at
+    /// `delta`, its check rows' phases), as [`Self::method`] says; the smallest margin of the
+    /// rows (bits beyond half their Δ, infinite without rows), or the first row that fails.
+    fn verify(
+        &self,
+        classes: &[u64],
+        checks: &[u64],
+        scores: &[i64],
+        delta: u64,
+    ) -> Result<f64, Refusal> {
+        let margin = |half: f64, error: u64| half.log2() - (error.max(1) as f64).log2();
+        let mut least = f64::INFINITY;
+        for (row, &p) in checks.iter().enumerate() {
+            let row_margin = match self.method {
+                CheckMethod::Phase => {
+                    let d = self
+                        .phase_row(row, classes, p, delta)
+                        .ok_or(Refusal::Check { row })?;
+                    margin(delta as f64 / 2.0, d)
+                }
+                // Exact: on its grid, and equal to its secret combination of the scores modulo
+                // its torus, M = 2^64/Δ (sound for every change the range checks let through:
+                // check_log2_delta; records from before kept both sides within a quarter of M,
+                // where equal modulo M is equal).
+                CheckMethod::Modular => {
+                    let log2 = *self.log2_deltas.get(row).ok_or(Refusal::Check { row })?;
+                    let check_delta = 1u64 << log2;
+                    let z = decode(p, check_delta);
+                    let e = grid_error(p, z, check_delta);
+                    let modulus = 1i128 << (64 - log2);
+                    if e > check_delta / 8
+                        || (z as i128 - self.expected(row, scores)) % modulus != 0
+                    {
+                        return Err(Refusal::Check { row });
+                    }
+                    margin(check_delta as f64 / 2.0, e)
+                }
+            };
+            least = least.min(row_margin);
+        }
+        Ok(least)
+    }
+
     /// Row `k` of [`CheckMethod::Phase`] holds for these phases (classes', then the row's):
     /// the distance of check − Σ r·class − Δ·ρ from 0 modulo 2^64 if within Δ/8.
     fn phase_row(&self, k: usize, classes: &[u64], check: u64, delta: u64) -> Option<u64> {
@@ -520,14 +563,11 @@ pub fn decrypt(
     }
     let (class_phases, check_phases) = phases.split_at(classes);
     let delta = decoding.delta_out;
-    let error = |p: u64, z: i64, delta: u64| {
-        (p.wrapping_sub((z as u64).wrapping_mul(delta)) as i64).unsigned_abs()
-    };
     let scores: Vec<i64> = class_phases.iter().map(|&p| decode(p, delta)).collect();
     let errors: Vec<u64> = class_phases
         .iter()
         .zip(&scores)
-        .map(|(&p, &z)| error(p, z, delta))
+        .map(|(&p, &z)| grid_error(p, z, delta))
         .collect();
     for (class, (&z, &limit)) in scores.iter().zip(&decoding.score_limits).enumerate() {
         if decoding.exact && errors[class] > delta / 8 {
@@ -540,33 +580,13 @@ pub fn decrypt(
             return Err(Refusal::OutOfRange { class });
         }
     }
-    // Each check is exact: on its grid, and equal to its secret combination of the scores
-    // modulo its torus, M = 2^64/Δ (sound for every change the range checks let through:
-    // check_log2_delta; records from before kept both sides within a quarter of M, where
-    // equal modulo M is equal).
-    let mut margin = (delta as f64 / 2.0).log2()
+    let margin = (delta as f64 / 2.0).log2()
         - (errors.iter().copied().max().unwrap_or(0).max(1) as f64).log2();
-    let checks = &decoding.checks;
-    if checks.method == CheckMethod::Phase {
-        for (row, &p) in check_phases.iter().enumerate() {
-            let d = checks
-                .phase_row(row, class_phases, p, delta)
-                .ok_or(Refusal::Check { row })?;
-            margin = margin.min((delta as f64 / 2.0).log2() - (d.max(1) as f64).log2());
-        }
-    }
-    let modular = checks
-        .deltas()
-        .take_while(|_| checks.method == CheckMethod::Modular);
-    for (row, (&p, check_delta)) in check_phases.iter().zip(modular).enumerate() {
-        let z = decode(p, check_delta);
-        let e = error(p, z, check_delta);
-        let modulus = 1i128 << (64 - check_delta.trailing_zeros());
-        if e > check_delta / 8 || (z as i128 - checks.expected(row, &scores)) % modulus != 0 {
-            return Err(Refusal::Check { row });
-        }
-        margin = margin.min((check_delta as f64 / 2.0).log2() - (e.max(1) as f64).log2());
-    }
+    let margin = margin.min(
+        decoding
+            .checks
+            .verify(class_phases, check_phases, &scores, delta)?,
+    );
     if scores.windows(2).all(|w| w[0] == w[1]) {
         return Err(Refusal::Degenerate);
     }
@@ -581,6 +601,11 @@ pub fn decrypt(
         scores,
         float_scores,
     })
+}
+
+/// |phase − Δ·z| modulo 2^64: how far a phase lies from the grid point of z.
+fn grid_error(phase: u64, z: i64, delta: u64) -> u64 {
+    (phase.wrapping_sub((z as u64).wrapping_mul(delta)) as i64).unsigned_abs()
 }
 
 /// Nearest integer z with Δ·z ≈ phase (signed).

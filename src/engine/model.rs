@@ -25,7 +25,7 @@ pub const CHECK_BITS: u32 = 5;
 pub const CHECK_ROWS: usize = 4;
 
 /// Check rows per result of variant `noact`, each a secret combination with coefficients in
-/// {−1, 0, 1} verified on the phases (docs/THREATS.md #25): a changed result passes one row
+/// {−1, 0, 1} verified on the phases (docs/THREATS.md #26): a changed result passes one row
 /// with probability at most 1/3, all of them with at most 3^-13 = 2^-20.6. Three values, not
 /// 2^5, because `noact`'s scores fill their torus: a row of K values is sound only for changes
 /// below 2^64/(K − 1), and every bit of K would cost a bit of the noise margin.
@@ -110,7 +110,7 @@ pub struct ModelInfo {
 }
 
 impl ModelInfo {
-    /// The public facts of `q` protected under `params` (with `last`'s check rows).
+    /// The public facts of `q` protected under `params` (with its variant's check rows).
     #[cfg(any(feature = "backend", test))]
     pub fn of(q: &QuantModel, params: &ParameterSet) -> Result<Self> {
         let check_rows = check_rows(q.variant);

@@ -74,13 +74,14 @@ pub fn to_agreement(
     let mut removed = vec![false; hidden];
     let mut agreeing = inputs.len();
     for &i in &order[..hidden - 1] {
-        let mut trial = scores.clone();
-        for (s, v) in trial.iter_mut().zip(&h) {
+        // Scores without unit i; the first removal that breaks the agreement ends the search,
+        // and its scores are not used again.
+        for (s, v) in scores.iter_mut().zip(&h) {
             for (j, sj) in s.iter_mut().enumerate() {
                 *sj += w2(j, i) * (mean[i] - v[i]);
             }
         }
-        let agree = trial
+        let agree = scores
             .iter()
             .zip(&classes)
             .filter(|(s, &c)| argmax(s) == c)
@@ -88,7 +89,6 @@ pub fn to_agreement(
         if agree < needed {
             break;
         }
-        scores = trial;
         removed[i] = true;
         agreeing = agree;
     }

@@ -355,13 +355,13 @@ pub fn run(
         let (pruned, pruned_test_agreement) = match opts.prune {
             Some(target) => {
                 // Pruned as it is evaluated: the case's activation, none for noact.
-                let evaluated = Classifier {
-                    activation: match case.variant {
-                        Variant::Noact => None,
-                        _ => case.activation.or(network.head.activation),
+                let evaluated = float_reference(
+                    &Classifier {
+                        activation: case.activation.or(network.head.activation),
+                        ..network.head.clone()
                     },
-                    ..network.head.clone()
-                };
+                    case.variant,
+                );
                 let p = prune::to_agreement(&evaluated, calibration, target)?;
                 let on_test =
                     prune::agreeing(&evaluated, &p.head, feats) as f64 / feats.len().max(1) as f64;
