@@ -235,7 +235,19 @@ impl EdgeBundle {
             self.header.model.clone(),
             self.header.params,
             self.header.key_id,
-            &self.keys,
+            self.keys.clone(),
+            &self.model,
+        )?)
+    }
+
+    /// [`Self::engine`], giving up the bundle: its seeded keys are freed as they are expanded,
+    /// so the load's peak holds one form of each key (what the board does).
+    pub fn into_engine(self) -> Result<EdgeEngine, BundleError> {
+        Ok(EdgeEngine::new(
+            self.header.model,
+            self.header.params,
+            self.header.key_id,
+            self.keys,
             &self.model,
         )?)
     }
@@ -357,14 +369,15 @@ pub fn open_verified(path: &Path, verifying_key: &Path) -> Result<Opened, Bundle
 impl Opened {
     /// Expand the engine and the extractor.
     pub fn ready(self) -> Result<Ready, BundleError> {
+        let extractor = self
+            .bundle
+            .extractor
+            .as_ref()
+            .map(|e| e.prepare())
+            .transpose()?;
         Ok(Ready {
-            engine: self.bundle.engine()?,
-            extractor: self
-                .bundle
-                .extractor
-                .as_ref()
-                .map(|e| e.prepare())
-                .transpose()?,
+            engine: self.bundle.into_engine()?,
+            extractor,
             id: self.id,
         })
     }

@@ -111,7 +111,7 @@ fn encrypted(
         ModelInfo::of(&q, &params).unwrap(),
         params,
         set.secret.key_id,
-        &edge_keys,
+        edge_keys,
         &enc,
     )
     .unwrap();

@@ -16,6 +16,7 @@ use super::{gaussian, OsSeeder, Seeder};
 use super::{modulus, CompressionSeed};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use tfhe::core_crypto::commons::generators::MaskRandomGenerator;
 use tfhe::core_crypto::prelude::*;
 
 /// Identifies a key set: the first 16 bytes of SHA-256 over the public material.
@@ -224,8 +225,10 @@ impl EvaluationKeys {
         }
     }
 
-    /// Expand the seeded keys: Fourier bootstrapping key and full key-switching key.
-    pub fn prepare(&self, p: &ParameterSet) -> Result<PreparedEvaluationKeys> {
+    /// Expand the seeded keys: Fourier bootstrapping key and full key-switching key. Consumes
+    /// them: the seeded bootstrapping key is freed once converted, before the key-switching key
+    /// is expanded, so the two large forms never sit beside all three.
+    pub fn into_prepared(self, p: &ParameterSet) -> Result<PreparedEvaluationKeys> {
         let n = p.pbs_glwe.poly_size;
         let bsk_len = p.lwe_dim.0 * 2 * p.pbs.level.0 * n.0;
         let ksk_len = n.0 * p.ks.level.0;
@@ -237,26 +240,15 @@ impl EvaluationKeys {
                 p.security
             )));
         }
-        let seeded_bsk = SeededLweBootstrapKey::from_container(
-            self.bsk.0.clone(),
-            GlweSize(2),
-            n,
-            p.pbs.base_log,
-            p.pbs.level,
-            self.bsk_seed.clone(),
-            modulus(),
-        );
-        let bsk = seeded_bsk.decompress_into_lwe_bootstrap_key();
-        let mut fourier = FourierLweBootstrapKey::new(
-            bsk.input_lwe_dimension(),
-            bsk.glwe_size(),
-            bsk.polynomial_size(),
-            bsk.decomposition_base_log(),
-            bsk.decomposition_level_count(),
-        );
-        convert_standard_lwe_bootstrap_key_to_fourier(&bsk, &mut fourier);
-        let ksk_bodies = self
-            .ksk
+        let bsk = self.fourier_bsk(p);
+        let Self {
+            bsk: seeded_bsk,
+            ksk_seed,
+            ksk,
+            ..
+        } = self;
+        drop(seeded_bsk);
+        let ksk_bodies = ksk
             .0
             .iter()
             .map(|&v| KsScalar::try_from(v))
@@ -269,13 +261,88 @@ impl EvaluationKeys {
             p.ks.base_log,
             p.ks.level,
             LweSize(p.lwe_dim.0 + 1),
-            self.ksk_seed.clone(),
+            ksk_seed,
             CiphertextModulus::<KsScalar>::new_native(),
         );
         Ok(PreparedEvaluationKeys {
-            bsk: fourier,
+            bsk,
             ksk: seeded_ksk.decompress_into_lwe_keyswitch_key(),
         })
+    }
+}
+
+impl EvaluationKeys {
+    /// The bootstrapping key in the Fourier domain, expanded and converted a few GGSWs at a
+    /// time from the seeded bodies in place: no copy of the bodies and no standard-domain key
+    /// (twice the bodies) beside the Fourier one, whose peak that was at 192 and 256 bits. The
+    /// one mask generator runs through the chunks in order, forking one child per GGSW as
+    /// tfhe's whole-key decompression does, so the key is the same bit for bit.
+    fn fourier_bsk(&self, p: &ParameterSet) -> FourierLweBootstrapKeyOwned {
+        /// GGSWs expanded at a time: 32 × 2·ℓ·2·N words (4 MB at N = 4096, ℓ = 2).
+        const CHUNK: usize = 32;
+        let (glwe, n, base_log, level) = (
+            GlweSize(2),
+            p.pbs_glwe.poly_size,
+            p.pbs.base_log,
+            p.pbs.level,
+        );
+        let mut fourier = FourierLweBootstrapKey::new(p.lwe_dim, glwe, n, base_log, level);
+        let seeded_per_ggsw = glwe.0 * level.0 * n.0;
+        let fourier_per_ggsw = glwe.0 * glwe.0 * level.0 * n.to_fourier_polynomial_size().0;
+        let fft = Fft::new(n);
+        let fft = fft.as_view();
+        let mut buffers = ComputationBuffers::new();
+        buffers.resize(
+            convert_standard_lwe_bootstrap_key_to_fourier_mem_optimized_requirement(fft)
+                .unaligned_bytes_required(),
+        );
+        let mut standard = vec![0u64; CHUNK * glwe.0 * seeded_per_ggsw];
+        let mut masks = MaskRandomGenerator::<DefaultRandomGenerator>::new(self.bsk_seed.clone());
+        for (bodies, out) in self.bsk.0.chunks(CHUNK * seeded_per_ggsw).zip(
+            fourier
+                .as_mut_view()
+                .data()
+                .chunks_mut(CHUNK * fourier_per_ggsw),
+        ) {
+            let ggsws = bodies.len() / seeded_per_ggsw;
+            let seeded = SeededLweBootstrapKey::from_container(
+                bodies,
+                glwe,
+                n,
+                base_log,
+                level,
+                self.bsk_seed.clone(),
+                modulus(),
+            );
+            let mut expanded = LweBootstrapKey::from_container(
+                &mut standard[..ggsws * glwe.0 * seeded_per_ggsw],
+                glwe,
+                n,
+                base_log,
+                level,
+                modulus(),
+            );
+            decompress_seeded_lwe_bootstrap_key_with_pre_seeded_generator(
+                &mut expanded,
+                &seeded,
+                &mut masks,
+            );
+            let mut converted = FourierLweBootstrapKey::from_container(
+                out,
+                LweDimension(ggsws),
+                glwe,
+                n,
+                base_log,
+                level,
+            );
+            convert_standard_lwe_bootstrap_key_to_fourier_mem_optimized(
+                &expanded,
+                &mut converted,
+                fft,
+                buffers.stack(),
+            );
+        }
+        fourier
     }
 }
 
@@ -367,5 +434,43 @@ pub fn generate(params: ParameterSet) -> KeySet {
         },
         public,
         evaluation,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::params::SecurityLevel;
+
+    /// The piecewise expansion gives tfhe's whole-key decompression and conversion bit for bit
+    /// (the 128-bit set: 930 GGSWs, so the last chunk is a partial one).
+    #[test]
+    fn the_piecewise_fourier_key_is_the_whole_one() {
+        let p = ParameterSet::for_level(SecurityLevel::L128);
+        let set = generate(p);
+        let eval = &set.evaluation;
+        let whole = SeededLweBootstrapKey::from_container(
+            eval.bsk.0.clone(),
+            GlweSize(2),
+            p.pbs_glwe.poly_size,
+            p.pbs.base_log,
+            p.pbs.level,
+            eval.bsk_seed.clone(),
+            modulus(),
+        )
+        .decompress_into_lwe_bootstrap_key();
+        let mut expected = FourierLweBootstrapKey::new(
+            whole.input_lwe_dimension(),
+            whole.glwe_size(),
+            whole.polynomial_size(),
+            whole.decomposition_base_log(),
+            whole.decomposition_level_count(),
+        );
+        convert_standard_lwe_bootstrap_key_to_fourier(&whole, &mut expected);
+        assert_ne!(p.lwe_dim.0 % 32, 0, "a partial last chunk is covered");
+        let piecewise = eval.fourier_bsk(&p);
+        let (a, b) = (expected.as_view().data(), piecewise.as_view().data());
+        assert_eq!(a.len(), b.len());
+        assert!(a.iter().zip(b).all(|(x, y)| x == y));
     }
 }

@@ -396,7 +396,7 @@ mod tests {
     fn noise_model_matches_real_bootstraps_with(params: ParameterSet, rotations: usize) {
         let level = params.security;
         let set = keys::generate(params);
-        let eval = set.evaluation.prepare(&params).unwrap();
+        let eval = set.evaluation.clone().into_prepared(&params).unwrap();
         let n = params.pbs_glwe.poly_size;
         let two_n = 2 * n.0 as u64;
         let slot = (1u128 << 64) / two_n as u128;

@@ -92,7 +92,7 @@ impl EdgeEngine {
         info: ModelInfo,
         params: ParameterSet,
         key_id: KeyId,
-        keys: &EdgeKeys,
+        keys: EdgeKeys,
         model: &EncryptedModel,
     ) -> Result<Self> {
         if model.variant() != info.variant {
@@ -119,13 +119,14 @@ impl EdgeEngine {
                 first.key,
             ),
             EncryptedModel::Act { first, luts } => {
+                // The evaluation keys first, while nothing else is expanded: their seeded form
+                // is freed as they are (the load's peak at 192 and 256 bits).
                 let eval = keys
                     .evaluation
-                    .as_ref()
                     .ok_or_else(|| {
                         EngineError::Malformed("model: act without evaluation keys".into())
                     })?
-                    .prepare(&params)?;
+                    .into_prepared(&params)?;
                 (
                     Prepared::Act {
                         first: first.prepare()?,

@@ -97,7 +97,7 @@ impl Protected {
             ModelInfo::of(&q, &params).expect("a result shape"),
             params,
             keys.secret.key_id,
-            &edge_keys,
+            edge_keys,
             &encrypted,
         )
         .expect("the engine loads");

@@ -414,7 +414,7 @@ pub fn run(
             ModelInfo::of(&q, &params)?,
             params,
             keys.secret.key_id,
-            edge_keys,
+            edge_keys.clone(),
             &enc,
         )?;
         let sample = &order[..case.encrypted.min(order.len())];
