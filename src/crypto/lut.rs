@@ -32,11 +32,6 @@ use super::{modulus, CompressionSeed};
 use serde::{Deserialize, Serialize};
 use tfhe::core_crypto::prelude::*;
 
-/// Windows each result of variant `act` carries after its classes for the secret check
-/// outputs (docs/THREATS.md #27): extra rows of the second layer, windows of the lookup tables
-/// like the classes', so the board cannot tell them apart.
-pub const ACT_CHECK_ROWS: usize = 4;
-
 /// The windows' geometry: slot = round(phase · 2N / q), R = `window` slots per class,
 /// `per_table` classes per lookup table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -31,7 +31,7 @@ pub mod synthetic;
 #[cfg(any(feature = "backend", test))]
 pub use decrypt::{
     decode, decrypt, phase_check_limit, phases, CheckMethod, Decoding, Decrypted, Refusal,
-    ResultChecks, ACT_CHECK_SIGMAS,
+    ResultChecks,
 };
 pub use edge::{EdgeEngine, EncryptedFeatures};
 pub use model::{

@@ -19,7 +19,7 @@
 use super::activation::Activation;
 use super::error::{FeatureFault, ModelError, Result};
 use super::{Classifier, Dense};
-use crate::crypto::lut::{UnitWindow, WindowMap, ACT_CHECK_ROWS};
+use crate::crypto::lut::{UnitWindow, WindowMap};
 use crate::crypto::params::ParameterSet;
 use serde::{Deserialize, Serialize};
 
@@ -502,10 +502,9 @@ impl QuantModel {
         Ok(if wide_n > n { wide } else { q })
     }
 
-    /// Variant `act` with `per_table` outputs in each bootstrap's lookup table (all of them
-    /// when it is at least their count; the outputs are the classes and then the
-    /// [`ACT_CHECK_ROWS`] check rows): fewer outputs per table, wider windows, less input noise
-    /// per unit of the pre-activation, and ⌈outputs / per_table⌉ bootstraps per unit.
+    /// Variant `act` with `per_table` classes in each bootstrap's lookup table (all of them
+    /// when it is at least the class count): fewer classes per table, wider windows, less
+    /// input noise per unit of the pre-activation, and ⌈out / per_table⌉ bootstraps per unit.
     pub fn quantize_act(
         model: &Classifier,
         activation: Option<Activation>,
@@ -670,16 +669,15 @@ impl QuantModel {
                     )
                 })?;
                 let n = params.pbs_glwe.poly_size.0;
-                // The classes' windows, then the check outputs' (crypto::lut::ACT_CHECK_ROWS).
-                let map = WindowMap::new(n, out_dim + ACT_CHECK_ROWS, per_table);
+                let map = WindowMap::new(n, out_dim, per_table);
                 let window = map.window;
                 let guard = (crate::crypto::params::WINDOW_GUARD_SIGMAS
                     * params.pbs_input_std_slots())
                 .ceil() as usize;
                 if window < 2 * guard + 16 {
                     return Err(ModelError::Quantisation(format!(
-                        "{} outputs per bootstrap (classes and check rows) leave windows of \
-                         {window} slots: too narrow (pass --classes-per-bootstrap with fewer)",
+                        "{} classes per bootstrap leave windows of {window} slots: too narrow \
+                         (pass --classes-per-bootstrap with fewer)",
                         map.per_table
                     )));
                 }

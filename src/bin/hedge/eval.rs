@@ -49,8 +49,7 @@ pub struct Args {
     widths: Vec<u32>,
     #[arg(long)]
     encrypt_from: Option<String>,
-    /// Variant act: outputs (classes, then check rows) in each bootstrap's lookup table
-    /// (default: all), as `hedge protect`.
+    /// Variant act: classes in each bootstrap's lookup table (default: all), as `hedge protect`.
     #[arg(long)]
     classes_per_bootstrap: Option<usize>,
     /// Variant act: the blind rotation's gadget levels, 1 to 3, as `hedge protect`.
