@@ -18,28 +18,50 @@ cd "$(dirname "$0")/.."
 dir=target/qemu-insn
 mkdir -p "$dir"
 cat > "$dir/insn.c" <<'C'
-/* Counts executed guest instructions: an inline add per translated block. */
+/* Counts executed guest instructions (an inline add per translated block) and prints the
+   total at exit; with the argument out=FILE it also writes each block's count by guest
+   address to FILE (for --by-function). */
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 #include <stddef.h>
 typedef uint64_t qemu_plugin_id_t;
 struct qemu_plugin_tb;
 enum qemu_plugin_op { QEMU_PLUGIN_INLINE_ADD_U64 };
 void qemu_plugin_register_vcpu_tb_trans_cb(qemu_plugin_id_t, void (*)(qemu_plugin_id_t, struct qemu_plugin_tb *));
 size_t qemu_plugin_tb_n_insns(const struct qemu_plugin_tb *);
+uint64_t qemu_plugin_tb_vaddr(const struct qemu_plugin_tb *);
 void qemu_plugin_register_vcpu_tb_exec_inline(struct qemu_plugin_tb *, enum qemu_plugin_op, void *, uint64_t);
 void qemu_plugin_register_atexit_cb(qemu_plugin_id_t, void (*)(qemu_plugin_id_t, void *), void *);
 __attribute__((visibility("default"))) int qemu_plugin_version = 1;
+struct block { uint64_t vaddr, count; struct block *next; };
+static struct block *blocks;
 static uint64_t count;
+static char out[4096];
 static void on_tb(qemu_plugin_id_t id, struct qemu_plugin_tb *tb) {
   (void)id;
-  qemu_plugin_register_vcpu_tb_exec_inline(tb, QEMU_PLUGIN_INLINE_ADD_U64, &count, qemu_plugin_tb_n_insns(tb));
+  size_t n = qemu_plugin_tb_n_insns(tb);
+  qemu_plugin_register_vcpu_tb_exec_inline(tb, QEMU_PLUGIN_INLINE_ADD_U64, &count, n);
+  if (out[0]) {
+    struct block *b = calloc(1, sizeof *b);
+    b->vaddr = qemu_plugin_tb_vaddr(tb); b->next = blocks; blocks = b;
+    qemu_plugin_register_vcpu_tb_exec_inline(tb, QEMU_PLUGIN_INLINE_ADD_U64, &b->count, n);
+  }
 }
-static void on_exit(qemu_plugin_id_t id, void *p) { (void)id; (void)p; fprintf(stderr, "insns: %llu\n", (unsigned long long)count); }
+static void at_end(qemu_plugin_id_t id, void *p) {
+  (void)id; (void)p;
+  fprintf(stderr, "insns: %llu\n", (unsigned long long)count);
+  if (!out[0]) return;
+  FILE *f = fopen(out, "w");
+  for (struct block *b = blocks; b; b = b->next) if (b->count) fprintf(f, "%llx %llu\n", (unsigned long long)b->vaddr, (unsigned long long)b->count);
+  fclose(f);
+}
 __attribute__((visibility("default"))) int qemu_plugin_install(qemu_plugin_id_t id, const void *info, int argc, char **argv) {
-  (void)info; (void)argc; (void)argv;
+  (void)info;
+  if (argc > 0 && strncmp(argv[0], "out=", 4) == 0) snprintf(out, sizeof out, "%s", argv[0] + 4);
   qemu_plugin_register_vcpu_tb_trans_cb(id, on_tb);
-  qemu_plugin_register_atexit_cb(id, on_exit, NULL);
+  qemu_plugin_register_atexit_cb(id, at_end, NULL);
   return 0;
 }
 C
@@ -59,54 +81,13 @@ x86=target/release/examples/pbs_cost
 arm=target/aarch64-unknown-linux-musl/release/examples/pbs_cost
 baseline=target/x86-64-baseline/release/examples/pbs_cost
 if [ "${1:-}" = --by-function ]; then
-  # A second plugin: instructions per translated block, by guest address, written at exit to
-  # the file named by its argument; symbolised below by the difference of 4 and 1 repetitions.
-  cat > "$dir/tb.c" <<'C'
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <stddef.h>
-typedef uint64_t qemu_plugin_id_t;
-struct qemu_plugin_tb;
-enum qemu_plugin_op { QEMU_PLUGIN_INLINE_ADD_U64 };
-void qemu_plugin_register_vcpu_tb_trans_cb(qemu_plugin_id_t, void (*)(qemu_plugin_id_t, struct qemu_plugin_tb *));
-size_t qemu_plugin_tb_n_insns(const struct qemu_plugin_tb *);
-uint64_t qemu_plugin_tb_vaddr(const struct qemu_plugin_tb *);
-void qemu_plugin_register_vcpu_tb_exec_inline(struct qemu_plugin_tb *, enum qemu_plugin_op, void *, uint64_t);
-void qemu_plugin_register_atexit_cb(qemu_plugin_id_t, void (*)(qemu_plugin_id_t, void *), void *);
-__attribute__((visibility("default"))) int qemu_plugin_version = 1;
-struct block { uint64_t vaddr, count; struct block *next; };
-static struct block *blocks;
-static char out[4096];
-static void on_tb(qemu_plugin_id_t id, struct qemu_plugin_tb *tb) {
-  (void)id;
-  struct block *b = calloc(1, sizeof *b);
-  b->vaddr = qemu_plugin_tb_vaddr(tb); b->next = blocks; blocks = b;
-  qemu_plugin_register_vcpu_tb_exec_inline(tb, QEMU_PLUGIN_INLINE_ADD_U64, &b->count, qemu_plugin_tb_n_insns(tb));
-}
-static void at_end(qemu_plugin_id_t id, void *p) {
-  (void)id; (void)p;
-  FILE *f = fopen(out, "w");
-  for (struct block *b = blocks; b; b = b->next) if (b->count) fprintf(f, "%llx %llu\n", (unsigned long long)b->vaddr, (unsigned long long)b->count);
-  fclose(f);
-}
-__attribute__((visibility("default"))) int qemu_plugin_install(qemu_plugin_id_t id, const void *info, int argc, char **argv) {
-  (void)info;
-  if (argc < 1 || strncmp(argv[0], "out=", 4)) return -1;
-  snprintf(out, sizeof out, "%s", argv[0] + 4);
-  qemu_plugin_register_vcpu_tb_trans_cb(id, on_tb);
-  qemu_plugin_register_atexit_cb(id, at_end, NULL);
-  return 0;
-}
-C
-  gcc -O2 -shared -fPIC -o "$dir/libtb.so" "$dir/tb.c"
+  # The plugin's per-block counts, symbolised below by the difference of 4 and 1 repetitions.
   profile() { # label, nm, qemu and its options (the binary last)
     local label="$1" nm="$2"; shift 2
     local bin="${*: -1}"
     local q=("${@:1:$#-1}")
-    "${q[0]}" -plugin "$dir/libtb.so,out=$dir/one.txt" "${q[@]:1}" "$bin" --classic-only --reps 1 >/dev/null 2>&1
-    "${q[0]}" -plugin "$dir/libtb.so,out=$dir/four.txt" "${q[@]:1}" "$bin" --classic-only --reps 4 >/dev/null 2>&1
+    "${q[0]}" -plugin "$dir/libinsn.so,out=$dir/one.txt" "${q[@]:1}" "$bin" --classic-only --reps 1 >/dev/null 2>&1
+    "${q[0]}" -plugin "$dir/libinsn.so,out=$dir/four.txt" "${q[@]:1}" "$bin" --classic-only --reps 4 >/dev/null 2>&1
     echo "== $label"
     python3 - "$nm" "$bin" "$dir/one.txt" "$dir/four.txt" <<'PY'
 import bisect, collections, re, subprocess, sys
