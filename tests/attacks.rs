@@ -64,13 +64,15 @@ impl Attacker {
         }
     }
 
-    /// The bundle's public key of the wide GLWE (the results' key of `last` and `noact`).
+    /// The bundle's public key of its results' GLWE key (the wide one for `last` and
+    /// `noact`, the bootstrap's for `act`).
     fn public_key(&self) -> hedge::crypto::pke::PreparedPublicKey {
+        let header = &self.bundle.bundle.header;
         self.bundle
             .bundle
             .keys
             .public
-            .key(hedge::crypto::keys::KeyKind::Wide)
+            .key(header.model.result.key)
             .prepare()
             .unwrap()
     }
@@ -347,29 +349,32 @@ fn a_quarantined_board_is_withheld_until_cleared() {
 }
 
 /// One query of the class-oracle key recovery: an encryption of chosen scores (public key)
-/// with 2Δ added to mask coefficient N − j, so that class slot k's score moves by
-/// 2·s_{j+k}. Classes 0 and 1 get H + 1 and H (or H and H + 1), every other class 0: the
-/// decrypted class says whether (s_j, s_{j+1}) is (0, 1) (or (1, 0)). Two queries give
-/// s_j ⊕ s_{j+1}; the chain of them, the whole key up to one bit.
+/// with c·Δ added to mask coefficient N − j, so that the score at slot k moves by c·s_{j+k}.
+/// Class 0 (slot 0) and class 1 (slot `second`) get H + g and H (or H and H + g, 0 < g < c),
+/// every other slot 0: the decrypted class says whether (s_j, s_{j+second}) is (0, 1) (or
+/// (1, 0)). Two queries give s_j ⊕ s_{j+second}; the chain of them, the whole key up to one
+/// bit. `last`: c = 2, g = 1; `act`, whose 15-bit wire adds a switch error of hundreds of
+/// score units: c = 4096, g = 2048.
 fn key_query(
     pk: &mut hedge::crypto::pke::PreparedPublicKey,
     delta: u64,
     j: usize,
     flip: bool,
+    (second, step, gap): (usize, u64, u64),
 ) -> Vec<u64> {
     let n = pk.poly_size();
-    let high = 20u64;
+    let high = 4 * step;
     let mut scores = vec![0u64; n];
     let (z0, z1) = if flip {
-        (high, high + 1)
+        (high, high + gap)
     } else {
-        (high + 1, high)
+        (high + gap, high)
     };
     scores[0] = z0.wrapping_mul(delta);
-    scores[1] = z1.wrapping_mul(delta);
+    scores[second] = z1.wrapping_mul(delta);
     let mut words = pk.encrypt_glwe(&scores).into_container();
     let i = n - j;
-    words[i] = words[i].wrapping_add(2u64.wrapping_mul(delta));
+    words[i] = words[i].wrapping_add(step.wrapping_mul(delta));
     words
 }
 
@@ -377,13 +382,17 @@ fn key_query(
 /// through (the board's owner sees them), how many were acknowledged, and the decryptor's log.
 struct Oracle {
     class_of: std::collections::HashMap<u64, u64>,
+    sent: usize,
     acked: usize,
     log: String,
 }
 
 /// Publish `results` as the board (sequence numbers from 5000 on) to a decryptor on a real
 /// broker, with the board's acknowledgements collected, and wait until every one is answered.
-fn class_oracle(st: &Setup, results: impl Fn(&mut Attacker) -> Vec<ResultCiphertext>) -> Oracle {
+fn class_oracle(
+    st: &Setup,
+    results: impl FnOnce(&mut Attacker) -> Vec<ResultCiphertext>,
+) -> Oracle {
     let broker = Mosquitto::start(&st.root);
     let out = st.root.join("out.jsonl");
     let spool = st.root.join("spool");
@@ -462,9 +471,30 @@ fn class_oracle(st: &Setup, results: impl Fn(&mut Attacker) -> Vec<ResultCiphert
                 )
             })
             .collect(),
+        sent: seqs.len(),
         acked: acked.len(),
         log,
     }
+}
+
+/// A class-oracle attack on `variant` that read (`recovered` of `asked`) `what`: reported, and
+/// nothing learnt — no key bit, no crafted result decrypted, the board quarantined.
+fn assert_learnt_nothing(
+    st: &Setup,
+    o: &Oracle,
+    variant: &str,
+    (recovered, asked, what): (usize, usize, &str),
+) {
+    let queries = o.sent;
+    eprintln!(
+        "class-oracle attack on {variant}: {queries} crafted results, {} classes returned, {} \
+         acknowledged, {recovered} of {asked} {what} recovered",
+        o.class_of.len(),
+        o.acked
+    );
+    assert!(recovered <= 64, "{recovered} key bits recovered");
+    assert_eq!(recovered, 0, "{recovered} {what} recovered");
+    assert_refused_and_quarantined(st, o, queries);
 }
 
 /// After a class-oracle attack: no crafted result decrypted, every one acknowledged alike,
@@ -495,6 +525,27 @@ fn secret_key(st: &Setup, kind: hedge::crypto::keys::KeyKind) -> Vec<u64> {
     secret.key(kind).as_ref().to_vec()
 }
 
+/// The relations s_j ⊕ s_{j+second} a pair attack (`key_query`, queries (j, flip) in order)
+/// read right, wherever both classes of a pair came back.
+fn relations_recovered(o: &Oracle, queries: &[(usize, bool)], key: &[u64], second: usize) -> usize {
+    let index_of = |q: (usize, bool)| queries.iter().position(|x| *x == q).unwrap() as u64;
+    queries
+        .iter()
+        .filter(|(_, flip)| !flip)
+        .filter(|&&(j, _)| {
+            let (Some(&c01), Some(&c10)) = (
+                o.class_of.get(&index_of((j, false))),
+                o.class_of.get(&index_of((j, true))),
+            ) else {
+                return false;
+            };
+            // (0, 1): class 1 wins the first query; (1, 0): class 0 wins the second.
+            let guess = (c01 == 1) || (c10 == 0);
+            guess == (key[j] != key[j + second])
+        })
+        .count()
+}
+
 /// The attack of issue 21, end to end: a compromised board that sees the class of every
 /// result it sends (the board's owner buys the classifications) crafts results whose class
 /// depends on secret-key bits. Before the check outputs it recovered one key relation per
@@ -511,37 +562,14 @@ fn a_board_that_sees_its_classes_learns_nothing_of_the_key() {
         let mut pk = a.public_key();
         queries
             .iter()
-            .map(|&(j, flip)| a.crafted(key_query(&mut pk, delta, j, flip)))
+            .map(|&(j, flip)| a.crafted(key_query(&mut pk, delta, j, flip, (1, 2, 1))))
             .collect()
     });
 
     // What the board learnt: s_j ⊕ s_{j+1} wherever both classes of a pair came back.
     let key = secret_key(&st, hedge::crypto::keys::KeyKind::Wide);
-    let mut recovered = 0;
-    for j in 1..=pairs {
-        let index_of = |flip| queries.iter().position(|q| *q == (j, flip)).unwrap() as u64;
-        let (Some(&c01), Some(&c10)) = (
-            o.class_of.get(&index_of(false)),
-            o.class_of.get(&index_of(true)),
-        ) else {
-            continue;
-        };
-        // (0, 1): class 1 wins the first query; (1, 0): class 0 wins the second.
-        let guess = (c01 == 1) || (c10 == 0);
-        if guess == (key[j] != key[j + 1]) {
-            recovered += 1;
-        }
-    }
-    eprintln!(
-        "class-oracle attack on last: {} crafted results, {} classes returned, {} acknowledged, \
-         {recovered} of {pairs} key relations recovered",
-        queries.len(),
-        o.class_of.len(),
-        o.acked
-    );
-    assert!(recovered <= 64, "{recovered} key bits recovered");
-    assert_eq!(recovered, 0, "{recovered} key relations recovered");
-    assert_refused_and_quarantined(&st, &o, queries.len());
+    let recovered = relations_recovered(&o, &queries, &key, 1);
+    assert_learnt_nothing(&st, &o, "last", (recovered, pairs, "key relations"));
 }
 
 /// `HEDGE_ATTACK_PAIRS`, or `default`.
@@ -598,13 +626,35 @@ fn a_noact_board_that_sees_its_classes_learns_nothing_of_the_key() {
                 .is_some_and(|&c| (c == 0) == (key[j] == 1))
         })
         .count();
-    eprintln!(
-        "class-oracle attack on noact: {bits} crafted results, {} classes returned, {} \
-         acknowledged, {recovered} of {bits} key bits recovered",
-        o.class_of.len(),
-        o.acked
-    );
-    assert!(recovered <= 64, "{recovered} key bits recovered");
-    assert_eq!(recovered, 0, "{recovered} key bits recovered");
-    assert_refused_and_quarantined(&st, &o, bits);
+    assert_learnt_nothing(&st, &o, "noact", (recovered, bits, "key bits"));
+}
+
+/// The same attack on `act`, whose classes share one GLWE under the bootstrap key like
+/// `last`'s (at slots a window apart): public-key encryptions of a near-tie between class 0
+/// (slot 0) and class 1 (slot W) with 4096Δ on mask coefficient N − j, two a relation
+/// s_j ⊕ s_{j+W}. Before `act`'s check outputs every crafted result was decrypted and the
+/// board recovered every relation it asked for; the checks refuse forgeries (a fresh
+/// encryption passes all four rows with probability ≤ 2^-16 at this model's tolerance).
+#[test]
+fn an_act_board_that_sees_its_classes_learns_nothing_of_the_key() {
+    let st = setup("act");
+    let pairs = attack_size(15);
+    let queries: Vec<(usize, bool)> = (1..=pairs).flat_map(|j| [(j, false), (j, true)]).collect();
+    let mut second = 0;
+    let o = class_oracle(&st, |a| {
+        let model = &a.bundle.bundle.header.model;
+        let hedge::engine::PartShape::Glwe { slots } = &model.result.parts[0] else {
+            panic!("act results are GLWEs");
+        };
+        second = slots[1] as usize;
+        let delta = model.delta_out;
+        let mut pk = a.public_key();
+        queries
+            .iter()
+            .map(|&(j, flip)| a.crafted(key_query(&mut pk, delta, j, flip, (second, 4096, 2048))))
+            .collect()
+    });
+    let key = secret_key(&st, hedge::crypto::keys::KeyKind::Pbs);
+    let recovered = relations_recovered(&o, &queries, &key, second);
+    assert_learnt_nothing(&st, &o, "act", (recovered, pairs, "key relations"));
 }

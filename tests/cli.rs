@@ -277,14 +277,19 @@ fn act_accuracy_is_bought_at_protect_and_shown_by_inspect() {
     let text = ok(&o);
     assert!(text.contains("act settings weighed"), "{text}");
     assert!(
-        text.contains("act accuracy: 10 class(es) per bootstrap, 1 gadget level(s): 16 bootstraps"),
+        text.contains(
+            "act accuracy: 14 output(s) per bootstrap (classes, then check rows), 1 gadget \
+             level(s): 16 bootstraps"
+        ),
         "{text}"
     );
     let (o, bundle) = protect_act(
         "bought.bundle",
         &["--classes-per-bootstrap", "5", "--gadget-levels", "2"],
     );
-    let line = "act accuracy: 5 class(es) per bootstrap, 2 gadget level(s): 32 bootstraps";
+    // 5 outputs a table: 3 tables a unit for 10 classes and 4 check rows.
+    let line = "act accuracy: 5 output(s) per bootstrap (classes, then check rows), 2 gadget \
+                level(s): 48 bootstraps";
     assert!(ok(&o).contains(line));
     let summary = ok(&hedge(&["inspect", s(&bundle), "--keys", s(&f.keys)]));
     assert!(summary.contains(line), "{summary}");

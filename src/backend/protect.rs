@@ -8,6 +8,7 @@ use super::Result;
 use crate::bundle::{BundleHeader, EdgeBundle};
 use crate::crypto::keys::EdgeKeys;
 use crate::crypto::lut::WindowMap;
+use crate::crypto::lut::ACT_CHECK_ROWS;
 use crate::crypto::params::{ParameterSet, MAX_PBS_LEVELS};
 use crate::engine::{Decoding, EncryptedModel, ModelInfo, ResultChecks};
 use crate::model::activation::Activation;
@@ -196,7 +197,7 @@ impl ActCandidate {
         levels: usize,
         expected_agreement: [f64; 2],
     ) -> Self {
-        let groups = map.groups(out);
+        let groups = map.groups(out + ACT_CHECK_ROWS);
         Self {
             classes_per_bootstrap: map.per_table,
             gadget_levels: levels,
@@ -216,7 +217,11 @@ pub fn act_candidates(
     params: &ParameterSet,
 ) -> Result<Vec<ActCandidate>> {
     let out = model.out_dim();
-    let mut per_table: Vec<usize> = (1..=out).map(|groups| out.div_ceil(groups)).collect();
+    // Tables hold the classes' windows and then the check outputs'.
+    let outputs = out + ACT_CHECK_ROWS;
+    let mut per_table: Vec<usize> = (1..=outputs)
+        .map(|groups| outputs.div_ceil(groups))
+        .collect();
     per_table.dedup();
     let mut candidates = Vec::new();
     for c in per_table {
@@ -291,7 +296,7 @@ pub fn choose_act(candidates: &[ActCandidate], target: f64) -> Result<ActSetting
     Err(BackendError::Accuracy(match best {
         Some(b) => format!(
             "no setting reaches an expected agreement of {:.2} % on these calibration inputs; \
-             the best, {} class(es) per bootstrap with {} gadget level(s) ({}× the default's \
+             the best, {} output(s) per bootstrap with {} gadget level(s) ({}× the default's \
              work), expects {:.2}–{:.2} %",
             100.0 * target,
             b.classes_per_bootstrap,
@@ -567,7 +572,7 @@ mod tests {
         assert_eq!(chosen(0.995).gadget_levels, 2);
         let err = choose_act(&candidates, 0.9995).unwrap_err().to_string();
         assert!(
-            err.contains("the best, 1 class(es) per bootstrap with 3"),
+            err.contains("the best, 1 output(s) per bootstrap with 3"),
             "{err}"
         );
         assert!(err.contains("99.90–100.00 %"), "{err}");
@@ -613,8 +618,8 @@ mod tests {
         assert_eq!(hidden_activation(&relu, Variant::Last, Drop).unwrap(), None);
     }
 
-    /// On a real model the noise model ranks the knobs as the physics says: fewer classes per
-    /// table or more gadget levels never expect less agreement.
+    /// On a real model the noise model ranks the knobs as the physics says: fewer outputs per
+    /// table (10 classes and the check rows) or more gadget levels never expect less agreement.
     #[test]
     fn fewer_classes_per_table_and_more_levels_expect_no_less_agreement() {
         let params = ParameterSet::for_level(SecurityLevel::L128);
@@ -628,14 +633,15 @@ mod tests {
             v.dedup();
             v
         };
-        assert_eq!(per_tables, [1, 2, 3, 4, 5, 10]);
+        assert_eq!(ACT_CHECK_ROWS, 4);
+        assert_eq!(per_tables, [1, 2, 3, 4, 5, 7, 14]);
         assert_eq!(candidates.len(), per_tables.len() * MAX_PBS_LEVELS);
         assert_eq!(
             (
                 candidates[0].classes_per_bootstrap,
                 candidates[0].gadget_levels
             ),
-            (10, 1),
+            (14, 1),
             "the default is the cheapest"
         );
         let find = |c, l| {

@@ -2,12 +2,20 @@
 //!
 //! For hidden unit i the backend encrypts a lookup polynomial L_i under the bootstrap GLWE
 //! key. It is cut into `out` windows of R = N / out coefficients; window j holds
-//! Δ_out · W2[j, i] · act(t − zero) at coefficient j·R + t, t ∈ [0, R) (unit 0's windows also
-//! carry the bias Δ_out · b2[j] at every t). Blind rotation by the unit's pre-activation phase
+//! Δ_out · W2[j, i] · act(t − zero) at coefficient j·R + t, t ∈ [0, R − S), and 0 on its last
+//! S slots, the separator. Blind rotation by the unit's pre-activation phase
 //! φ̃ = round(phase · 2N / q) ∈ [0, R) leaves L_i[j·R + φ̃] at coefficient j·R, i.e.
 //! Δ_out · W2[j,i] · act(φ̃ − zero), for every class j at once, with fresh noise and without the
-//! edge ever seeing W2. Summing the rotated accumulators over i gives the scores at
-//! coefficients j·R of one GLWE.
+//! edge ever seeing W2. Summing the rotated accumulators over i, and one more encrypted
+//! polynomial holding the biases Δ_out · b2[j] at j·R, gives the scores at coefficients j·R of
+//! one GLWE.
+//!
+//! The outputs include secret check rows (docs/THREATS.md #27), exact combinations of the
+//! classes' rows: every output of a unit reads its table at the same slot, so the relation
+//! holds whatever that slot is — as long as no read crosses into a neighbouring window, which
+//! would read another output's weights. The separator makes a read that the noise (or an input
+//! a little beyond the calibrated range) takes past the window read 0 for every output alike,
+//! and the biases sit apart from the tables so that such a read cannot drop them.
 //!
 //! Fewer classes per table buy accuracy with time: with c classes per table the windows are
 //! R = N / c slots wide, so the same input noise (in slots) is a smaller share of each unit's
@@ -31,6 +39,11 @@ use super::raw::Bodies;
 use super::{modulus, CompressionSeed};
 use serde::{Deserialize, Serialize};
 use tfhe::core_crypto::prelude::*;
+
+/// Windows each result of variant `act` carries after its classes for the secret check
+/// outputs (docs/THREATS.md #27): extra rows of the second layer, windows of the lookup tables
+/// like the classes', so the board cannot tell them apart.
+pub const ACT_CHECK_ROWS: usize = 4;
 
 /// The windows' geometry: slot = round(phase · 2N / q), R = `window` slots per class,
 /// `per_table` classes per lookup table.
@@ -87,15 +100,50 @@ impl WindowMap {
         (zero_slot as u64) << (64 - self.log2_2n())
     }
 
+    /// Unit `u`'s noise-free slot at pre-activation y, in [0, 2N).
+    fn unit_slot(&self, u: UnitWindow, y: i64) -> u64 {
+        self.slot(
+            (y as u64)
+                .wrapping_mul(u.delta_h)
+                .wrapping_add(self.offset(u.zero_slot)),
+        )
+    }
+
+    /// Whether unit `u`'s noise-free read at pre-activation y, for some output, takes a
+    /// nonzero value of another output's window: the result then breaks its check rows'
+    /// relation and is refused. `outputs` counts the classes and check rows; `value(t)` is
+    /// what a window holds at slot t (0 on its separator). A read that leaves the window into
+    /// the separator, or into a neighbour's zeros (deep into a ReLU's negative side), reads
+    /// 0 for every output alike and keeps the relation.
+    pub(crate) fn crosses(
+        &self,
+        u: UnitWindow,
+        y: i64,
+        outputs: usize,
+        value: impl Fn(usize) -> i64,
+    ) -> bool {
+        let slot = self.unit_slot(u, y) as usize;
+        if slot < self.window {
+            return false;
+        }
+        let (n, r, per_table) = (self.poly_size, self.window, self.per_table.max(1));
+        // Tables hold `per_table` outputs, the last one the rest.
+        let last = outputs - (self.groups(outputs) - 1) * per_table;
+        [per_table.min(outputs), last].into_iter().any(|held| {
+            (0..held).any(|w| {
+                // Coefficient w·R of the table rotated by `slot` (negacyclic: the sign aside).
+                let p = (w * r + slot) % (2 * n) % n;
+                let (landed, t) = (p / r, p % r);
+                landed != w && landed < held && value(t) != 0
+            })
+        })
+    }
+
     /// The activation's argument for unit `u` at pre-activation y — its noise-free slot (kept
     /// inside the window, as the reference does) less the unit's zero — and whether the slot
     /// left the window.
     pub(crate) fn unit_offset(&self, u: UnitWindow, y: i64) -> (i64, bool) {
-        let slot = self.slot(
-            (y as u64)
-                .wrapping_mul(u.delta_h)
-                .wrapping_add(self.offset(u.zero_slot)),
-        );
+        let slot = self.unit_slot(u, y);
         let inside = slot.min(self.window as u64 - 1);
         (inside as i64 - u.zero_slot as i64, inside != slot)
     }
@@ -105,7 +153,8 @@ impl WindowMap {
 /// batch's ciphertexts, 16 KB in and 3.5 KB out each, stay in cache).
 const KS_BATCH: usize = 32;
 
-/// Encrypted lookup polynomials, one per hidden unit and class group, unit-major (seeded).
+/// Encrypted lookup polynomials, one per hidden unit and class group, unit-major, then one
+/// bias polynomial per class group (seeded).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct EncryptedLuts {
     pub map: WindowMap,
@@ -142,16 +191,20 @@ impl EncryptedLuts {
         assert!(map.window * map.per_table <= n);
         assert_eq!(zero_slots.len(), hidden);
         let groups = map.groups(out_dim);
-        let mut plain = vec![0u64; hidden * groups * n];
-        for (k, lut) in plain.chunks_exact_mut(n).enumerate() {
+        let mut plain = vec![0u64; (hidden + 1) * groups * n];
+        let (tables, biases) = plain.split_at_mut(hidden * groups * n);
+        for (k, lut) in tables.chunks_exact_mut(n).enumerate() {
             let (i, g) = (k / groups, k % groups);
             for (w, j) in map.group_classes(g, out_dim).enumerate() {
-                let bias = if i == 0 { b2[j] } else { 0 };
                 for t in 0..map.window {
-                    let a = value(i, t);
-                    let v = w2[j * hidden + i] * a + bias;
+                    let v = w2[j * hidden + i] * value(i, t);
                     lut[w * map.window + t] = (v as u64).wrapping_mul(delta_out);
                 }
+            }
+        }
+        for (g, bias) in biases.chunks_exact_mut(n).enumerate() {
+            for (w, j) in map.group_classes(g, out_dim).enumerate() {
+                bias[w * map.window] = (b2[j] as u64).wrapping_mul(delta_out);
             }
         }
         let (seed, bodies) = encrypt_seeded_glwes(sk, glwe, plain);
@@ -182,12 +235,22 @@ impl EncryptedLuts {
                 .zero_slots
                 .iter()
                 .any(|&z| z as usize >= self.map.window)
-            || Some(self.bodies.len())
-                != self
-                    .hidden
-                    .checked_mul(self.map.groups(self.out_dim))
-                    .and_then(|v| v.checked_mul(n))
         {
+            return Err(CryptoError::Shape("inconsistent lookup tables".into()));
+        }
+        let tables = |units: usize| {
+            units
+                .checked_mul(self.map.groups(self.out_dim))
+                .and_then(|v| v.checked_mul(n))
+        };
+        if Some(self.bodies.len()) == tables(self.hidden) {
+            return Err(CryptoError::Shape(
+                "lookup tables made before act's check rows (no bias polynomial): protect the \
+                 model again with this version"
+                    .into(),
+            ));
+        }
+        if Some(self.bodies.len()) != tables(self.hidden + 1) {
             return Err(CryptoError::Shape("inconsistent lookup tables".into()));
         }
         let bodies = self
@@ -251,8 +314,13 @@ impl PreparedLuts {
         ];
         let mut acc = GlweCiphertext::new(0u64, GlweSize(2), n, modulus());
         let groups = self.map.groups(self.out_dim);
-        let mut sums = vec![GlweCiphertext::new(0u64, GlweSize(2), n, modulus()); groups];
         let luts: Vec<_> = self.luts.iter().collect();
+        let (luts, biases) = luts.split_at(luts.len() - groups);
+        // The biases first: the sums start from them.
+        let mut sums: Vec<_> = biases
+            .iter()
+            .map(|b| GlweCiphertext::from_container(b.as_ref().to_vec(), n, modulus()))
+            .collect();
         for (batch, batch_luts) in luts.chunks(KS_BATCH * groups).enumerate() {
             let count = batch_luts.len() / groups;
             for (k, big) in big[..count].iter_mut().enumerate() {
@@ -342,6 +410,42 @@ mod tests {
     use super::*;
     use crate::crypto::keys;
     use crate::crypto::params::{ParameterSet, SecurityLevel};
+
+    /// Lookup tables from before the check rows (no bias polynomials) are refused at load with
+    /// a message that says to protect again; the new ones prepare, biases last.
+    #[test]
+    fn tables_without_their_bias_polynomials_say_to_protect_again() {
+        let params = ParameterSet::for_level(SecurityLevel::L128);
+        let set = keys::generate(params);
+        let n = params.pbs_glwe.poly_size.0;
+        let (hidden, out) = (3, 5);
+        let map = WindowMap::new(n, out, 2);
+        let luts = EncryptedLuts::encrypt(
+            &set.secret.pbs,
+            params.pbs_glwe,
+            map,
+            &[10; 3],
+            |i, t| (i + t) as i64,
+            &[1; 15],
+            &[2; 5],
+            out,
+            hidden,
+            1 << 40,
+        );
+        let prepared = luts.prepare().unwrap();
+        assert_eq!(
+            prepared.ciphertexts().count(),
+            (hidden + 1) * map.groups(out)
+        );
+        let mut old = luts.clone();
+        let bodies = old.bodies.unpack().unwrap();
+        old.bodies = Bodies::pack(&bodies[..hidden * map.groups(out) * n], LUT_DROP_BITS);
+        let err = old.prepare().err().unwrap().to_string();
+        assert!(err.contains("protect the model again"), "{err}");
+        old.bodies = Bodies::pack(&bodies[..n], LUT_DROP_BITS);
+        let err = old.prepare().err().unwrap().to_string();
+        assert!(err.contains("inconsistent lookup tables"), "{err}");
+    }
 
     fn std(errors: &[f64]) -> f64 {
         (errors.iter().map(|e| e * e).sum::<f64>() / errors.len() as f64).sqrt()

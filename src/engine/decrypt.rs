@@ -58,6 +58,10 @@ pub struct ResultChecks {
     pub offsets: Vec<i64>,
     #[serde(default)]
     pub method: CheckMethod,
+    /// [`CheckMethod::Tolerance`]: how far from 0 (modulo 2^64) each row's phase combination
+    /// may lie, from the model's output noise (set by [`Decoding::new`]).
+    #[serde(default)]
+    pub tolerances: Vec<u64>,
 }
 
 /// How a result's check rows are verified.
@@ -76,7 +80,19 @@ pub enum CheckMethod {
     /// {−1, 0, 1} for every score change the range check lets through (1/3 a row:
     /// [`phase_check_limit`]).
     Phase,
+    /// `act`: the phases combined as for [`Self::Phase`] — the bootstraps' input noise
+    /// cancels (every table of a unit is read at the same slot, and a check window holds the
+    /// exact combination of the class windows) — but each slot keeps its own bootstrap output
+    /// noise, so the combination must lie within [`ACT_CHECK_SIGMAS`] of its standard
+    /// deviation, σ_out·√(1 + ‖r‖²), of 0. Refuses forgeries (a fresh encryption passes a row
+    /// with probability 2·tolerance/2^64) and changes beyond the tolerance; changes within it
+    /// pass (docs/THREATS.md #27).
+    Tolerance,
 }
+
+/// Standard deviations of its output noise an `act` check row may lie off: an honest result
+/// fails a row with probability about 2^-49.
+pub const ACT_CHECK_SIGMAS: f64 = 8.0;
 
 /// The largest |score| a result verified by [`CheckMethod::Phase`] may decode to at `delta`.
 /// A change that moves a class by d ≠ 0 moves its phase by δ with 3Δ/4 ≤ |δ| ≤ Δ(2L + ¼)
@@ -112,7 +128,20 @@ impl ResultChecks {
                 checks.method = CheckMethod::Phase;
                 return Ok(checks);
             }
-            Variant::Act => return Ok(checks),
+            Variant::Act => {
+                // ρ anywhere on the classes' torus: a forger cannot aim at it.
+                let modulus = (2f64.powi(64) / q.delta_out as f64).min(i64::MAX as f64) as i64;
+                while checks.rows.len() < check_rows(Variant::Act) {
+                    let r: Vec<i64> = (0..q.out_dim).map(|_| rng.gen_range(-1..=1)).collect();
+                    if r.iter().all(|&c| c == 0) {
+                        continue;
+                    }
+                    checks.rows.push(r);
+                    checks.offsets.push(rng.gen_range(0..modulus.max(1)));
+                }
+                checks.method = CheckMethod::Tolerance;
+                return Ok(checks);
+            }
         }
         let limits = q.score_limits(params);
         let log2_delta = check_log2_delta(&limits).ok_or_else(|| {
@@ -175,6 +204,14 @@ impl ResultChecks {
         match self.method {
             CheckMethod::Modular => CHECK_BITS * self.rows.len() as u32,
             CheckMethod::Phase => (self.rows.len() as f64 * 3f64.log2()).floor() as u32,
+            // A fresh encryption's row lands within ±t of its target with probability 2t/2^64.
+            CheckMethod::Tolerance => self
+                .tolerances
+                .iter()
+                .map(|&t| 63.0 - (t.max(1) as f64).log2())
+                .sum::<f64>()
+                .floor()
+                .max(0.0) as u32,
         }
     }
 
@@ -194,9 +231,17 @@ impl ResultChecks {
             let row_margin = match self.method {
                 CheckMethod::Phase => {
                     let d = self
-                        .phase_row(row, classes, p, delta)
+                        .phase_row(row, classes, p, delta, delta / 8)
                         .ok_or(Refusal::Check { row })?;
                     margin(delta as f64 / 2.0, d)
+                }
+                // Within the output noise's tolerance; not a decoding margin (the classes'
+                // errors are `act`'s noise margin), so it does not lower it.
+                CheckMethod::Tolerance => {
+                    let limit = *self.tolerances.get(row).ok_or(Refusal::Check { row })?;
+                    self.phase_row(row, classes, p, delta, limit)
+                        .ok_or(Refusal::Check { row })?;
+                    f64::INFINITY
                 }
                 // Exact: on its grid, and equal to its secret combination of the scores modulo
                 // its torus, M = 2^64/Δ (sound for every change the range checks let through:
@@ -221,9 +266,17 @@ impl ResultChecks {
         Ok(least)
     }
 
-    /// Row `k` of [`CheckMethod::Phase`] holds for these phases (classes', then the row's):
-    /// the distance of check − Σ r·class − Δ·ρ from 0 modulo 2^64 if within Δ/8.
-    fn phase_row(&self, k: usize, classes: &[u64], check: u64, delta: u64) -> Option<u64> {
+    /// Row `k` of [`CheckMethod::Phase`] or [`CheckMethod::Tolerance`] holds for these phases
+    /// (classes', then the row's): the distance of check − Σ r·class − Δ·ρ from 0 modulo 2^64
+    /// if within `limit`.
+    fn phase_row(
+        &self,
+        k: usize,
+        classes: &[u64],
+        check: u64,
+        delta: u64,
+        limit: u64,
+    ) -> Option<u64> {
         let combined = self.rows[k]
             .iter()
             .zip(classes)
@@ -232,7 +285,7 @@ impl ResultChecks {
             });
         let offset = (self.offset(k) as u64).wrapping_mul(delta);
         let d = (check.wrapping_sub(combined).wrapping_sub(offset) as i64).unsigned_abs();
-        (d <= delta / 8).then_some(d)
+        (d <= limit).then_some(d)
     }
 }
 
@@ -278,9 +331,25 @@ impl Decoding {
     ) -> Result<Self> {
         let shape = ResultShape::of(q, params, checks.rows.len())?;
         let mut score_limits = q.score_limits(params);
-        if checks.method == CheckMethod::Phase {
-            let limit = phase_check_limit(q.delta_out);
-            score_limits.iter_mut().for_each(|l| *l = l.min(limit));
+        let mut checks = checks.clone();
+        match checks.method {
+            CheckMethod::Phase => {
+                let limit = phase_check_limit(q.delta_out);
+                score_limits.iter_mut().for_each(|l| *l = l.min(limit));
+            }
+            CheckMethod::Tolerance => {
+                // The output noise at the bundle's own gadget (act's accuracy knob), in phase.
+                let sigma = q.act_output_noise(params) * q.delta_out as f64;
+                checks.tolerances = checks
+                    .rows
+                    .iter()
+                    .map(|r| {
+                        let norm2 = r.iter().map(|&c| (c * c) as f64).sum::<f64>();
+                        (ACT_CHECK_SIGMAS * sigma * (1.0 + norm2).sqrt()).min(2f64.powi(62)) as u64
+                    })
+                    .collect();
+            }
+            CheckMethod::Modular => {}
         }
         Ok(Self {
             key_id,
@@ -293,15 +362,15 @@ impl Decoding {
             score_limits,
             own_masks: Vec::new(),
             labels: None,
-            checks: checks.clone(),
+            checks,
             wire: shape.wire,
         })
     }
 
-    /// The exact variants (`last`, `noact`) are verifiable only with their check outputs: a
-    /// record made before them cannot tell a crafted result from an honest one.
+    /// Results are verifiable only with their check outputs: a record made before them cannot
+    /// tell a crafted result from an honest one.
     fn verifiable(&self) -> bool {
-        !self.exact || !self.checks.rows.is_empty()
+        !self.checks.rows.is_empty()
     }
 
     /// The same, refusing the GLWEs of `model` (the bundle's) as results.

@@ -2,7 +2,8 @@
 //! encrypted features a data source or the board makes with the bundle's public key.
 
 use super::model::{
-    first_layer_hidden, EncryptedModel, ModelInfo, PartShape, PlainLayer, ResultCiphertext,
+    check_rows, first_layer_hidden, EncryptedModel, ModelInfo, PartShape, PlainLayer,
+    ResultCiphertext,
 };
 use super::{EngineError, Result};
 use crate::crypto::error::CryptoError;
@@ -320,9 +321,14 @@ fn check_result_shape(info: &ModelInfo, prepared: &Prepared, key: KeyKind, n: us
     let (parts, glwe) = match prepared {
         Prepared::Last { output, .. } => (output.layout.blocks(), true),
         Prepared::Noact { second, .. } => (second.rows(), false),
-        Prepared::Act { luts, .. } => (luts.map.groups(info.out_dim), true),
+        Prepared::Act { luts, .. } => (luts.map.groups(luts.out_dim), true),
     };
-    let fits = shape.key == key
+    let outputs_fit = match prepared {
+        Prepared::Act { luts, .. } => luts.out_dim == info.out_dim + check_rows(info.variant),
+        _ => true,
+    };
+    let fits = outputs_fit
+        && shape.key == key
         && shape.poly_size as usize == n
         && shape.parts.len() == parts
         && shape.wire.bits() >= 64 - crate::crypto::switch::MAX_DROP_BITS

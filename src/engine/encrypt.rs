@@ -28,13 +28,6 @@ impl EncryptedModel {
     ) -> Result<Self> {
         let p = keys.params;
         let (hidden, out) = (q.hidden_dim, q.out_dim);
-        if q.variant == Variant::Act && !checks.rows.is_empty() {
-            return Err(CryptoError::Unsupported(format!(
-                "check outputs for variant {}",
-                q.variant.name()
-            ))
-            .into());
-        }
         Ok(match q.variant {
             Variant::Last => {
                 let rows = out + checks.rows.len();
@@ -82,15 +75,7 @@ impl EncryptedModel {
                         WIDE_DROP_BITS,
                     ),
                     second: {
-                        // The check rows after the classes', bias column split off again.
-                        let classes = q.w2_with_bias();
-                        let cols = hidden + 1;
-                        let checked = checks.combine(&classes, cols);
-                        let (mut w, mut b) = (q.w2.clone(), q.b2.clone());
-                        for row in checked.chunks_exact(cols) {
-                            w.extend_from_slice(&row[..hidden]);
-                            b.push(row[hidden]);
-                        }
+                        let (w, b) = with_check_rows(q, checks);
                         EncryptedGgswRows::encrypt(
                             &keys.wide,
                             KeyKind::Wide,
@@ -113,6 +98,7 @@ impl EncryptedModel {
                     .into());
                 };
                 let layout = PackedLayout::new(p.pbs_glwe.poly_size.0, hidden, q.input.dim + 1)?;
+                let (w2, b2) = with_check_rows(q, checks);
                 Self::Act {
                     first: EncryptedMatrix::encrypt(
                         &keys.pbs,
@@ -134,13 +120,10 @@ impl EncryptedModel {
                         p.pbs_glwe,
                         *map,
                         &units.iter().map(|u| u.zero_slot).collect::<Vec<_>>(),
-                        |i, t| {
-                            q.hidden_map
-                                .window_value(i, t as i64 - units[i].zero_slot as i64)
-                        },
-                        &q.w2,
-                        &q.b2,
-                        out,
+                        |i, t| q.hidden_map.table_value(i, t),
+                        &w2,
+                        &b2,
+                        out + checks.rows.len(),
                         hidden,
                         q.delta_out,
                     ),
@@ -148,6 +131,19 @@ impl EncryptedModel {
             }
         })
     }
+}
+
+/// The second layer's weights and biases with the check rows after the classes' (the bias
+/// column split off again).
+fn with_check_rows(q: &QuantModel, checks: &ResultChecks) -> (Vec<i64>, Vec<i64>) {
+    let cols = q.hidden_dim + 1;
+    let checked = checks.combine(&q.w2_with_bias(), cols);
+    let (mut w, mut b) = (q.w2.clone(), q.b2.clone());
+    for row in checked.chunks_exact(cols) {
+        w.extend_from_slice(&row[..q.hidden_dim]);
+        b.push(row[q.hidden_dim]);
+    }
+    (w, b)
 }
 
 /// Low bits dropped from stored wide-layer bodies: an error of ≤ 2^7 per weight, ≈ 2^16 after

@@ -31,7 +31,7 @@ pub mod synthetic;
 #[cfg(any(feature = "backend", test))]
 pub use decrypt::{
     decode, decrypt, phase_check_limit, phases, CheckMethod, Decoding, Decrypted, Refusal,
-    ResultChecks,
+    ResultChecks, ACT_CHECK_SIGMAS,
 };
 pub use edge::{EdgeEngine, EncryptedFeatures};
 pub use model::{

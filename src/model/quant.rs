@@ -19,7 +19,7 @@
 use super::activation::Activation;
 use super::error::{FeatureFault, ModelError, Result};
 use super::{Classifier, Dense};
-use crate::crypto::lut::{UnitWindow, WindowMap};
+use crate::crypto::lut::{UnitWindow, WindowMap, ACT_CHECK_ROWS};
 use crate::crypto::params::ParameterSet;
 use serde::{Deserialize, Serialize};
 
@@ -249,6 +249,11 @@ pub enum HiddenMap {
         units: Vec<UnitWindow>,
         steps: Vec<f64>,
         activation: Activation,
+        /// Zero slots closing every window (docs/THREATS.md #27): a read that leaves its
+        /// window by up to this many slots gets 0 for every output of the unit alike, which
+        /// keeps the check rows' relation; further, it reads the neighbouring window.
+        #[serde(default)]
+        separator: usize,
     },
 }
 
@@ -273,8 +278,46 @@ impl HiddenMap {
             }
             HiddenMap::Window { map, units, .. } => {
                 let (offset, outside) = map.unit_offset(units[i], y);
-                (self.window_value(i, offset), outside)
+                let slot = offset + units[i].zero_slot as i64;
+                let value = self.table_value(i, slot as usize);
+                let separated = slot as usize >= map.window - self.separator();
+                (value, outside || separated)
             }
+        }
+    }
+
+    /// `act`: whether unit i's read at pre-activation y takes another output's weights
+    /// ([`WindowMap::crosses`]; `outputs` counts the classes and check rows).
+    pub(crate) fn crosses(&self, i: usize, y: i64, outputs: usize) -> bool {
+        match self {
+            HiddenMap::Window { map, units, .. } => {
+                map.crosses(units[i], y, outputs, |t| self.table_value(i, t))
+            }
+            _ => false,
+        }
+    }
+
+    /// `act`: the zero slots closing each window ([`HiddenMap::Window`]'s `separator`).
+    pub(crate) fn separator(&self) -> usize {
+        match self {
+            HiddenMap::Window { separator, .. } => *separator,
+            _ => 0,
+        }
+    }
+
+    /// `act`: what unit i's lookup table holds at slot t of each window: the activation on the
+    /// calibrated range and its guards, 0 on the separator.
+    pub(crate) fn table_value(&self, i: usize, t: usize) -> i64 {
+        match self {
+            HiddenMap::Window {
+                map,
+                units,
+                separator,
+                ..
+            } if t < map.window - separator => {
+                self.window_value(i, t as i64 - units[i].zero_slot as i64)
+            }
+            _ => 0,
         }
     }
 
@@ -325,6 +368,9 @@ pub struct Reference {
     pub hidden: Vec<i64>,
     /// Hidden units whose pre-activation left the bootstrap window (act only).
     pub out_of_window: usize,
+    /// Of those, units whose read takes another output's weights (act only): the check rows
+    /// refuse the result ([`crate::crypto::lut::WindowMap::crosses`]).
+    pub crossed: usize,
 }
 
 /// Bounds on the probability that noise changes an input's class.
@@ -502,9 +548,10 @@ impl QuantModel {
         Ok(if wide_n > n { wide } else { q })
     }
 
-    /// Variant `act` with `per_table` classes in each bootstrap's lookup table (all of them
-    /// when it is at least the class count): fewer classes per table, wider windows, less
-    /// input noise per unit of the pre-activation, and ⌈out / per_table⌉ bootstraps per unit.
+    /// Variant `act` with `per_table` outputs in each bootstrap's lookup table (all of them
+    /// when it is at least their count; the outputs are the classes and then the
+    /// [`ACT_CHECK_ROWS`] check rows): fewer outputs per table, wider windows, less input noise
+    /// per unit of the pre-activation, and ⌈outputs / per_table⌉ bootstraps per unit.
     pub fn quantize_act(
         model: &Classifier,
         activation: Option<Activation>,
@@ -669,28 +716,32 @@ impl QuantModel {
                     )
                 })?;
                 let n = params.pbs_glwe.poly_size.0;
-                let map = WindowMap::new(n, out_dim, per_table);
+                // The classes' windows, then the check outputs' (crypto::lut::ACT_CHECK_ROWS).
+                let map = WindowMap::new(n, out_dim + ACT_CHECK_ROWS, per_table);
                 let window = map.window;
                 let guard = (crate::crypto::params::WINDOW_GUARD_SIGMAS
                     * params.pbs_input_std_slots())
                 .ceil() as usize;
-                if window < 2 * guard + 16 {
+                // The separator, as wide as a guard: a read the noise takes past the guard
+                // reads 0 everywhere.
+                let separator = guard;
+                if window < 3 * guard + 16 {
                     return Err(ModelError::Quantisation(format!(
-                        "{} classes per bootstrap leave windows of {window} slots: too narrow \
-                         (pass --classes-per-bootstrap with fewer)",
+                        "{} outputs per bootstrap (classes and check rows) leave windows of \
+                         {window} slots: too narrow (pass --classes-per-bootstrap with fewer)",
                         map.per_table
                     )));
                 }
                 let two_n = 2.0 * n as f64;
                 // Per unit: its calibrated range (×1.1, always containing 0) fills the window
-                // between the guards.
+                // between the guards, the separator after them.
                 let mut units = Vec::with_capacity(hidden_dim);
                 let mut steps = Vec::with_capacity(hidden_dim);
                 let mut unit_scale = Vec::with_capacity(hidden_dim);
                 for i in 0..hidden_dim {
                     let lo = ys.iter().map(|y| y[i]).min().unwrap_or(0).min(-1) as f64 * 1.1;
                     let hi = ys.iter().map(|y| y[i]).max().unwrap_or(0).max(1) as f64 * 1.1;
-                    let slots_per_unit = (window - 2 * guard) as f64 / (hi - lo);
+                    let slots_per_unit = (window - separator - 2 * guard) as f64 / (hi - lo);
                     let zero_slot = (guard as f64 - lo * slots_per_unit).round() as u32;
                     let delta_h = (slots_per_unit * 2f64.powi(64) / two_n).round().max(1.0) as u64;
                     let s_eff = delta_h as f64 * two_n / 2f64.powi(64);
@@ -707,6 +758,7 @@ impl QuantModel {
                         units,
                         steps,
                         activation,
+                        separator,
                     },
                     1.0,
                 )
@@ -802,13 +854,14 @@ impl QuantModel {
     /// The plaintext integer reference for a quantised input.
     pub fn reference(&self, xq: &[i64]) -> Reference {
         let y = matvec(&self.w1, &self.b1, xq);
-        let mut out_of_window = 0;
+        let (mut out_of_window, mut crossed) = (0, 0);
         let hidden: Vec<i64> = y
             .iter()
             .enumerate()
             .map(|(i, &y)| {
                 let (a, outside) = self.hidden_map.apply(i, y);
                 out_of_window += outside as usize;
+                crossed += self.hidden_map.crosses(i, y, self.out_dim + ACT_CHECK_ROWS) as usize;
                 a
             })
             .collect();
@@ -817,6 +870,7 @@ impl QuantModel {
             pre_activation: y,
             hidden,
             out_of_window,
+            crossed,
         }
     }
 

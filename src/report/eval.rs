@@ -6,7 +6,7 @@
 use super::{BackendError, Result};
 use crate::crypto::keys::{self, EdgeKeys, KeySet};
 use crate::crypto::params::ParameterSet;
-use crate::engine::{decrypt, Decoding, EdgeEngine, EncryptedModel, ModelInfo};
+use crate::engine::{decrypt, Decoding, EdgeEngine, EncryptedModel, ModelInfo, Refusal};
 use crate::input::images::{read_idx_images, read_idx_labels, Image};
 use crate::model::activation::Activation;
 use crate::model::argmax;
@@ -150,6 +150,13 @@ pub struct CaseReport {
     pub out_of_window_units: usize,
     #[serde(default)]
     pub out_of_window_images: usize,
+    /// Of those, images with a unit whose read crosses into a neighbouring window, beyond the
+    /// separator: the check rows refuse their results (docs/THREATS.md #27).
+    #[serde(default)]
+    pub crossed_images: usize,
+    /// Results of the encrypted sample the decryptor refused (counted as disagreements).
+    #[serde(default)]
+    pub sample_refused: usize,
     /// Accepted test images with a reference score beyond what the decryptor accepts (its
     /// score limits; `noact`: twice the largest calibrated score): their results are refused.
     #[serde(default)]
@@ -227,6 +234,7 @@ struct ReferencePass {
     flip: Vec<FlipProbability>,
     out_of_window_units: usize,
     out_of_window_images: usize,
+    crossed_images: usize,
     /// Images with a score beyond `limits`.
     out_of_range: usize,
 }
@@ -240,12 +248,14 @@ fn reference_pass(
 ) -> ReferencePass {
     let (mut correct, mut refused, mut flip) = (0, 0, Vec::new());
     let (mut out_of_window_units, mut out_of_window_images, mut out_of_range) = (0, 0, 0);
+    let mut crossed_images = 0;
     for (f, &l) in feats.iter().zip(labels) {
         let p = match q.input.quantize(f) {
             Ok(xq) => {
                 let r = q.reference(&xq);
                 out_of_window_units += r.out_of_window;
                 out_of_window_images += (r.out_of_window > 0) as usize;
+                crossed_images += (r.crossed > 0) as usize;
                 out_of_range += r
                     .scores
                     .iter()
@@ -270,6 +280,7 @@ fn reference_pass(
         flip,
         out_of_window_units,
         out_of_window_images,
+        crossed_images,
         out_of_range,
     }
 }
@@ -407,6 +418,7 @@ pub fn run(
             flip,
             out_of_window_units,
             out_of_window_images,
+            crossed_images,
             out_of_range,
         } = reference_pass(&q, feats, &labels, Some(&params), &decoding.score_limits);
 
@@ -421,12 +433,22 @@ pub fn run(
         let bound = q.act_score_bound(&params);
         let (mut agree, mut correct, mut sample_ref_correct, mut ms) = (0, 0, 0, 0.0);
         let (mut decided_images, mut decided_agree, mut disagreements) = (0, 0, Vec::new());
+        let mut sample_refused = 0;
         for &i in sample {
             let t = Instant::now();
             let result = engine.infer_plain(&feats[i])?;
             ms += t.elapsed().as_secs_f64() * 1e3;
             progress.advance(1);
-            let class = decrypt(&result, &decoding, &keys.secret)?.class;
+            let class = match decrypt(&result, &decoding, &keys.secret) {
+                Ok(d) => d.class,
+                // An honest result the decryptor refuses (a read beyond its window's separator,
+                // a score beyond the limits): counted as a disagreement, reported.
+                Err(Refusal::Check { .. } | Refusal::OutOfRange { .. }) => {
+                    sample_refused += 1;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
             let scores = q.reference(&q.input.quantize(&feats[i])?).scores;
             let reference = argmax(&scores);
             agree += (class == reference) as usize;
@@ -511,6 +533,8 @@ pub fn run(
             hidden_units: q.hidden_dim,
             out_of_window_units,
             out_of_window_images,
+            crossed_images,
+            sample_refused,
             out_of_range_images: out_of_range,
             pruned: pruned.map(|p| p.report),
             pruned_test_agreement,

@@ -22,7 +22,8 @@ pub fn decoding() -> Decoding {
             rows: vec![vec![3; 10]],
             log2_deltas: vec![30],
             offsets: vec![5],
-            method: crate::engine::CheckMethod::Phase,
+            method: crate::engine::CheckMethod::Tolerance,
+            tolerances: vec![1 << 58],
         },
         wire: crate::engine::Wire::Switched { drop_bits: 21 },
     }

@@ -49,7 +49,8 @@ pub struct Args {
     widths: Vec<u32>,
     #[arg(long)]
     encrypt_from: Option<String>,
-    /// Variant act: classes in each bootstrap's lookup table (default: all), as `hedge protect`.
+    /// Variant act: outputs (classes, then check rows) in each bootstrap's lookup table
+    /// (default: all), as `hedge protect`.
     #[arg(long)]
     classes_per_bootstrap: Option<usize>,
     /// Variant act: the blind rotation's gadget levels, 1 to 3, as `hedge protect`.
@@ -191,6 +192,13 @@ fn print_case(r: &CaseReport) {
         r.encrypted_images,
         100.0 * r.decided_agreement
     );
+    if r.sample_refused > 0 {
+        println!(
+            "    refused by the decryptor: {} of {} sampled results (honest results beyond what \
+             the checks accept; counted as disagreements)",
+            r.sample_refused, r.encrypted_images
+        );
+    }
     if let (Some([all_low, all_high]), Some([low, high])) =
         (r.expected_agreement, r.expected_disagreements)
     {
@@ -209,12 +217,15 @@ fn print_case(r: &CaseReport) {
         let accepted = (r.test_images - r.reference_refused).max(1);
         println!(
             "    outside the calibrated window: {} pre-activations of {} images ({:.2e} per \
-             bootstrap); {} images with at least one ({:.3}%)",
+             bootstrap); {} images with at least one ({:.3}%), {} of them refused by the check \
+             rows (a read beyond the window's separator takes another output's weights: \
+             calibrate on inputs that cover these)",
             r.out_of_window_units,
             accepted,
             r.out_of_window_units as f64 / (accepted as f64 * r.hidden_units.max(1) as f64),
             r.out_of_window_images,
-            100.0 * r.out_of_window_images as f64 / accepted as f64
+            100.0 * r.out_of_window_images as f64 / accepted as f64,
+            r.crossed_images,
         );
     }
     if let (Some(p), Some(test)) = (&r.pruned, r.pruned_test_agreement) {

@@ -41,8 +41,9 @@ pub struct Args {
     /// 0.99; prints every setting weighed.
     #[arg(long, conflicts_with_all = ["classes_per_bootstrap", "gadget_levels"])]
     act_agreement: Option<f64>,
-    /// Variant act: classes in each bootstrap's lookup table (default: all). Fewer buy
-    /// agreement with time: ⌈classes / this⌉ bootstraps per hidden unit.
+    /// Variant act: outputs in each bootstrap's lookup table, the classes and then 4 secret
+    /// check rows (default: all). Fewer buy agreement with time: ⌈outputs / this⌉ bootstraps
+    /// per hidden unit.
     #[arg(long)]
     classes_per_bootstrap: Option<usize>,
     /// Variant act: digits of the blind rotation's gadget, 1 to 3 (default 1). More buy
@@ -252,7 +253,8 @@ pub fn run(a: Args, registry: &Path, ui: &Ui) -> Result<()> {
 /// One line on what an `act` bundle's setting costs and expects.
 pub fn act_summary(act: &protect::ActCandidate, seconds: Option<f64>) -> String {
     format!(
-        "act accuracy: {} class(es) per bootstrap, {} gadget level(s): {} bootstraps per \
+        "act accuracy: {} output(s) per bootstrap (classes, then check rows), {} gadget \
+         level(s): {} bootstraps per \
          inference{}; expected agreement with the integer reference {:.2}–{:.2} %",
         act.classes_per_bootstrap,
         act.gadget_levels,
@@ -270,7 +272,7 @@ fn print_candidates(candidates: &[protect::ActCandidate], target: f64) {
         "act settings weighed on the calibration inputs (target {:.2} %):",
         100.0 * target
     );
-    println!("  classes/bootstrap  gadget levels  bootstraps  work ×  expected agreement");
+    println!("  outputs/bootstrap  gadget levels  bootstraps  work ×  expected agreement");
     for c in candidates {
         println!(
             "  {:>17}  {:>13}  {:>10}  {:>6}  {:.2}–{:.2} %{}",
