@@ -217,9 +217,9 @@ impl EvaluationKeys {
         }
     }
 
-    /// Expand the seeded keys: Fourier bootstrapping key and full key-switching key. Consumes
-    /// them: the seeded bootstrapping key is freed once converted, before the key-switching key
-    /// is expanded, so the two large forms never sit beside all three.
+    /// Prepare the seeded keys: the bootstrapping key expanded into the Fourier domain (the
+    /// seeded bodies freed once converted); the key-switching key stays seeded, its masks
+    /// regenerated during each inference's one pass over it ([`super::keyswitch`]).
     pub fn into_prepared(self, p: &ParameterSet) -> Result<PreparedEvaluationKeys> {
         let n = p.pbs_glwe.poly_size;
         let bsk_len = p.lwe_dim.0 * 2 * p.pbs.level.0 * n.0;
@@ -258,7 +258,7 @@ impl EvaluationKeys {
         );
         Ok(PreparedEvaluationKeys {
             bsk,
-            ksk: seeded_ksk.decompress_into_lwe_keyswitch_key(),
+            ksk: seeded_ksk,
         })
     }
 }
@@ -338,10 +338,11 @@ impl EvaluationKeys {
     }
 }
 
-/// Evaluation keys expanded for use.
+/// Evaluation keys prepared for use: the bootstrapping key in the Fourier domain, the
+/// key-switching key seeded (expanded a chunk at a time by [`super::keyswitch::keyswitch_all`]).
 pub struct PreparedEvaluationKeys {
     pub bsk: FourierLweBootstrapKeyOwned,
-    pub ksk: LweKeyswitchKeyOwned<KsScalar>,
+    pub ksk: SeededLweKeyswitchKeyOwned<KsScalar>,
 }
 
 /// Everything key-related an edge bundle carries. By construction it cannot hold a secret key.

@@ -32,7 +32,7 @@
 use super::encrypt_seeded_glwes;
 use super::error::{CryptoError, Result};
 use super::keys::{KsScalar, PreparedEvaluationKeys};
-use super::keyswitch::keyswitch_batch;
+use super::keyswitch::{keyswitch_all, outputs_for};
 #[cfg(any(feature = "backend", test))]
 use super::params::GlweParams;
 use super::raw::Bodies;
@@ -149,8 +149,7 @@ impl WindowMap {
     }
 }
 
-/// Hidden units key-switched together (one pass over the key-switching key per batch; the
-/// batch's ciphertexts, 16 KB in and 3.5 KB out each, stay in cache).
+/// Ciphertexts [`bootstrap_seconds`] times (and the noise model's test takes a round).
 const KS_BATCH: usize = 32;
 
 /// Encrypted lookup polynomials, one per hidden unit and class group, unit-major, then one
@@ -296,22 +295,8 @@ impl PreparedLuts {
         keys: &PreparedEvaluationKeys,
     ) -> Vec<GlweCiphertextOwned<u64>> {
         let n = PolynomialSize(self.map.poly_size);
-        let fft = Fft::new(n);
-        let mut buffers = ComputationBuffers::new();
-        buffers.resize(
-            blind_rotate_assign_mem_optimized_requirement::<u64>(GlweSize(2), n, fft.as_view())
-                .unaligned_bytes_required(),
-        );
+        let mut rotation = Rotation::new(n);
         let log_modulus = n.to_blind_rotation_input_modulus_log();
-        let mut big = vec![LweCiphertext::new(0u64, LweSize(n.0 + 1), modulus()); KS_BATCH];
-        let mut small = vec![
-            LweCiphertext::new(
-                0 as KsScalar,
-                keys.ksk.output_lwe_size(),
-                CiphertextModulus::new_native(),
-            );
-            KS_BATCH
-        ];
         let mut acc = GlweCiphertext::new(0u64, GlweSize(2), n, modulus());
         let groups = self.map.groups(self.out_dim);
         let luts: Vec<_> = self.luts.iter().collect();
@@ -321,44 +306,71 @@ impl PreparedLuts {
             .iter()
             .map(|b| GlweCiphertext::from_container(b.as_ref().to_vec(), n, modulus()))
             .collect();
-        for (batch, batch_luts) in luts.chunks(KS_BATCH * groups).enumerate() {
-            let count = batch_luts.len() / groups;
-            for (k, big) in big[..count].iter_mut().enumerate() {
-                let i = batch * KS_BATCH + k;
+        // Every unit's pre-activation extracted and key-switched in one pass over the key.
+        let units = luts.len() / groups;
+        let big: Vec<_> = (0..units)
+            .map(|i| {
+                let mut big = LweCiphertext::new(0u64, LweSize(n.0 + 1), modulus());
                 extract_lwe_sample_from_glwe_ciphertext(
                     &blocks[i / rows_per_block],
-                    big,
+                    &mut big,
                     MonomialDegree(i % rows_per_block),
                 );
-            }
-            keyswitch_batch(&keys.ksk, &big[..count], &mut small[..count]);
-            for (small, unit_luts) in small.iter().zip(batch_luts.chunks_exact(groups)) {
-                let msed = lwe_ciphertext_modulus_switch(small.as_view(), log_modulus);
-                for (sum, lut) in sums.iter_mut().zip(unit_luts) {
-                    acc.as_mut().copy_from_slice(lut.as_ref());
-                    blind_rotate_assign_mem_optimized(
-                        &msed,
-                        &mut acc,
-                        &keys.bsk,
-                        fft.as_view(),
-                        buffers.stack(),
-                    );
-                    glwe_ciphertext_add_assign(sum, &acc);
-                }
+                big
+            })
+            .collect();
+        let mut small = outputs_for(&keys.ksk, units);
+        keyswitch_all(&keys.ksk, &big, &mut small);
+        drop(big);
+        for (small, unit_luts) in small.iter().zip(luts.chunks_exact(groups)) {
+            let msed = lwe_ciphertext_modulus_switch(small.as_view(), log_modulus);
+            for (sum, lut) in sums.iter_mut().zip(unit_luts) {
+                acc.as_mut().copy_from_slice(lut.as_ref());
+                rotation.rotate(&msed, &mut acc, &keys.bsk);
+                glwe_ciphertext_add_assign(sum, &acc);
             }
         }
         sums
     }
 }
 
-/// What one hidden unit's bootstrap work costs on this machine, in seconds: its share of a
-/// batched key switch, and one blind rotation (each unit takes one per class group). Measured
-/// on random inputs (a zero mask would skip CMUXes), `rotations` of them.
+/// Blind rotations at one polynomial size, with their FFT plan and scratch space.
+struct Rotation {
+    fft: Fft,
+    buffers: ComputationBuffers,
+}
+
+impl Rotation {
+    fn new(n: PolynomialSize) -> Self {
+        let fft = Fft::new(n);
+        let mut buffers = ComputationBuffers::new();
+        buffers.resize(
+            blind_rotate_assign_mem_optimized_requirement::<u64>(GlweSize(2), n, fft.as_view())
+                .unaligned_bytes_required(),
+        );
+        Self { fft, buffers }
+    }
+
+    /// `acc` ← `acc` rotated by the switched LWE's phase.
+    fn rotate(
+        &mut self,
+        msed: &LazyStandardModulusSwitchedLweCiphertext<KsScalar, usize, &[KsScalar]>,
+        acc: &mut GlweCiphertextOwned<u64>,
+        bsk: &FourierLweBootstrapKeyOwned,
+    ) {
+        blind_rotate_assign_mem_optimized(msed, acc, bsk, self.fft.as_view(), self.buffers.stack());
+    }
+}
+
+/// What the bootstrap work costs on this machine, in seconds: the key-switching pass's part
+/// that does not depend on the units (expanding the key's masks), each unit's share of it,
+/// and one blind rotation (each unit takes one per class group). Measured on random inputs
+/// (a zero mask would skip CMUXes), `rotations` of them.
 pub(crate) fn bootstrap_seconds(
     keys: &PreparedEvaluationKeys,
     poly_size: usize,
     rotations: usize,
-) -> (f64, f64) {
+) -> BootstrapSeconds {
     let n = PolynomialSize(poly_size);
     let mut state = 0x9e37_79b9_7f4a_7c15u64;
     let mut random = move || {
@@ -371,38 +383,39 @@ pub(crate) fn bootstrap_seconds(
     for ct in &mut big {
         ct.as_mut().iter_mut().for_each(|w| *w = random());
     }
-    let mut small = vec![
-        LweCiphertext::new(
-            0 as KsScalar,
-            keys.ksk.output_lwe_size(),
-            CiphertextModulus::new_native(),
-        );
-        KS_BATCH
-    ];
+    let mut small = outputs_for(&keys.ksk, KS_BATCH);
+    // One ciphertext and then all of them: the difference is the units' share.
     let t = std::time::Instant::now();
-    keyswitch_batch(&keys.ksk, &big, &mut small);
-    let key_switch = t.elapsed().as_secs_f64() / KS_BATCH as f64;
-    let fft = Fft::new(n);
-    let mut buffers = ComputationBuffers::new();
-    buffers.resize(
-        blind_rotate_assign_mem_optimized_requirement::<u64>(GlweSize(2), n, fft.as_view())
-            .unaligned_bytes_required(),
-    );
+    keyswitch_all(&keys.ksk, &big[..1], &mut small[..1]);
+    let one = t.elapsed().as_secs_f64();
+    let t = std::time::Instant::now();
+    keyswitch_all(&keys.ksk, &big, &mut small);
+    let all = t.elapsed().as_secs_f64();
+    let per_unit = ((all - one) / (KS_BATCH - 1) as f64).max(0.0);
+    let mut rotation = Rotation::new(n);
     let log_modulus = n.to_blind_rotation_input_modulus_log();
     let mut acc = GlweCiphertext::new(0u64, GlweSize(2), n, modulus());
     let rotations = rotations.clamp(1, KS_BATCH);
     let t = std::time::Instant::now();
     for small in &small[..rotations] {
         let msed = lwe_ciphertext_modulus_switch(small.as_view(), log_modulus);
-        blind_rotate_assign_mem_optimized(
-            &msed,
-            &mut acc,
-            &keys.bsk,
-            fft.as_view(),
-            buffers.stack(),
-        );
+        rotation.rotate(&msed, &mut acc, &keys.bsk);
     }
-    (key_switch, t.elapsed().as_secs_f64() / rotations as f64)
+    BootstrapSeconds {
+        key_expansion: (one - per_unit).max(0.0),
+        key_switch: per_unit,
+        rotation: t.elapsed().as_secs_f64() / rotations as f64,
+    }
+}
+
+/// [`bootstrap_seconds`]' measurements.
+pub(crate) struct BootstrapSeconds {
+    /// Once an inference: the key-switching key's masks expanded.
+    pub key_expansion: f64,
+    /// Per unit.
+    pub key_switch: f64,
+    /// Per unit and class group.
+    pub rotation: f64,
 }
 
 #[cfg(test)]
@@ -512,49 +525,45 @@ mod tests {
         // Input noise: sample-extracted-like LWEs under the bootstrap key at known slots.
         let mut input_errors = Vec::new();
         let mut switched = Vec::new();
-        for round in 0..64 {
-            let mut big = vec![LweCiphertext::new(0u64, LweSize(n.0 + 1), modulus()); KS_BATCH];
-            let mut small = vec![
-                LweCiphertext::new(
-                    0 as KsScalar,
-                    eval.ksk.output_lwe_size(),
-                    CiphertextModulus::new_native(),
-                );
-                KS_BATCH
-            ];
-            let slots: Vec<u64> = (0..KS_BATCH as u64)
-                .map(|i| (round * 37 + i * 101) % (two_n / 2))
-                .collect();
-            for (ct, &s) in big.iter_mut().zip(&slots) {
+        // 64 rounds of KS_BATCH ciphertexts, key-switched in one pass as the engine does.
+        let slots: Vec<u64> = (0..64u64)
+            .flat_map(|round| {
+                (0..KS_BATCH as u64).map(move |i| (round * 37 + i * 101) % (two_n / 2))
+            })
+            .collect();
+        let big: Vec<_> = slots
+            .iter()
+            .map(|&s| {
+                let mut ct = LweCiphertext::new(0u64, LweSize(n.0 + 1), modulus());
                 encrypt_lwe_ciphertext(
                     &big_key,
-                    ct,
+                    &mut ct,
                     Plaintext((s as u128 * slot) as u64),
                     crate::crypto::gaussian(params.pbs_glwe.log2_std),
                     &mut gen,
                 );
-            }
-            keyswitch_batch(&eval.ksk, &big, &mut small);
-            for (small, &s) in small.into_iter().zip(&slots) {
-                let msed = lwe_ciphertext_modulus_switch::<KsScalar, usize, _>(
-                    small.as_view(),
-                    log_modulus,
-                );
-                let dot = msed
-                    .mask()
-                    .zip(&small_bits)
-                    .fold(0u64, |acc, (a, &b)| acc.wrapping_add(a as u64 * b));
-                let phase = (msed.body() as u64).wrapping_sub(dot) % two_n;
-                let err = (phase + two_n - s) % two_n;
-                let err = if err > two_n / 2 {
-                    err as f64 - two_n as f64
-                } else {
-                    err as f64
-                };
-                input_errors.push(err);
-                if switched.len() < rotations {
-                    switched.push(small);
-                }
+                ct
+            })
+            .collect();
+        let mut small = outputs_for(&eval.ksk, slots.len());
+        keyswitch_all(&eval.ksk, &big, &mut small);
+        for (small, &s) in small.into_iter().zip(&slots) {
+            let msed =
+                lwe_ciphertext_modulus_switch::<KsScalar, usize, _>(small.as_view(), log_modulus);
+            let dot = msed
+                .mask()
+                .zip(&small_bits)
+                .fold(0u64, |acc, (a, &b)| acc.wrapping_add(a as u64 * b));
+            let phase = (msed.body() as u64).wrapping_sub(dot) % two_n;
+            let err = (phase + two_n - s) % two_n;
+            let err = if err > two_n / 2 {
+                err as f64 - two_n as f64
+            } else {
+                err as f64
+            };
+            input_errors.push(err);
+            if switched.len() < rotations {
+                switched.push(small);
             }
         }
         let measured_in = std(&input_errors);
@@ -566,12 +575,7 @@ mod tests {
 
         // Output noise: blind rotations of a noiseless constant table (every coefficient V, so
         // coefficient 0 holds V for any rotation below N); what is left is the rotation's own.
-        let fft = Fft::new(n);
-        let mut buffers = ComputationBuffers::new();
-        buffers.resize(
-            blind_rotate_assign_mem_optimized_requirement::<u64>(GlweSize(2), n, fft.as_view())
-                .unaligned_bytes_required(),
-        );
+        let mut rotation = Rotation::new(n);
         let v = 1u64 << 60;
         let table =
             GlweCiphertext::from_container([vec![0u64; n.0], vec![v; n.0]].concat(), n, modulus());
@@ -581,13 +585,7 @@ mod tests {
         for small in &switched {
             let msed = lwe_ciphertext_modulus_switch(small.as_view(), log_modulus);
             acc.as_mut().copy_from_slice(table.as_ref());
-            blind_rotate_assign_mem_optimized(
-                &msed,
-                &mut acc,
-                &eval.bsk,
-                fft.as_view(),
-                buffers.stack(),
-            );
+            rotation.rotate(&msed, &mut acc, &eval.bsk);
             extract_lwe_sample_from_glwe_ciphertext(&acc, &mut extracted, MonomialDegree(0));
             let phase = decrypt_lwe_ciphertext(&big_key, &extracted).0;
             // +V for a rotation below N; −V when the input noise took slot 0 below zero.

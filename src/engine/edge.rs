@@ -158,10 +158,9 @@ impl EdgeEngine {
         let Prepared::Act { luts, eval, .. } = &self.prepared else {
             return None;
         };
-        let (key_switch, rotation) =
-            crate::crypto::lut::bootstrap_seconds(eval, luts.map.poly_size, 8);
+        let t = crate::crypto::lut::bootstrap_seconds(eval, luts.map.poly_size, 8);
         let groups = luts.map.groups(luts.out_dim) as f64;
-        Some(self.info.hidden_dim as f64 * (key_switch + groups * rotation))
+        Some(t.key_expansion + self.info.hidden_dim as f64 * (t.key_switch + groups * t.rotation))
     }
 
     fn encrypted_layer_input(&self, x: &[f32]) -> Result<Vec<i64>> {
