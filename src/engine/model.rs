@@ -463,4 +463,34 @@ mod tests {
         assert_eq!(shape.cut(&shape.parts[0], &back), cut);
         assert_eq!(full.uncut(&full.parts[0], &words), words);
     }
+
+    /// `act`'s signed results fit a 4 KB message at 128 bits on the Fashion-MNIST head's shape
+    /// and the widths pruning leaves it (512, 328, 262 hidden units): the switch takes up to
+    /// half the accumulators' variance, and more than an eighth (one more bit dropped would
+    /// take more than the half).
+    #[test]
+    fn act_results_fit_four_kilobytes_pruned_or_not() {
+        use crate::crypto::params::SecurityLevel;
+        use crate::model::{activation::Activation, synth};
+        /// Provenance and signature with a device id of up to 32 bytes (about 140 bytes).
+        const SIGNED_MESSAGE_OVERHEAD: usize = 160;
+        let params = ParameterSet::for_level(SecurityLevel::L128);
+        let task = synth::Task::new(3, 2304, 10);
+        let calibration: Vec<Vec<f32>> = task.samples(10, 50).into_iter().map(|s| s.0).collect();
+        for hidden in [512, 328, 262] {
+            let model = synth::classifier(3, &task, hidden, Some(Activation::Relu));
+            let q =
+                QuantModel::quantize(&model, Variant::Act, None, &calibration, &params).unwrap();
+            let shape = ResultShape::of(&q, &params, ACT_CHECK_ROWS).unwrap();
+            let bytes = shape.wire_bytes() + SIGNED_MESSAGE_OVERHEAD;
+            assert!(bytes <= 4096, "{hidden} units: {bytes} bytes");
+            let Wire::Switched { drop_bits } = shape.wire else {
+                panic!("act results are switched");
+            };
+            let switch = switch::error_std(shape.poly_size as usize) * 2f64.powi(drop_bits as i32);
+            let accumulators = params.pbs_output_std() * (hidden as f64).sqrt();
+            let share = (switch / accumulators).powi(2);
+            assert!((0.125..=0.5).contains(&share), "{hidden} units: {share}");
+        }
+    }
 }
