@@ -808,3 +808,38 @@ fn protect_prunes_hidden_units_to_an_agreement() {
         "share of calibration inputs",
     );
 }
+
+/// `hedge bench` counts the bytes a board sends: its results are signed messages, as `hedged`
+/// publishes them, and `result_bytes` is their length.
+#[test]
+fn bench_counts_signed_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("work");
+    let out = ok(&hedge(&[
+        "bench",
+        "--quiet",
+        "--shape",
+        "64,16,10",
+        "--variant",
+        "last",
+        "--features",
+        "plain",
+        "--inputs",
+        "2",
+        "--security",
+        "128",
+        "--json",
+        "--work-dir",
+        s(&work),
+    ]));
+    let cell: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    let result_bytes = cell["result_bytes"].as_u64().unwrap() as usize;
+    let results = std::fs::read(work.join("results.bin")).unwrap();
+    let (len, rest) = results.split_at(8);
+    let len = u64::from_le_bytes(len.try_into().unwrap()) as usize;
+    assert_eq!(len, result_bytes);
+    let message = hedge::transport::message::ResultMessage::decode(&rest[..len]).unwrap();
+    let board =
+        ed25519_dalek::VerifyingKey::from_bytes(&message.signer().expect("signed")).unwrap();
+    message.verify(&board).unwrap();
+}

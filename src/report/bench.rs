@@ -103,6 +103,8 @@ pub fn run_edge(
     let ready = crate::bundle::open_verified(bundle, verifying)?.ready()?;
     let mut engine = ready.engine;
     let load_ms = t.elapsed().as_secs_f64() * 1e3;
+    // Signed as a board signs (`hedged`'s own key): `result_bytes` is the message on the wire.
+    let board = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
     let mut out = Vec::new();
     let mut times = Vec::new();
     for (i, s) in samples.iter().enumerate() {
@@ -113,7 +115,7 @@ pub fn run_edge(
         };
         let elapsed = t.elapsed();
         times.push(elapsed.as_secs_f64() * 1e3);
-        let bytes = ResultMessage {
+        let mut message = ResultMessage {
             device_id: "bench".into(),
             bundle_id: ready.id.clone(),
             seq: i as u64 + 1,
@@ -122,8 +124,9 @@ pub fn run_edge(
             extract_us: 0,
             result,
             signed: None,
-        }
-        .encode();
+        };
+        message.sign(&board);
+        let bytes = message.encode();
         out.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
         out.extend_from_slice(&bytes);
     }
