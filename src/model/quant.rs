@@ -276,11 +276,16 @@ impl HiddenMap {
                 };
                 (((v * mult).round() as i64).clamp(*lo, *hi), false)
             }
-            HiddenMap::Window { map, units, .. } => {
+            HiddenMap::Window {
+                map,
+                units,
+                separator,
+                ..
+            } => {
                 let (offset, outside) = map.unit_offset(units[i], y);
                 let slot = offset + units[i].zero_slot as i64;
                 let value = self.table_value(i, slot as usize);
-                let separated = slot as usize >= map.window - self.separator();
+                let separated = slot as usize >= map.window - separator;
                 (value, outside || separated)
             }
         }
@@ -294,14 +299,6 @@ impl HiddenMap {
                 map.crosses(units[i], y, outputs, |t| self.table_value(i, t))
             }
             _ => false,
-        }
-    }
-
-    /// `act`: the zero slots closing each window ([`HiddenMap::Window`]'s `separator`).
-    pub(crate) fn separator(&self) -> usize {
-        match self {
-            HiddenMap::Window { separator, .. } => *separator,
-            _ => 0,
         }
     }
 
