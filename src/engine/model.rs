@@ -464,19 +464,23 @@ mod tests {
         assert_eq!(full.uncut(&full.parts[0], &words), words);
     }
 
-    /// `act`'s signed results fit a 4 KB message at 128 bits on the Fashion-MNIST head's shape
-    /// and the widths pruning leaves it (512, 328, 262 hidden units): the switch takes up to
-    /// half the accumulators' variance, and more than an eighth (one more bit dropped would
-    /// take more than the half).
+    /// `act`'s signed results fit a 4 KB message at 128 bits at the Fashion-MNIST head's hidden
+    /// width and those pruning leaves it (512, 328, 262 units; the input width does not
+    /// count): the switch takes up to half the accumulators' variance, and more than an eighth
+    /// (one more bit dropped would take more than the half).
     #[test]
+    #[cfg_attr(
+        not(target_arch = "x86_64"),
+        ignore = "the backend's rule, not the board's; 80 s of quantisation under qemu"
+    )]
     fn act_results_fit_four_kilobytes_pruned_or_not() {
         use crate::crypto::params::SecurityLevel;
         use crate::model::{activation::Activation, synth};
         /// Provenance and signature with a device id of up to 32 bytes (about 140 bytes).
         const SIGNED_MESSAGE_OVERHEAD: usize = 160;
         let params = ParameterSet::for_level(SecurityLevel::L128);
-        let task = synth::Task::new(3, 2304, 10);
-        let calibration: Vec<Vec<f32>> = task.samples(10, 50).into_iter().map(|s| s.0).collect();
+        let task = synth::Task::new(3, 64, 10);
+        let calibration: Vec<Vec<f32>> = task.samples(10, 20).into_iter().map(|s| s.0).collect();
         for hidden in [512, 328, 262] {
             let model = synth::classifier(3, &task, hidden, Some(Activation::Relu));
             let q =
