@@ -103,7 +103,8 @@ pub fn run_edge(
     let ready = crate::bundle::open_verified(bundle, verifying)?.ready()?;
     let mut engine = ready.engine;
     let load_ms = t.elapsed().as_secs_f64() * 1e3;
-    // Signed as a board signs (`hedged`'s own key): `result_bytes` is the message on the wire.
+    // Signed as `hedged` signs (here with a fixed key of the bench's): `result_bytes` is the
+    // message a board puts on the wire.
     let board = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
     let mut out = Vec::new();
     let mut times = Vec::new();
